@@ -1,0 +1,256 @@
+"""Built-in datasets: scikit-learn's bundled sets (no download), seeded synthetic sets, and the
+user's own CSV and NPZ files."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from lossbench.data import DataOptions, Dataset
+from lossbench.errors import ConfigError, DataError
+from lossbench.hookspecs import hookimpl
+from lossbench.specs import DatasetSpec
+
+
+def _sklearn(loader_name: str, task: str):
+    def load(hp, seed):
+        from sklearn import datasets
+
+        bunch = getattr(datasets, loader_name)()
+        names = [str(n) for n in getattr(bunch, "target_names", [])] or None
+        y = bunch.target.astype(np.int64 if task == "classification" else np.float64)
+        return Dataset(X=bunch.data, y=y, task=task, class_names=names)
+
+    return load
+
+
+@dataclass
+class MoonsOptions(DataOptions):
+    n_samples: int = 1000
+    noise: float = 0.2
+
+
+@dataclass
+class BlobsOptions(DataOptions):
+    n_samples: int = 1000
+    n_features: int = 2
+    centers: int = 3
+    cluster_std: float = 1.0
+
+
+@dataclass
+class RegressionOptions(DataOptions):
+    n_samples: int = 1000
+    n_features: int = 10
+    n_informative: int = 5
+    n_targets: int = 1
+    noise: float = 10.0
+
+
+def _positive(key, value, example):
+    if value <= 0:
+        raise ConfigError(
+            f"data.{key}={value} is not allowed: it must be > 0. Fix: pass e.g. "
+            f"data.{key}={example}."
+        )
+
+
+def _load_moons(hp: MoonsOptions, seed):
+    from sklearn.datasets import make_moons
+
+    _positive("n_samples", hp.n_samples, 1000)
+    X, y = make_moons(n_samples=hp.n_samples, noise=hp.noise, random_state=seed)
+    return Dataset(X=X, y=y.astype(np.int64), task="classification", class_names=["0", "1"])
+
+
+def _load_blobs(hp: BlobsOptions, seed):
+    from sklearn.datasets import make_blobs
+
+    for key, ex in (("n_samples", 1000), ("n_features", 2), ("centers", 3)):
+        _positive(key, getattr(hp, key), ex)
+    X, y = make_blobs(
+        n_samples=hp.n_samples,
+        n_features=hp.n_features,
+        centers=hp.centers,
+        cluster_std=hp.cluster_std,
+        random_state=seed,
+    )
+    names = [str(i) for i in range(hp.centers)]
+    return Dataset(X=X, y=y.astype(np.int64), task="classification", class_names=names)
+
+
+def _load_regression(hp: RegressionOptions, seed):
+    from sklearn.datasets import make_regression
+
+    for key, ex in (("n_samples", 1000), ("n_features", 10), ("n_targets", 1)):
+        _positive(key, getattr(hp, key), ex)
+    X, y = make_regression(
+        n_samples=hp.n_samples,
+        n_features=hp.n_features,
+        n_informative=min(hp.n_informative, hp.n_features),
+        n_targets=hp.n_targets,
+        noise=hp.noise,
+        random_state=seed,
+    )
+    return Dataset(X=X, y=y, task="regression")
+
+
+# ---------------------------------------------------------------------------------------------
+# user files
+
+TASKS = ("auto", "classification", "regression")
+
+
+@dataclass
+class CSVOptions(DataOptions):
+    path: str = "???"
+    target: str = "target"
+    task: str = "auto"
+
+
+@dataclass
+class NPZOptions(DataOptions):
+    path: str = "???"
+    task: str = "auto"
+
+
+def _infer_task(y: np.ndarray, task: str, where: str) -> tuple[np.ndarray, str, list[str] | None]:
+    """Decide classification vs regression and encode class labels as 0..C-1."""
+    if task not in TASKS:
+        raise ConfigError(
+            f"data.task={task!r} is not known. Choices: {', '.join(TASKS)}. Fix: pass e.g. "
+            "data.task=classification."
+        )
+    numeric = np.issubdtype(y.dtype, np.number) or y.dtype == bool
+    if task == "auto":
+        if not numeric:
+            task = "classification"
+        elif y.ndim == 1 and np.all(np.isfinite(y)) and np.all(np.mod(y, 1) == 0) and (
+            len(np.unique(y)) <= 50
+        ):
+            task = "classification"
+        else:
+            task = "regression"
+    if task == "regression":
+        if not numeric:
+            raise DataError(f"{where} is not numeric, so it cannot be a regression target.")
+        return y.astype(np.float64), task, None
+    classes, codes = np.unique(y, return_inverse=True)
+    return codes.astype(np.int64), task, [str(c) for c in classes]
+
+
+def _read_csv(path: str, target: str, role: str):
+    import pandas as pd
+
+    if path in ("???", "", None):
+        raise ConfigError(
+            f"data.{role} is not set. Fix: pass data.{role}=FILE.csv "
+            "(a CSV with a header row and one target column)."
+        )
+    if not os.path.isfile(path):
+        raise DataError(
+            f"data.{role}={path!r}: no such file (looked in {os.getcwd()}). Fix: pass an existing "
+            "CSV file; relative paths are taken from the directory you start lossbench in."
+        )
+    try:
+        frame = pd.read_csv(path)
+    except Exception as exc:  # parser errors carry the line number
+        raise DataError(f"data.{role}={path!r} could not be read as CSV: {exc}") from None
+    if target not in frame.columns:
+        raise DataError(
+            f"data.target={target!r} is not a column of {path}. Columns: "
+            f"{', '.join(map(str, frame.columns))}. Fix: pass data.target=COLUMN."
+        )
+    features = frame.drop(columns=[target])
+    bad = [str(c) for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
+    if bad:
+        raise DataError(
+            f"{path}: feature columns {', '.join(bad)} are not numeric. Fix: encode them as "
+            "numbers or drop them from the file."
+        )
+    missing = features.columns[features.isna().any()].tolist() + (
+        [target] if frame[target].isna().any() else []
+    )
+    if missing:
+        raise DataError(
+            f"{path}: columns {', '.join(map(str, missing))} have missing values. Fix: fill or "
+            "drop those rows."
+        )
+    if features.shape[1] == 0:
+        raise DataError(f"{path} has no feature columns besides the target {target!r}.")
+    return features.to_numpy(dtype=np.float64), frame[target].to_numpy()
+
+
+def _load_csv(hp: CSVOptions, seed):
+    X, y_raw = _read_csv(hp.path, hp.target, "path")
+    X_val = y_val = None
+    if hp.val_path:
+        X_val, y_val_raw = _read_csv(hp.val_path, hp.target, "val_path")
+        both, task, names = _infer_task(
+            np.concatenate([y_raw, y_val_raw]), hp.task, f"column {hp.target!r}"
+        )
+        y, y_val = both[: len(y_raw)], both[len(y_raw) :]
+    else:
+        y, task, names = _infer_task(y_raw, hp.task, f"column {hp.target!r}")
+    return Dataset(X=X, y=y, task=task, class_names=names, X_val=X_val, y_val=y_val)
+
+
+def _load_npz(hp: NPZOptions, seed):
+    if hp.path in ("???", "", None):
+        raise ConfigError(
+            "data.path is not set. Fix: pass data.path=FILE.npz (arrays X and y, optionally "
+            "X_val and y_val)."
+        )
+    if not os.path.isfile(hp.path):
+        raise DataError(f"data.path={hp.path!r}: no such file (looked in {os.getcwd()}).")
+    with np.load(hp.path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    missing = [k for k in ("X", "y") if k not in arrays]
+    if missing:
+        raise DataError(
+            f"{hp.path} lacks the arrays {', '.join(missing)} (it has: "
+            f"{', '.join(arrays) or 'none'}). Fix: save with np.savez(path, X=..., y=...)."
+        )
+    X = np.asarray(arrays["X"], dtype=np.float64)
+    if X.ndim != 2 or len(X) != len(arrays["y"]):
+        raise DataError(
+            f"{hp.path}: X must be 2-D with one row per entry of y (X {X.shape}, "
+            f"y {arrays['y'].shape})."
+        )
+    y_all = arrays["y"]
+    n = len(y_all)
+    if "X_val" in arrays and "y_val" in arrays:
+        y_all = np.concatenate([y_all, arrays["y_val"]])
+    y_all, task, names = _infer_task(y_all, hp.task, "y")
+    X_val = np.asarray(arrays["X_val"], np.float64) if "X_val" in arrays else None
+    y_val = y_all[n:] if X_val is not None else None
+    return Dataset(X=X, y=y_all[:n], task=task, class_names=names, X_val=X_val, y_val=y_val)
+
+
+DATASETS = [
+    DatasetSpec("digits", DataOptions, "8x8 handwritten digits, 10 classes (scikit-learn)",
+                load=_sklearn("load_digits", "classification")),
+    DatasetSpec("iris", DataOptions, "iris flowers, 3 classes (scikit-learn)",
+                load=_sklearn("load_iris", "classification")),
+    DatasetSpec("wine", DataOptions, "wine cultivars, 3 classes (scikit-learn)",
+                load=_sklearn("load_wine", "classification")),
+    DatasetSpec("breast_cancer", DataOptions, "breast cancer, 2 classes (scikit-learn)",
+                load=_sklearn("load_breast_cancer", "classification")),
+    DatasetSpec("diabetes", DataOptions, "diabetes progression, regression (scikit-learn)",
+                load=_sklearn("load_diabetes", "regression")),
+    DatasetSpec("moons", MoonsOptions, "two interleaving half-moons, seeded (synthetic)",
+                load=_load_moons),
+    DatasetSpec("blobs", BlobsOptions, "Gaussian blobs, seeded (synthetic)", load=_load_blobs),
+    DatasetSpec("regression", RegressionOptions, "random linear regression, seeded (synthetic)",
+                load=_load_regression),
+    DatasetSpec("csv", CSVOptions, "your CSV file: data.path, data.target", load=_load_csv),
+    DatasetSpec("npz", NPZOptions, "your NPZ file with arrays X, y", load=_load_npz),
+]
+
+
+@hookimpl
+def register_datasets(register):
+    for spec in DATASETS:
+        register(spec)

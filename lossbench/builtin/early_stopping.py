@@ -1,0 +1,35 @@
+"""Early stopping on a monitored metric (``trainer.early_stopping``), as a lifecycle plugin.
+
+Stops when the metric (default val_loss; lower is better, or higher for accuracies) has not
+improved by more than ``min_delta`` for ``patience`` epochs.
+"""
+
+from __future__ import annotations
+
+from lossbench.errors import ConfigError
+from lossbench.hookspecs import hookimpl
+
+
+@hookimpl
+def on_epoch_end(run, epoch, metrics):
+    es = run.config.trainer.early_stopping
+    if not es.enabled:
+        return None
+    key = es.monitor
+    if key not in metrics:
+        raise ConfigError(
+            f"trainer.early_stopping.monitor={key!r} is not a metric of this run. Choices: "
+            f"{', '.join(k for k in metrics if k not in ('epoch', 'epoch_seconds'))}. Fix: pass "
+            "trainer.early_stopping.monitor=val_loss."
+        )
+    sign = -1.0 if key.endswith("accuracy") else 1.0
+    value = sign * metrics[key]
+    state = run.plugin_state.setdefault("early_stopping", {"best": float("inf"), "wait": 0})
+    if value < state["best"] - es.min_delta:
+        state["best"] = value
+        state["wait"] = 0
+        return None
+    state["wait"] += 1
+    if state["wait"] >= es.patience:
+        return f"early stopping: {key} has not improved for {es.patience} epochs"
+    return None

@@ -1,0 +1,293 @@
+"""Built-in losses: mse, mae, huber, bce, cross_entropy (mean reduction, as in PyTorch).
+
+Each loss has a numba kernel with the canonical loss signature (see ``lossbench.specs``) and a
+NumPy reference with the same meaning. Kernels accumulate the loss in float64 and return it;
+they write the gradient of the *mean* loss into ``grad``.
+
+References: PyTorch documentation of torch.nn.MSELoss, L1Loss, HuberLoss, BCEWithLogitsLoss and
+CrossEntropyLoss (label smoothing: Szegedy et al. 2016, "Rethinking the Inception Architecture",
+section 7, in the form PyTorch implements).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from lossbench.errors import ConfigError
+from lossbench.hookspecs import hookimpl
+from lossbench.specs import LossSpec
+
+# ---------------------------------------------------------------------------------------------
+# mse
+
+
+@njit(cache=True, nogil=True)
+def mse_kernel(pred, target, hp, grad):
+    """Mean squared error.
+
+    L = 1/N * sum_ij (p_ij - y_ij)^2, N = rows * cols;  dL/dp_ij = 2 (p_ij - y_ij) / N.
+    """
+    rows, cols = pred.shape
+    scale = 2.0 / (rows * cols)
+    total = 0.0
+    for i in range(rows):
+        for j in range(cols):
+            d = pred[i, j] - target[i, j]
+            total += d * d
+            grad[i, j] = scale * d
+    return total / (rows * cols)
+
+
+def mse_reference(pred, target, hp):
+    d = pred - target
+    return float(np.mean(d * d)), 2.0 * d / d.size
+
+
+# ---------------------------------------------------------------------------------------------
+# mae
+
+
+@njit(cache=True, nogil=True)
+def mae_kernel(pred, target, hp, grad):
+    """Mean absolute error (PyTorch's L1Loss).
+
+    L = 1/N * sum_ij |p_ij - y_ij|;  dL/dp_ij = sign(p_ij - y_ij) / N, with sign(0) = 0 as in
+    PyTorch's autograd of abs.
+    """
+    rows, cols = pred.shape
+    scale = 1.0 / (rows * cols)
+    total = 0.0
+    for i in range(rows):
+        for j in range(cols):
+            d = pred[i, j] - target[i, j]
+            total += abs(d)
+            if d > 0:
+                grad[i, j] = scale
+            elif d < 0:
+                grad[i, j] = -scale
+            else:
+                grad[i, j] = 0.0
+    return total / (rows * cols)
+
+
+def mae_reference(pred, target, hp):
+    d = pred - target
+    return float(np.mean(np.abs(d))), np.sign(d) / d.size
+
+
+# ---------------------------------------------------------------------------------------------
+# huber
+
+
+@dataclass
+class HuberOptions:
+    delta: float = 1.0
+
+
+def _check_huber(hp):
+    if not hp.delta > 0:
+        raise ConfigError(
+            f"loss.delta={hp.delta} is not allowed: the Huber threshold must be > 0. "
+            "Fix: pass a positive value, e.g. loss.delta=1.0."
+        )
+
+
+@njit(cache=True, nogil=True)
+def huber_kernel(pred, target, hp, grad):
+    """Huber loss with threshold delta = hp[0] (PyTorch's HuberLoss).
+
+    l(d) = d^2 / 2 if |d| <= delta else delta (|d| - delta / 2), d = p - y;
+    L = mean l;  dl/dd = d if |d| <= delta else delta sign(d).
+    """
+    delta = hp[0]
+    rows, cols = pred.shape
+    scale = 1.0 / (rows * cols)
+    total = 0.0
+    for i in range(rows):
+        for j in range(cols):
+            d = pred[i, j] - target[i, j]
+            a = abs(d)
+            if a <= delta:
+                total += 0.5 * d * d
+                grad[i, j] = scale * d
+            else:
+                total += delta * (a - 0.5 * delta)
+                grad[i, j] = scale * delta * (1.0 if d > 0 else -1.0)
+    return total * scale
+
+
+def huber_reference(pred, target, hp):
+    delta = hp[0]
+    d = pred - target
+    a = np.abs(d)
+    quad = a <= delta
+    loss = np.where(quad, 0.5 * d * d, delta * (a - 0.5 * delta))
+    grad = np.where(quad, d, delta * np.sign(d)) / d.size
+    return float(np.mean(loss)), grad
+
+
+# ---------------------------------------------------------------------------------------------
+# bce (on logits)
+
+
+@njit(cache=True, nogil=True)
+def bce_kernel(pred, target, hp, grad):
+    """Binary cross-entropy on logits (PyTorch's BCEWithLogitsLoss), numerically stable.
+
+    l(x, y) = -[y log s(x) + (1 - y) log(1 - s(x))] = max(x, 0) - x y + log(1 + exp(-|x|));
+    dl/dx = s(x) - y, with s the logistic sigmoid; L = mean l.
+    """
+    rows, cols = pred.shape
+    scale = 1.0 / (rows * cols)
+    total = 0.0
+    for i in range(rows):
+        for j in range(cols):
+            x = float(pred[i, j])
+            y = float(target[i, j])
+            total += max(x, 0.0) - x * y + math.log1p(math.exp(-abs(x)))
+            if x >= 0:
+                s = 1.0 / (1.0 + math.exp(-x))
+            else:
+                e = math.exp(x)
+                s = e / (1.0 + e)
+            grad[i, j] = scale * (s - y)
+    return total * scale
+
+
+def bce_reference(pred, target, hp):
+    x = pred.astype(np.float64)
+    y = target.astype(np.float64)
+    loss = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
+    sig = 0.5 * (1.0 + np.tanh(0.5 * x))
+    return float(np.mean(loss)), (sig - y) / x.size
+
+
+# ---------------------------------------------------------------------------------------------
+# cross_entropy (on logits, class-index targets)
+
+
+@dataclass
+class CrossEntropyOptions:
+    label_smoothing: float = 0.0
+
+
+def _check_ce(hp):
+    if not 0.0 <= hp.label_smoothing <= 1.0:
+        raise ConfigError(
+            f"loss.label_smoothing={hp.label_smoothing} is not allowed: it must lie in [0, 1]. "
+            "Fix: pass e.g. loss.label_smoothing=0.1 (0 turns smoothing off)."
+        )
+
+
+@njit(cache=True, nogil=True)
+def cross_entropy_kernel(pred, target, hp, grad):
+    """Cross-entropy on logits with class-index targets (PyTorch's CrossEntropyLoss).
+
+    For a row of logits x (C classes), target class k and smoothing e = hp[0]:
+    lse = m + log sum_c exp(x_c - m), m = max_c x_c (stable log-sum-exp);
+    l = (1 - e) (lse - x_k) + e (lse - mean_c x_c);
+    dl/dx_c = softmax(x)_c - (1 - e) [c == k] - e / C;  L = mean over rows.
+    """
+    eps = hp[0]
+    rows, cols = pred.shape
+    scale = 1.0 / rows
+    total = 0.0
+    for i in range(rows):
+        m = -np.inf
+        for j in range(cols):
+            if pred[i, j] > m:
+                m = float(pred[i, j])
+        s = 0.0
+        mean_x = 0.0
+        for j in range(cols):
+            s += math.exp(pred[i, j] - m)
+            mean_x += pred[i, j]
+        mean_x /= cols
+        lse = m + math.log(s)
+        k = int(target[i, 0])
+        total += (1.0 - eps) * (lse - pred[i, k]) + eps * (lse - mean_x)
+        for j in range(cols):
+            g = math.exp(pred[i, j] - lse) - eps / cols
+            if j == k:
+                g -= 1.0 - eps
+            grad[i, j] = scale * g
+    return total * scale
+
+
+def cross_entropy_reference(pred, target, hp):
+    eps = hp[0]
+    x = pred.astype(np.float64)
+    rows, cols = x.shape
+    k = target[:, 0].astype(np.int64)
+    m = x.max(axis=1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(x - m).sum(axis=1))
+    nll = lse - x[np.arange(rows), k]
+    smooth = lse - x.mean(axis=1)
+    loss = np.mean((1 - eps) * nll + eps * smooth)
+    onehot = np.zeros_like(x)
+    onehot[np.arange(rows), k] = 1.0
+    grad = (np.exp(x - lse[:, None]) - (1 - eps) * onehot - eps / cols) / rows
+    return float(loss), grad
+
+
+@dataclass
+class NoOptions:
+    pass
+
+
+LOSSES = [
+    LossSpec(
+        name="mse",
+        hparams=NoOptions,
+        description="mean squared error (torch.nn.MSELoss)",
+        kernel=mse_kernel,
+        reference=mse_reference,
+        target="values",
+    ),
+    LossSpec(
+        name="mae",
+        hparams=NoOptions,
+        description="mean absolute error (torch.nn.L1Loss)",
+        kernel=mae_kernel,
+        reference=mae_reference,
+        target="values",
+    ),
+    LossSpec(
+        name="huber",
+        hparams=HuberOptions,
+        description="Huber loss with threshold delta (torch.nn.HuberLoss)",
+        kernel=huber_kernel,
+        reference=huber_reference,
+        target="values",
+        pack=lambda hp: [hp.delta],
+        check=_check_huber,
+    ),
+    LossSpec(
+        name="bce",
+        hparams=NoOptions,
+        description="binary cross-entropy on logits (torch.nn.BCEWithLogitsLoss)",
+        kernel=bce_kernel,
+        reference=bce_reference,
+        target="binary",
+    ),
+    LossSpec(
+        name="cross_entropy",
+        hparams=CrossEntropyOptions,
+        description="cross-entropy on logits, class targets (torch.nn.CrossEntropyLoss)",
+        kernel=cross_entropy_kernel,
+        reference=cross_entropy_reference,
+        target="class_index",
+        pack=lambda hp: [hp.label_smoothing],
+        check=_check_ce,
+    ),
+]
+
+
+@hookimpl
+def register_losses(register):
+    for spec in LOSSES:
+        register(spec)

@@ -1,0 +1,307 @@
+"""Built-in models: ``linear`` and ``mlp`` over one flat parameter vector.
+
+Layer l computes z_l = a_{l-1} W_l + b_l (a_{-1} = x, W_l of shape (in, out), as stored in weight
+files) and a_l = act(z_l) for hidden layers; the last layer is linear (its z is the output).
+Backward is the chain rule, layer by layer from the output:
+
+    dW_l = a_{l-1}^T dz_l,   db_l = sum_rows dz_l,   da_{l-1} = dz_l W_l^T,
+    dz_{l-1} = da_{l-1} * act'(z_{l-1})
+
+Initialisation is PyTorch's default for torch.nn.Linear: W and b drawn from U(-k, k) with
+k = 1 / sqrt(fan_in) (kaiming_uniform with a = sqrt(5); PyTorch docs of torch.nn.Linear).
+
+Activations (PyTorch definitions): relu, tanh, sigmoid, gelu (exact, with erf; Hendrycks &
+Gimpel 2016) and leaky_relu (negative slope 0.01).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import njit
+
+from lossbench.errors import ConfigError
+from lossbench.hookspecs import hookimpl
+from lossbench.specs import ModelLayout, ModelSpec
+
+ACTIVATIONS = {"identity": 0, "relu": 1, "tanh": 2, "sigmoid": 3, "gelu": 4, "leaky_relu": 5}
+LEAKY_SLOPE = 0.01
+_SQRT1_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@dataclass
+class MLPOptions:
+    hidden: list[int] = field(default_factory=lambda: [64])
+    activation: str = "relu"
+    init_from: str | None = None
+
+
+@dataclass
+class LinearOptions:
+    init_from: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# activations
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _act(z, code, slope):
+    if code == 1:
+        return z if z > 0 else 0.0 * z
+    if code == 2:
+        return math.tanh(z)
+    if code == 3:
+        if z >= 0:
+            return 1.0 / (1.0 + math.exp(-z))
+        e = math.exp(z)
+        return e / (1.0 + e)
+    if code == 4:
+        return 0.5 * z * (1.0 + math.erf(z * _SQRT1_2))
+    if code == 5:
+        return z if z > 0 else slope * z
+    return z
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _act_grad(z, a, code, slope):
+    """d act / dz at z, given a = act(z)."""
+    if code == 1:
+        return 1.0 if z > 0 else 0.0
+    if code == 2:
+        return 1.0 - a * a
+    if code == 3:
+        return a * (1.0 - a)
+    if code == 4:
+        return 0.5 * (1.0 + math.erf(z * _SQRT1_2)) + z * _INV_SQRT_2PI * math.exp(-0.5 * z * z)
+    if code == 5:
+        return 1.0 if z > 0 else slope
+    return 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels. layout row l: [n_in, n_out, W offset, b offset, activation code]. work holds, for each
+# hidden layer, z (m x out) then a (m x out), followed by two scratch blocks for backward.
+
+
+@njit(cache=True, nogil=True)
+def mlp_forward(params, layout, hp, x, work, out):
+    """Forward pass: z_l = a_{l-1} W_l + b_l, a_l = act(z_l); out = z of the last layer."""
+    m = x.shape[0]
+    n_layers = layout.shape[0]
+    slope = hp[0]
+    off = 0
+    a_prev = x
+    for l in range(n_layers):
+        n_in, n_out, wo, bo, code = layout[l, 0], layout[l, 1], layout[l, 2], layout[l, 3], layout[l, 4]
+        W = params[wo : wo + n_in * n_out].reshape(n_in, n_out)
+        b = params[bo : bo + n_out]
+        if l == n_layers - 1:
+            z = out
+        else:
+            z = work[off : off + m * n_out].reshape(m, n_out)
+            off += m * n_out
+        np.dot(a_prev, W, z)
+        for i in range(m):
+            for j in range(n_out):
+                z[i, j] += b[j]
+        if l < n_layers - 1:
+            a = work[off : off + m * n_out].reshape(m, n_out)
+            off += m * n_out
+            for i in range(m):
+                for j in range(n_out):
+                    a[i, j] = _act(z[i, j], code, slope)
+            a_prev = a
+
+
+@njit(cache=True, nogil=True)
+def mlp_backward(params, layout, hp, x, work, dout, grads):
+    """Backward pass (chain rule above); overwrites grads with dLoss/dparams."""
+    m = x.shape[0]
+    n_layers = layout.shape[0]
+    slope = hp[0]
+    # offsets of z_l and a_l inside work, and where the scratch blocks start
+    z_off = np.empty(n_layers, np.int64)
+    off = 0
+    max_w = 0
+    for l in range(n_layers - 1):
+        z_off[l] = off
+        off += 2 * m * layout[l, 1]
+        max_w = max(max_w, layout[l, 1])
+    scratch = (off, off + m * max_w)
+    dz = dout
+    for l in range(n_layers - 1, -1, -1):
+        n_in, n_out, wo, bo = layout[l, 0], layout[l, 1], layout[l, 2], layout[l, 3]
+        if l == 0:
+            a_prev = x
+        else:
+            ao = z_off[l - 1] + m * n_in
+            a_prev = work[ao : ao + m * n_in].reshape(m, n_in)
+        dW = grads[wo : wo + n_in * n_out].reshape(n_in, n_out)
+        np.dot(a_prev.T, dz, dW)
+        db = grads[bo : bo + n_out]
+        db[:] = 0.0
+        for i in range(m):
+            for j in range(n_out):
+                db[j] += dz[i, j]
+        if l > 0:
+            W = params[wo : wo + n_in * n_out].reshape(n_in, n_out)
+            so = scratch[(n_layers - 1 - l) % 2]
+            da = work[so : so + m * n_in].reshape(m, n_in)
+            np.dot(dz, W.T, da)
+            zo = z_off[l - 1]
+            code = layout[l - 1, 4]
+            z_prev = work[zo : zo + m * n_in].reshape(m, n_in)
+            for i in range(m):
+                for j in range(n_in):
+                    da[i, j] *= _act_grad(z_prev[i, j], a_prev[i, j], code, slope)
+            dz = da
+
+
+# ---------------------------------------------------------------------------------------------
+# NumPy reference
+
+
+def _act_np(z, code, slope):
+    from scipy.special import erf
+
+    return {
+        0: lambda: z,
+        1: lambda: np.maximum(z, 0),
+        2: lambda: np.tanh(z),
+        3: lambda: 1 / (1 + np.exp(-z)),
+        4: lambda: 0.5 * z * (1 + erf(z / np.sqrt(2))),
+        5: lambda: np.where(z > 0, z, slope * z),
+    }[code]()
+
+
+def _act_grad_np(z, code, slope):
+    from scipy.special import erf
+
+    s = 1 / (1 + np.exp(-z))
+    return {
+        0: lambda: np.ones_like(z),
+        1: lambda: (z > 0).astype(z.dtype),
+        2: lambda: 1 - np.tanh(z) ** 2,
+        3: lambda: s * (1 - s),
+        4: lambda: 0.5 * (1 + erf(z / np.sqrt(2))) + z * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi),
+        5: lambda: np.where(z > 0, 1.0, slope),
+    }[code]()
+
+
+def _layers(params, layout):
+    for n_in, n_out, wo, bo, code in layout:
+        yield params[wo : wo + n_in * n_out].reshape(n_in, n_out), params[bo : bo + n_out], code
+
+
+def mlp_reference_forward(params, layout, hp, x):
+    a = x
+    layers = list(_layers(params, layout))
+    for l, (W, b, code) in enumerate(layers):
+        z = a @ W + b
+        a = z if l == len(layers) - 1 else _act_np(z, code, hp[0])
+    return a
+
+
+def mlp_reference_backward(params, layout, hp, x, dout):
+    layers = list(_layers(params, layout))
+    zs, acts = [], [x]
+    for l, (W, b, code) in enumerate(layers):
+        z = acts[-1] @ W + b
+        zs.append(z)
+        if l < len(layers) - 1:
+            acts.append(_act_np(z, code, hp[0]))
+    grads = np.zeros_like(params)
+    dz = dout
+    for l in range(len(layers) - 1, -1, -1):
+        W, _, _ = layers[l]
+        n_in, n_out, wo, bo, _ = layout[l]
+        grads[wo : wo + n_in * n_out] = (acts[l].T @ dz).ravel()
+        grads[bo : bo + n_out] = dz.sum(axis=0)
+        if l > 0:
+            dz = (dz @ W.T) * _act_grad_np(zs[l - 1], layout[l - 1][4], hp[0])
+    return grads
+
+
+# ---------------------------------------------------------------------------------------------
+# building a layout
+
+
+def build_mlp_layout(widths: list[int], activation: str) -> ModelLayout:
+    """Layout of an MLP with layer widths ``[n_in, h1, ..., n_out]``."""
+    if activation not in ACTIVATIONS or activation == "identity":
+        choices = ", ".join(a for a in ACTIVATIONS if a != "identity")
+        raise ConfigError(
+            f"model.activation={activation!r} is not a known activation. Choices: {choices}. "
+            "Fix: pass e.g. model.activation=relu."
+        )
+    code = ACTIVATIONS[activation]
+    rows, tensors, off = [], {}, 0
+    for l, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        wo, bo = off, off + n_in * n_out
+        off = bo + n_out
+        last = l == len(widths) - 2
+        rows.append([n_in, n_out, wo, bo, 0 if last else code])
+        tensors[f"W{l}"] = (wo, (n_in, n_out))
+        tensors[f"b{l}"] = (bo, (n_out,))
+    layout = np.array(rows, dtype=np.int64)
+    hidden = widths[1:-1]
+    max_hidden = max(hidden, default=0)
+
+    def init(rng: np.random.Generator, params: np.ndarray) -> None:
+        for n_in, _n_out, wo, bo, _ in rows:
+            k = 1.0 / math.sqrt(n_in)
+            params[wo:bo] = rng.uniform(-k, k, size=bo - wo)
+            params[bo : bo + _n_out] = rng.uniform(-k, k, size=_n_out)
+
+    return ModelLayout(
+        n_params=off,
+        tensors=tensors,
+        layout=layout,
+        hp=[LEAKY_SLOPE],
+        init=init,
+        workspace=lambda m: m * (2 * sum(hidden) + 2 * max_hidden),
+    )
+
+
+def _build_mlp(hp: MLPOptions, n_in: int, n_out: int) -> ModelLayout:
+    hidden = list(hp.hidden)
+    bad = [h for h in hidden if not isinstance(h, int) or h <= 0]
+    if bad:
+        raise ConfigError(
+            f"model.hidden={hidden} is not allowed: every width must be a positive integer. "
+            "Fix: pass e.g. model.hidden=[64,32] (or model=linear for no hidden layer)."
+        )
+    return build_mlp_layout([n_in, *hidden, n_out], hp.activation)
+
+
+def _build_linear(hp: LinearOptions, n_in: int, n_out: int) -> ModelLayout:
+    return build_mlp_layout([n_in, n_out], "relu")
+
+
+def _spec(name, hparams, build, description):
+    return ModelSpec(
+        name=name,
+        hparams=hparams,
+        description=description,
+        build=build,
+        forward=mlp_forward,
+        backward=mlp_backward,
+        reference_forward=mlp_reference_forward,
+        reference_backward=mlp_reference_backward,
+    )
+
+
+MODELS = [
+    _spec("mlp", MLPOptions, _build_mlp, "multi-layer perceptron (hidden widths, activation)"),
+    _spec("linear", LinearOptions, _build_linear, "one linear layer x W + b"),
+]
+
+
+@hookimpl
+def register_models(register):
+    for spec in MODELS:
+        register(spec)

@@ -1,0 +1,394 @@
+"""Built-in optimizers: sgd, adam, adamw, rmsprop, adagrad, with torch.optim's update rules.
+
+Each optimizer is one loop over the flat parameter vector ``p`` with gradient ``g``; its state is
+a few rows of the same length. ``t`` is the 1-based step count, ``lr`` this epoch's learning rate.
+The pseudocode in each kernel's docstring is torch.optim's (PyTorch 2.x documentation of SGD,
+Adam, AdamW, RMSprop and Adagrad; Kingma & Ba 2015; Loshchilov & Hutter 2019; Hinton's RMSprop
+lecture 6e; Duchi et al. 2011). Betas are split into ``beta1`` and ``beta2``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from lossbench.errors import ConfigError
+from lossbench.hookspecs import hookimpl
+from lossbench.specs import OptimizerSpec
+
+
+def _require(cond: bool, key: str, value, rule: str, example: str) -> None:
+    if not cond:
+        raise ConfigError(
+            f"optimizer.{key}={value} is not allowed: {rule}. Fix: pass e.g. "
+            f"optimizer.{key}={example}."
+        )
+
+
+def _check_common(hp) -> None:
+    _require(hp.lr > 0, "lr", hp.lr, "the learning rate must be > 0", "0.001")
+    _require(hp.weight_decay >= 0, "weight_decay", hp.weight_decay, "it must be >= 0", "0")
+    for key in ("eps",):
+        if hasattr(hp, key):
+            _require(getattr(hp, key) >= 0, key, getattr(hp, key), "it must be >= 0", "1e-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# sgd
+
+
+@dataclass
+class SGDOptions:
+    lr: float = 0.01
+    momentum: float = 0.0
+    dampening: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+
+
+def _check_sgd(hp) -> None:
+    _check_common(hp)
+    _require(hp.momentum >= 0, "momentum", hp.momentum, "it must be >= 0", "0.9")
+    if hp.nesterov and (hp.momentum <= 0 or hp.dampening != 0):
+        raise ConfigError(
+            f"optimizer.nesterov=true needs momentum > 0 and dampening = 0 (got momentum="
+            f"{hp.momentum}, dampening={hp.dampening}). Fix: pass optimizer.momentum=0.9 "
+            "optimizer.dampening=0, or optimizer.nesterov=false."
+        )
+
+
+@njit(cache=True, nogil=True)
+def sgd_kernel(p, g, state, hp, t, lr):
+    """SGD with momentum, dampening, Nesterov and L2 weight decay (torch.optim.SGD).
+
+    hp = [momentum mu, dampening tau, nesterov, weight_decay lambda]; state[0] = buffer b.
+        g <- g + lambda p
+        if mu != 0:  b <- g if t == 1 else mu b + (1 - tau) g
+                     g <- g + mu b if nesterov else b
+        p <- p - lr g
+    """
+    mu, tau, nesterov, wd = hp[0], hp[1], hp[2] != 0, hp[3]
+    one_tau = p.dtype.type(1.0) - tau  # keep float32 runs in float32
+    buf = state[0]
+    for i in range(p.shape[0]):
+        gi = g[i] + wd * p[i]
+        if mu != 0:
+            if t == 1:
+                b = gi
+            else:
+                b = mu * buf[i] + one_tau * gi
+            buf[i] = b
+            gi = gi + mu * b if nesterov else b
+        p[i] -= lr * gi
+
+
+def sgd_reference(p, g, state, hp, t, lr):
+    mu, tau, nesterov, wd = hp[0], hp[1], hp[2] != 0, hp[3]
+    g = g + wd * p
+    if mu != 0:
+        state[0] = g if t == 1 else mu * state[0] + (1 - tau) * g
+        g = g + mu * state[0] if nesterov else state[0].copy()
+    p -= lr * g
+
+
+# ---------------------------------------------------------------------------------------------
+# adam / adamw
+
+
+@dataclass
+class AdamOptions:
+    lr: float = 0.001
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    amsgrad: bool = False
+
+
+@dataclass
+class AdamWOptions(AdamOptions):
+    weight_decay: float = 0.01
+
+
+def _check_adam(hp) -> None:
+    _check_common(hp)
+    for key in ("beta1", "beta2"):
+        v = getattr(hp, key)
+        _require(0 <= v < 1, key, v, "it must lie in [0, 1)", "0.9" if key == "beta1" else "0.999")
+
+
+def _pack_adam(hp):
+    return [hp.beta1, hp.beta2, hp.eps, hp.weight_decay, float(hp.amsgrad)]
+
+
+@njit(cache=True, nogil=True)
+def _adam_update(p, g, state, hp, t, lr, decoupled):
+    """Shared body of Adam and AdamW (see their kernels)."""
+    b1, b2, eps, wd, amsgrad = hp[0], hp[1], hp[2], hp[3], hp[4] != 0
+    bc1 = 1.0 - b1**t
+    bc2_sqrt = math.sqrt(1.0 - b2**t)
+    step_size = lr / bc1
+    # bias corrections in the dtype of p so the loop stays in float32 for float32 runs
+    step_size_f = p.dtype.type(step_size)
+    inv_bc2 = p.dtype.type(1.0 / bc2_sqrt)
+    one = p.dtype.type(1.0)
+    one_b1 = one - b1
+    one_b2 = one - b2
+    decay = one - lr * wd
+    m = state[0]
+    v = state[1]
+    vmax = state[2]
+    for i in range(p.shape[0]):
+        gi = g[i]
+        if decoupled:
+            p[i] *= decay
+        elif wd != 0:
+            gi = gi + wd * p[i]
+        mi = b1 * m[i] + one_b1 * gi
+        vi = b2 * v[i] + one_b2 * gi * gi
+        m[i] = mi
+        v[i] = vi
+        if amsgrad:
+            if vi > vmax[i]:
+                vmax[i] = vi
+            vi = vmax[i]
+        p[i] -= step_size_f * mi / (math.sqrt(vi) * inv_bc2 + eps)
+
+
+@njit(cache=True, nogil=True)
+def adam_kernel(p, g, state, hp, t, lr):
+    """Adam (torch.optim.Adam), L2 weight decay added to the gradient.
+
+    hp = [beta1, beta2, eps, weight_decay lambda, amsgrad]; state = [m, v, v_max].
+        g <- g + lambda p
+        m <- beta1 m + (1 - beta1) g;   v <- beta2 v + (1 - beta2) g^2
+        v_hat <- max(v_max, v) if amsgrad else v
+        p <- p - lr / (1 - beta1^t) * m / (sqrt(v_hat) / sqrt(1 - beta2^t) + eps)
+    """
+    _adam_update(p, g, state, hp, t, lr, False)
+
+
+@njit(cache=True, nogil=True)
+def adamw_kernel(p, g, state, hp, t, lr):
+    """AdamW (torch.optim.AdamW): Adam with decoupled weight decay.
+
+    As Adam without the L2 term, after first shrinking the weights: p <- p (1 - lr lambda).
+    """
+    _adam_update(p, g, state, hp, t, lr, True)
+
+
+def _adam_reference(p, g, state, hp, t, lr, decoupled):
+    b1, b2, eps, wd, amsgrad = hp[0], hp[1], hp[2], hp[3], hp[4] != 0
+    if decoupled:
+        p *= 1 - lr * wd
+    elif wd != 0:
+        g = g + wd * p
+    state[0] = b1 * state[0] + (1 - b1) * g
+    state[1] = b2 * state[1] + (1 - b2) * g * g
+    v = state[1]
+    if amsgrad:
+        state[2] = np.maximum(state[2], state[1])
+        v = state[2]
+    denom = np.sqrt(v) / math.sqrt(1 - b2**t) + eps
+    p -= lr / (1 - b1**t) * state[0] / denom
+
+
+def adam_reference(p, g, state, hp, t, lr):
+    _adam_reference(p, g, state, hp, t, lr, False)
+
+
+def adamw_reference(p, g, state, hp, t, lr):
+    _adam_reference(p, g, state, hp, t, lr, True)
+
+
+# ---------------------------------------------------------------------------------------------
+# rmsprop
+
+
+@dataclass
+class RMSpropOptions:
+    lr: float = 0.01
+    alpha: float = 0.99
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    centered: bool = False
+
+
+def _check_rmsprop(hp) -> None:
+    _check_common(hp)
+    _require(0 <= hp.alpha <= 1, "alpha", hp.alpha, "it must lie in [0, 1]", "0.99")
+    _require(hp.momentum >= 0, "momentum", hp.momentum, "it must be >= 0", "0.9")
+
+
+@njit(cache=True, nogil=True)
+def rmsprop_kernel(p, g, state, hp, t, lr):
+    """RMSprop (torch.optim.RMSprop).
+
+    hp = [alpha, eps, weight_decay lambda, momentum mu, centered]; state = [s, g_avg, b].
+        g <- g + lambda p
+        s <- alpha s + (1 - alpha) g^2
+        if centered: g_avg <- alpha g_avg + (1 - alpha) g;  d = sqrt(s - g_avg^2) + eps
+        else: d = sqrt(s) + eps
+        if mu > 0: b <- mu b + g / d;  p <- p - lr b
+        else: p <- p - lr g / d
+    """
+    alpha, eps, wd, mu, centered = hp[0], hp[1], hp[2], hp[3], hp[4] != 0
+    one_alpha = p.dtype.type(1.0) - alpha
+    sq = state[0]
+    gavg = state[1]
+    buf = state[2]
+    for i in range(p.shape[0]):
+        gi = g[i] + wd * p[i]
+        s = alpha * sq[i] + one_alpha * gi * gi
+        sq[i] = s
+        if centered:
+            ga = alpha * gavg[i] + one_alpha * gi
+            gavg[i] = ga
+            d = math.sqrt(s - ga * ga) + eps
+        else:
+            d = math.sqrt(s) + eps
+        if mu > 0:
+            b = mu * buf[i] + gi / d
+            buf[i] = b
+            p[i] -= lr * b
+        else:
+            p[i] -= lr * gi / d
+
+
+def rmsprop_reference(p, g, state, hp, t, lr):
+    alpha, eps, wd, mu, centered = hp[0], hp[1], hp[2], hp[3], hp[4] != 0
+    g = g + wd * p
+    state[0] = alpha * state[0] + (1 - alpha) * g * g
+    if centered:
+        state[1] = alpha * state[1] + (1 - alpha) * g
+        d = np.sqrt(state[0] - state[1] ** 2) + eps
+    else:
+        d = np.sqrt(state[0]) + eps
+    if mu > 0:
+        state[2] = mu * state[2] + g / d
+        p -= lr * state[2]
+    else:
+        p -= lr * g / d
+
+
+# ---------------------------------------------------------------------------------------------
+# adagrad
+
+
+@dataclass
+class AdagradOptions:
+    lr: float = 0.01
+    lr_decay: float = 0.0
+    weight_decay: float = 0.0
+    initial_accumulator_value: float = 0.0
+    eps: float = 1e-10
+
+
+def _check_adagrad(hp) -> None:
+    _check_common(hp)
+    _require(hp.lr_decay >= 0, "lr_decay", hp.lr_decay, "it must be >= 0", "0")
+    _require(
+        hp.initial_accumulator_value >= 0,
+        "initial_accumulator_value",
+        hp.initial_accumulator_value,
+        "it must be >= 0",
+        "0.1",
+    )
+
+
+def _init_adagrad(state, hp) -> None:
+    state[0] = hp.initial_accumulator_value
+
+
+@njit(cache=True, nogil=True)
+def adagrad_kernel(p, g, state, hp, t, lr):
+    """Adagrad (torch.optim.Adagrad).
+
+    hp = [lr_decay eta, weight_decay lambda, eps]; state[0] = sum of squares S, initialised to
+    initial_accumulator_value.
+        g <- g + lambda p
+        lr_t = lr / (1 + (t - 1) eta)
+        S <- S + g^2
+        p <- p - lr_t g / (sqrt(S) + eps)
+    """
+    eta, wd, eps = hp[0], hp[1], hp[2]
+    clr = p.dtype.type(lr / (1 + (t - 1) * eta))
+    acc = state[0]
+    for i in range(p.shape[0]):
+        gi = g[i] + wd * p[i]
+        s = acc[i] + gi * gi
+        acc[i] = s
+        p[i] -= clr * gi / (math.sqrt(s) + eps)
+
+
+def adagrad_reference(p, g, state, hp, t, lr):
+    eta, wd, eps = hp[0], hp[1], hp[2]
+    g = g + wd * p
+    clr = lr / (1 + (t - 1) * eta)
+    state[0] += g * g
+    p -= clr * g / (np.sqrt(state[0]) + eps)
+
+
+OPTIMIZERS = [
+    OptimizerSpec(
+        name="sgd",
+        hparams=SGDOptions,
+        description="stochastic gradient descent with momentum (torch.optim.SGD)",
+        kernel=sgd_kernel,
+        reference=sgd_reference,
+        state_rows=1,
+        pack=lambda hp: [hp.momentum, hp.dampening, float(hp.nesterov), hp.weight_decay],
+        check=_check_sgd,
+    ),
+    OptimizerSpec(
+        name="adam",
+        hparams=AdamOptions,
+        description="Adam (torch.optim.Adam)",
+        kernel=adam_kernel,
+        reference=adam_reference,
+        state_rows=3,
+        pack=_pack_adam,
+        check=_check_adam,
+    ),
+    OptimizerSpec(
+        name="adamw",
+        hparams=AdamWOptions,
+        description="Adam with decoupled weight decay (torch.optim.AdamW)",
+        kernel=adamw_kernel,
+        reference=adamw_reference,
+        state_rows=3,
+        pack=_pack_adam,
+        check=_check_adam,
+    ),
+    OptimizerSpec(
+        name="rmsprop",
+        hparams=RMSpropOptions,
+        description="RMSprop (torch.optim.RMSprop)",
+        kernel=rmsprop_kernel,
+        reference=rmsprop_reference,
+        state_rows=3,
+        pack=lambda hp: [hp.alpha, hp.eps, hp.weight_decay, hp.momentum, float(hp.centered)],
+        check=_check_rmsprop,
+    ),
+    OptimizerSpec(
+        name="adagrad",
+        hparams=AdagradOptions,
+        description="Adagrad (torch.optim.Adagrad)",
+        kernel=adagrad_kernel,
+        reference=adagrad_reference,
+        state_rows=1,
+        pack=lambda hp: [hp.lr_decay, hp.weight_decay, hp.eps],
+        init_state=_init_adagrad,
+        check=_check_adagrad,
+    ),
+]
+
+
+@hookimpl
+def register_optimizers(register):
+    for spec in OPTIMIZERS:
+        register(spec)

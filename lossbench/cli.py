@@ -1,0 +1,156 @@
+"""Command line: ``python -m lossbench [OVERRIDES]`` and ``python -m lossbench plugins``.
+
+Plugins are loaded first (built-ins, entry points, ``--plugins-dir``), so their components are
+config options before Hydra composes. Overrides are checked before Hydra creates a run
+directory; a user mistake prints one paragraph and exits with code 2, never a traceback.
+
+Exit codes: 0 finished (or stopped early by a hook), 1 diverged or failed, 2 bad input,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from lossbench.errors import LossbenchError
+
+EXIT_BAD_INPUT = 2
+
+
+def _fail(exc: LossbenchError) -> None:
+    print(f"lossbench: error: {exc}", file=sys.stderr)
+    sys.exit(exc.exit_code)
+
+
+def _pop_plugins_dir(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--plugins-dir":
+            if i + 1 >= len(argv):
+                _fail(LossbenchError("--plugins-dir needs a directory: --plugins-dir DIR"))
+            value = argv[i + 1]
+            del argv[i : i + 2]
+            return value
+        if arg.startswith("--plugins-dir="):
+            del argv[i]
+            return arg.split("=", 1)[1]
+    return None
+
+
+def plugins_command(argv: list[str]) -> None:
+    """``python -m lossbench plugins [--json]``: loaded plugins, versions, hooks, components."""
+    from lossbench.plugins import build_plugin_manager, describe
+
+    plugins_dir = _pop_plugins_dir(argv)
+    try:
+        pm = build_plugin_manager(plugins_dir)
+    except LossbenchError as exc:
+        _fail(exc)
+    rows = describe(pm)
+    if "--json" in argv:
+        print(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="lossbench plugins")
+    for col in ("plugin", "version", "source", "registers", "hooks"):
+        table.add_column(col)
+    for r in rows:
+        comps = "\n".join(f"{g}: {', '.join(c)}" for g, c in r["components"].items())
+        table.add_row(r["name"], r["version"], r["source"], comps, ", ".join(r["hooks"]))
+    Console().print(table)
+
+
+def _print_summary(run) -> None:
+    from rich.console import Console
+
+    from lossbench.engine import summary
+
+    s = summary(run)
+    console = Console()
+    final = s["final"]
+    lines = [f"[bold]{run.status}[/bold] after {s['epochs']} epochs"]
+    if run.stop_reason:
+        lines[0] += f" ({run.stop_reason})"
+    if s["best_epoch"] is not None:
+        lines.append(f"best epoch {s['best_epoch']}: val_loss {s['best_val_loss']:.5f}")
+    if final:
+        acc = ""
+        if "val_accuracy" in final:
+            acc = f", accuracy train {final['train_accuracy']:.4f} / val {final['val_accuracy']:.4f}"
+        lines.append(
+            f"final train_loss {final['train_loss']:.5f}, val_loss {final['val_loss']:.5f}{acc}"
+        )
+    t = s["timings"]
+    lines.append(
+        f"time {t.get('total_seconds', 0):.2f} s (compile/cache {t.get('compile_seconds', 0):.2f} "
+        f"s, training {t.get('train_seconds', 0):.2f} s)"
+    )
+    if s["output_dir"]:
+        lines.append(f"outputs: {s['output_dir']}")
+    if run.error and run.status != "finished":
+        lines.append(f"[red]{run.error}[/red]")
+    console.print("\n".join(lines))
+
+
+def _remove_empty_run_dir(output_dir: str) -> None:
+    """Remove a run directory that holds only what Hydra wrote before the run failed to start."""
+    path = Path(output_dir)
+    if not path.is_dir():
+        return
+    leftovers = {p.name for p in path.iterdir()} - {".hydra"}
+    if all(name.endswith(".log") for name in leftovers):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _task(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from lossbench.engine import train
+
+    output_dir = HydraConfig.get().runtime.output_dir
+    try:
+        run = train(cfg, output_dir=output_dir)
+    except LossbenchError as exc:
+        _remove_empty_run_dir(output_dir)
+        _fail(exc)
+    except KeyboardInterrupt:
+        print(f"lossbench: interrupted; partial outputs in {output_dir}", file=sys.stderr)
+        sys.exit(130)
+    _print_summary(run)
+    if run.status in ("diverged", "failed"):
+        sys.exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["plugins"]:
+        plugins_command(argv[1:])
+        return
+    from lossbench import config as config_mod
+    from lossbench.plugins import build_plugin_manager, set_plugin_manager
+
+    plugins_dir = _pop_plugins_dir(argv)
+    try:
+        pm = build_plugin_manager(plugins_dir)
+        set_plugin_manager(pm)
+        multirun = any(a in ("-m", "--multirun") for a in argv)
+        overrides = [a for a in argv if not a.startswith("-") and not a.startswith("hydra")]
+        if multirun:
+            config_mod.check_choices(overrides, pm.registry)
+        elif not any(a.startswith("-") for a in argv):
+            config_mod.compose(overrides, registry=pm.registry)
+    except LossbenchError as exc:
+        _fail(exc)
+    config_mod.store_configs(pm.registry)
+
+    import hydra
+
+    app = hydra.main(
+        config_path=str(config_mod.config_dir()), config_name="config", version_base="1.3"
+    )(_task)
+    sys.argv = [sys.argv[0], *argv]
+    app()

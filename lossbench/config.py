@@ -1,0 +1,142 @@
+"""Hydra configuration: the config tree, the schemas plugins bring, and composing outside a CLI.
+
+The primary config is ``conf/config.yaml`` (shipped inside the wheel as ``lossbench/conf``).
+Every registered component becomes a Hydra config option in its group (``loss/mse``,
+``optimizer/adam``, ...): a structured config made from the spec's hyperparameter dataclass plus
+a ``name`` field, so ``loss=huber loss.delta=2`` is type-checked by Hydra the moment the plugin is
+loaded. The trainer's options are the ``TrainerConfig`` dataclass below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lossbench.errors import ConfigError
+
+GROUPS = ("data", "model", "loss", "optimizer")
+DTYPES = ("float32", "float64")
+LR_SCHEDULES = ("constant", "step", "cosine")
+
+
+@dataclass
+class EarlyStoppingConfig:
+    enabled: bool = False
+    monitor: str = "val_loss"
+    patience: int = 10
+    min_delta: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    """Training loop options (group ``trainer``, option ``default``)."""
+
+    epochs: int = 50
+    batch_size: int = 32
+    shuffle: bool = True
+    dtype: str = "float32"
+    lr_schedule: str = "constant"
+    warmup_epochs: int = 0
+    step_size: int = 10
+    gamma: float = 0.1
+    min_lr: float = 0.0
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    progress: bool = True
+
+
+def config_dir() -> Path:
+    """The directory holding config.yaml: inside the installed package, or the repo's conf/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"lossbench's config tree (config.yaml) is missing next to {here}")
+
+
+def node_class(group: str, spec) -> type:
+    """A dataclass for ``spec``'s config node: ``name`` plus the hyperparameter fields."""
+    hints = typing.get_type_hints(spec.hparams)
+    fields = [("name", str, field(default=spec.name))]
+    for f in dataclasses.fields(spec.hparams):
+        if f.name == "name":
+            raise ConfigError(f"{group} {spec.name!r}: a hyperparameter may not be called 'name'")
+        if f.default is not dataclasses.MISSING:
+            fields.append((f.name, hints[f.name], field(default=f.default)))
+        elif f.default_factory is not dataclasses.MISSING:
+            fields.append((f.name, hints[f.name], field(default_factory=f.default_factory)))
+        else:
+            fields.append((f.name, hints[f.name], field(default="???")))
+    cls_name = f"{group.capitalize()}_{spec.name}"
+    return dataclasses.make_dataclass(cls_name, fields)
+
+
+def store_configs(registry) -> None:
+    """Put every registered component and the trainer schema into Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for group in GROUPS:
+        for name, spec in registry.components[group].items():
+            cs.store(group=group, name=name, node=node_class(group, spec), provider="lossbench")
+    cs.store(group="trainer", name="default", node=TrainerConfig, provider="lossbench")
+
+
+def hparams(spec, node):
+    """The spec's hyperparameter dataclass filled from a config node (DictConfig or dict)."""
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
+
+    try:
+        values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    except MissingMandatoryValue as exc:
+        key = str(exc.full_key) if getattr(exc, "full_key", None) else str(exc)
+        raise ConfigError(f"{key} must be set. Fix: pass {key}=VALUE on the command line.") from None
+    names = {f.name for f in dataclasses.fields(spec.hparams)}
+    kwargs = {k: v for k, v in dict(values).items() if k in names}
+    for k, v in kwargs.items():
+        if v == "???":
+            raise ConfigError(
+                f"{_group_of(spec)}.{k} must be set for {spec.name}. Fix: pass "
+                f"{_group_of(spec)}.{k}=VALUE."
+            )
+    return spec.hparams(**kwargs)
+
+
+def _group_of(spec) -> str:
+    from lossbench.specs import KINDS
+
+    return next(g for g, cls in KINDS.items() if isinstance(spec, cls))
+
+
+def check_choices(overrides, registry) -> None:
+    """Reject ``loss=NAME``-style overrides naming unknown components, with the choices."""
+    for ov in overrides:
+        key, sep, value = ov.partition("=")
+        key = key.lstrip("+")
+        if sep and key in GROUPS and value and "(" not in value and "," not in value:
+            registry.get(key, value)
+
+
+def compose(overrides=(), registry=None):
+    """Compose the config as ``python -m lossbench OVERRIDES`` would, outside Hydra's CLI."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from lossbench.plugins import get_plugin_manager
+
+    registry = registry or get_plugin_manager().registry
+    overrides = list(overrides)
+    check_choices(overrides, registry)
+    store_configs(registry)
+    try:
+        if GlobalHydra.instance().is_initialized():
+            return hydra_compose(config_name="config", overrides=overrides)
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"the overrides {overrides} do not fit the config: {exc}") from None

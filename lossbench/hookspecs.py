@@ -1,0 +1,70 @@
+"""The hooks a lossbench plugin can implement.
+
+A plugin is a module (or any object) with functions marked ``@lossbench.hookimpl`` whose names
+are the hooks below. Built-in losses, optimizers, models, datasets, the progress bar, early
+stopping and the output writer are plugins too, registered through exactly these hooks.
+
+Registration hooks receive a ``register`` callback; call it once per component. Lifecycle hooks
+run in the Python epoch loop, between jitted epochs. docs/plugins.md documents each hook with an
+example; tests/test_hooks.py holds a test for each and checks that every hook is documented.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("lossbench")
+hookimpl = pluggy.HookimplMarker("lossbench")
+
+
+@hookspec
+def register_losses(register):
+    """Register losses: ``register(LossSpec(name="focal", ...))``.
+
+    Called once when the plugin manager is built. Each name must be unique across all plugins.
+    """
+
+
+@hookspec
+def register_optimizers(register):
+    """Register optimizers: ``register(OptimizerSpec(name="lion", ...))``."""
+
+
+@hookspec
+def register_models(register):
+    """Register models: ``register(ModelSpec(name="mlp", ...))``."""
+
+
+@hookspec
+def register_datasets(register):
+    """Register datasets: ``register(DatasetSpec(name="digits", ...))``."""
+
+
+@hookspec
+def on_run_start(run):
+    """Called once after data, model and optimizer state are ready, before the first epoch.
+
+    ``run`` is the ``lossbench.engine.Run``: its ``config``, ``output_dir`` (or None), ``dataset``,
+    ``specs``, ``history`` (empty so far). Raising here aborts the run; ``on_run_end`` still runs.
+    """
+
+
+@hookspec
+def on_epoch_end(run, epoch, metrics):
+    """Called after every epoch with its 0-based ``epoch`` and ``metrics`` (a dict with
+    ``train_loss``, ``val_loss``, ``lr``, ``epoch_seconds`` and, for classification,
+    ``train_accuracy`` and ``val_accuracy``); ``metrics`` is already in ``run.history``.
+
+    Return a non-empty string to stop the run after this epoch; the string is the reason
+    (e.g. ``"early stopping: val_loss has not improved for 10 epochs"``). Return None to go on.
+    """
+
+
+@hookspec
+def on_run_end(run, status):
+    """Called exactly once per run that started, whatever happened: ``status`` is one of
+    ``"finished"``, ``"stopped"`` (a hook asked to stop), ``"diverged"`` (non-finite loss),
+    ``"failed"`` (an exception) or ``"interrupted"`` (Ctrl-C / SIGTERM). ``run.error`` holds the
+    message for diverged and failed runs. Exceptions raised here are reported, not propagated, so
+    one plugin cannot stop another's clean-up.
+    """

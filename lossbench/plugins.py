@@ -1,0 +1,252 @@
+"""The plugin manager: built-ins, installed distributions and single-file plugins.
+
+Sources, in load order:
+
+1. built-in plugin modules (``DEFAULT_PLUGINS``), registered through the same hooks as others;
+2. installed distributions with an entry point in the group ``lossbench``;
+3. ``*.py`` files in the directory named by ``--plugins-dir DIR`` or ``LOSSBENCH_PLUGINS_DIR``.
+
+``LOSSBENCH_LOAD_PLUGINS=a,b`` loads only the named entry-point plugins (an empty value loads
+none); ``LOSSBENCH_DISABLE_PLUGINS=a,b`` skips the named ones (e.g. one that fails to import).
+After loading, ``check_pending()`` makes a misspelled hook implementation an error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pluggy
+
+from lossbench import hookspecs
+from lossbench.errors import ConfigError, PluginError, choices_text
+from lossbench.specs import KINDS
+
+DEFAULT_PLUGINS = (
+    "lossbench.builtin.losses",
+    "lossbench.builtin.optimizers",
+    "lossbench.builtin.models",
+    "lossbench.builtin.datasets",
+    "lossbench.builtin.progress",
+    "lossbench.builtin.early_stopping",
+    "lossbench.builtin.outputs",
+)
+ENTRY_POINT_GROUP = "lossbench"
+ENV_PLUGINS_DIR = "LOSSBENCH_PLUGINS_DIR"
+ENV_LOAD = "LOSSBENCH_LOAD_PLUGINS"
+ENV_DISABLE = "LOSSBENCH_DISABLE_PLUGINS"
+
+# which registration hook fills which config group
+REGISTER_HOOKS = {
+    "loss": "register_losses",
+    "optimizer": "register_optimizers",
+    "model": "register_models",
+    "data": "register_datasets",
+}
+
+
+@dataclass
+class Registry:
+    """Every registered component, by config group ("loss", ...) and name."""
+
+    components: dict[str, dict] = field(default_factory=lambda: {k: {} for k in KINDS})
+
+    def get(self, group: str, name: str):
+        table = self.components[group]
+        if name not in table:
+            raise ConfigError(
+                f"{group}={name!r} is not a known {group}. Available: "
+                f"{choices_text(table)}. Fix: pick one of those, or install the plugin that "
+                f"provides {name!r} (`python -m lossbench plugins` lists what is loaded)."
+            )
+        return table[name]
+
+    def names(self, group: str) -> list[str]:
+        return sorted(self.components[group])
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager plus the component registry filled by the register_* hooks."""
+
+    def __init__(self) -> None:
+        super().__init__("lossbench")
+        self.add_hookspecs(hookspecs)
+        self.registry = Registry()
+        # plugin name -> (distribution name, version) for entry-point plugins
+        self.distributions: dict[str, tuple[str, str]] = {}
+
+    def collect(self) -> None:
+        """Call every register_* hook and fill the registry; duplicate names are an error."""
+        self.registry = Registry()
+        for group, hook_name in REGISTER_HOOKS.items():
+            hook = getattr(self.hook, hook_name)
+            for impl in hook.get_hookimpls():
+                plugin_name = self.get_name(impl.plugin) or repr(impl.plugin)
+
+                def register(spec, _group=group, _plugin=plugin_name):
+                    self._register(_group, spec, _plugin)
+
+                impl.function(register=register)
+
+    def _register(self, group: str, spec, plugin_name: str) -> None:
+        expected = KINDS[group]
+        if not isinstance(spec, expected):
+            raise PluginError(
+                f"plugin {plugin_name!r} registered {spec!r} as a {group}, but a {group} must be "
+                f"a lossbench.{expected.__name__}. Fix the plugin's {REGISTER_HOOKS[group]} hook."
+            )
+        table = self.registry.components[group]
+        if spec.name in table:
+            other = table[spec.name].plugin
+            raise PluginError(
+                f"two plugins register a {group} named {spec.name!r}: {other!r} and "
+                f"{plugin_name!r}. Fix: rename one, or disable one with "
+                f"{ENV_DISABLE}={plugin_name}."
+            )
+        if not spec.name.isidentifier():
+            raise PluginError(
+                f"plugin {plugin_name!r} registers a {group} named {spec.name!r}; names must be "
+                "identifiers (letters, digits, underscores) so they work as Hydra overrides."
+            )
+        table[spec.name] = replace(spec, plugin=plugin_name)
+
+
+def _split_env(name: str) -> set[str] | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    return {p.strip() for p in value.split(",") if p.strip()}
+
+
+def _load_entry_points(pm: PluginManager) -> None:
+    allow = _split_env(ENV_LOAD)
+    deny = _split_env(ENV_DISABLE) or set()
+    for dist in importlib.metadata.distributions():
+        for ep in dist.entry_points:
+            if ep.group != ENTRY_POINT_GROUP:
+                continue
+            if (allow is not None and ep.name not in allow) or ep.name in deny:
+                continue
+            if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                dist_name = dist.metadata["Name"]
+                raise PluginError(
+                    f"plugin {ep.name!r} from the distribution {dist_name} "
+                    f"{dist.version} failed to import: {type(exc).__name__}: {exc}. Fix: repair "
+                    f"or upgrade it, uninstall it (pip uninstall {dist_name}), or skip it with "
+                    f"{ENV_DISABLE}={ep.name}."
+                ) from exc
+            pm.register(plugin, name=ep.name)
+            pm.distributions[ep.name] = (dist.metadata["Name"], dist.version)
+
+
+def _load_dir(pm: PluginManager, directory: str) -> None:
+    path = Path(directory)
+    if not path.is_dir():
+        raise PluginError(
+            f"the plugin directory {directory!r} does not exist. Fix: pass an existing directory "
+            f"with --plugins-dir or {ENV_PLUGINS_DIR}, or unset it."
+        )
+    deny = _split_env(ENV_DISABLE) or set()
+    for file in sorted(path.glob("*.py")):
+        name = f"lossbench_plugin_{file.stem}"
+        if file.stem in deny or name in deny:
+            continue
+        spec = importlib.util.spec_from_file_location(name, file)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(name, None)
+            raise PluginError(
+                f"the plugin file {file} failed to import: {type(exc).__name__}: {exc}. Fix the "
+                f"file, move it out of {directory}, or skip it with {ENV_DISABLE}={file.stem}."
+            ) from exc
+        pm.register(module, name=file.stem)
+
+
+def build_plugin_manager(
+    plugins_dir: str | None = None, *, entry_points: bool = True, extra=()
+) -> PluginManager:
+    """A manager with built-ins, entry points (unless disabled) and plugin files loaded, hook
+    implementations checked and the component registry filled. ``extra`` plugins (objects or
+    modules) are registered last; tests use it to add components without installing them."""
+    pm = PluginManager()
+    deny = _split_env(ENV_DISABLE) or set()
+    for module_name in DEFAULT_PLUGINS:
+        if module_name.rsplit(".", 1)[-1] in deny:
+            continue
+        pm.register(importlib.import_module(module_name), name=module_name)
+    if entry_points:
+        _load_entry_points(pm)
+    directory = plugins_dir or os.environ.get(ENV_PLUGINS_DIR)
+    if directory:
+        _load_dir(pm, directory)
+    for plugin in extra:
+        pm.register(plugin)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(
+            f"plugin {pm.get_name(exc.plugin)!r} implements a hook lossbench does not have: "
+            f"{exc}. Hooks: {', '.join(n for n in dir(pm.hook) if not n.startswith('_'))}."
+        ) from exc
+    pm.collect()
+    return pm
+
+
+_DEFAULT: PluginManager | None = None
+
+
+def get_plugin_manager() -> PluginManager:
+    """The process-wide manager (built on first use)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = build_plugin_manager()
+    return _DEFAULT
+
+
+def set_plugin_manager(pm: PluginManager | None) -> None:
+    """Make ``pm`` the process-wide manager (None: rebuild on next use)."""
+    global _DEFAULT
+    _DEFAULT = pm
+
+
+def describe(pm: PluginManager) -> list[dict]:
+    """One entry per loaded plugin: name, version, hooks it implements, components it gives."""
+    rows = []
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None:
+            continue
+        if name in pm.distributions:
+            source, version = pm.distributions[name]
+        elif name.startswith("lossbench."):
+            from lossbench import __version__
+
+            version, source = __version__, "lossbench (built-in)"
+        else:
+            version, source = "", getattr(plugin, "__file__", "") or ""
+        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+        components = {
+            group: sorted(n for n, s in pm.registry.components[group].items() if s.plugin == name)
+            for group in REGISTER_HOOKS
+        }
+        rows.append(
+            {
+                "name": name,
+                "version": version,
+                "source": source,
+                "hooks": hooks,
+                "components": {g: c for g, c in components.items() if c},
+            }
+        )
+    return rows

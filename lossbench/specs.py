@@ -1,0 +1,169 @@
+"""Component specs: what a plugin registers, and the fixed kernel signatures.
+
+Every loss, optimizer and model is a *spec*: a name, a dataclass of hyperparameters (stored as a
+Hydra config option), numba kernels with the canonical signatures below, and a plain NumPy
+reference with the same meaning. The engine passes the kernels to one fused, disk-cached epoch
+as first-class function values, so a new kernel never means recompiling the epoch.
+
+Canonical kernel signatures (``F`` is the run's float dtype, float32 or float64; arrays are
+C-contiguous):
+
+loss kernel
+    ``loss(pred: F[:, ::1], target: F[:, ::1], hp: F[::1], grad: F[:, ::1]) -> float64``
+    Returns the mean loss of the batch and writes dLoss/dpred (the gradient of that mean, so
+    already divided by the batch size) into ``grad``.
+
+optimizer kernel
+    ``step(params: F[::1], grads: F[::1], state: F[:, ::1], hp: F[::1], t: int64, lr: F) -> None``
+    Updates ``params`` and ``state`` in place. ``t`` is the 1-based step count, ``lr`` the
+    learning rate of this epoch (schedules live outside the kernel).
+
+model kernels
+    ``forward(params: F[::1], layout: int64[:, ::1], hp: F[::1], x: F[:, ::1], work: F[::1],
+    out: F[:, ::1]) -> None`` writes the model's output for the batch ``x`` into ``out``, keeping
+    whatever backward needs in ``work``.
+    ``backward(params, layout, hp, x, work, dout: F[:, ::1], grads: F[::1]) -> None`` overwrites
+    ``grads`` with dLoss/dparams given dLoss/dout, using what forward left in ``work``.
+
+Hyperparameters reach kernels as a small float array (``hp``), built from the dataclass by the
+spec's ``pack`` function, never as closure constants or globals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Literal
+
+import numpy as np
+from numba import types
+
+FLOAT_DTYPES = {"float32": types.float32, "float64": types.float64}
+
+
+def loss_signature(dtype: str) -> types.Signature:
+    """Canonical loss kernel signature for ``dtype`` ('float32' or 'float64')."""
+    f = FLOAT_DTYPES[dtype]
+    m2 = types.Array(f, 2, "C")
+    return types.float64(m2, m2, types.Array(f, 1, "C"), m2)
+
+
+def optimizer_signature(dtype: str) -> types.Signature:
+    """Canonical optimizer kernel signature for ``dtype``."""
+    f = FLOAT_DTYPES[dtype]
+    v = types.Array(f, 1, "C")
+    return types.none(v, v, types.Array(f, 2, "C"), v, types.int64, f)
+
+
+def forward_signature(dtype: str) -> types.Signature:
+    """Canonical model forward kernel signature for ``dtype``."""
+    f = FLOAT_DTYPES[dtype]
+    v, m2 = types.Array(f, 1, "C"), types.Array(f, 2, "C")
+    return types.none(v, types.Array(types.int64, 2, "C"), v, m2, v, m2)
+
+
+def backward_signature(dtype: str) -> types.Signature:
+    """Canonical model backward kernel signature for ``dtype``."""
+    f = FLOAT_DTYPES[dtype]
+    v, m2 = types.Array(f, 1, "C"), types.Array(f, 2, "C")
+    return types.none(v, types.Array(types.int64, 2, "C"), v, m2, v, m2, v)
+
+
+def no_hparams(hp: Any) -> list[float]:
+    """``pack`` for components without runtime hyperparameters."""
+    return []
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    name: str
+    hparams: type
+    description: str = ""
+    # set by the registry: which plugin registered this spec
+    plugin: str = dataclasses.field(default="", compare=False)
+
+    def default_hparams(self) -> Any:
+        return self.hparams()
+
+
+# A loss's targets: class indices (one column), 0/1 labels of a two-class task (one column), or
+# real values (regression targets, or one-hot rows on a classification task).
+TargetKind = Literal["class_index", "binary", "values"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec(_Spec):
+    """A loss. ``kernel`` has the canonical loss signature; ``reference(pred, target, hp)``
+    returns ``(loss, grad)`` in NumPy with the same meaning; ``pack(hp) -> list[float]``.
+    ``check(hp)`` may raise ``ConfigError`` for values it cannot handle."""
+
+    kernel: Any = None
+    reference: Callable[..., tuple[float, np.ndarray]] | None = None
+    target: TargetKind = "values"
+    pack: Callable[[Any], list[float]] = no_hparams
+    check: Callable[[Any], None] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec(_Spec):
+    """An optimizer. ``kernel`` has the canonical optimizer signature; ``reference(params, grads,
+    state, hp, t, lr)`` updates NumPy arrays in place with the same meaning. ``state_rows`` rows of
+    state are allocated per parameter, filled by ``init_state(state, hp)`` (zeros by default).
+    ``lr_of(hp)`` reads the base learning rate."""
+
+    kernel: Any = None
+    reference: Callable[..., None] | None = None
+    state_rows: int = 0
+    pack: Callable[[Any], list[float]] = no_hparams
+    init_state: Callable[[np.ndarray, Any], None] | None = None
+    check: Callable[[Any], None] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec(_Spec):
+    """A model over a flat parameter vector.
+
+    ``build(hp, n_in, n_out) -> ModelLayout`` describes the parameter layout and kernel inputs;
+    ``forward``/``backward`` have the canonical model signatures; ``reference_forward(params,
+    layout, x) -> out`` and ``reference_backward(params, layout, x, dout) -> grads`` are NumPy."""
+
+    build: Callable[..., ModelLayout] | None = None
+    forward: Any = None
+    backward: Any = None
+    reference_forward: Callable[..., np.ndarray] | None = None
+    reference_backward: Callable[..., np.ndarray] | None = None
+
+
+@dataclasses.dataclass
+class ModelLayout:
+    """What a model's ``build`` returns.
+
+    ``tensors`` maps a parameter name (``W0``, ``b0``, ...) to ``(offset, shape)`` inside the flat
+    vector; ``init(rng, params)`` fills the flat vector; ``layout``/``hp`` go to the kernels;
+    ``workspace(batch)`` is the length of ``work`` forward/backward need for ``batch`` rows."""
+
+    n_params: int
+    tensors: dict[str, tuple[int, tuple[int, ...]]]
+    layout: np.ndarray
+    hp: list[float]
+    init: Callable[[np.random.Generator, np.ndarray], None]
+    workspace: Callable[[int], int]
+
+    def views(self, params: np.ndarray) -> dict[str, np.ndarray]:
+        """Named views (W0, b0, ...) into ``params``."""
+        out = {}
+        for name, (off, shape) in self.tensors.items():
+            size = int(np.prod(shape))
+            out[name] = params[off : off + size].reshape(shape)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec(_Spec):
+    """A dataset. ``load(hp, seed) -> lossbench.data.Dataset``. The hyperparameter dataclass
+    should derive from ``lossbench.data.DataOptions`` so the common split/scaling options exist."""
+
+    load: Callable[..., Any] | None = None
+
+
+KINDS = {"loss": LossSpec, "optimizer": OptimizerSpec, "model": ModelSpec, "data": DatasetSpec}
