@@ -14,14 +14,65 @@ from lossbench.hookspecs import hookimpl
 from lossbench.specs import DatasetSpec
 
 
-def _sklearn(loader_name: str, task: str):
-    def load(hp, seed):
-        from sklearn import datasets
+# scikit-learn's bundled files, read directly: importing sklearn costs about 0.8 s per process,
+# more than a whole default training run. tests/test_datasets.py holds these readers to
+# sklearn's own loaders; if the files ever move, the loader falls back to sklearn.
+_BUNDLED = {
+    # name: (sklearn loader, file, format, task)
+    "digits": ("load_digits", "digits.csv.gz", "digits", "classification"),
+    "iris": ("load_iris", "iris.csv", "header", "classification"),
+    "wine": ("load_wine", "wine_data.csv", "header", "classification"),
+    "breast_cancer": ("load_breast_cancer", "breast_cancer.csv", "header", "classification"),
+    "diabetes": ("load_diabetes", "diabetes_data_raw.csv.gz", "diabetes", "regression"),
+}
+_DIGIT_NAMES = [str(i) for i in range(10)]
 
-        bunch = getattr(datasets, loader_name)()
-        names = [str(n) for n in getattr(bunch, "target_names", [])] or None
-        y = bunch.target.astype(np.int64 if task == "classification" else np.float64)
-        return Dataset(X=bunch.data, y=y, task=task, class_names=names)
+
+def _sklearn_data_dir():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+
+
+def read_bundled(name: str):
+    """(X, y, class names) of a scikit-learn bundled dataset, or None if its file is missing."""
+    _, file, fmt, task = _BUNDLED[name]
+    folder = _sklearn_data_dir()
+    if folder is None or not (folder / file).is_file():
+        return None
+    path = folder / file
+    if fmt == "digits":
+        data = np.loadtxt(path, delimiter=",")
+        return data[:, :-1], data[:, -1].astype(np.int64), _DIGIT_NAMES
+    if fmt == "diabetes":
+        X = np.loadtxt(path)
+        y = np.loadtxt(folder / "diabetes_target.csv.gz")
+        return X, y, None
+    with open(path) as f:
+        header = f.readline().strip().split(",")
+        data = np.loadtxt(f, delimiter=",")
+    names = header[2:]
+    return data[:, :-1], data[:, -1].astype(np.int64), names
+
+
+def _sklearn(name: str):
+    loader_name, _, _, task = _BUNDLED[name]
+
+    def load(hp, seed):
+        found = read_bundled(name)
+        if found is None:
+            from sklearn import datasets
+
+            bunch = getattr(datasets, loader_name)()
+            names = [str(n) for n in getattr(bunch, "target_names", [])] or None
+            found = bunch.data, bunch.target, names
+        X, y, names = found
+        y = y.astype(np.int64 if task == "classification" else np.float64)
+        return Dataset(X=X, y=y, task=task, class_names=names)
 
     return load
 
@@ -231,15 +282,15 @@ def _load_npz(hp: NPZOptions, seed):
 
 DATASETS = [
     DatasetSpec("digits", DataOptions, "8x8 handwritten digits, 10 classes (scikit-learn)",
-                load=_sklearn("load_digits", "classification")),
+                load=_sklearn("digits")),
     DatasetSpec("iris", DataOptions, "iris flowers, 3 classes (scikit-learn)",
-                load=_sklearn("load_iris", "classification")),
+                load=_sklearn("iris")),
     DatasetSpec("wine", DataOptions, "wine cultivars, 3 classes (scikit-learn)",
-                load=_sklearn("load_wine", "classification")),
+                load=_sklearn("wine")),
     DatasetSpec("breast_cancer", DataOptions, "breast cancer, 2 classes (scikit-learn)",
-                load=_sklearn("load_breast_cancer", "classification")),
+                load=_sklearn("breast_cancer")),
     DatasetSpec("diabetes", DataOptions, "diabetes progression, regression (scikit-learn)",
-                load=_sklearn("load_diabetes", "regression")),
+                load=_sklearn("diabetes")),
     DatasetSpec("moons", MoonsOptions, "two interleaving half-moons, seeded (synthetic)",
                 load=_load_moons),
     DatasetSpec("blobs", BlobsOptions, "Gaussian blobs, seeded (synthetic)", load=_load_blobs),
