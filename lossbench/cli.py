@@ -61,7 +61,10 @@ def plugins_command(argv: list[str]) -> None:
     for r in rows:
         comps = "\n".join(f"{g}: {', '.join(c)}" for g, c in r["components"].items())
         table.add_row(r["name"], r["version"], r["source"], comps, ", ".join(r["hooks"]))
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped: don't squeeze the table to 80 columns
+        console = Console(width=200)
+    console.print(table)
 
 
 def _print_summary(run) -> None:
@@ -70,7 +73,7 @@ def _print_summary(run) -> None:
     from lossbench.engine import summary
 
     s = summary(run)
-    console = Console()
+    console = Console(soft_wrap=True)  # paths must stay copy-pasteable
     final = s["final"]
     lines = [f"[bold]{run.status}[/bold] after {s['epochs']} epochs"]
     if run.stop_reason:

@@ -59,8 +59,9 @@ class Registry:
     def get(self, group: str, name: str):
         table = self.components[group]
         if name not in table:
+            noun = "dataset" if group == "data" else group
             raise ConfigError(
-                f"{group}={name!r} is not a known {group}. Available: "
+                f"{group}={name!r} is not a known {noun}. Available: "
                 f"{choices_text(table)}. Fix: pick one of those, or install the plugin that "
                 f"provides {name!r} (`python -m lossbench plugins` lists what is loaded)."
             )

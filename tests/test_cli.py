@@ -1,0 +1,125 @@
+"""The command line, run as users run it: python -m lossbench ..."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def lossbench(*args, cwd, env=None, timeout=120):
+    full_env = {**os.environ, "LOSSBENCH_LOAD_PLUGINS": "", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "lossbench", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_run_writes_outputs_and_summary(tmp_path):
+    r = lossbench("trainer.epochs=3", "data=iris", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "finished after 3 epochs" in r.stdout and "best epoch" in r.stdout
+    (run_dir,) = list((tmp_path / "outputs").glob("*/*"))
+    assert f"outputs: {run_dir}" in r.stdout
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"history.csv", "model.npz", "loss_curve.png", "summary.json", ".hydra"} <= names
+    resolved = (run_dir / ".hydra" / "config.yaml").read_text()
+    assert "name: iris" in resolved and "epochs: 3" in resolved
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs"] == 3
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["loss=focal"], "loss='focal' is not a known loss. Available: bce, cross_entropy"),
+        (["trainer.epochs=abc"], "trainer.epochs=abc"),
+        (["data=digits", "loss=bce"], "loss=bce is for two-class data"),
+        (["data=csv", "data.path=missing.csv"], "data.path='missing.csv': no such file"),
+        (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 is not allowed"),
+    ],
+)
+def test_user_mistakes_exit_2_without_traceback_or_leftovers(tmp_path, args, message):
+    r = lossbench("trainer.epochs=2", *args, cwd=tmp_path)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    assert not list(tmp_path.glob("outputs/*/*")), "a failed start left a run directory"
+
+
+def test_plugins_command_lists_builtins_with_components(tmp_path):
+    r = lossbench("plugins", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    losses = rows["lossbench.builtin.losses"]
+    assert losses["components"]["loss"] == ["bce", "cross_entropy", "huber", "mae", "mse"]
+    assert losses["hooks"] == ["register_losses"] and losses["version"]
+    assert "on_epoch_end" in rows["lossbench.builtin.early_stopping"]["hooks"]
+    table = lossbench("plugins", cwd=tmp_path)
+    assert "lossbench.builtin.optimizers" in table.stdout
+
+
+def test_broken_plugin_file_names_itself_and_the_fix(tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "broken.py").write_text("import no_such_module_xyz\n")
+    r = lossbench("--plugins-dir", str(plugins), "trainer.epochs=1", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "broken.py failed to import: ModuleNotFoundError" in r.stderr
+    assert "LOSSBENCH_DISABLE_PLUGINS=broken" in r.stderr
+    r = lossbench("--plugins-dir", str(plugins), "trainer.epochs=1", "data=iris", cwd=tmp_path,
+                  env={"LOSSBENCH_DISABLE_PLUGINS": "broken"})
+    assert r.returncode == 0, r.stderr
+
+
+def test_ctrl_c_ends_the_run_cleanly_with_partial_outputs(tmp_path):
+    env = {**os.environ, "LOSSBENCH_LOAD_PLUGINS": ""}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lossbench", "trainer.epochs=100000", "data=moons",
+         "data.n_samples=20000"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob("outputs/*/*/.hydra")):
+        time.sleep(0.2)
+    time.sleep(3)  # let a few epochs run
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    (run_dir,) = list(tmp_path.glob("outputs/*/*"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    rows = (run_dir / "history.csv").read_text().splitlines()
+    assert len(rows) - 1 == summary["epochs"] >= 1
+
+
+def test_wheel_install_outside_the_repo(tmp_path):
+    """pip install . (not editable) ships the configs: python -m lossbench works elsewhere."""
+    repo = Path(__file__).resolve().parents[1]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # reuse this environment's dependencies instead of downloading them again
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    venv_site = next((venv / "lib").glob("python*/site-packages"))
+    (venv_site / "deps.pth").write_text(site + "\n")
+    py = venv / "bin" / "python"
+    r = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+                        "-q", str(repo)], capture_output=True, text=True)
+    if r.returncode != 0 and "hatchling" in r.stderr:
+        r = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "-q", str(repo)],
+                           capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {**os.environ, "LOSSBENCH_LOAD_PLUGINS": "", "PYTHONPATH": ""}
+    run = subprocess.run([str(py), "-m", "lossbench", "trainer.epochs=2", "data=iris"],
+                         cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "finished after 2 epochs" in run.stdout
+    where = subprocess.run([str(py), "-c", "import lossbench.config as c; print(c.config_dir())"],
+                           cwd=work, env=env, capture_output=True, text=True)
+    assert str(venv) in where.stdout, "configs must come from the installed wheel"
