@@ -1,0 +1,292 @@
+"""Write tests/data/torch_reference.json: float64 values computed by PyTorch, so that
+tests/test_torch_reference.py can hold lossbench's kernels and NumPy references to PyTorch
+without importing torch.
+
+    pip install torch==2.13.0        # or: pip install -e '.[bench]'
+    python benchmarks/make_torch_reference.py
+
+Everything here is deterministic (fixed inputs written out literally or drawn from a seeded NumPy
+generator), so re-running it with the same torch version reproduces the file.
+
+Contents:
+  losses      torch.nn losses (mean reduction) on fixed predictions/targets in lossbench's target
+              layouts: value and d loss / d pred.
+  optimizers  torch.optim optimizers fed a fixed sequence of 5 gradients on a 7-value parameter
+              vector: the parameters after every step. Hyperparameters use lossbench's names
+              (betas -> beta1, beta2).
+  models      a 3-5-2 MLP (W stored (in, out), i.e. torch's weight transposed) for each
+              activation: output for a fixed x and d sum(out * dout) / d W, b.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "tests" / "data" / "torch_reference.json"
+
+torch.set_default_dtype(torch.float64)
+
+
+def t64(a):
+    return torch.tensor(np.asarray(a, dtype=np.float64), dtype=torch.float64)
+
+
+def tolist(t):
+    return t.detach().cpu().numpy().astype(np.float64).tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# losses
+
+# 5 x 3 predictions with large-magnitude entries (stable log-sum-exp / softplus paths) and a row
+# where two logits tie.
+PRED = [
+    [0.3, -1.2, 2.5],
+    [40.0, -40.0, 0.0],
+    [-40.0, 39.5, 40.0],
+    [1.0, 1.0, -0.75],
+    [-2.0, 0.125, 100.0],
+]
+# real-valued targets for mse/mae/huber: some differences are exactly 0, +-0.5 and +-1.5
+# (the L1 kink and the Huber thresholds for delta 0.5 and 1.5)
+VALUES_TARGET = [
+    [0.3, -0.7, 1.0],
+    [39.0, -40.0, 0.5],
+    [-41.5, 39.5, 38.5],
+    [1.0, 0.0, -2.25],
+    [-1.5, 0.625, 99.0],
+]
+CLASS_TARGET = [[2.0], [0.0], [1.0], [1.0], [2.0]]  # class indices as a float column
+# binary (two-class) layout: one logit column, 0/1 targets
+BINARY_PRED = [[0.3], [40.0], [-40.0], [0.0], [-2.5], [100.0], [-100.0]]
+BINARY_TARGET = [[1.0], [1.0], [1.0], [0.0], [0.0], [0.0], [1.0]]
+# several independent 0/1 outputs (BCEWithLogitsLoss is elementwise), same 5 x 3 logits
+MULTI_TARGET = [[1.0, 0.0, 1.0], [1.0, 1.0, 0.0], [0.0, 1.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
+
+
+def loss_case(name, lossbench_name, hparams, fn, pred, target, torch_target):
+    x = t64(pred).requires_grad_(True)
+    value = fn(x, torch_target)
+    value.backward()
+    return {
+        "name": name,
+        "loss": lossbench_name,
+        "hparams": hparams,
+        "pred": pred,
+        "target": target,
+        "value": value.item(),
+        "grad": tolist(x.grad),
+    }
+
+
+def losses():
+    vt = t64(VALUES_TARGET)
+    cls = t64(CLASS_TARGET)[:, 0].long()
+    cases = [
+        loss_case("mse", "mse", {}, torch.nn.MSELoss(), PRED, VALUES_TARGET, vt),
+        loss_case("l1", "mae", {}, torch.nn.L1Loss(), PRED, VALUES_TARGET, vt),
+    ]
+    for delta in (0.5, 1.5):
+        cases.append(
+            loss_case(
+                f"huber_delta{delta}", "huber", {"delta": delta},
+                torch.nn.HuberLoss(delta=delta), PRED, VALUES_TARGET, vt,
+            )
+        )  # fmt: skip
+    cases.append(
+        loss_case(
+            "bce_with_logits", "bce", {}, torch.nn.BCEWithLogitsLoss(), BINARY_PRED,
+            BINARY_TARGET, t64(BINARY_TARGET),
+        )
+    )  # fmt: skip
+    cases.append(
+        loss_case(
+            "bce_with_logits_multilabel", "bce", {}, torch.nn.BCEWithLogitsLoss(), PRED,
+            MULTI_TARGET, t64(MULTI_TARGET),
+        )
+    )  # fmt: skip
+    for eps in (0.0, 0.1):
+        cases.append(
+            loss_case(
+                f"cross_entropy_ls{eps}", "cross_entropy", {"label_smoothing": eps},
+                torch.nn.CrossEntropyLoss(label_smoothing=eps), PRED, CLASS_TARGET, cls,
+            )
+        )  # fmt: skip
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------
+# optimizers
+
+P0 = [0.5, -1.25, 0.0, 2.0, -0.3, 1e-3, 3.75]
+
+
+def gradients():
+    rng = np.random.default_rng(20240613)
+    g = rng.normal(scale=1.5, size=(5, len(P0)))
+    g[1, 2] = 0.0  # a zero gradient entry
+    g[3, 5] = 0.0
+    g[4, 0] = -g[4, 0]
+    return g.round(6)  # short decimal literals in the JSON
+
+
+# (case name, lossbench optimizer, lossbench hyperparameters); torch gets the same values with
+# torch's names (beta1, beta2 -> betas)
+OPT_CASES = [
+    ("sgd", "sgd", {"lr": 0.1}),
+    ("sgd_momentum", "sgd", {"lr": 0.1, "momentum": 0.9}),
+    ("sgd_momentum_dampening", "sgd", {"lr": 0.1, "momentum": 0.9, "dampening": 0.1}),
+    ("sgd_nesterov", "sgd", {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
+    ("sgd_weight_decay", "sgd", {"lr": 0.1, "weight_decay": 0.05}),
+    ("adam", "adam", {"lr": 0.01}),
+    ("adam_weight_decay", "adam", {"lr": 0.01, "weight_decay": 0.1}),
+    ("adam_amsgrad_betas", "adam", {"lr": 0.01, "amsgrad": True, "beta1": 0.8, "beta2": 0.99}),
+    ("adamw", "adamw", {"lr": 0.01}),  # torch's default weight_decay 0.01, as lossbench's
+    ("adamw_amsgrad", "adamw", {"lr": 0.01, "amsgrad": True, "weight_decay": 0.2}),
+    ("rmsprop", "rmsprop", {"lr": 0.01}),
+    ("rmsprop_centered", "rmsprop", {"lr": 0.01, "centered": True}),
+    ("rmsprop_momentum", "rmsprop", {"lr": 0.01, "momentum": 0.9}),
+    ("rmsprop_weight_decay_centered_momentum", "rmsprop",
+     {"lr": 0.01, "weight_decay": 0.1, "centered": True, "momentum": 0.5, "alpha": 0.9}),
+    ("adagrad", "adagrad", {"lr": 0.1}),
+    ("adagrad_lr_decay", "adagrad", {"lr": 0.1, "lr_decay": 0.2}),
+    ("adagrad_initial_accumulator", "adagrad", {"lr": 0.1, "initial_accumulator_value": 0.5}),
+    ("adagrad_weight_decay", "adagrad", {"lr": 0.1, "weight_decay": 0.1}),
+]  # fmt: skip
+TORCH_OPTIMIZERS = {
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "rmsprop": torch.optim.RMSprop,
+    "adagrad": torch.optim.Adagrad,
+}
+
+
+def torch_kwargs(hp: dict) -> dict:
+    kwargs = {k: v for k, v in hp.items() if k not in ("beta1", "beta2")}
+    if "beta1" in hp or "beta2" in hp:
+        kwargs["betas"] = (hp.get("beta1", 0.9), hp.get("beta2", 0.999))
+    return kwargs
+
+
+def optimizers():
+    grads = gradients()
+    cases = []
+    for name, lb_name, lb_hp in OPT_CASES:
+        cls, kwargs = TORCH_OPTIMIZERS[lb_name], torch_kwargs(lb_hp)
+        p = torch.nn.Parameter(t64(P0))
+        opt = cls([p], **kwargs)
+        steps = []
+        for g in grads:
+            p.grad = t64(g)
+            opt.step()
+            steps.append(tolist(p))
+        args = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+        cases.append(
+            {
+                "name": name,
+                "optimizer": lb_name,
+                "hparams": lb_hp,
+                "torch": f"torch.optim.{cls.__name__}({args})",
+                "params0": P0,
+                "grads": grads.tolist(),
+                "params": steps,
+            }
+        )
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------
+# models
+
+# x: 4 rows of 3 features; the last row is all zeros and b0[1] = 0, so hidden unit 1 sees z = 0
+# exactly there (relu / leaky_relu at the kink)
+X = [[0.5, -1.0, 2.0], [-1.5, 0.25, 0.75], [3.0, 2.0, -1.0], [0.0, 0.0, 0.0]]
+DOUT = [[1.0, -0.5], [0.25, 2.0], [-1.5, 0.75], [0.5, 0.5]]
+
+
+def model_weights():
+    rng = np.random.default_rng(7)
+    W0 = rng.uniform(-1, 1, size=(3, 5)).round(4)
+    b0 = rng.uniform(-0.5, 0.5, size=5).round(4)
+    b0[1] = 0.0
+    W1 = rng.uniform(-1, 1, size=(5, 2)).round(4)
+    b1 = rng.uniform(-0.5, 0.5, size=2).round(4)
+    return W0, b0, W1, b1
+
+
+ACTIVATIONS = {
+    "relu": torch.nn.ReLU(),
+    "tanh": torch.nn.Tanh(),
+    "sigmoid": torch.nn.Sigmoid(),
+    "gelu": torch.nn.GELU(approximate="none"),
+    "leaky_relu": torch.nn.LeakyReLU(0.01),
+}
+
+
+def models():
+    W0, b0, W1, b1 = model_weights()
+    cases = []
+    for act_name, act in ACTIVATIONS.items():
+        l0, l1 = torch.nn.Linear(3, 5), torch.nn.Linear(5, 2)
+        with torch.no_grad():
+            l0.weight.copy_(t64(W0.T))  # torch stores (out, in); lossbench (in, out)
+            l0.bias.copy_(t64(b0))
+            l1.weight.copy_(t64(W1.T))
+            l1.bias.copy_(t64(b1))
+        net = torch.nn.Sequential(l0, act, l1)
+        out = net(t64(X))
+        (out * t64(DOUT)).sum().backward()
+        cases.append(
+            {
+                "activation": act_name,
+                "torch": repr(net),
+                "out": tolist(out),
+                "grads": {
+                    "W0": tolist(l0.weight.grad.T),
+                    "b0": tolist(l0.bias.grad),
+                    "W1": tolist(l1.weight.grad.T),
+                    "b1": tolist(l1.bias.grad),
+                },
+            }
+        )
+    return {
+        "widths": [3, 5, 2],
+        "x": X,
+        "dout": DOUT,
+        "params": {"W0": W0.tolist(), "b0": b0.tolist(), "W1": W1.tolist(), "b1": b1.tolist()},
+        "cases": cases,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    data = {
+        "generator": "benchmarks/make_torch_reference.py",
+        "torch_version": torch.__version__,
+        "dtype": "float64",
+        "losses": losses(),
+        "optimizers": optimizers(),
+        "models": models(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=1)
+    # one line per innermost list (a row of numbers), to keep the file short and readable
+    text = re.sub(
+        r"\[\s*([^\[\]{}\"]*?)\s*\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text
+    )
+    args.out.write_text(text + "\n")
+    print(f"wrote {args.out} ({args.out.stat().st_size} bytes) with torch {torch.__version__}")
+
+
+if __name__ == "__main__":
+    main()
