@@ -361,9 +361,9 @@ def train(cfg=None, *, overrides=(), output_dir=None, plugin_manager=None) -> Ru
     status = None
     train_seconds = 0.0
     classification = prep.task == "classification"
-    pm.hook.on_run_start(run=run)
     try:
         with _SigtermAsInterrupt():
+            pm.hook.on_run_start(run=run)
             t = 0
             for epoch in range(int(tc.epochs)):
                 lr = lr_at(epoch, base_lr, tc)

@@ -193,7 +193,10 @@ def build_plugin_manager(
     if directory:
         _load_dir(pm, directory)
     for plugin in extra:
-        pm.register(plugin)
+        name = getattr(plugin, "__name__", None) or type(plugin).__name__
+        if pm.has_plugin(name):
+            name = f"{name}-{id(plugin):x}"
+        pm.register(plugin, name=name)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:

@@ -1,0 +1,194 @@
+"""One test per hook (test_hook_<name>), and meta-tests: every hook is tested and documented."""
+
+import dataclasses
+import inspect
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lossbench
+from lossbench import hookspecs
+from lossbench.builtin.models import MODELS
+from lossbench.data import DataOptions, Dataset
+from lossbench.plugins import build_plugin_manager
+
+from conftest import TINY
+
+HOOKS = sorted(n for n, f in vars(hookspecs).items() if hasattr(f, "lossbench_spec"))
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
+
+
+class Recorder:
+    """A lifecycle plugin that records calls and can stop, fail or interrupt on request."""
+
+    def __init__(self, action=None, at_epoch=1):
+        self.calls = []
+        self.action, self.at_epoch = action, at_epoch
+
+    @lossbench.hookimpl
+    def on_run_start(self, run):
+        self.calls.append(("start", len(run.history), run.dataset is not None))
+        if self.action == "fail_start":
+            raise RuntimeError("cannot start")
+
+    @lossbench.hookimpl
+    def on_epoch_end(self, run, epoch, metrics):
+        self.calls.append(("epoch", epoch, dict(metrics)))
+        if epoch == self.at_epoch:
+            if self.action == "stop":
+                return "enough"
+            if self.action == "fail":
+                raise ValueError("plugin bug")
+            if self.action == "interrupt":
+                raise KeyboardInterrupt
+        return None
+
+    @lossbench.hookimpl
+    def on_run_end(self, run, status):
+        self.calls.append(("end", status, run.status))
+
+
+def train_with(recorder, *overrides):
+    pm = build_plugin_manager(entry_points=False, extra=[recorder])
+    return lossbench.train(overrides=[*TINY, "data=iris", *overrides], plugin_manager=pm)
+
+
+def ends(recorder):
+    return [c for c in recorder.calls if c[0] == "end"]
+
+
+def test_hook_on_run_start():
+    rec = Recorder()
+    train_with(rec)
+    assert rec.calls[0] == ("start", 0, True)
+    rec = Recorder("fail_start")
+    with pytest.raises(RuntimeError, match="cannot start"):
+        train_with(rec)
+    assert ends(rec) == [("end", "failed", "failed")]
+
+
+def test_hook_on_epoch_end():
+    rec = Recorder()
+    run = train_with(rec)
+    epochs = [c for c in rec.calls if c[0] == "epoch"]
+    assert [c[1] for c in epochs] == [0, 1, 2]
+    assert set(epochs[0][2]) == {"epoch", "train_loss", "val_loss", "train_accuracy",
+                                 "val_accuracy", "lr", "epoch_seconds"}
+    assert epochs[-1][2] == run.history[-1]
+    rec = Recorder("stop", at_epoch=1)
+    run = train_with(rec, "trainer.epochs=10")
+    assert run.status == "stopped" and run.stop_reason == "enough" and len(run.history) == 2
+
+
+@pytest.mark.parametrize(
+    "action,overrides,status",
+    [
+        (None, [], "finished"),
+        ("stop", [], "stopped"),
+        (None, ["data=regression", "loss=mse", "optimizer=sgd", "optimizer.lr=1e8",
+                "trainer.epochs=20"], "diverged"),
+        ("fail", [], "failed"),
+        ("interrupt", [], "interrupted"),
+    ],
+)
+def test_hook_on_run_end(action, overrides, status):
+    rec = Recorder(action)
+    try:
+        train_with(rec, *overrides)
+    except (ValueError, KeyboardInterrupt):
+        assert status in ("failed", "interrupted")
+    assert ends(rec) == [("end", status, status)]  # exactly once, with the run's status
+
+
+def test_on_run_end_failure_in_one_plugin_does_not_skip_others():
+    class Broken:
+        @lossbench.hookimpl
+        def on_run_end(self, run, status):
+            raise RuntimeError("oops")
+
+    rec = Recorder()
+    pm = build_plugin_manager(entry_points=False, extra=[rec, Broken()])
+    with pytest.warns(UserWarning, match="oops"):
+        lossbench.train(overrides=[*TINY, "data=iris"], plugin_manager=pm)
+    assert ends(rec) == [("end", "finished", "finished")]
+
+
+@dataclasses.dataclass
+class ToyOptions(DataOptions):
+    n: int = 90
+
+
+class Components:
+    """Registers one component of each kind through the register_* hooks."""
+
+    @lossbench.hookimpl
+    def register_losses(self, register):
+        from lossbench.builtin.losses import LOSSES
+
+        register(dataclasses.replace(LOSSES[0], name="mse_again"))
+
+    @lossbench.hookimpl
+    def register_optimizers(self, register):
+        from lossbench.builtin.optimizers import OPTIMIZERS
+
+        register(dataclasses.replace(OPTIMIZERS[0], name="sgd_again"))
+
+    @lossbench.hookimpl
+    def register_models(self, register):
+        register(dataclasses.replace(MODELS[1], name="linear_again"))
+
+    @lossbench.hookimpl
+    def register_datasets(self, register):
+        def load(hp, seed):
+            rng = np.random.default_rng(seed)
+            X = rng.normal(size=(hp.n, 2))
+            return Dataset(X=X, y=(X[:, 0] > 0).astype(np.int64), task="classification")
+
+        register(lossbench.DatasetSpec(name="toy", hparams=ToyOptions, load=load))
+
+
+@pytest.fixture(scope="module")
+def components_pm():
+    return build_plugin_manager(entry_points=False, extra=[Components()])
+
+
+def _train_components(pm):
+    return lossbench.train(
+        overrides=[*TINY, "data=toy", "data.n=60", "loss=mse_again", "optimizer=sgd_again",
+                   "model=linear_again"], plugin_manager=pm)
+
+
+def test_hook_register_losses(components_pm):
+    assert components_pm.registry.get("loss", "mse_again").plugin.startswith("Components")
+    assert _train_components(components_pm).specs["loss"].name == "mse_again"
+
+
+def test_hook_register_optimizers(components_pm):
+    assert _train_components(components_pm).specs["optimizer"].name == "sgd_again"
+
+
+def test_hook_register_models(components_pm):
+    run = _train_components(components_pm)
+    assert run.specs["model"].name == "linear_again" and set(run.params) == {"W0", "b0"}
+
+
+def test_hook_register_datasets(components_pm):
+    run = _train_components(components_pm)
+    assert len(run.dataset.X_train) + len(run.dataset.X_val) == 60
+
+
+def test_every_hook_has_a_test():
+    names = {n for n, f in globals().items() if inspect.isfunction(f)}
+    missing = [h for h in HOOKS if f"test_hook_{h}" not in names]
+    assert not missing, f"hooks without a test_hook_<name> test: {missing}"
+
+
+def test_every_hook_is_documented_with_its_exact_signature():
+    text = DOCS.read_text()
+    for name in HOOKS:
+        params = ", ".join(inspect.signature(getattr(hookspecs, name)).parameters)
+        assert re.search(rf"^#+ `{name}\({re.escape(params)}\)`", text, re.M), (
+            f"docs/plugins.md has no heading `{name}({params})`"
+        )
