@@ -83,7 +83,9 @@ def _print_summary(run) -> None:
     if final:
         acc = ""
         if "val_accuracy" in final:
-            acc = f", accuracy train {final['train_accuracy']:.4f} / val {final['val_accuracy']:.4f}"
+            acc = (
+                f", accuracy train {final['train_accuracy']:.4f} / val {final['val_accuracy']:.4f}"
+            )
         lines.append(
             f"final train_loss {final['train_loss']:.5f}, val_loss {final['val_loss']:.5f}{acc}"
         )

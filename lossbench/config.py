@@ -89,10 +89,14 @@ def hparams(spec, node):
     from omegaconf.errors import MissingMandatoryValue
 
     try:
-        values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+        values = (
+            OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+        )
     except MissingMandatoryValue as exc:
         key = str(exc.full_key) if getattr(exc, "full_key", None) else str(exc)
-        raise ConfigError(f"{key} must be set. Fix: pass {key}=VALUE on the command line.") from None
+        raise ConfigError(
+            f"{key} must be set. Fix: pass {key}=VALUE on the command line."
+        ) from None
     names = {f.name for f in dataclasses.fields(spec.hparams)}
     kwargs = {k: v for k, v in dict(values).items() if k in names}
     for k, v in kwargs.items():

@@ -89,7 +89,9 @@ def train_epoch(
 
 
 @njit(cache=True, nogil=True)
-def evaluate(forward, loss, params, layout, model_hp, loss_hp, X, Y, labels, chunk, work, out, dout):
+def evaluate(
+    forward, loss, params, layout, model_hp, loss_hp, X, Y, labels, chunk, work, out, dout
+):
     """Loss and correct predictions on a whole set, in chunks of at most ``chunk`` rows;
     returns (sum of chunk loss x chunk size, correct)."""
     n = X.shape[0]
@@ -385,7 +387,9 @@ def train(cfg=None, *, overrides=(), output_dir=None, plugin_manager=None) -> Ru
                 metrics["lr"] = lr
                 metrics["epoch_seconds"] = seconds
                 run.history.append(metrics)
-                if not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"])):
+                if not (
+                    math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"])
+                ):
                     status = "diverged"
                     run.error = (
                         f"the loss became non-finite in epoch {epoch} (train_loss="
@@ -393,7 +397,9 @@ def train(cfg=None, *, overrides=(), output_dir=None, plugin_manager=None) -> Ru
                         f"lr={lr:g}; training stopped. Try a smaller optimizer.lr."
                     )
                     break
-                reasons = [r for r in pm.hook.on_epoch_end(run=run, epoch=epoch, metrics=metrics) if r]
+                reasons = [
+                    r for r in pm.hook.on_epoch_end(run=run, epoch=epoch, metrics=metrics) if r
+                ]
                 if reasons:
                     status = "stopped"
                     run.stop_reason = "; ".join(map(str, reasons))

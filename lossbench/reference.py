@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 
 def reference_epoch(
     model, loss, optimizer, params, layout, model_hp, loss_hp, opt_hp, state, X, Y, order,

@@ -4,28 +4,49 @@ import numpy as np
 import pytest
 
 import lossbench
+from conftest import TINY
 from lossbench.errors import ConfigError, DataError, LossbenchError
 
-from conftest import TINY
-
 CASES = [
-    (["loss=focal"], ConfigError, "loss='focal' is not a known loss. Available: bce, "
-     "cross_entropy, huber, mae, mse"),
+    (
+        ["loss=focal"],
+        ConfigError,
+        "loss='focal' is not a known loss. Available: bce, cross_entropy, huber, mae, mse",
+    ),
     (["optimizer=adamax"], ConfigError, "Available: adagrad, adam, adamw, rmsprop, sgd"),
     (["model=cnn"], ConfigError, "Available: linear, mlp"),
-    (["data=mnist"], ConfigError, "data='mnist' is not a known dataset. Available: blobs, breast_cancer, csv"),
-    (["data=digits", "loss=bce"], ConfigError, "loss=bce is for two-class data, but this "
-     "dataset has 10 classes"),
-    (["data=diabetes", "loss=cross_entropy"], ConfigError, "needs class labels, but this "
-     "dataset has a continuous"),
-    (["optimizer.lr=0"], ConfigError, "optimizer.lr=0.0 is not allowed: the learning rate "
-     "must be > 0"),
+    (
+        ["data=mnist"],
+        ConfigError,
+        "data='mnist' is not a known dataset. Available: blobs, breast_cancer, csv",
+    ),
+    (
+        ["data=digits", "loss=bce"],
+        ConfigError,
+        "loss=bce is for two-class data, but this dataset has 10 classes",
+    ),
+    (
+        ["data=diabetes", "loss=cross_entropy"],
+        ConfigError,
+        "needs class labels, but this dataset has a continuous",
+    ),
+    (
+        ["optimizer.lr=0"],
+        ConfigError,
+        "optimizer.lr=0.0 is not allowed: the learning rate must be > 0",
+    ),
     (["optimizer=sgd", "optimizer.lr=-1"], ConfigError, "optimizer.lr=-1.0 is not allowed"),
-    (["trainer.epochs=0"], ConfigError, "trainer.epochs=0 is not allowed: it must be a "
-     "positive integer"),
+    (
+        ["trainer.epochs=0"],
+        ConfigError,
+        "trainer.epochs=0 is not allowed: it must be a positive integer",
+    ),
     (["trainer.batch_size=-4"], ConfigError, "trainer.batch_size=-4"),
-    (["data.val_fraction=1.5"], ConfigError, "data.val_fraction=1.5 is not allowed: it must "
-     "lie strictly between 0 and 1"),
+    (
+        ["data.val_fraction=1.5"],
+        ConfigError,
+        "data.val_fraction=1.5 is not allowed: it must lie strictly between 0 and 1",
+    ),
     (["data.val_fraction=0"], ConfigError, "data.val_fraction=0.0"),
     (["trainer.dtype=float16"], ConfigError, "Choices: float32, float64"),
     (["trainer.lr_schedule=exp"], ConfigError, "Choices: constant, step, cosine"),
@@ -70,13 +91,27 @@ def csv_dir(tmp_path):
 )
 def test_bad_csv(pm, csv_dir, file, extra, message):
     with pytest.raises(DataError, match=message):
-        lossbench.train(overrides=[*TINY, "data=csv", f"data.path={csv_dir / file}",
-                                   "data.target=label", *extra])
+        lossbench.train(
+            overrides=[
+                *TINY,
+                "data=csv",
+                f"data.path={csv_dir / file}",
+                "data.target=label",
+                *extra,
+            ]
+        )
 
 
 def test_good_csv_with_separate_validation_file(pm, csv_dir):
-    run = lossbench.train(overrides=[*TINY, "data=csv", f"data.path={csv_dir / 'ok.csv'}",
-                                     "data.target=label", f"data.val_path={csv_dir / 'ok.csv'}"])
+    run = lossbench.train(
+        overrides=[
+            *TINY,
+            "data=csv",
+            f"data.path={csv_dir / 'ok.csv'}",
+            "data.target=label",
+            f"data.val_path={csv_dir / 'ok.csv'}",
+        ]
+    )
     assert run.dataset.task == "classification" and len(run.dataset.X_val) == 40
 
 

@@ -15,8 +15,14 @@ pytestmark = pytest.mark.slow
 
 def lossbench(*args, cwd, env=None, timeout=120):
     full_env = {**os.environ, "LOSSBENCH_LOAD_PLUGINS": "", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "lossbench", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "lossbench", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_run_writes_outputs_and_summary(tmp_path):
@@ -71,17 +77,34 @@ def test_broken_plugin_file_names_itself_and_the_fix(tmp_path):
     assert r.returncode == 2
     assert "broken.py failed to import: ModuleNotFoundError" in r.stderr
     assert "LOSSBENCH_DISABLE_PLUGINS=broken" in r.stderr
-    r = lossbench("--plugins-dir", str(plugins), "trainer.epochs=1", "data=iris", cwd=tmp_path,
-                  env={"LOSSBENCH_DISABLE_PLUGINS": "broken"})
+    r = lossbench(
+        "--plugins-dir",
+        str(plugins),
+        "trainer.epochs=1",
+        "data=iris",
+        cwd=tmp_path,
+        env={"LOSSBENCH_DISABLE_PLUGINS": "broken"},
+    )
     assert r.returncode == 0, r.stderr
 
 
 def test_ctrl_c_ends_the_run_cleanly_with_partial_outputs(tmp_path):
     env = {**os.environ, "LOSSBENCH_LOAD_PLUGINS": ""}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lossbench", "trainer.epochs=100000", "data=moons",
-         "data.n_samples=20000"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "lossbench",
+            "trainer.epochs=100000",
+            "data=moons",
+            "data.n_samples=20000",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not list(tmp_path.glob("outputs/*/*/.hydra")):
         time.sleep(0.2)
@@ -107,19 +130,36 @@ def test_wheel_install_outside_the_repo(tmp_path):
     venv_site = next((venv / "lib").glob("python*/site-packages"))
     (venv_site / "deps.pth").write_text(site + "\n")
     py = venv / "bin" / "python"
-    r = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-build-isolation",
-                        "-q", str(repo)], capture_output=True, text=True)
+    r = subprocess.run(
+        [str(py), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", str(repo)],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0 and "hatchling" in r.stderr:
-        r = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "-q", str(repo)],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [str(py), "-m", "pip", "install", "--no-deps", "-q", str(repo)],
+            capture_output=True,
+            text=True,
+        )
     assert r.returncode == 0, r.stderr
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = {**os.environ, "LOSSBENCH_LOAD_PLUGINS": "", "PYTHONPATH": ""}
-    run = subprocess.run([str(py), "-m", "lossbench", "trainer.epochs=2", "data=iris"],
-                         cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [str(py), "-m", "lossbench", "trainer.epochs=2", "data=iris"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     assert "finished after 2 epochs" in run.stdout
-    where = subprocess.run([str(py), "-c", "import lossbench.config as c; print(c.config_dir())"],
-                           cwd=work, env=env, capture_output=True, text=True)
+    where = subprocess.run(
+        [str(py), "-c", "import lossbench.config as c; print(c.config_dir())"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert str(venv) in where.stdout, "configs must come from the installed wheel"

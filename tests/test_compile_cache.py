@@ -23,8 +23,13 @@ print(json.dumps({"stats": compile_stats(), "status": run.status,
 
 def run_process(cache_dir, *overrides):
     env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), "LOSSBENCH_LOAD_PLUGINS": ""}
-    r = subprocess.run([sys.executable, "-c", SCRIPT, *overrides], env=env,
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-c", SCRIPT, *overrides],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
 

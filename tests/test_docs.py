@@ -4,9 +4,8 @@ import re
 from pathlib import Path
 
 import lossbench
-from lossbench.plugins import build_plugin_manager
-
 from conftest import TINY
+from lossbench.plugins import build_plugin_manager
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,7 +16,16 @@ def test_plugin_guide_example_trains(tmp_path):
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     (tmp_path / "sqhinge.py").write_text(code)
     pm = build_plugin_manager(str(tmp_path), entry_points=False)
-    run = lossbench.train(overrides=[*TINY, "data=iris", "loss=sqhinge", "loss.margin=0.5",
-                                     "trainer.epochs=8", "optimizer.lr=0.01"], plugin_manager=pm)
+    run = lossbench.train(
+        overrides=[
+            *TINY,
+            "data=iris",
+            "loss=sqhinge",
+            "loss.margin=0.5",
+            "trainer.epochs=8",
+            "optimizer.lr=0.01",
+        ],
+        plugin_manager=pm,
+    )
     assert run.status == "finished"
     assert run.history[-1]["val_loss"] < run.history[0]["val_loss"]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import lossbench
+from conftest import TINY
 from lossbench.builtin.losses import LOSSES
 from lossbench.builtin.models import MODELS
 from lossbench.builtin.optimizers import OPTIMIZERS
@@ -13,8 +14,6 @@ from lossbench.engine import evaluate, train_epoch
 from lossbench.errors import ConfigError
 from lossbench.kernels import kernel_ref
 from lossbench.reference import reference_epoch
-
-from conftest import TINY
 
 LOSS = {s.name: s for s in LOSSES}
 OPT = {s.name: s for s in OPTIMIZERS}
@@ -51,9 +50,15 @@ def test_fused_epoch_matches_numpy_reference(loss_name, opt_name, rng):
     opt_hp = np.asarray(opt.pack(hp_opt), float)
     p_ref, s_ref = params.copy(), state.copy()
     batch = 8  # 53 rows: six full batches and a partial one
-    k = {r: kernel_ref(f, r, "float64", owner="test") for r, f in
-         (("forward", MLP.forward), ("backward", MLP.backward), ("loss", loss.kernel),
-          ("optimizer", opt.kernel))}
+    k = {
+        r: kernel_ref(f, r, "float64", owner="test")
+        for r, f in (
+            ("forward", MLP.forward),
+            ("backward", MLP.backward),
+            ("loss", loss.kernel),
+            ("optimizer", opt.kernel),
+        )
+    }
     work = np.empty(ml.workspace(batch))
     buf = lambda cols: np.empty((batch, cols))  # noqa: E731
     t = t_ref = 0
@@ -61,13 +66,46 @@ def test_fused_epoch_matches_numpy_reference(loss_name, opt_name, rng):
         order = rng.permutation(len(X)).astype(np.int64)
         lr = 0.01 * (epoch + 1)
         total, seen, correct, t = train_epoch(
-            k["forward"], k["backward"], k["loss"], k["optimizer"], params, ml.layout, model_hp,
-            loss_hp, opt_hp, state, np.empty(ml.n_params), X, Y, labels, order, batch, work,
-            buf(X.shape[1]), buf(Y.shape[1]), buf(n_out), buf(n_out), t, lr,
+            k["forward"],
+            k["backward"],
+            k["loss"],
+            k["optimizer"],
+            params,
+            ml.layout,
+            model_hp,
+            loss_hp,
+            opt_hp,
+            state,
+            np.empty(ml.n_params),
+            X,
+            Y,
+            labels,
+            order,
+            batch,
+            work,
+            buf(X.shape[1]),
+            buf(Y.shape[1]),
+            buf(n_out),
+            buf(n_out),
+            t,
+            lr,
         )
         r_total, r_seen, t_ref = reference_epoch(
-            MLP, loss, opt, p_ref, ml.layout, model_hp, loss_hp, opt_hp, s_ref, X, Y, order,
-            batch, t_ref, lr,
+            MLP,
+            loss,
+            opt,
+            p_ref,
+            ml.layout,
+            model_hp,
+            loss_hp,
+            opt_hp,
+            s_ref,
+            X,
+            Y,
+            order,
+            batch,
+            t_ref,
+            lr,
         )
         assert seen == r_seen == len(X) and t == t_ref
         assert total / seen == pytest.approx(r_total / r_seen, rel=1e-10)
@@ -77,8 +115,19 @@ def test_fused_epoch_matches_numpy_reference(loss_name, opt_name, rng):
     # validation pass agrees with the reference loss on the whole set
     out = np.empty((len(X), n_out))
     v_total, v_correct = evaluate(
-        k["forward"], k["loss"], params, ml.layout, model_hp, loss_hp, X, Y, labels, 1000,
-        np.empty(ml.workspace(len(X))), out, np.empty_like(out),
+        k["forward"],
+        k["loss"],
+        params,
+        ml.layout,
+        model_hp,
+        loss_hp,
+        X,
+        Y,
+        labels,
+        1000,
+        np.empty(ml.workspace(len(X))),
+        out,
+        np.empty_like(out),
     )
     ref_out = MLP.reference_forward(params, ml.layout, model_hp, X)
     assert v_total / len(X) == pytest.approx(loss.reference(ref_out, Y, loss_hp)[0], rel=1e-10)
@@ -111,8 +160,15 @@ def test_same_seed_same_bits_other_seed_other_bits(pm):
 
 @pytest.mark.parametrize("loss", ["mse", "mae", "huber", "cross_entropy"])
 def test_every_loss_trains_on_the_same_classification_data(pm, loss):
-    run = lossbench.train(overrides=["trainer.progress=false", "trainer.epochs=15", "data=iris",
-                                     f"loss={loss}", "optimizer.lr=0.01"])
+    run = lossbench.train(
+        overrides=[
+            "trainer.progress=false",
+            "trainer.epochs=15",
+            "data=iris",
+            f"loss={loss}",
+            "optimizer.lr=0.01",
+        ]
+    )
     assert run.status == "finished"
     assert run.history[-1]["val_accuracy"] > 0.8
     assert run.dataset.n_outputs == 3
@@ -126,8 +182,16 @@ def test_bce_trains_on_two_classes(pm):
 
 @pytest.mark.parametrize("loss", ["mse", "mae", "huber"])
 def test_regression_losses(pm, loss):
-    run = lossbench.train(overrides=[*TINY, "data=regression", f"loss={loss}", "model=linear",
-                                     "optimizer.lr=0.1", "trainer.epochs=20"])
+    run = lossbench.train(
+        overrides=[
+            *TINY,
+            "data=regression",
+            f"loss={loss}",
+            "model=linear",
+            "optimizer.lr=0.1",
+            "trainer.epochs=20",
+        ]
+    )
     assert "val_accuracy" not in run.history[-1]
     assert run.history[-1]["val_loss"] < run.history[0]["val_loss"] / 2
 
@@ -135,24 +199,46 @@ def test_regression_losses(pm, loss):
 def test_train_loss_is_the_sample_weighted_mean_of_batch_losses(pm):
     # batch 100 on 160 training rows: batches of 100 and 60; the epoch's train_loss is
     # (100 l1 + 60 l2) / 160. Recompute it from the same initial weights with the references.
-    run = lossbench.train(overrides=["trainer.progress=false", "trainer.epochs=1", "data=iris",
-                                     "data.val_fraction=0.2", "trainer.batch_size=100",
-                                     "trainer.shuffle=false", "trainer.dtype=float64",
-                                     "optimizer=sgd", "optimizer.lr=1e-300"])
+    run = lossbench.train(
+        overrides=[
+            "trainer.progress=false",
+            "trainer.epochs=1",
+            "data=iris",
+            "data.val_fraction=0.2",
+            "trainer.batch_size=100",
+            "trainer.shuffle=false",
+            "trainer.dtype=float64",
+            "optimizer=sgd",
+            "optimizer.lr=1e-300",
+        ]
+    )
     prep, ml, loss = run.dataset, run.layout, run.specs["loss"]
     assert len(prep.X_train) == 120
     batches = [(0, 100), (100, 120)]
     hp = np.asarray(ml.hp)
-    losses = [loss.reference(MLP.reference_forward(run.flat_params, ml.layout, hp,
-                                                   prep.X_train[a:b]), prep.Y_train[a:b],
-                             np.zeros(1))[0] for a, b in batches]
+    losses = [
+        loss.reference(
+            MLP.reference_forward(run.flat_params, ml.layout, hp, prep.X_train[a:b]),
+            prep.Y_train[a:b],
+            np.zeros(1),
+        )[0]
+        for a, b in batches
+    ]
     expected = (100 * losses[0] + 20 * losses[1]) / 120
     assert run.history[0]["train_loss"] == pytest.approx(expected, rel=1e-9)
 
 
 def test_divergence_stops_the_run_with_a_status(pm):
-    run = lossbench.train(overrides=[*TINY, "trainer.epochs=30", "data=regression",
-                                     "loss=mse", "optimizer=sgd", "optimizer.lr=1e6"])
+    run = lossbench.train(
+        overrides=[
+            *TINY,
+            "trainer.epochs=30",
+            "data=regression",
+            "loss=mse",
+            "optimizer=sgd",
+            "optimizer.lr=1e6",
+        ]
+    )
     assert run.status == "diverged"
     assert len(run.history) < 30
     assert not math.isfinite(run.history[-1]["train_loss"])
@@ -160,16 +246,31 @@ def test_divergence_stops_the_run_with_a_status(pm):
 
 
 def test_lr_schedules_reach_the_history(pm):
-    run = lossbench.train(overrides=[*TINY, "data=iris", "trainer.epochs=6",
-                                     "trainer.lr_schedule=step", "trainer.step_size=2",
-                                     "trainer.gamma=0.5", "optimizer.lr=0.1"])
+    run = lossbench.train(
+        overrides=[
+            *TINY,
+            "data=iris",
+            "trainer.epochs=6",
+            "trainer.lr_schedule=step",
+            "trainer.step_size=2",
+            "trainer.gamma=0.5",
+            "optimizer.lr=0.1",
+        ]
+    )
     assert [h["lr"] for h in run.history] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
 
 
 def test_early_stopping(pm):
-    run = lossbench.train(overrides=[*TINY, "data=iris", "trainer.epochs=200",
-                                     "optimizer.lr=0.05", "trainer.early_stopping.enabled=true",
-                                     "trainer.early_stopping.patience=3"])
+    run = lossbench.train(
+        overrides=[
+            *TINY,
+            "data=iris",
+            "trainer.epochs=200",
+            "optimizer.lr=0.05",
+            "trainer.early_stopping.enabled=true",
+            "trainer.early_stopping.patience=3",
+        ]
+    )
     assert run.status == "stopped" and len(run.history) < 200
     assert "early stopping" in run.stop_reason
     best = run.best_epoch
@@ -177,8 +278,9 @@ def test_early_stopping(pm):
 
 
 def test_outputs_and_init_from(pm, tmp_path):
-    a = lossbench.train(overrides=[*TINY, "data=wine", "trainer.dtype=float64"],
-                        output_dir=tmp_path / "a")
+    a = lossbench.train(
+        overrides=[*TINY, "data=wine", "trainer.dtype=float64"], output_dir=tmp_path / "a"
+    )
     files = {p.name for p in (tmp_path / "a").iterdir()}
     assert files == {"history.csv", "model.npz", "loss_curve.png", "summary.json"}
     header = (tmp_path / "a" / "history.csv").read_text().splitlines()[0]
@@ -186,15 +288,24 @@ def test_outputs_and_init_from(pm, tmp_path):
     with np.load(tmp_path / "a" / "model.npz") as f:
         assert sorted(f.files) == ["W0", "W1", "b0", "b1"]
         assert f["W0"].shape == (13, 64)
-    b = lossbench.train(overrides=[*TINY, "data=wine", "trainer.dtype=float64",
-                                   "trainer.epochs=1", "optimizer=sgd", "optimizer.lr=1e-300",
-                                   f"model.init_from={tmp_path / 'a' / 'model.npz'}"])
+    b = lossbench.train(
+        overrides=[
+            *TINY,
+            "data=wine",
+            "trainer.dtype=float64",
+            "trainer.epochs=1",
+            "optimizer=sgd",
+            "optimizer.lr=1e-300",
+            f"model.init_from={tmp_path / 'a' / 'model.npz'}",
+        ]
+    )
     np.testing.assert_array_equal(b.flat_params, a.flat_params)
 
 
 def test_init_from_with_wrong_shapes_is_a_clear_error(pm, tmp_path):
-    np.savez(tmp_path / "w.npz", W0=np.zeros((3, 3)), b0=np.zeros(3), W1=np.zeros((3, 3)),
-             b1=np.zeros(3))
+    np.savez(
+        tmp_path / "w.npz", W0=np.zeros((3, 3)), b0=np.zeros(3), W1=np.zeros((3, 3)), b1=np.zeros(3)
+    )
     with pytest.raises(ConfigError, match=r"wrong shapes \(W0: file \(3, 3\), model \(4, 64\)"):
         lossbench.train(overrides=[*TINY, "data=iris", f"model.init_from={tmp_path}/w.npz"])
     np.savez(tmp_path / "k.npz", weights=np.zeros(3))

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 
 import lossbench
+from conftest import TINY
 from lossbench import hookspecs
 from lossbench.builtin.models import MODELS
 from lossbench.data import DataOptions, Dataset
 from lossbench.plugins import build_plugin_manager
-
-from conftest import TINY
 
 HOOKS = sorted(n for n, f in vars(hookspecs).items() if hasattr(f, "lossbench_spec"))
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
@@ -74,8 +73,15 @@ def test_hook_on_epoch_end():
     run = train_with(rec)
     epochs = [c for c in rec.calls if c[0] == "epoch"]
     assert [c[1] for c in epochs] == [0, 1, 2]
-    assert set(epochs[0][2]) == {"epoch", "train_loss", "val_loss", "train_accuracy",
-                                 "val_accuracy", "lr", "epoch_seconds"}
+    assert set(epochs[0][2]) == {
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "train_accuracy",
+        "val_accuracy",
+        "lr",
+        "epoch_seconds",
+    }
     assert epochs[-1][2] == run.history[-1]
     rec = Recorder("stop", at_epoch=1)
     run = train_with(rec, "trainer.epochs=10")
@@ -87,8 +93,17 @@ def test_hook_on_epoch_end():
     [
         (None, [], "finished"),
         ("stop", [], "stopped"),
-        (None, ["data=regression", "loss=mse", "optimizer=sgd", "optimizer.lr=1e8",
-                "trainer.epochs=20"], "diverged"),
+        (
+            None,
+            [
+                "data=regression",
+                "loss=mse",
+                "optimizer=sgd",
+                "optimizer.lr=1e8",
+                "trainer.epochs=20",
+            ],
+            "diverged",
+        ),
         ("fail", [], "failed"),
         ("interrupt", [], "interrupted"),
     ],
@@ -156,8 +171,16 @@ def components_pm():
 
 def _train_components(pm):
     return lossbench.train(
-        overrides=[*TINY, "data=toy", "data.n=60", "loss=mse_again", "optimizer=sgd_again",
-                   "model=linear_again"], plugin_manager=pm)
+        overrides=[
+            *TINY,
+            "data=toy",
+            "data.n=60",
+            "loss=mse_again",
+            "optimizer=sgd_again",
+            "model=linear_again",
+        ],
+        plugin_manager=pm,
+    )
 
 
 def test_hook_register_losses(components_pm):

@@ -29,9 +29,7 @@ def make_batch(spec, rng, dtype=np.float64, rows=6, cols=4, scale=2.0):
 
 
 def cases():
-    return [
-        pytest.param(name, hp, id=f"{name}-{hp}") for name, hps in CASES.items() for hp in hps
-    ]
+    return [pytest.param(name, hp, id=f"{name}-{hp}") for name, hps in CASES.items() for hp in hps]
 
 
 def test_every_builtin_loss_is_covered():
@@ -89,8 +87,9 @@ def test_bce_and_cross_entropy_are_stable_for_huge_logits():
     value = bce.kernel(pred, target, np.zeros(0), grad)
     # two rows are wrong by 800 nats each, two are right with loss log1p(exp(-30))
     assert value == pytest.approx((800 + 800 + 2 * np.log1p(np.exp(-30))) / 4)
-    np.testing.assert_allclose(grad[:, 0], [0.25, -0.25, -np.exp(-30) / 4, np.exp(-30) / 4],
-                               rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(
+        grad[:, 0], [0.25, -0.25, -np.exp(-30) / 4, np.exp(-30) / 4], rtol=1e-6, atol=1e-12
+    )
     logits = np.array([[1000.0, 0.0, -1000.0], [0.0, 0.0, 0.0]])
     labels = np.array([[2.0], [1.0]])
     g = np.empty_like(logits)

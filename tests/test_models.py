@@ -40,8 +40,9 @@ def run_forward(ml, params, x, hp, work):
 def test_forward_and_backward_match_reference(widths, act, rng):
     ml, params, x, hp, work = make(widths, act, rng)
     out = run_forward(ml, params, x, hp, work)
-    np.testing.assert_allclose(out, mlp_reference_forward(params, ml.layout, hp, x), rtol=1e-12,
-                               atol=1e-14)
+    np.testing.assert_allclose(
+        out, mlp_reference_forward(params, ml.layout, hp, x), rtol=1e-12, atol=1e-14
+    )
     dout = rng.normal(size=out.shape)
     grads = np.full(ml.n_params, np.nan)
     mlp_backward(params, ml.layout, hp, x, work, dout, grads)

@@ -7,12 +7,21 @@ from lossbench.builtin.optimizers import OPTIMIZERS
 
 SPECS = {s.name: s for s in OPTIMIZERS}
 CASES = {
-    "sgd": [{}, {"momentum": 0.9}, {"momentum": 0.9, "dampening": 0.3},
-            {"momentum": 0.9, "nesterov": True}, {"weight_decay": 0.1, "momentum": 0.5}],
+    "sgd": [
+        {},
+        {"momentum": 0.9},
+        {"momentum": 0.9, "dampening": 0.3},
+        {"momentum": 0.9, "nesterov": True},
+        {"weight_decay": 0.1, "momentum": 0.5},
+    ],
     "adam": [{}, {"weight_decay": 0.05}, {"amsgrad": True}, {"beta1": 0.5, "beta2": 0.9}],
     "adamw": [{}, {"amsgrad": True, "weight_decay": 0.2}],
-    "rmsprop": [{}, {"centered": True}, {"momentum": 0.9}, {"weight_decay": 0.1,
-                                                           "centered": True, "momentum": 0.5}],
+    "rmsprop": [
+        {},
+        {"centered": True},
+        {"momentum": 0.9},
+        {"weight_decay": 0.1, "centered": True, "momentum": 0.5},
+    ],
     "adagrad": [{}, {"lr_decay": 0.1}, {"initial_accumulator_value": 0.5, "weight_decay": 0.1}],
 }
 

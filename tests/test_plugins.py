@@ -5,10 +5,9 @@ import textwrap
 import pytest
 
 import lossbench
+from conftest import TINY
 from lossbench.errors import ConfigError, PluginError
 from lossbench.plugins import build_plugin_manager, describe
-
-from conftest import TINY
 
 FOCAL_FILE = '''
 """A single-file plugin: a squared-hinge loss for one-hot targets, with a margin."""
@@ -67,9 +66,17 @@ def test_single_file_plugin_trains_on_the_fused_path(plugin_dir):
     pm = build_plugin_manager(str(plugin_dir), entry_points=False)
     spec = pm.registry.get("loss", "sqhinge")
     assert spec.plugin == "sqhinge"
-    run = lossbench.train(overrides=[*TINY, "data=iris", "loss=sqhinge", "loss.margin=0.5",
-                                     "trainer.epochs=10", "optimizer.lr=0.01"],
-                          plugin_manager=pm)
+    run = lossbench.train(
+        overrides=[
+            *TINY,
+            "data=iris",
+            "loss=sqhinge",
+            "loss.margin=0.5",
+            "trainer.epochs=10",
+            "optimizer.lr=0.01",
+        ],
+        plugin_manager=pm,
+    )
     assert run.status == "finished" and run.hparams["loss"].margin == 0.5
     assert run.history[-1]["val_loss"] < run.history[0]["val_loss"]
     rows = {r["name"]: r for r in describe(pm)}
@@ -79,50 +86,58 @@ def test_single_file_plugin_trains_on_the_fused_path(plugin_dir):
 def test_plugin_hyperparameters_are_type_checked_by_hydra(plugin_dir):
     pm = build_plugin_manager(str(plugin_dir), entry_points=False)
     with pytest.raises(ConfigError, match="loss.margin=wide"):
-        lossbench.train(overrides=[*TINY, "loss=sqhinge", "loss.margin=wide"],
-                        plugin_manager=pm)
+        lossbench.train(overrides=[*TINY, "loss=sqhinge", "loss.margin=wide"], plugin_manager=pm)
 
 
 def test_duplicate_names_name_both_plugins(tmp_path):
-    (tmp_path / "clash.py").write_text(textwrap.dedent('''
+    (tmp_path / "clash.py").write_text(
+        textwrap.dedent("""
         import lossbench
         from lossbench.builtin.losses import LOSSES
 
         @lossbench.hookimpl
         def register_losses(register):
             register(LOSSES[0])  # "mse" again
-    '''))
-    with pytest.raises(PluginError, match="two plugins register a loss named 'mse': "
-                       "'lossbench.builtin.losses' and 'clash'"):
+    """)
+    )
+    with pytest.raises(
+        PluginError,
+        match="two plugins register a loss named 'mse': 'lossbench.builtin.losses' and 'clash'",
+    ):
         build_plugin_manager(str(tmp_path), entry_points=False)
 
 
 def test_misspelled_hook_is_an_error(tmp_path):
-    (tmp_path / "typo.py").write_text(textwrap.dedent('''
+    (tmp_path / "typo.py").write_text(
+        textwrap.dedent("""
         import lossbench
 
         @lossbench.hookimpl
         def register_lossses(register):
             pass
-    '''))
+    """)
+    )
     with pytest.raises(PluginError, match="'typo' implements a hook lossbench does not have"):
         build_plugin_manager(str(tmp_path), entry_points=False)
 
 
 def test_registering_something_else_is_an_error(tmp_path):
-    (tmp_path / "wrong.py").write_text(textwrap.dedent('''
+    (tmp_path / "wrong.py").write_text(
+        textwrap.dedent("""
         import lossbench
 
         @lossbench.hookimpl
         def register_optimizers(register):
             register("lion")
-    '''))
+    """)
+    )
     with pytest.raises(PluginError, match="must be a lossbench.OptimizerSpec"):
         build_plugin_manager(str(tmp_path), entry_points=False)
 
 
 def test_kernel_with_the_wrong_signature_names_the_component(tmp_path):
-    (tmp_path / "badkernel.py").write_text(textwrap.dedent('''
+    (tmp_path / "badkernel.py").write_text(
+        textwrap.dedent("""
         from dataclasses import dataclass
         from numba import njit
         import lossbench
@@ -138,10 +153,14 @@ def test_kernel_with_the_wrong_signature_names_the_component(tmp_path):
         @lossbench.hookimpl
         def register_losses(register):
             register(lossbench.LossSpec(name="bad", hparams=NoOptions, kernel=kernel))
-    '''))
+    """)
+    )
     pm = build_plugin_manager(str(tmp_path), entry_points=False)
-    with pytest.raises(PluginError, match="loss kernel of loss 'bad' from plugin 'badkernel' "
-                       "does not compile for the canonical signature"):
+    with pytest.raises(
+        PluginError,
+        match="loss kernel of loss 'bad' from plugin 'badkernel' "
+        "does not compile for the canonical signature",
+    ):
         lossbench.train(overrides=[*TINY, "data=iris", "loss=bad"], plugin_manager=pm)
 
 

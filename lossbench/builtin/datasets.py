@@ -13,7 +13,6 @@ from lossbench.errors import ConfigError, DataError
 from lossbench.hookspecs import hookimpl
 from lossbench.specs import DatasetSpec
 
-
 # scikit-learn's bundled files, read directly: importing sklearn costs about 0.8 s per process,
 # more than a whole default training run. tests/test_datasets.py holds these readers to
 # sklearn's own loaders; if the files ever move, the loader falls back to sklearn.
@@ -178,8 +177,11 @@ def _infer_task(y: np.ndarray, task: str, where: str) -> tuple[np.ndarray, str, 
     if task == "auto":
         if not numeric:
             task = "classification"
-        elif y.ndim == 1 and np.all(np.isfinite(y)) and np.all(np.mod(y, 1) == 0) and (
-            len(np.unique(y)) <= 50
+        elif (
+            y.ndim == 1
+            and np.all(np.isfinite(y))
+            and np.all(np.mod(y, 1) == 0)
+            and (len(np.unique(y)) <= 50)
         ):
             task = "classification"
         else:
@@ -281,21 +283,40 @@ def _load_npz(hp: NPZOptions, seed):
 
 
 DATASETS = [
-    DatasetSpec("digits", DataOptions, "8x8 handwritten digits, 10 classes (scikit-learn)",
-                load=_sklearn("digits")),
-    DatasetSpec("iris", DataOptions, "iris flowers, 3 classes (scikit-learn)",
-                load=_sklearn("iris")),
-    DatasetSpec("wine", DataOptions, "wine cultivars, 3 classes (scikit-learn)",
-                load=_sklearn("wine")),
-    DatasetSpec("breast_cancer", DataOptions, "breast cancer, 2 classes (scikit-learn)",
-                load=_sklearn("breast_cancer")),
-    DatasetSpec("diabetes", DataOptions, "diabetes progression, regression (scikit-learn)",
-                load=_sklearn("diabetes")),
-    DatasetSpec("moons", MoonsOptions, "two interleaving half-moons, seeded (synthetic)",
-                load=_load_moons),
+    DatasetSpec(
+        "digits",
+        DataOptions,
+        "8x8 handwritten digits, 10 classes (scikit-learn)",
+        load=_sklearn("digits"),
+    ),
+    DatasetSpec(
+        "iris", DataOptions, "iris flowers, 3 classes (scikit-learn)", load=_sklearn("iris")
+    ),
+    DatasetSpec(
+        "wine", DataOptions, "wine cultivars, 3 classes (scikit-learn)", load=_sklearn("wine")
+    ),
+    DatasetSpec(
+        "breast_cancer",
+        DataOptions,
+        "breast cancer, 2 classes (scikit-learn)",
+        load=_sklearn("breast_cancer"),
+    ),
+    DatasetSpec(
+        "diabetes",
+        DataOptions,
+        "diabetes progression, regression (scikit-learn)",
+        load=_sklearn("diabetes"),
+    ),
+    DatasetSpec(
+        "moons", MoonsOptions, "two interleaving half-moons, seeded (synthetic)", load=_load_moons
+    ),
     DatasetSpec("blobs", BlobsOptions, "Gaussian blobs, seeded (synthetic)", load=_load_blobs),
-    DatasetSpec("regression", RegressionOptions, "random linear regression, seeded (synthetic)",
-                load=_load_regression),
+    DatasetSpec(
+        "regression",
+        RegressionOptions,
+        "random linear regression, seeded (synthetic)",
+        load=_load_regression,
+    ),
     DatasetSpec("csv", CSVOptions, "your CSV file: data.path, data.target", load=_load_csv),
     DatasetSpec("npz", NPZOptions, "your NPZ file with arrays X, y", load=_load_npz),
 ]

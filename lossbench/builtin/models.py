@@ -96,7 +96,13 @@ def mlp_forward(params, layout, hp, x, work, out):
     off = 0
     a_prev = x
     for l in range(n_layers):
-        n_in, n_out, wo, bo, code = layout[l, 0], layout[l, 1], layout[l, 2], layout[l, 3], layout[l, 4]
+        n_in, n_out, wo, bo, code = (
+            layout[l, 0],
+            layout[l, 1],
+            layout[l, 2],
+            layout[l, 3],
+            layout[l, 4],
+        )
         W = params[wo : wo + n_in * n_out].reshape(n_in, n_out)
         b = params[bo : bo + n_out]
         if l == n_layers - 1:

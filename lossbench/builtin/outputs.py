@@ -46,7 +46,9 @@ def write_history(path: Path, history: list[dict]) -> None:
             w = csv.DictWriter(f, fieldnames=columns)
             w.writeheader()
             for row in history:
-                w.writerow({k: repr(float(v)) if isinstance(v, float) else v for k, v in row.items()})
+                w.writerow(
+                    {k: repr(float(v)) if isinstance(v, float) else v for k, v in row.items()}
+                )
 
     _atomic(path, write)
 
@@ -72,8 +74,13 @@ def plot_loss_curve(path: Path, history: list[dict], title: str) -> None:
     finite = [h for h in history if np.isfinite(h["val_loss"])]
     if finite:
         best = min(finite, key=lambda h: h["val_loss"])
-        ax.scatter([best["epoch"]], [best["val_loss"]], color="black", zorder=3,
-                   label=f"best val (epoch {best['epoch']})")
+        ax.scatter(
+            [best["epoch"]],
+            [best["val_loss"]],
+            color="black",
+            zorder=3,
+            label=f"best val (epoch {best['epoch']})",
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.set_title(title)

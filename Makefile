@@ -1,0 +1,38 @@
+# lossbench: `make run` trains once on the bundled default, `make test` runs the whole suite.
+# Both create .venv and install what they need on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+
+.PHONY: run test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/pip install -e '.[test]'
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/python -m lossbench
+
+test: $(TEST_STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check lossbench tests benchmarks
+
+# the PyTorch comparison: installs the optional `bench` extra (torch==2.13.0, CPU)
+bench: $(STAMP)
+	$(BIN)/pip install -e '.[bench]'
+	$(BIN)/python benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache
