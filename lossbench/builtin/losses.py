@@ -162,8 +162,9 @@ def bce_reference(pred, target, hp):
     x = pred.astype(np.float64)
     y = target.astype(np.float64)
     loss = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
-    sig = 0.5 * (1.0 + np.tanh(0.5 * x))
-    return float(np.mean(loss)), (sig - y) / x.size
+    from scipy.special import expit  # stable logistic sigmoid, exact for large |x|
+
+    return float(np.mean(loss)), (expit(x) - y) / x.size
 
 
 # ---------------------------------------------------------------------------------------------
