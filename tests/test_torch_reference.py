@@ -24,15 +24,6 @@ MLP = next(s for s in MODELS if s.name == "mlp")
 LOSS_RTOL, MODEL_RTOL, OPT_RTOL = 1e-10, 1e-10, 1e-9
 ATOL = 0.0
 
-# Known differences from torch, each a real defect (not a tolerance question).
-REFERENCE_XFAIL = {
-    "bce_with_logits_multilabel": (
-        "bce_reference computes sigmoid as 0.5 * (1 + tanh(x / 2)), which cancels to 0 for "
-        "x << 0: at logit -40 with target 0 the gradient is 0 instead of sigmoid(-40) / 15 = "
-        "2.83e-19 (relative error 1; about 1e-16 / sigmoid(x) in general). The kernel is exact."
-    ),
-}
-
 
 def _ids(cases, key="name"):
     return [c[key] for c in cases]
@@ -72,20 +63,7 @@ def test_loss_kernel_matches_torch(case):
     np.testing.assert_allclose(grad, case["grad"], rtol=LOSS_RTOL, atol=ATOL)
 
 
-def _reference_cases():
-    return [
-        pytest.param(
-            c,
-            id=c["name"],
-            marks=[pytest.mark.xfail(reason=REFERENCE_XFAIL[c["name"]], strict=True)]
-            if c["name"] in REFERENCE_XFAIL
-            else [],
-        )
-        for c in DATA["losses"]
-    ]
-
-
-@pytest.mark.parametrize("case", _reference_cases())
+@pytest.mark.parametrize("case", DATA["losses"], ids=_ids(DATA["losses"]))
 def test_loss_reference_matches_torch(case):
     spec, hp, pred, target = _loss_inputs(case)
     value, grad = spec.reference(pred, target, hp)
