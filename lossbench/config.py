@@ -81,6 +81,9 @@ def store_configs(registry) -> None:
         for name, spec in registry.components[group].items():
             cs.store(group=group, name=name, node=node_class(group, spec), provider="lossbench")
     cs.store(group="trainer", name="default", node=TrainerConfig, provider="lossbench")
+    from lossbench.builtin.tracking import MlflowTrackingConfig
+
+    cs.store(group="tracking", name="mlflow", node=MlflowTrackingConfig, provider="lossbench")
 
 
 def hparams(spec, node):

@@ -146,6 +146,19 @@ class Run:
     stop_reason: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     plugin_state: dict[str, Any] = field(default_factory=dict)
+    # group -> {"plugin": name, "distribution": "name version" or a file path}
+    sources: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """The model's outputs (logits or values) for the rows of ``X``, already scaled as the
+        training data (e.g. ``run.dataset.X_val``), with the current parameters."""
+        model = self.specs["model"]
+        X = np.ascontiguousarray(X, dtype=self.flat_params.dtype)
+        out = np.empty((len(X), self.dataset.n_outputs), dtype=X.dtype)
+        work = np.empty(self.layout.workspace(len(X)), dtype=X.dtype)
+        hp = np.asarray(self.layout.hp, dtype=X.dtype)
+        model.forward(self.flat_params, self.layout.layout, hp, X, work, out)
+        return out
 
     @property
     def params(self) -> dict[str, np.ndarray]:
@@ -341,9 +354,11 @@ def train(cfg=None, *, overrides=(), output_dir=None, plugin_manager=None) -> Ru
         dataset=prep,
         layout=layout,
         flat_params=params,
+        sources={g: pm.source_of(specs[g].plugin) for g in config_mod.GROUPS},
     )
     t_setup = time.perf_counter()
-    kernels = _bind_kernels(specs, tc.dtype)
+    kernels = _bind_kernels(specs, tc.dtype)  # compiles or cache-loads each kernel
+    bind_seconds = time.perf_counter() - t_setup
     rng = np.random.default_rng(shuffle_ss)
     order = np.arange(n_train, dtype=np.int64)
     epoch_args = (
@@ -355,17 +370,20 @@ def train(cfg=None, *, overrides=(), output_dir=None, plugin_manager=None) -> Ru
         kernels.forward, kernels.loss, params, layout.layout, model_hp, loss_hp, prep.X_val,
         prep.Y_val, prep.labels_val, chunk, work_val, out_val, dout_val,
     )  # fmt: skip
-    _ensure_compiled(train_epoch, epoch_args)
-    _ensure_compiled(evaluate, eval_args)
     run.timings["setup_seconds"] = t_setup - t_start
-    run.timings["compile_seconds"] = time.perf_counter() - t_setup
 
     status = None
     train_seconds = 0.0
     classification = prep.task == "classification"
     try:
         with _SigtermAsInterrupt():
+            # hooks start first so that slow set-up (e.g. a tracking client) overlaps the
+            # compile-or-cache-load of the epoch and the first epochs
             pm.hook.on_run_start(run=run)
+            t_compile = time.perf_counter()
+            _ensure_compiled(train_epoch, epoch_args)
+            _ensure_compiled(evaluate, eval_args)
+            run.timings["compile_seconds"] = bind_seconds + time.perf_counter() - t_compile
             t = 0
             for epoch in range(int(tc.epochs)):
                 lr = lr_at(epoch, base_lr, tc)

@@ -35,6 +35,7 @@ DEFAULT_PLUGINS = (
     "lossbench.builtin.progress",
     "lossbench.builtin.early_stopping",
     "lossbench.builtin.outputs",
+    "lossbench.builtin.tracking",
 )
 ENTRY_POINT_GROUP = "lossbench"
 ENV_PLUGINS_DIR = "LOSSBENCH_PLUGINS_DIR"
@@ -93,6 +94,19 @@ class PluginManager(pluggy.PluginManager):
                     self._register(_group, spec, _plugin)
 
                 impl.function(register=register)
+
+    def source_of(self, plugin_name: str) -> dict[str, str]:
+        """Where a plugin comes from: its distribution and version, or its file."""
+        if plugin_name in self.distributions:
+            dist, version = self.distributions[plugin_name]
+            return {"plugin": plugin_name, "distribution": f"{dist} {version}"}
+        if plugin_name.startswith("lossbench."):
+            from lossbench import __version__
+
+            return {"plugin": plugin_name, "distribution": f"lossbench {__version__}"}
+        plugin = self.get_plugin(plugin_name)
+        where = getattr(plugin, "__file__", None) or type(plugin).__module__
+        return {"plugin": plugin_name, "distribution": str(where)}
 
     def _register(self, group: str, spec, plugin_name: str) -> None:
         expected = KINDS[group]

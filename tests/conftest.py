@@ -9,7 +9,7 @@ from lossbench.plugins import build_plugin_manager, set_plugin_manager
 # registers its own.
 os.environ.setdefault("LOSSBENCH_LOAD_PLUGINS", "")
 
-TINY = ["trainer.progress=false", "trainer.epochs=3"]
+TINY = ["trainer.progress=false", "trainer.epochs=3", "tracking=none"]
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +37,40 @@ def central_difference(f, x, eps=1e-6):
         flat[i] = old
         g[i] = (up - down) / (2 * eps)
     return grad
+
+
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}
+
+
+def postgres_or_skip():
+    """A psycopg2 connection to the local PostgreSQL server, or skip (fail under CI, where
+    .ci/run sets LOSSBENCH_REQUIRE_SERVICES=1 so the test cannot silently skip)."""
+    try:
+        import psycopg2
+
+        conn = psycopg2.connect(connect_timeout=3, **PG)
+    except Exception as exc:
+        reason = (
+            f"PostgreSQL is not reachable at {PG['host']}:{PG['port']} (user {PG['user']}, "
+            f"database {PG['dbname']}): {exc}".strip()
+        )
+        if os.environ.get("LOSSBENCH_REQUIRE_SERVICES") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    conn.autocommit = True
+    return conn
+
+
+@pytest.fixture
+def postgres_database():
+    """A fresh, empty PostgreSQL database (dropped afterwards); yields its SQLAlchemy URL."""
+    conn = postgres_or_skip()
+    name = f"lossbench_test_{os.getpid()}_{np.random.default_rng().integers(1 << 30)}"
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{name}"
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()

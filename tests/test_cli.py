@@ -26,7 +26,7 @@ def lossbench(*args, cwd, env=None, timeout=120):
 
 
 def test_run_writes_outputs_and_summary(tmp_path):
-    r = lossbench("trainer.epochs=3", "data=iris", cwd=tmp_path)
+    r = lossbench("tracking=none", "trainer.epochs=3", "data=iris", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "finished after 3 epochs" in r.stdout and "best epoch" in r.stdout
     (run_dir,) = list((tmp_path / "outputs").glob("*/*"))
@@ -50,7 +50,7 @@ def test_run_writes_outputs_and_summary(tmp_path):
     ],
 )
 def test_user_mistakes_exit_2_without_traceback_or_leftovers(tmp_path, args, message):
-    r = lossbench("trainer.epochs=2", *args, cwd=tmp_path)
+    r = lossbench("tracking=none", "trainer.epochs=2", *args, cwd=tmp_path)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert message in r.stderr
     assert "Traceback" not in r.stderr + r.stdout
@@ -73,13 +73,14 @@ def test_broken_plugin_file_names_itself_and_the_fix(tmp_path):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "broken.py").write_text("import no_such_module_xyz\n")
-    r = lossbench("--plugins-dir", str(plugins), "trainer.epochs=1", cwd=tmp_path)
+    r = lossbench("--plugins-dir", str(plugins), "tracking=none", "trainer.epochs=1", cwd=tmp_path)
     assert r.returncode == 2
     assert "broken.py failed to import: ModuleNotFoundError" in r.stderr
     assert "LOSSBENCH_DISABLE_PLUGINS=broken" in r.stderr
     r = lossbench(
         "--plugins-dir",
         str(plugins),
+        "tracking=none",
         "trainer.epochs=1",
         "data=iris",
         cwd=tmp_path,
@@ -95,6 +96,7 @@ def test_ctrl_c_ends_the_run_cleanly_with_partial_outputs(tmp_path):
             sys.executable,
             "-m",
             "lossbench",
+            "tracking=none",
             "trainer.epochs=100000",
             "data=moons",
             "data.n_samples=20000",
@@ -146,7 +148,7 @@ def test_wheel_install_outside_the_repo(tmp_path):
     work.mkdir()
     env = {**os.environ, "LOSSBENCH_LOAD_PLUGINS": "", "PYTHONPATH": ""}
     run = subprocess.run(
-        [str(py), "-m", "lossbench", "trainer.epochs=2", "data=iris"],
+        [str(py), "-m", "lossbench", "tracking=none", "trainer.epochs=2", "data=iris"],
         cwd=work,
         env=env,
         capture_output=True,

@@ -14,8 +14,8 @@ SCRIPT = """
 import json, sys
 import lossbench
 from lossbench.engine import compile_stats
-run = lossbench.train(overrides=["trainer.progress=false", "trainer.epochs=2", "data=iris",
-                                 *sys.argv[1:]])
+base = ["trainer.progress=false", "tracking=none", "trainer.epochs=2", "data=iris"]
+run = lossbench.train(overrides=[*base, *sys.argv[1:]])
 print(json.dumps({"stats": compile_stats(), "status": run.status,
                   "compile_seconds": run.timings["compile_seconds"]}))
 """

@@ -140,7 +140,7 @@ def history_without_times(run):
 
 
 def test_default_run_learns_digits(pm):
-    run = lossbench.train(overrides=["trainer.progress=false"])
+    run = lossbench.train(overrides=["trainer.progress=false", "tracking=none"])
     assert run.status == "finished"
     assert run.config.data.name == "digits" and run.config.loss.name == "cross_entropy"
     assert run.config.optimizer.name == "adam" and run.config.model.name == "mlp"
@@ -163,6 +163,7 @@ def test_every_loss_trains_on_the_same_classification_data(pm, loss):
     run = lossbench.train(
         overrides=[
             "trainer.progress=false",
+            "tracking=none",
             "trainer.epochs=15",
             "data=iris",
             f"loss={loss}",
@@ -202,6 +203,7 @@ def test_train_loss_is_the_sample_weighted_mean_of_batch_losses(pm):
     run = lossbench.train(
         overrides=[
             "trainer.progress=false",
+            "tracking=none",
             "trainer.epochs=1",
             "data=iris",
             "data.val_fraction=0.2",

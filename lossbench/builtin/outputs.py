@@ -108,3 +108,33 @@ def on_run_end(run, status):
     plot_loss_curve(out / "loss_curve.png", run.history, run_title(run))
     text = json.dumps(summary(run), indent=2, default=float)
     _atomic(out / "summary.json", lambda tmp: Path(tmp).write_text(text + "\n"))
+
+
+def plot_confusion_matrix(path: Path, run) -> None:
+    """Validation confusion matrix of a classification run (rows: true class)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    prep = run.dataset
+    out = run.predict(prep.X_val)
+    pred = (out[:, 0] > 0).astype(int) if out.shape[1] == 1 else out.argmax(axis=1)
+    k = max(prep.n_classes, 2)
+    counts = np.zeros((k, k), dtype=int)
+    np.add.at(counts, (prep.labels_val, pred), 1)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.5 * k, 1.0 + 0.5 * k), dpi=110)
+    ax.imshow(counts, cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            color = "white" if counts[i, j] > counts.max() / 2 else "black"
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", color=color, fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    ax.set_title(f"validation, accuracy {accuracy:.3f}", fontsize=9)
+    fig.tight_layout()
+    _atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
