@@ -7,19 +7,23 @@ model.npz, loss_curve.png, confusion_matrix.png for classification). Run states:
 (finished, or stopped by a hook), FAILED with ``lossbench.failure_reason`` (diverged, failed),
 KILLED (Ctrl-C, SIGTERM).
 
-Cost: ``import mlflow`` and opening a store take about a second, longer than a default training
-run. So ``on_run_start`` only checks the store is reachable (fast, before training) and starts a
-worker thread that imports MLflow, creates the run and then sends queued metrics with
-``log_batch`` every ``tracking.flush_seconds``; the epoch loop only appends to a list, and the
-kernels release the GIL, so set-up overlaps compilation and training.
+Cost: ``import mlflow`` and opening a store take about 1.4 s, longer than a default training
+run, and in a thread of the training process that import held the GIL and slowed a 200-epoch
+digits run 5x. So the training process never imports MLflow: ``on_run_start`` checks the store
+is reachable (fast, before training) and starts ``lossbench.mlflow_worker`` in a side process,
+which imports MLflow and creates the run on the other core while training goes on. Each epoch
+sends one JSON line; the worker sends metrics with ``log_batch`` every ``tracking.flush_seconds``.
+``on_run_end`` sends the summary and artifact paths and waits for the worker to end the run.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -32,14 +36,12 @@ from urllib.parse import urlparse
 
 from lossbench.errors import ConfigError
 from lossbench.hookspecs import hookimpl
+from lossbench.mlflow_worker import MAX_KEY, MAX_TAG, shorten
 
 _KEY = "mlflow"
 STEP_BASE = 0  # metrics use step = epoch, 0-based like history.csv
 SUMMARY_KEYS = ("compile_seconds", "train_seconds")
-# MLflow's limits (mlflow.utils.validation): keys 250 chars, param values 6000, tags 8000,
-# 100 params or tags and 1000 metrics per log_batch request.
-MAX_KEY, MAX_PARAM, MAX_TAG, MAX_NAME = 250, 6000, 8000, 250
-PARAMS_PER_BATCH, METRICS_PER_BATCH = 100, 1000
+MAX_NAME = 250  # MLflow's limit on run names; the worker shortens params and tags
 
 
 @dataclass
@@ -53,11 +55,6 @@ class MlflowTrackingConfig:
     tags: dict[str, str] = field(default_factory=dict)
     required: bool = True  # False: a tracking failure warns and training goes on
     flush_seconds: float = 2.0
-
-
-def shorten(text: str, limit: int) -> str:
-    text = str(text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def flatten(node, prefix: str = "") -> dict[str, str]:
@@ -177,7 +174,8 @@ def run_tags(run, tc) -> dict[str, str]:
 
 
 class Tracker:
-    """One MLflow run, fed from the epoch loop, written by a worker thread."""
+    """One MLflow run, fed from the epoch loop, written by the side process
+    ``lossbench.mlflow_worker`` (so the training process never imports MLflow)."""
 
     def __init__(self, run, tc):
         from omegaconf import OmegaConf
@@ -185,73 +183,72 @@ class Tracker:
         self.tc = tc
         self.uri = resolve_uri(tc)
         precheck(self.uri)
-        self.run_name = shorten(tc.run_name or default_run_name(run.config), MAX_NAME)
-        self.params = flatten(OmegaConf.to_container(run.config, resolve=True))
-        self.tags = run_tags(run, tc)
-        self.pending: list[tuple[str, float, int, int]] = []
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.ready = threading.Event()
-        self.error: BaseException | None = None
-        self.client = None
-        self.run_id: str | None = None
+        self.error: str | None = None
         self.warned = False
-        self.thread = threading.Thread(target=self._work, name="lossbench-mlflow", daemon=True)
-        self.thread.start()
+        self.run_id: str | None = None
+        self.started = threading.Event()  # the worker answered "started" or "error"
+        self.finished = threading.Event()
+        self.log = tempfile.TemporaryFile(mode="w+")  # the worker's stderr, for error reports
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lossbench.mlflow_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            start_new_session=True,  # Ctrl-C reaches the trainer only; it ends the run
+        )
+        threading.Thread(target=self._read_replies, name="lossbench-mlflow", daemon=True).start()
+        self._send(
+            op="start",
+            uri=self.uri,
+            experiment=tc.experiment,
+            run_name=shorten(tc.run_name or default_run_name(run.config), MAX_NAME),
+            tags=run_tags(run, tc),
+            params=flatten(OmegaConf.to_container(run.config, resolve=True)),
+            flush_seconds=float(tc.flush_seconds),
+        )
 
-    # -- worker thread ----------------------------------------------------------------------
-    def _work(self) -> None:
+    def _send(self, **request) -> None:
         try:
-            self._start_run()
-        except BaseException as exc:  # reported by the main thread
-            self.error = exc
-            self.ready.set()
-            return
-        self.ready.set()
-        while not self.stop.wait(float(self.tc.flush_seconds)):
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            self.error = self.error or self._died()
+
+    def _died(self) -> str:
+        self.log.seek(0)
+        tail = self.log.read()[-2000:].strip()
+        return f"the MLflow process ended unexpectedly{': ' + tail if tail else ''}"
+
+    def _read_replies(self) -> None:
+        for line in self.proc.stdout:
             try:
-                self.flush()
-            except BaseException as exc:
-                self.error = exc
-                return
+                reply = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # not a reply (the worker keeps stdout for replies; be safe anyway)
+            if reply["op"] == "started":
+                self.run_id = reply["run_id"]
+                self.started.set()
+            elif reply["op"] == "error":
+                self.error = reply["message"]
+                self.started.set()
+            elif reply["op"] == "finished":
+                self.finished.set()
+        if not self.finished.is_set():
+            self.error = self.error or self._died()
+        self.started.set()
+        self.finished.set()
 
-    def _start_run(self) -> None:
-        from mlflow.entities import Param
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(self.uri) if self.uri else MlflowClient()
-        experiment = client.get_experiment_by_name(self.tc.experiment)
-        if experiment is None:
-            experiment_id = client.create_experiment(self.tc.experiment)
-        else:
-            experiment_id = experiment.experiment_id
-        created = client.create_run(experiment_id, tags=self.tags, run_name=self.run_name)
-        self.client, self.run_id = client, created.info.run_id
-        params = [Param(shorten(k, MAX_KEY), shorten(v, MAX_PARAM)) for k, v in self.params.items()]
-        for i in range(0, len(params), PARAMS_PER_BATCH):
-            client.log_batch(self.run_id, params=params[i : i + PARAMS_PER_BATCH])
-
-    def flush(self) -> None:
-        """Send queued metrics in log_batch requests (worker thread, or the end of the run)."""
-        from mlflow.entities import Metric
-
-        with self.lock:
-            batch, self.pending = self.pending, []
-        metrics = [Metric(k, v, ts, step) for k, v, ts, step in batch]
-        for i in range(0, len(metrics), METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=metrics[i : i + METRICS_PER_BATCH])
-
-    # -- main thread ------------------------------------------------------------------------
     def check(self) -> bool:
         """True while tracking works; raises (required) or warns once (not required)."""
         if self.error is None:
             return True
         if self.tc.required:
             raise ConfigError(
-                f"MLflow tracking failed ({type(self.error).__name__}: {self.error}). Fix the "
-                "store (tracking.uri / MLFLOW_TRACKING_URI), or train without tracking "
-                "(tracking=none), or let training go on (tracking.required=false)."
-            ) from self.error
+                f"MLflow tracking failed ({self.error}). Fix the store (tracking.uri / "
+                "MLFLOW_TRACKING_URI), or train without tracking (tracking=none), or let "
+                "training go on without it (tracking.required=false)."
+            )
         if not self.warned:
             warnings.warn(f"MLflow tracking is off for this run: {self.error}", stacklevel=3)
             self.warned = True
@@ -259,74 +256,74 @@ class Tracker:
 
     def log_epoch(self, epoch: int, metrics: dict) -> None:
         ts = int(time.time() * 1000)
-        with self.lock:
-            for key, value in metrics.items():
-                if key != "epoch":
-                    self.pending.append((key, float(value), ts, epoch + STEP_BASE))
+        items = [[k, float(v), ts, epoch + STEP_BASE] for k, v in metrics.items() if k != "epoch"]
+        self._send(op="metrics", items=items)
 
     def finish(self, run, status: str) -> None:
-        self.stop.set()
-        self.thread.join(timeout=120)
-        if self.thread.is_alive():
-            self.error = self.error or TimeoutError("the MLflow worker did not finish in 120 s")
-        if self.error is not None and self.run_id is None:
-            self.check()  # nothing was created: raise or warn
-            return
         try:
-            self._finish(run, status)
-        except Exception as exc:
-            self.error = exc
-            try:
-                self.client.set_terminated(self.run_id, "FAILED")
-            finally:
-                self.check()
+            if self.error is None:
+                self._finish(run, status)
+        finally:
+            self._close()
+        self.check()
 
     def _finish(self, run, status: str) -> None:
-        from mlflow.entities import RunTag
-
         ts = int(time.time() * 1000)
         best = run.best_epoch
         summary = {k: run.timings[k] for k in SUMMARY_KEYS if k in run.timings}
         if best is not None:
             summary["best_epoch"] = best
             summary["best_val_loss"] = run.history[best]["val_loss"]
-        with self.lock:
-            self.pending.extend((k, float(v), ts, 0) for k, v in summary.items())
-        self.flush()
-        tags = [RunTag("lossbench.status", status)]
+        tags = {"lossbench.status": status}
         if run.error:
-            tags.append(RunTag("lossbench.failure_reason", shorten(run.error, MAX_TAG)))
+            tags["lossbench.failure_reason"] = run.error
         if run.stop_reason:
-            tags.append(RunTag("lossbench.stop_reason", shorten(run.stop_reason, MAX_TAG)))
-        self.client.log_batch(self.run_id, tags=tags)
-        if run.history and status != "interrupted":
-            self._log_artifacts(run)
+            tags["lossbench.stop_reason"] = run.stop_reason
         state = {"finished": "FINISHED", "stopped": "FINISHED", "interrupted": "KILLED"}
-        self.client.set_terminated(self.run_id, state.get(status, "FAILED"))
+        with tempfile.TemporaryDirectory(prefix="lossbench-mlflow-") as tmp:
+            artifacts = []
+            if run.history and status != "interrupted":
+                artifacts = self._artifacts(run, Path(tmp))
+            self._send(
+                op="finish",
+                state=state.get(status, "FAILED"),
+                tags=tags,
+                metrics=[[k, float(v), ts, 0] for k, v in summary.items()],
+                artifacts=[str(p) for p in artifacts],
+            )
+            # the worker may still be importing MLflow: this wait is tracking's one-time cost
+            if not self.finished.wait(timeout=300):
+                self.error = self.error or "the MLflow process did not finish within 300 s"
 
-    def _log_artifacts(self, run) -> None:
+    def _artifacts(self, run, folder: Path) -> list[Path]:
         from omegaconf import OmegaConf
 
         from lossbench.builtin import outputs
 
-        with tempfile.TemporaryDirectory(prefix="lossbench-mlflow-") as tmp:
-            folder = Path(tmp)
-            (folder / "config.yaml").write_text(OmegaConf.to_yaml(run.config, resolve=True))
-            source = Path(run.output_dir) if run.output_dir is not None else None
-            files = ("history.csv", "model.npz", "loss_curve.png")
-            if source is None or not all((source / f).is_file() for f in files):
-                source = folder
-                outputs.write_history(folder / "history.csv", run.history)
-                outputs.write_model(folder / "model.npz", run.params)
-                outputs.plot_loss_curve(folder / "loss_curve.png", run.history,
-                                        outputs.run_title(run))  # fmt: skip
-            paths = [folder / "config.yaml", *(source / f for f in files)]
-            if run.dataset is not None and run.dataset.task == "classification":
-                cm = folder / "confusion_matrix.png"
-                outputs.plot_confusion_matrix(cm, run)
-                paths.append(cm)
-            for path in paths:
-                self.client.log_artifact(self.run_id, str(path))
+        (folder / "config.yaml").write_text(OmegaConf.to_yaml(run.config, resolve=True))
+        source = Path(run.output_dir) if run.output_dir is not None else None
+        files = ("history.csv", "model.npz", "loss_curve.png")
+        if source is None or not all((source / f).is_file() for f in files):
+            source = folder
+            outputs.write_history(folder / "history.csv", run.history)
+            outputs.write_model(folder / "model.npz", run.params)
+            outputs.plot_loss_curve(folder / "loss_curve.png", run.history, outputs.run_title(run))
+        paths = [folder / "config.yaml", *(source / f for f in files)]
+        if run.dataset is not None and run.dataset.task == "classification":
+            outputs.plot_confusion_matrix(folder / "confusion_matrix.png", run)
+            paths.append(folder / "confusion_matrix.png")
+        return paths
+
+    def _close(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
 
 
 def _tracker(run) -> Tracker | None:
