@@ -40,7 +40,6 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -62,8 +61,9 @@ class Case:
     widths_hidden: list[int]
     target_ratio: float  # lossbench / PyTorch, float32
     target_peak: float | None = None  # fraction of the matmul peak, float32
-    reps: int = 20  # timed epochs per implementation (full run)
+    reps: int = 20  # timed epochs per implementation (full run), in `rounds` blocks
     ref_reps: int = 10
+    rounds: int = 5
     n_train: int | None = None  # expected training rows (checked)
 
 
@@ -111,8 +111,9 @@ CASES = [
         widths_hidden=[512, 256],
         target_ratio=1.3,
         target_peak=0.60,
-        reps=7,
-        ref_reps=4,
+        reps=6,
+        ref_reps=3,
+        rounds=3,
         n_train=10000,
     ),
 ]
@@ -138,6 +139,7 @@ class Result:
     reference: list[float] = field(default_factory=list)
     other_cores: float = 0.0  # CPU other processes used during the row's measurements
     peak: float = 0.0  # numpy 2048^3 @ GFLOP/s in this dtype, measured just before the row
+    other_mean: float = 0.0
 
     def rate(self, which):
         times = getattr(self, which)
@@ -210,18 +212,25 @@ def peak_worker(lib, dtype, repeats, n=2048):
 # lossbench: engine.train with its fused epoch timed
 
 
+class _Stop(Exception):
+    """Ends a served lossbench run between two epochs."""
+
+
 class _TimedEpoch:
     """Stands in for lossbench.engine.train_epoch during one ``train`` call: calls the real
-    dispatcher and records the seconds and samples of every epoch. Attribute access
-    (``overloads``, ``compile``) goes to the dispatcher, so ``train``'s compile step is
-    unchanged."""
+    dispatcher and records the seconds of every epoch; ``gate`` (if given) runs before each
+    epoch, outside the timer. Attribute access (``overloads``, ``compile``) goes to the
+    dispatcher, so ``train``'s compile step is unchanged."""
 
-    def __init__(self, dispatcher):
+    def __init__(self, dispatcher, gate=None):
         self._dispatcher = dispatcher
+        self._gate = gate
         self.seconds: list[float] = []
         self.seen: list[int] = []
 
     def __call__(self, *args):
+        if self._gate is not None:
+            self._gate(self)
         t0 = time.perf_counter()
         result = self._dispatcher(*args)
         self.seconds.append(time.perf_counter() - t0)
@@ -232,22 +241,45 @@ class _TimedEpoch:
         return getattr(self._dispatcher, name)
 
 
-def lossbench_epochs(overrides, epochs):
+def lossbench_train_timed(overrides, epochs, gate=None):
+    """``lossbench.train`` with every fused epoch timed; returns (run, timer)."""
     import lossbench
     from lossbench import engine
 
     real = engine.train_epoch
-    timed = _TimedEpoch(real)
+    timed = _TimedEpoch(real, gate)
     engine.train_epoch = timed
     try:
         run = lossbench.train(overrides=[*overrides, f"trainer.epochs={epochs}"])
     finally:
         engine.train_epoch = real
-    if run.status != "finished" or len(timed.seconds) != epochs:
-        raise RuntimeError(f"lossbench run ended {run.status} after {len(timed.seconds)} epochs")
-    if len(set(timed.seen)) != 1:
-        raise RuntimeError(f"epochs saw different sample counts: {timed.seen}")
-    return run, timed.seconds
+    return run, timed
+
+
+def serve_lossbench(overrides, send, receive):
+    """Serve epoch blocks of one lossbench.train run (see ``serve``)."""
+    state = {"left": 0, "start": 0, "ready": False}
+
+    def gate(timed):
+        if state["left"] == 0:
+            if not state["ready"]:
+                state["ready"] = True
+                send({"ready": True})
+            else:
+                block = timed.seconds[state["start"] :]
+                if len(set(timed.seen)) != 1:
+                    raise RuntimeError(f"epochs saw different sample counts: {timed.seen}")
+                send({"seconds": block})
+            n = receive()
+            if n is None:
+                raise _Stop
+            state["left"], state["start"] = n, len(timed.seconds)
+        state["left"] -= 1
+
+    try:
+        lossbench_train_timed(overrides, 10**9, gate)
+    except _Stop:
+        pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +321,8 @@ def prepare_like_train(overrides):
 # NumPy reference epoch (lossbench.reference)
 
 
-def reference_epochs(run, epochs):
+def reference_epoch_fn(run):
+    """A function running one timed NumPy reference epoch; returns its seconds."""
     from lossbench.reference import reference_epoch
 
     prep, layout, specs, hps = run.dataset, run.layout, run.specs, run.hparams
@@ -308,25 +341,29 @@ def reference_epochs(run, epochs):
     batch = int(run.config.trainer.batch_size)
     rng = np.random.default_rng(1)
     order = np.arange(len(prep.X_train), dtype=np.int64)
-    t, seconds = 0, []
-    for _ in range(epochs):
+    step = [0]
+
+    def epoch():
         rng.shuffle(order)
         t0 = time.perf_counter()
-        total, seen, t = reference_epoch(
+        total, seen, step[0] = reference_epoch(
             specs["model"], specs["loss"], opt, params, layout.layout, model_hp, loss_hp, opt_hp,
-            state, prep.X_train, prep.Y_train, order, batch, t, lr,
+            state, prep.X_train, prep.Y_train, order, batch, step[0], lr,
         )  # fmt: skip
-        seconds.append(time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
         if seen != len(order) or not math.isfinite(total):
             raise RuntimeError(f"reference epoch saw {seen} rows, loss {total}")
-    return seconds
+        return seconds
+
+    return epoch
 
 
 # ---------------------------------------------------------------------------------------------
 # PyTorch eager
 
 
-def torch_epochs(run, optimizer, epochs):
+def torch_epoch_fn(run, optimizer):
+    """A function running one timed PyTorch epoch; returns its seconds."""
     import torch
     import torch.nn.functional as F
 
@@ -355,8 +392,8 @@ def torch_epochs(run, optimizer, epochs):
         )  # fmt: skip
     batch = int(run.config.trainer.batch_size)
     n = X.shape[0]
-    seconds = []
-    for _ in range(epochs):
+
+    def epoch():
         perm = torch.randperm(n)
         t0 = time.perf_counter()
         for start in range(0, n, batch):
@@ -366,10 +403,12 @@ def torch_epochs(run, optimizer, epochs):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        seconds.append(time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
         if not math.isfinite(loss.item()):
             raise RuntimeError("torch loss is not finite")
-    return seconds
+        return seconds
+
+    return epoch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,7 +572,8 @@ def table(results, cases, peaks):
         rows.append(
             [f"{r.case} ({r.n_train}, {c.batch})", r.optimizer, r.dtype, fmt_rate(lb),
              fmt_rate(pt), fmt_rate(ref), f"{ratio:.2f}x", f"{gflops:.1f}", f"{peak:.0f}",
-             f"{pct:.1%}", target, result, f"{r.other_cores:.2f}"]
+             f"{pct:.1%}", target, result,
+             f"{r.other_mean:.2f}/{r.other_cores:.2f}".replace("nan", "-")]
         )  # fmt: skip
     widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows, strict=True)]
     right = {3, 4, 5, 6, 7, 8, 9, 12}
@@ -545,22 +585,98 @@ def table(results, cases, peaks):
     return out
 
 
-def worker(job):
-    """Run one measurement in this (fresh) process; returns a JSON-able dict."""
+def serve(job):
+    """Worker process: set up one implementation of one row, say {"ready": true}, then for each
+    line N on stdin run N epochs and answer {"seconds": [...]}; an empty line or EOF ends."""
+
+    def send(obj):
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    def receive():
+        line = sys.stdin.readline().strip()
+        return int(line) if line else None
+
     kind = job["kind"]
-    if kind == "peak":
-        return peak_worker(job["lib"], job["dtype"], job["repeats"])
     if kind == "lossbench":
-        run, seconds = lossbench_epochs(job["overrides"], job["epochs"])
-        prep = run.dataset
-        widths = [int(x) for x in run.layout.layout[:, 0]] + [int(run.layout.layout[-1, 1])]
-        return {"seconds": seconds, "n_train": len(prep.X_train), "widths": widths}
+        serve_lossbench(job["overrides"], send, receive)
+        return
     prep = prepare_like_train(job["overrides"])
     if kind == "torch":
-        return {"seconds": torch_epochs(prep, job["optimizer"], job["epochs"])}
-    if kind == "reference":
-        return {"seconds": reference_epochs(prep, job["epochs"])}
-    raise ValueError(kind)
+        epoch = torch_epoch_fn(prep, job["optimizer"])
+    elif kind == "reference":
+        epoch = reference_epoch_fn(prep)
+    else:
+        raise ValueError(kind)
+    send(
+        {
+            "ready": True,
+            "n_train": len(prep.dataset.X_train),
+            "widths": [int(x) for x in prep.layout.layout[:, 0]] + [int(prep.layout.layout[-1, 1])],
+        }
+    )
+    while (n := receive()) is not None:
+        send({"seconds": [epoch() for _ in range(n)]})
+
+
+def proc_cpu_seconds(pid):
+    """CPU seconds (user + system, all threads) of a running process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK
+
+
+class Worker:
+    """One implementation of one row, served by a subprocess of this script (``--serve``)."""
+
+    def __init__(self, job):
+        self.job = job
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--serve", json.dumps(job)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.info = None
+        self.seconds: list[float] = []
+        self.other: list[tuple[float, float]] = []  # per block: (other processes' CPU s, wall s)
+
+    def _read(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read()
+            raise RuntimeError(f"worker {self.job['kind']} died:\n{err[-3000:]}")
+        return json.loads(line)
+
+    def ready(self):
+        self.info = self._read()
+        return self.info
+
+    def run(self, n, keep=True):
+        """Run n epochs; keep their seconds and the CPU other processes used meanwhile."""
+        b0, c0, t0 = busy_cpu_seconds(), proc_cpu_seconds(self.proc.pid), time.perf_counter()
+        self.proc.stdin.write(f"{n}\n")
+        self.proc.stdin.flush()
+        seconds = self._read()["seconds"]
+        wall = time.perf_counter() - t0
+        other = busy_cpu_seconds() - b0 - (proc_cpu_seconds(self.proc.pid) - c0)
+        if keep:
+            self.seconds += seconds
+            self.other.append((other, wall))
+        return seconds
+
+    def disturbed(self):
+        """Did other processes use > 2 * IDLE_CORES during the last block? (Judged only for
+        blocks of 0.1 s or more: /proc/stat counts in 10 ms ticks.)"""
+        cpu, wall = self.other[-1]
+        return wall >= 0.1 and cpu / wall > 2 * IDLE_CORES
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.write("\n")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=60)
 
 
 # This machine may be shared (another developer's tests): before each worker, wait until the
@@ -576,51 +692,64 @@ def busy_cpu_seconds():
     return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / _CLK
 
 
-def children_cpu_seconds():
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
-def wait_for_idle(max_wait):
-    """Sleep until the other processes use < IDLE_CORES for a 1 s window (at most max_wait s);
+def wait_for_idle(max_wait, window=0.25):
+    """Sleep until the other processes use < IDLE_CORES over a ``window`` (at most max_wait s);
     returns the seconds waited."""
     waited = 0.0
     while True:
         b0 = busy_cpu_seconds()
-        time.sleep(1.0)
-        if busy_cpu_seconds() - b0 < IDLE_CORES or waited >= max_wait:
+        time.sleep(window)
+        if (busy_cpu_seconds() - b0) / window < IDLE_CORES or waited >= max_wait:
             return waited
-        waited += 1.0
+        waited += window
 
 
 WAITED = [0.0]
 
 
-def in_subprocess(job, max_wait=0.0, attempts=1):
-    """Run ``job`` in a fresh process; the result gains ``other_cores``: the CPU the machine's
-    other processes used meanwhile, in cores. With attempts > 1 a disturbed measurement is
-    repeated and the least disturbed one kept."""
-    best = None
-    for _ in range(attempts):
-        if max_wait:
-            WAITED[0] += wait_for_idle(max_wait)
-        b0, c0, t0 = busy_cpu_seconds(), children_cpu_seconds(), time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(job)],
-            capture_output=True,
-            text=True,
-        )
-        wall = time.perf_counter() - t0
-        other = (busy_cpu_seconds() - b0 - (children_cpu_seconds() - c0)) / wall
-        if proc.returncode != 0:
-            raise RuntimeError(f"worker {job} failed:\n{proc.stderr[-3000:]}")
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-        result["other_cores"] = max(other, 0.0)
-        if best is None or result["other_cores"] < best["other_cores"]:
-            best = result
-        if best["other_cores"] < 2 * IDLE_CORES:
-            break
-    return best
+def one_shot(job, max_wait=0.0):
+    """Run a one-shot ``job`` (a matmul peak) in a fresh process."""
+    if max_wait:
+        WAITED[0] += wait_for_idle(max_wait)
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(job)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {job} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure_row(job, rounds, block, ref_block, max_wait):
+    """Time one row: three worker processes (lossbench, torch, reference) set up side by side,
+    one warm-up epoch each, then ``rounds`` rounds in which each runs a block of epochs in turn
+    (rotating the order), so that slow drifts of the machine's speed hit all three alike. A
+    block during which other processes used > 2 * IDLE_CORES is discarded and run again once."""
+    workers = {k: Worker({**job, "kind": k}) for k in ("lossbench", "torch", "reference")}
+    try:
+        for w in workers.values():
+            w.ready()
+        for w in workers.values():
+            w.run(1, keep=False)  # warm-up
+        kinds = list(workers)
+        for r in range(rounds):
+            for k in kinds[r % 3 :] + kinds[: r % 3]:
+                w = workers[k]
+                n = ref_block if k == "reference" else block
+                for attempt in range(2):
+                    if max_wait:
+                        WAITED[0] += wait_for_idle(max_wait)
+                    time.sleep(0.05)  # let the previous worker's BLAS/OpenMP threads go idle
+                    kept = len(w.seconds)
+                    w.run(n)
+                    if not w.disturbed() or attempt == 1:
+                        break
+                    del w.seconds[kept:], w.other[-1]  # disturbed: measure this block again
+    finally:
+        for w in workers.values():
+            w.close()
+    return workers
 
 
 def main(argv=None):
@@ -637,16 +766,20 @@ def main(argv=None):
         "(default 120, --quick 10; 0 = never wait)",
     )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--serve", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     os.environ.setdefault("LOSSBENCH_LOAD_PLUGINS", "")  # built-ins only, as the tests do
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+        job = json.loads(args.worker)
+        print(json.dumps(peak_worker(job["lib"], job["dtype"], job["repeats"])))
+        return
+    if args.serve:
+        serve(json.loads(args.serve))
         return
     args.peak_repeats = 3 if args.quick else 5
     if args.max_wait is None:
-        args.max_wait = 10.0 if args.quick else 120.0
-    attempts = 1 if args.quick else 2
-    sub = lambda job: in_subprocess(job, args.max_wait, attempts)  # noqa: E731
+        args.max_wait = 10.0 if args.quick else 60.0
+    sub = lambda job: one_shot(job, args.max_wait)  # noqa: E731
 
     cases = CASES
     if args.cases != "all":
@@ -671,22 +804,29 @@ def main(argv=None):
     results = []
     t_start = time.perf_counter()
     for c in cases:
-        reps = 2 if args.quick else c.reps
-        ref_reps = 2 if args.quick else c.ref_reps
+        rounds = 1 if args.quick else c.rounds
+        block = 2 if args.quick else c.reps // c.rounds
+        ref_block = 2 if args.quick else c.ref_reps // c.rounds
         for dtype in DTYPES:
             for opt in OPTIMIZERS:
                 overrides = [*COMMON, *c.overrides, f"optimizer={opt}", f"trainer.dtype={dtype}",
                              f"trainer.batch_size={c.batch}"]  # fmt: skip
-                job = {"overrides": overrides, "optimizer": opt}
                 peak = sub({"kind": "peak", "lib": "numpy", "dtype": dtype, "repeats": 3})
-                lb = sub({**job, "kind": "lossbench", "epochs": reps + 1})
-                if c.n_train is not None and lb["n_train"] != c.n_train:
-                    raise RuntimeError(f"{c.label}: {lb['n_train']} rows, expected {c.n_train}")
-                r = Result(c.label, opt, dtype, lb["n_train"], lb["widths"], lb["seconds"][1:])
-                pt = sub({**job, "kind": "torch", "epochs": reps + 1})
-                ref = sub({**job, "kind": "reference", "epochs": ref_reps + 1})
-                r.torch, r.reference = pt["seconds"][1:], ref["seconds"][1:]
-                r.other_cores = max(x["other_cores"] for x in (lb, pt, ref))
+                w = measure_row(
+                    {"overrides": overrides, "optimizer": opt}, rounds, block, ref_block,
+                    args.max_wait,
+                )  # fmt: skip
+                info = w["torch"].info
+                if c.n_train is not None and info["n_train"] != c.n_train:
+                    raise RuntimeError(f"{c.label}: {info['n_train']} rows, not {c.n_train}")
+                r = Result(
+                    c.label, opt, dtype, info["n_train"], info["widths"], w["lossbench"].seconds,
+                    w["torch"].seconds, w["reference"].seconds,
+                )  # fmt: skip
+                blocks = [x for k in w for x in w[k].other]
+                r.other_mean = max(0.0, sum(c for c, _ in blocks) / sum(t for _, t in blocks))
+                long = [c / t for c, t in blocks if t >= 0.1]
+                r.other_cores = max(long, default=float("nan"))
                 r.peak = peak["gflops"]
                 results.append(r)
                 print(
@@ -699,19 +839,22 @@ def main(argv=None):
     bench_seconds = time.perf_counter() - t_start
 
     reps_note = (
-        "2 (lossbench, pytorch), 2 (numpy-ref)"
+        "1 round of 2 epochs each"
         if args.quick
-        else "; ".join(f"{c.label.split()[0]} {c.reps}, {c.ref_reps}" for c in cases)
-        + " (lossbench and pytorch, numpy-ref)"
+        else "; ".join(
+            f"{c.label.split()[0]} {c.rounds} rounds x {c.reps // c.rounds} (numpy-ref "
+            f"{c.ref_reps // c.rounds})"
+            for c in cases
+        )
     )
     print(
-        "samples/s = training rows / median epoch seconds, first epoch discarded; timed epochs: "
-        + reps_note
+        "samples/s = training rows / median epoch seconds over interleaved rounds (each "
+        "implementation in its own process, one warm-up epoch discarded): " + reps_note
     )
     print(
         "GFLOP/s counts 6*in*out per sample per layer; peak = numpy 2048^3 @ GFLOP/s measured "
         "just before the row (best of 3), %peak against it; other = CPU (cores) used by other "
-        "processes during the row (worst of its 3 runs)"
+        "processes while the row's blocks ran: over all blocks / worst block of >= 0.1 s"
     )
     for line in table(results, cases, peaks):
         print(line)
