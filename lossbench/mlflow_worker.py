@@ -11,8 +11,9 @@ requests
 replies
     ``{"op": "started", "run_id"}``, ``{"op": "finished"}``, ``{"op": "error", "message"}``
 
-Metrics are sent with ``log_batch`` every ``flush_seconds`` and at the end. If stdin closes
-without a ``finish`` (the training process died, even by SIGKILL), the run is ended as KILLED
+Metrics are sent with ``log_batch`` every ``flush_seconds`` and at the end. One process serves
+its trainer's runs one after another (a sweep worker pays for ``import mlflow`` once). If stdin
+closes during a run (the training process died, even by SIGKILL), the run is ended as KILLED
 with a reason tag, so no run stays RUNNING. Terminal signals do not reach this process (it runs
 in its own session); the training process ends the run for it.
 """
@@ -112,23 +113,13 @@ class Worker:
             self.client.set_terminated(self.run_id, "KILLED")
 
 
-def main() -> None:
-    # Replies own the real stdout; anything MLflow prints (e.g. "View run ... at ...") goes to
-    # stderr instead of corrupting the protocol.
-    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    sys.stdout = sys.stderr
-    inbox: queue.Queue = queue.Queue()
-    threading.Thread(target=_read_requests, args=(sys.stdin, inbox), daemon=True).start()
-    worker = Worker(replies)
-    first = inbox.get()
-    if first is None:
-        return
+def serve_run(worker: Worker, first: dict, inbox: queue.Queue) -> bool:
+    """Serve one run from its ``start`` request; False when the input ended."""
     try:
         worker.start(first)
     except Exception as exc:
         worker.reply(op="error", message=f"{type(exc).__name__}: {exc}")
-        return
+        return True
     worker.reply(op="started", run_id=worker.run_id)
     flush_every = float(first.get("flush_seconds", 2.0))
     last_flush = time.monotonic()
@@ -140,13 +131,13 @@ def main() -> None:
         try:
             if req is None:
                 worker.abandon("the training process ended without finishing the run")
-                return
+                return False
             if req["op"] == "metrics":
                 worker.pending.extend(req["items"])
             elif req["op"] == "finish":
                 worker.finish(req)
                 worker.reply(op="finished")
-                return
+                return True
             if worker.pending and time.monotonic() - last_flush >= flush_every:
                 worker.flush()
                 last_flush = time.monotonic()
@@ -154,7 +145,22 @@ def main() -> None:
             traceback.print_exc()
             worker.reply(op="error", message=f"{type(exc).__name__}: {exc}")
             if req is not None and req.get("op") == "finish":
-                return
+                return True
+
+
+def main() -> None:
+    # Replies own the real stdout; anything MLflow prints (e.g. "View run ... at ...") goes to
+    # stderr instead of corrupting the protocol.
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    inbox: queue.Queue = queue.Queue()
+    threading.Thread(target=_read_requests, args=(sys.stdin, inbox), daemon=True).start()
+    # one process serves the runs of its trainer one after another (a sweep worker's trials)
+    while True:
+        first = inbox.get()
+        if first is None or not serve_run(Worker(replies), first, inbox):
+            return
 
 
 if __name__ == "__main__":

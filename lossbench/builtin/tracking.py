@@ -18,6 +18,7 @@ sends one JSON line; the worker sends metrics with ``log_batch`` every ``trackin
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
@@ -173,6 +174,67 @@ def run_tags(run, tc) -> dict[str, str]:
     return {shorten(k, MAX_KEY): shorten(v, MAX_TAG) for k, v in tags.items()}
 
 
+class SideProcess:
+    """The ``lossbench.mlflow_worker`` process of this training process, shared by its runs
+    one after another (started on first use, ended when this process exits)."""
+
+    _current: SideProcess | None = None
+
+    def __init__(self) -> None:
+        self.log = tempfile.TemporaryFile(mode="w+")  # its stderr, for error reports
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lossbench.mlflow_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            start_new_session=True,  # Ctrl-C reaches the trainer only; it ends the run
+        )
+        self.tracker: Tracker | None = None  # the run being served
+        threading.Thread(target=self._read_replies, name="lossbench-mlflow", daemon=True).start()
+
+    @classmethod
+    def get(cls) -> SideProcess:
+        if cls._current is None or cls._current.proc.poll() is not None:
+            cls._current = SideProcess()
+            atexit.register(cls._current.close)
+        return cls._current
+
+    def send(self, **request) -> str | None:
+        """Send a request; the error text if the process is gone."""
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+            return None
+        except (BrokenPipeError, OSError, ValueError):
+            return self.died()
+
+    def died(self) -> str:
+        self.log.seek(0)
+        tail = self.log.read()[-2000:].strip()
+        return f"the MLflow process ended unexpectedly{': ' + tail if tail else ''}"
+
+    def _read_replies(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                reply = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # not a reply (the worker keeps stdout for replies; be safe anyway)
+            tracker = self.tracker
+            if tracker is not None:
+                tracker.on_reply(reply)
+        tracker = self.tracker
+        if tracker is not None:
+            tracker.on_reply({"op": "error", "message": self.died()})
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            self.proc.kill()
+
+
 class Tracker:
     """One MLflow run, fed from the epoch loop, written by the side process
     ``lossbench.mlflow_worker`` (so the training process never imports MLflow)."""
@@ -186,18 +248,9 @@ class Tracker:
         self.error: str | None = None
         self.warned = False
         self.run_id: str | None = None
-        self.started = threading.Event()  # the worker answered "started" or "error"
         self.finished = threading.Event()
-        self.log = tempfile.TemporaryFile(mode="w+")  # the worker's stderr, for error reports
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lossbench.mlflow_worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-            start_new_session=True,  # Ctrl-C reaches the trainer only; it ends the run
-        )
-        threading.Thread(target=self._read_replies, name="lossbench-mlflow", daemon=True).start()
+        self.side = SideProcess.get()
+        self.side.tracker = self
         self._send(
             op="start",
             uri=self.uri,
@@ -209,35 +262,18 @@ class Tracker:
         )
 
     def _send(self, **request) -> None:
-        try:
-            self.proc.stdin.write(json.dumps(request) + "\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError, ValueError):
-            self.error = self.error or self._died()
+        if self.error is None:
+            self.error = self.side.send(**request)
 
-    def _died(self) -> str:
-        self.log.seek(0)
-        tail = self.log.read()[-2000:].strip()
-        return f"the MLflow process ended unexpectedly{': ' + tail if tail else ''}"
-
-    def _read_replies(self) -> None:
-        for line in self.proc.stdout:
-            try:
-                reply = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # not a reply (the worker keeps stdout for replies; be safe anyway)
-            if reply["op"] == "started":
-                self.run_id = reply["run_id"]
-                self.started.set()
-            elif reply["op"] == "error":
-                self.error = reply["message"]
-                self.started.set()
-            elif reply["op"] == "finished":
-                self.finished.set()
-        if not self.finished.is_set():
-            self.error = self.error or self._died()
-        self.started.set()
-        self.finished.set()
+    def on_reply(self, reply: dict) -> None:
+        """Called from the side process's reader thread."""
+        if reply.get("op") == "started":
+            self.run_id = reply["run_id"]
+        elif reply.get("op") == "error":
+            self.error = self.error or reply.get("message", "unknown error")
+            self.finished.set()
+        elif reply.get("op") == "finished":
+            self.finished.set()
 
     def check(self) -> bool:
         """True while tracking works; raises (required) or warns once (not required)."""
@@ -264,7 +300,7 @@ class Tracker:
             if self.error is None:
                 self._finish(run, status)
         finally:
-            self._close()
+            self.side.tracker = None
         self.check()
 
     def _finish(self, run, status: str) -> None:
@@ -313,17 +349,6 @@ class Tracker:
             outputs.plot_confusion_matrix(folder / "confusion_matrix.png", run)
             paths.append(folder / "confusion_matrix.png")
         return paths
-
-    def _close(self) -> None:
-        try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
 
 
 def _tracker(run) -> Tracker | None:
