@@ -1,4 +1,5 @@
-"""Command line: ``python -m lossbench [OVERRIDES]`` and ``python -m lossbench plugins``.
+"""Command line: ``python -m lossbench [OVERRIDES]``, ``python -m lossbench --multirun ...``
+(an Optuna sweep, see ``lossbench.sweep``) and ``python -m lossbench plugins``.
 
 Plugins are loaded first (built-ins, entry points, ``--plugins-dir``), so their components are
 config options before Hydra composes. Overrides are checked before Hydra creates a run
@@ -142,11 +143,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         pm = build_plugin_manager(plugins_dir)
         set_plugin_manager(pm)
-        multirun = any(a in ("-m", "--multirun") for a in argv)
+        if any(a in ("-m", "--multirun") for a in argv):
+            from lossbench.sweep import run_sweep
+
+            sys.exit(run_sweep(argv, plugins_dir))
         overrides = [a for a in argv if not a.startswith("-") and not a.startswith("hydra")]
-        if multirun:
-            config_mod.check_choices(overrides, pm.registry)
-        elif not any(a.startswith("-") for a in argv):
+        if not any(a.startswith("-") for a in argv):
             config_mod.compose(overrides, registry=pm.registry)
     except LossbenchError as exc:
         _fail(exc)

@@ -13,6 +13,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lossbench.errors import ConfigError
 
@@ -44,6 +45,41 @@ class TrainerConfig:
     min_lr: float = 0.0
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     progress: bool = True
+
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "qmc")
+PRUNERS = ("none", "median", "percentile", "successive_halving", "hyperband", "patient")
+
+
+@dataclass
+class SweepConfig:
+    """Sweep settings (group ``sweep``; presets from sweeps/*.yaml). Names follow Hydra's Optuna
+    sweeper where they overlap; ``hydra.sweeper.X=...`` is accepted as ``sweep.X=...``."""
+
+    name: str = "none"
+    params: dict[str, str] = field(default_factory=dict)  # key -> search-space expression
+    overrides: list[str] = field(default_factory=list)  # fixed for every trial
+    sampler: str = "tpe"
+    pruner: str = "median"
+    direction: Any = "minimize"  # a list makes the study multi-objective
+    metric: Any = "val_loss"  # one per direction
+    n_trials: int = 20  # total for the study, across workers and restarts
+    n_jobs: int = 1  # worker processes on this machine
+    storage: str | None = None  # default: a journal file in the sweep directory
+    study_name: str | None = None  # default: the preset's name, or one made from the space
+    seed: int = 0
+    pruner_warmup_epochs: int = 3  # epochs a trial always runs before it can be pruned
+    heartbeat_seconds: float = 5.0
+    grace_seconds: float = 60.0  # a RUNNING trial silent this long is failed and retried
+
+
+def presets_dir() -> Path | None:
+    """The sweep presets: inside the installed package, or the repo's sweeps/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "sweeps", here.parent / "sweeps"):
+        if candidate.is_dir():
+            return candidate
+    return None
 
 
 def config_dir() -> Path:
@@ -84,6 +120,15 @@ def store_configs(registry) -> None:
     from lossbench.builtin.tracking import MlflowTrackingConfig
 
     cs.store(group="tracking", name="mlflow", node=MlflowTrackingConfig, provider="lossbench")
+    cs.store(group="sweep", name="none", node=SweepConfig, provider="lossbench")
+    folder = presets_dir()
+    for preset in sorted(folder.glob("*.yaml")) if folder else []:
+        from omegaconf import OmegaConf
+
+        node = OmegaConf.merge(
+            OmegaConf.structured(SweepConfig(name=preset.stem)), OmegaConf.load(preset)
+        )
+        cs.store(group="sweep", name=preset.stem, node=node, provider="lossbench")
 
 
 def hparams(spec, node):

@@ -1,0 +1,264 @@
+"""What a sweep shows and leaves behind: the progress line, the MLflow parent run, the results
+file, the final table and the summary figures."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+RESULTS_FILE = "optimization_results.yaml"
+
+
+# ---------------------------------------------------------------------------------------------
+# progress
+
+
+def tally(study, plan) -> dict:
+    from optuna.trial import TrialState
+
+    from lossbench.sweep import counted
+
+    trials = study.get_trials(deepcopy=False)
+    done = counted(trials)
+    out = {
+        "done": len(done),
+        "complete": sum(t.state == TrialState.COMPLETE for t in done),
+        "pruned": sum(t.state == TrialState.PRUNED for t in done),
+        "failed": sum(t.state == TrialState.FAIL for t in done),
+        "running": sum(t.state == TrialState.RUNNING for t in trials),
+        "best": None,
+    }
+    if len(plan.directions) == 1 and out["complete"]:
+        out["best"] = study.best_trial
+    return out
+
+
+class Progress:
+    """One line: trials done of n_trials, pruned, failed, running, best so far."""
+
+    def __init__(self, study, plan):
+        self.study, self.plan = study, plan
+        self.live = None
+        self.last = ""
+
+    def __enter__(self):
+        if sys.stdout.isatty():
+            from rich.live import Live
+
+            self.live = Live("", refresh_per_second=4, transient=False)
+            self.live.start()
+        return self
+
+    def text(self) -> str:
+        t = tally(self.study, self.plan)
+        line = (
+            f"trials {t['done']}/{self.plan.n_trials} done ({t['pruned']} pruned, "
+            f"{t['failed']} failed), {t['running']} running"
+        )
+        if t["best"] is not None:
+            best = t["best"]
+            params = ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
+            line += (
+                f"; best {self.plan.metrics[0]} {best.value:.5g} (trial {best.number}: {params})"
+            )
+        return line
+
+    def update(self) -> None:
+        line = self.text()
+        if self.live is not None:
+            self.live.update(line)
+        elif line != self.last:
+            print(line, flush=True)
+        self.last = line
+
+    def __exit__(self, *exc):
+        if self.live is not None:
+            self.live.stop()
+        return False
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# MLflow parent run
+
+
+class ParentRun:
+    """The study's MLflow parent run, shared by every worker and every invocation."""
+
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    @classmethod
+    def open(cls, plan, base, study):
+        from mlflow.tracking import MlflowClient
+
+        from lossbench.builtin.tracking import precheck, resolve_uri
+
+        tc = base.tracking
+        uri = resolve_uri(tc)
+        precheck(uri)
+        client = MlflowClient(uri) if uri else MlflowClient()
+        exp = client.get_experiment_by_name(tc.experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(tc.experiment)
+        run_id = study.user_attrs.get("mlflow_parent_run_id")
+        if run_id is not None:
+            try:
+                client.get_run(run_id)
+            except Exception:
+                run_id = None
+        if run_id is None:
+            run = client.create_run(
+                exp_id,
+                run_name=f"sweep {plan.study_name}",
+                tags={
+                    "lossbench.study": plan.study_name,
+                    "lossbench.role": "parent",
+                    "lossbench.storage": plan.storage,
+                    "lossbench.sweep_dir": plan.sweep_dir,
+                },
+            )
+            run_id = run.info.run_id
+            study.set_user_attr("mlflow_parent_run_id", run_id)
+            from mlflow.entities import Param
+
+            params = [Param(f"search.{k}", v) for k, v in plan.params.items()]
+            params += [Param("sweep.fixed", " ".join(plan.fixed) or "-")]
+            for key in ("sampler", "pruner", "n_trials", "seed"):
+                params.append(Param(f"sweep.{key}", str(getattr(plan, key))))
+            params.append(Param("sweep.metric", ",".join(plan.metrics)))
+            params.append(Param("sweep.direction", ",".join(plan.directions)))
+            client.log_batch(run_id, params=params[:100])
+        else:
+            client.update_run(run_id, status="RUNNING")  # a resumed sweep
+        return cls(client, run_id)
+
+    def end(self, study, plan, status: str, figures: list[Path], results: Path) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        t = tally(study, plan)
+        ts = int(__import__("time").time() * 1000)
+        metrics = [Metric(f"trials_{k}", float(t[k]), ts, 0) for k in ("complete", "pruned",
+                                                                           "failed")]  # fmt: skip
+        params, tags = [], [RunTag("lossbench.status", status)]
+        if t["best"] is not None:
+            best = t["best"]
+            metrics.append(Metric(f"best_{plan.metrics[0]}", float(best.value), ts, 0))
+            metrics.append(Metric("best_trial", float(best.number), ts, 0))
+            existing = self.client.get_run(self.run_id).data.params
+            params = [Param(f"best.{k}", str(v)) for k, v in best.params.items()
+                      if f"best.{k}" not in existing]  # fmt: skip
+            tags += [RunTag(f"best.{k}", str(v)) for k, v in best.params.items()]
+        self.client.log_batch(self.run_id, metrics=metrics, params=params[:100], tags=tags)
+        for path in [*figures, results]:
+            if path.is_file():
+                self.client.log_artifact(self.run_id, str(path))
+        state = {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
+        self.client.set_terminated(self.run_id, state)
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+
+
+def results_dict(study, plan) -> dict:
+    from optuna.trial import TrialState
+
+    t = tally(study, plan)
+    out = {
+        "name": plan.study_name,
+        "storage": plan.storage,
+        "metric": plan.metrics if len(plan.metrics) > 1 else plan.metrics[0],
+        "direction": plan.directions if len(plan.directions) > 1 else plan.directions[0],
+        "trials": {k: t[k] for k in ("done", "complete", "pruned", "failed")},
+    }
+
+    def describe(trial):
+        return {
+            "number": trial.number,
+            "value": list(trial.values) if len(trial.values) > 1 else trial.value,
+            "params": dict(trial.params),
+            "overrides": list(trial.user_attrs.get("overrides", [])),
+        }
+
+    complete = [x for x in study.get_trials(deepcopy=False) if x.state == TrialState.COMPLETE]
+    if complete and len(plan.directions) == 1:
+        best = study.best_trial
+        out["best_value"] = best.value
+        out["best_params"] = dict(best.params)
+        out["best_overrides"] = list(best.user_attrs.get("overrides", []))
+        out["best_trial"] = best.number
+    elif complete:
+        out["pareto_front"] = [describe(x) for x in study.best_trials]
+    return out
+
+
+def trial_table(study, plan):
+    from rich.table import Table
+
+    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("lossbench_lost")]
+    sign = 1 if plan.directions[0] == "minimize" else -1
+
+    def key(t):
+        v = (
+            t.values[0]
+            if t.values
+            else (t.intermediate_values or {}).get(max(t.intermediate_values or {0: 0}), math.inf)
+        )
+        return (t.state.name != "COMPLETE", sign * v if v is not None else math.inf)
+
+    table = Table(title=f"sweep {plan.study_name}: trials by {plan.metrics[0]}")
+    for col in ("trial", "state", *plan.metrics, "epochs", *plan.params):
+        table.add_column(col)
+    for t in sorted(trials, key=key):
+        values = [_fmt(v) for v in (t.values or [])] or ["-"] * len(plan.metrics)
+        epochs = str(len(t.user_attrs.get("val_loss", [])))
+        params = [_fmt(t.params.get(k, "-")) for k in plan.params]
+        table.add_row(str(t.number), t.user_attrs.get("status", t.state.name.lower()), *values,
+                      epochs, *params)  # fmt: skip
+    return table
+
+
+def finish(study, plan, parent, status: str, crashed: list[int]) -> int:
+    """Results file, table, figures and the parent run's end; returns the exit code."""
+    import yaml
+    from rich.console import Console
+
+    sweep_dir = Path(plan.sweep_dir)
+    results = sweep_dir / RESULTS_FILE
+    data = results_dict(study, plan)
+    data["status"] = status
+    tmp = results.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    tmp.replace(results)
+    console = Console(soft_wrap=True)
+    console.print(trial_table(study, plan))
+    figures = []
+    try:
+        from lossbench.sweep_plots import sweep_figures
+
+        figures = sweep_figures(study, plan, sweep_dir)
+    except Exception as exc:  # figures are a summary; never lose the results over them
+        print(f"lossbench: could not draw the sweep figures: {exc}", file=sys.stderr)
+    if parent is not None:
+        parent.end(study, plan, status, figures, results)
+    if "best_overrides" in data:
+        console.print(
+            f"best {plan.metrics[0]} {data['best_value']:.6g} (trial {data['best_trial']}); "
+            f"rerun it with:\n  python -m lossbench {' '.join(data['best_overrides'])}"
+        )
+    console.print(f"results: {results}")
+    if status == "interrupted":
+        print("lossbench: sweep interrupted; run the same command to resume", file=sys.stderr)
+        return 130
+    if crashed:
+        print(
+            f"lossbench: worker(s) {crashed} ended unexpectedly (see {sweep_dir}/worker-N.log); "
+            "run the same command to resume",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
