@@ -54,8 +54,11 @@ class Worker:
         self.pending: list = []
 
     def reply(self, **message) -> None:
-        self.out.write(json.dumps(message) + "\n")
-        self.out.flush()
+        try:
+            self.out.write(json.dumps(message) + "\n")
+            self.out.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass  # the trainer is gone; its input closing will end the run
 
     def start(self, req: dict) -> None:
         from mlflow.entities import Param

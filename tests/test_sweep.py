@@ -1,0 +1,208 @@
+"""Optuna sweeps, run as users run them: python -m lossbench --multirun ..."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+import lossbench
+from lossbench.sweep_space import build_space, split_overrides
+
+pytestmark = pytest.mark.slow
+
+BASE = ["data=iris", "trainer.epochs=6", "tracking=none"]
+
+
+def sweep(*args, cwd, check=True, timeout=300):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["LOSSBENCH_LOAD_PLUGINS"] = ""
+    r = subprocess.run(
+        [sys.executable, "-m", "lossbench", "--multirun", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check:
+        assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def load(cwd, name):
+    import optuna
+
+    from lossbench.sweep import open_storage
+
+    storage = open_storage(f"journal:{cwd}/multirun/{name}/journal.log")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def states(study):
+    return sorted(t.state.name for t in study.get_trials())
+
+
+def test_range_is_stop_exclusive_like_hydra():
+    base = lossbench.compose(["tracking=none"])
+    _, exprs = split_overrides(["trainer.epochs=range(5, 100, step=5)", "x.y=range(1,4)"])
+    space = build_space({"trainer.epochs": exprs["trainer.epochs"]}, base)
+    d = space["trainer.epochs"].distribution
+    assert (d.low, d.high, d.step) == (5, 95, 5)  # 100 is excluded, as in Python's range
+    assert space["trainer.epochs"].discrete_values == list(range(5, 100, 5))
+    assert build_space({"seed": "range(1,4)"}, base)["seed"].discrete_values == [1, 2, 3]
+    lr = build_space({"optimizer.lr": "tag(log, interval(1e-4, 1))"}, base)["optimizer.lr"]
+    assert lr.distribution.log and lr.discrete_values is None
+
+
+def test_lr_sweep_writes_results_and_a_trial_reproduces_bit_for_bit(tmp_path):
+    r = sweep(
+        "optimizer.lr=tag(log, interval(1e-4, 1))", *BASE, "sweep.n_trials=12",
+        "sweep.study_name=lr12", cwd=tmp_path,
+    )  # fmt: skip
+    results = yaml.safe_load((tmp_path / "multirun/lr12/optimization_results.yaml").read_text())
+    assert results["trials"]["done"] == 12 and results["status"] == "finished"
+    assert "trials by val_loss" in r.stdout and "rerun it with" in r.stdout
+    study = load(tmp_path, "lr12")
+    assert len(study.trials) == 12 and len({t.number for t in study.trials}) == 12
+    best = study.best_trial
+    assert results["best_overrides"] == best.user_attrs["overrides"]
+    assert any(o.startswith("seed=") for o in results["best_overrides"])
+    assert (tmp_path / f"multirun/lr12/{best.number}/history.csv").is_file()
+    assert (tmp_path / f"multirun/lr12/{best.number}/.hydra/overrides.yaml").is_file()
+    run = lossbench.train(overrides=[*results["best_overrides"], "trainer.progress=false"])
+    assert [h["val_loss"] for h in run.history] == best.user_attrs["val_loss"]
+    assert run.history[-1]["val_loss"] == best.value
+
+
+def test_pruner_stops_an_obviously_bad_lr_early(tmp_path):
+    common = [*BASE, "trainer.epochs=12", "sweep.study_name=prune", "sweep.pruner=median",
+              "sweep.pruner_warmup_epochs=2"]  # fmt: skip
+    sweep("optimizer.lr=interval(0.02, 0.04)", *common, "sweep.n_trials=3", cwd=tmp_path)
+    sweep("optimizer.lr=interval(1e-7, 2e-7)", *common, "sweep.n_trials=4", cwd=tmp_path)
+    study = load(tmp_path, "prune")
+    bad = study.trials[3]
+    assert bad.params["optimizer.lr"] < 1e-6
+    assert bad.state.name == "PRUNED"
+    assert 2 <= len(bad.user_attrs["val_loss"]) < 12
+
+
+def mlflow_runs(uri):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("lossbench")
+    return client, client.search_runs([exp.experiment_id], run_view_type=3)
+
+
+def test_two_workers_on_a_journal_file_with_one_mlflow_parent(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sweep(
+        "optimizer.lr=tag(log, interval(1e-3, 0.1))", "data=iris", "trainer.epochs=5",
+        f"tracking.uri={uri}", "sweep.n_trials=6", "sweep.n_jobs=2", "sweep.study_name=two",
+        "sweep.pruner=none", cwd=tmp_path,
+    )  # fmt: skip
+    study = load(tmp_path, "two")
+    assert states(study) == ["COMPLETE"] * 6
+    assert sorted(t.number for t in study.trials) == list(range(6))
+    assert len({t.user_attrs["pid"] for t in study.trials}) == 2  # both workers trained
+    client, runs = mlflow_runs(uri)
+    parents = [r for r in runs if r.data.tags.get("lossbench.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("lossbench.role") == "trial"]
+    assert len(parents) == 1 and len(children) == 6
+    parent = parents[0]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert sorted(int(c.data.tags["lossbench.trial"]) for c in children) == list(range(6))
+    assert all(r.info.status == "FINISHED" for r in runs)
+    names = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"curves.png", "final_vs_lr.png", "optimization_results.yaml"} <= names
+    assert "best_val_loss" in parent.data.metrics
+
+
+def test_two_workers_on_postgresql(tmp_path, postgres_database):
+    sweep(
+        "optimizer.lr=tag(log, interval(1e-3, 0.1))", *BASE, "sweep.n_trials=6",
+        "sweep.n_jobs=2", "sweep.study_name=pg", "sweep.pruner=none",
+        f"sweep.storage={postgres_database}", cwd=tmp_path,
+    )  # fmt: skip
+    import optuna
+
+    study = optuna.load_study(study_name="pg", storage=postgres_database)
+    assert states(study) == ["COMPLETE"] * 6
+    assert sorted(t.number for t in study.trials) == list(range(6))
+
+
+def test_sigkilled_worker_then_rerun_completes_exactly_n_trials(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = [
+        "optimizer.lr=tag(log, interval(1e-3, 0.1))", "data=moons", "data.n_samples=4000",
+        "trainer.epochs=40", f"tracking.uri={uri}", "sweep.n_trials=3", "sweep.pruner=none",
+        "sweep.study_name=kill",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["LOSSBENCH_LOAD_PLUGINS"] = ""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lossbench", "--multirun", *args],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    journal = tmp_path / "multirun/kill/journal.log"
+    pid, deadline = None, time.time() + 120
+    while pid is None and time.time() < deadline:
+        time.sleep(0.3)
+        if journal.exists():
+            running = [t for t in load(tmp_path, "kill").trials if t.state.name == "RUNNING"]
+            if running and "pid" in running[0].user_attrs:
+                pid = running[0].user_attrs["pid"]
+    assert pid, "no trial started"
+    time.sleep(1.0)
+    os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "resume" in err
+    sweep(*args, cwd=tmp_path)
+    study = load(tmp_path, "kill")
+    counted = [t for t in study.trials if not t.user_attrs.get("lossbench_lost")]
+    assert sorted(t.state.name for t in counted) == ["COMPLETE"] * 3
+    assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
+    lost = [t for t in study.trials if t.user_attrs.get("lossbench_lost")]
+    assert len(lost) == 1  # the killed trial, retried with the same parameters
+    assert any(t.user_attrs.get("retry_of") == lost[0].number for t in counted)
+    _, runs = mlflow_runs(uri)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert sorted(r.info.status for r in runs if r.data.tags.get("lossbench.role") == "trial") == [
+        "FINISHED", "FINISHED", "FINISHED", "KILLED",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["sweep.sampler=grid", "optimizer.lr=interval(0.001, 0.1)"],
+         "sweep.sampler=grid needs discrete values"),
+        (["optimizer.lr=interval(0.001, 0.1)", "sweep.metric=val_acc"],
+         "sweep.metric='val_acc' is not a metric these runs produce"),
+        (["optimizer.lr=interval(0.001, 0.1)", "data=diabetes", "loss=mse",
+          "sweep.metric=val_accuracy", "sweep.direction=maximize"], "Available: train_loss"),
+        (["optimizer.lr=tag(log, range(1, 10, step=2))"], "log scale with a step"),
+        (["optimizer.lr=interval(0.001, 0.1)",
+          "sweep.storage=postgresql+psycopg2://postgres@127.0.0.1:1/nope"],
+         "cannot be used"),
+        (["loss=choice(mse,focal)"], "loss='focal' is not a known loss"),
+        ([], "--multirun needs a search space"),
+    ],
+)  # fmt: skip
+def test_bad_sweeps_fail_before_any_trial(tmp_path, args, message):
+    r = sweep(*BASE, *args, cwd=tmp_path, check=False)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert not list(tmp_path.glob("multirun/*/0"))
+
+
+def test_existing_study_with_another_direction(tmp_path):
+    common = [*BASE, "optimizer.lr=interval(0.001, 0.1)", "sweep.study_name=dir",
+              "sweep.n_trials=1"]  # fmt: skip
+    sweep(*common, cwd=tmp_path)
+    r = sweep(*common, "sweep.direction=maximize", cwd=tmp_path, check=False)
+    assert r.returncode == 2 and "exists with direction(s) ['minimize']" in r.stderr
