@@ -10,6 +10,7 @@ tell when this one died.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import threading
@@ -21,6 +22,24 @@ from lossbench.sweep import Plan, budget_lock, counted, open_study, recover_stal
 from lossbench.sweep_space import build_space, format_override
 
 STATUS_TO_STATE = {"finished": "COMPLETE", "stopped": "COMPLETE"}
+# Set by Ctrl-C / SIGTERM. The signal can land inside a storage call and surface as another
+# exception (Optuna's journal lock turns it into FileNotFoundError); with this flag set, any
+# exception means "interrupted", not "the trial failed".
+STOPPING = threading.Event()
+
+
+def _on_signal(signum, frame):
+    STOPPING.set()
+    raise KeyboardInterrupt
+
+
+def _lose(study, trial) -> None:
+    """Mark an interrupted trial: failed, not counted, retried by the next invocation."""
+    from optuna.trial import TrialState
+
+    study._storage.set_trial_user_attr(trial._trial_id, "lossbench_lost", True)
+    trial.set_user_attr("status", "interrupted")
+    study.tell(trial, state=TrialState.FAIL)
 
 
 class Pruning:
@@ -141,12 +160,12 @@ def run_trial(study, plan: Plan, space, pm, trial) -> bool:
         with Heartbeat(study, trial, plan.heartbeat_seconds):
             run = train(cfg, output_dir=out, plugin_manager=pm)
     except KeyboardInterrupt:
-        # the run is marked interrupted; the trial is lost and retried on the next invocation
-        study._storage.set_trial_user_attr(trial._trial_id, "lossbench_lost", True)
-        trial.set_user_attr("status", "interrupted")
-        study.tell(trial, state=TrialState.FAIL)
+        _lose(study, trial)  # the run itself is marked interrupted (KILLED in MLflow)
         return False
     except Exception as exc:
+        if STOPPING.is_set():
+            _lose(study, trial)
+            return False
         trial.set_user_attr("status", "failed")
         trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:2000])
         study.tell(trial, state=TrialState.FAIL)
@@ -192,7 +211,9 @@ def main(plan_path: str, index: int) -> int:
     base = config_mod.compose(plan.fixed, registry=pm.registry)
     space = build_space(plan.params, base)
     host, pid = socket.gethostname(), os.getpid()
-    while True:
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    while not STOPPING.is_set():
         with budget_lock(plan):
             recover_stale(study, plan.grace_seconds)
             trials = study.get_trials(deepcopy=False)
@@ -207,6 +228,7 @@ def main(plan_path: str, index: int) -> int:
         print(f"worker {index}: trial {trial.number}", flush=True)
         if not run_trial(study, plan, space, pm, trial):
             return 130
+    return 130
 
 
 if __name__ == "__main__":

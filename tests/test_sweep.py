@@ -176,6 +176,48 @@ def test_sigkilled_worker_then_rerun_completes_exactly_n_trials(tmp_path):
     ]  # fmt: skip
 
 
+def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = [
+        "optimizer.lr=tag(log, interval(1e-3, 0.1))", "data=moons", "data.n_samples=4000",
+        "trainer.epochs=40", f"tracking.uri={uri}", "sweep.n_trials=3", "sweep.pruner=none",
+        "sweep.study_name=ctrlc", "sweep.n_jobs=2",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["LOSSBENCH_LOAD_PLUGINS"] = ""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lossbench", "--multirun", *args],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    journal, deadline = tmp_path / "multirun/ctrlc/journal.log", time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.3)
+        if journal.exists() and any(
+            t.state.name == "RUNNING" for t in load(tmp_path, "ctrlc").trials
+        ):
+            break
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "run the same command to resume" in err and "Traceback" not in err
+    study = load(tmp_path, "ctrlc")
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+    _, runs = mlflow_runs(uri)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    (parent,) = [r for r in runs if r.data.tags.get("lossbench.role") == "parent"]
+    assert parent.info.status == "KILLED"
+    sweep(*args, cwd=tmp_path)
+    study = load(tmp_path, "ctrlc")
+    counted = [t for t in study.trials if not t.user_attrs.get("lossbench_lost")]
+    assert sorted(t.state.name for t in counted) == ["COMPLETE"] * 3
+    _, runs = mlflow_runs(uri)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    (parent,) = [r for r in runs if r.data.tags.get("lossbench.role") == "parent"]
+    assert parent.info.status == "FINISHED"
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
