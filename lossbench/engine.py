@@ -5,7 +5,8 @@ its gradient, backward, optimizer step. Its kernels arrive as first-class functi
 (``lossbench.kernels.KernelRef``), so it compiles once per dtype per machine and is loaded from
 numba's disk cache afterwards, whichever losses, optimizers and models a run combines. The
 epoch loop stays in Python (``train``) so lifecycle hooks (progress, early stopping, tracking,
-pruning) run between epochs.
+pruning) run between epochs. A run with a component that gives only a NumPy reference takes the
+slow path instead: the same epoch in Python (``lossbench.reference.python_epoch``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from lossbench import config as config_mod
 from lossbench.data import options_from, prepare
 from lossbench.errors import ConfigError, LossbenchError
 from lossbench.kernels import kernel_ref
+from lossbench.reference import python_epoch, python_evaluate, python_parts
 from lossbench.schedules import lr_at
 
 # ---------------------------------------------------------------------------------------------
@@ -148,6 +150,8 @@ class Run:
     plugin_state: dict[str, Any] = field(default_factory=dict)
     # group -> {"plugin": name, "distribution": "name version" or a file path}
     sources: dict[str, dict[str, str]] = field(default_factory=dict)
+    # "fused" (the jitted epoch) or "numpy" (the slow path: a component has no numba kernel)
+    path: str = "fused"
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """The model's outputs (logits or values) for the rows of ``X``, already scaled as the
@@ -157,6 +161,8 @@ class Run:
         out = np.empty((len(X), self.dataset.n_outputs), dtype=X.dtype)
         work = np.empty(self.layout.workspace(len(X)), dtype=X.dtype)
         hp = np.asarray(self.layout.hp, dtype=X.dtype)
+        if model.numpy_only:
+            return model.reference_forward(self.flat_params, self.layout.layout, hp, X)
         model.forward(self.flat_params, self.layout.layout, hp, X, work, out)
         return out
 
@@ -240,6 +246,9 @@ def _load_init(path: str, layout, params: np.ndarray) -> None:
     views = layout.views(params)
     for k, a in arrays.items():
         views[k][...] = a
+
+
+_KERNEL_GROUPS = ("model", "loss", "optimizer")
 
 
 @dataclass
@@ -355,21 +364,54 @@ def train(cfg=None, *, overrides=(), output_dir=None, plugin_manager=None) -> Ru
         layout=layout,
         flat_params=params,
         sources={g: pm.source_of(specs[g].plugin) for g in config_mod.GROUPS},
+        path="numpy" if any(specs[g].numpy_only for g in _KERNEL_GROUPS) else "fused",
     )
     t_setup = time.perf_counter()
-    kernels = _bind_kernels(specs, tc.dtype)  # compiles or cache-loads each kernel
-    bind_seconds = time.perf_counter() - t_setup
     rng = np.random.default_rng(shuffle_ss)
     order = np.arange(n_train, dtype=np.int64)
-    epoch_args = (
-        kernels.forward, kernels.backward, kernels.loss, kernels.step, params, layout.layout,
-        model_hp, loss_hp, opt_hp, state, grads, prep.X_train, prep.Y_train, prep.labels_train,
-        order, batch, work, xb, yb, out, dout, 0, dtype.type(base_lr),
-    )  # fmt: skip
-    eval_args = (
-        kernels.forward, kernels.loss, params, layout.layout, model_hp, loss_hp, prep.X_val,
-        prep.Y_val, prep.labels_val, chunk, work_val, out_val, dout_val,
-    )  # fmt: skip
+    # The one place that picks how epochs run: the fused jitted epoch, or the slow path (a
+    # Python epoch over NumPy references) when a component has no numba kernel.
+    if run.path == "fused":
+        kernels = _bind_kernels(specs, tc.dtype)  # compiles or cache-loads each kernel
+        epoch_args = (
+            kernels.forward, kernels.backward, kernels.loss, kernels.step, params, layout.layout,
+            model_hp, loss_hp, opt_hp, state, grads, prep.X_train, prep.Y_train,
+            prep.labels_train, order, batch, work, xb, yb, out, dout, 0, dtype.type(base_lr),
+        )  # fmt: skip
+        eval_args = (
+            kernels.forward, kernels.loss, params, layout.layout, model_hp, loss_hp, prep.X_val,
+            prep.Y_val, prep.labels_val, chunk, work_val, out_val, dout_val,
+        )  # fmt: skip
+
+        def run_epoch(t, lr):
+            return train_epoch(*epoch_args[:-2], t, lr)
+
+        def run_eval():
+            return evaluate(*eval_args)
+
+        def compile_epoch():
+            _ensure_compiled(train_epoch, epoch_args)
+            _ensure_compiled(evaluate, eval_args)
+
+    else:
+        parts = python_parts(specs, layout, n_out)
+
+        def run_epoch(t, lr):
+            return python_epoch(
+                parts, params, layout.layout, model_hp, loss_hp, opt_hp, state, prep.X_train,
+                prep.Y_train, prep.labels_train, order, batch, t, lr,
+            )  # fmt: skip
+
+        def run_eval():
+            return python_evaluate(
+                parts, params, layout.layout, model_hp, loss_hp, prep.X_val, prep.Y_val,
+                prep.labels_val, chunk,
+            )  # fmt: skip
+
+        def compile_epoch():
+            pass
+
+    bind_seconds = time.perf_counter() - t_setup
     run.timings["setup_seconds"] = t_setup - t_start
 
     status = None
@@ -381,8 +423,7 @@ def train(cfg=None, *, overrides=(), output_dir=None, plugin_manager=None) -> Ru
             # compile-or-cache-load of the epoch and the first epochs
             pm.hook.on_run_start(run=run)
             t_compile = time.perf_counter()
-            _ensure_compiled(train_epoch, epoch_args)
-            _ensure_compiled(evaluate, eval_args)
+            compile_epoch()
             run.timings["compile_seconds"] = bind_seconds + time.perf_counter() - t_compile
             t = 0
             for epoch in range(int(tc.epochs)):
@@ -390,8 +431,8 @@ def train(cfg=None, *, overrides=(), output_dir=None, plugin_manager=None) -> Ru
                 if tc.shuffle:
                     rng.shuffle(order)
                 t0 = time.perf_counter()
-                total, seen, correct, t = train_epoch(*epoch_args[:-2], t, dtype.type(lr))
-                val_total, val_correct = evaluate(*eval_args)
+                total, seen, correct, t = run_epoch(t, dtype.type(lr))
+                val_total, val_correct = run_eval()
                 seconds = time.perf_counter() - t0
                 train_seconds += seconds
                 metrics = {

@@ -27,6 +27,10 @@ model kernels
 
 Hyperparameters reach kernels as a small float array (``hp``), built from the dataclass by the
 spec's ``pack`` function, never as closure constants or globals.
+
+A spec may leave its kernels out (``None``) and give only the NumPy reference: it then trains on
+the slow path, a Python epoch over the references (``lossbench.reference``), and
+``python -m lossbench plugins`` marks it "numpy only".
 """
 
 from __future__ import annotations
@@ -85,6 +89,11 @@ class _Spec:
     def default_hparams(self) -> Any:
         return self.hparams()
 
+    @property
+    def numpy_only(self) -> bool:
+        """True when the component has no numba kernels and trains on the slow path."""
+        return False
+
 
 # A loss's targets: class indices (one column), 0/1 labels of a two-class task (one column), or
 # real values (regression targets, or one-hot rows on a classification task).
@@ -103,6 +112,10 @@ class LossSpec(_Spec):
     pack: Callable[[Any], list[float]] = no_hparams
     check: Callable[[Any], None] | None = None
 
+    @property
+    def numpy_only(self) -> bool:
+        return self.kernel is None
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec(_Spec):
@@ -118,6 +131,10 @@ class OptimizerSpec(_Spec):
     init_state: Callable[[np.ndarray, Any], None] | None = None
     check: Callable[[Any], None] | None = None
 
+    @property
+    def numpy_only(self) -> bool:
+        return self.kernel is None
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec(_Spec):
@@ -132,6 +149,10 @@ class ModelSpec(_Spec):
     backward: Any = None
     reference_forward: Callable[..., np.ndarray] | None = None
     reference_backward: Callable[..., np.ndarray] | None = None
+
+    @property
+    def numpy_only(self) -> bool:
+        return self.forward is None and self.backward is None
 
 
 @dataclasses.dataclass
