@@ -45,6 +45,7 @@ class TrainerConfig:
     min_lr: float = 0.0
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     progress: bool = True
+    plots: bool = True  # loss_curve.png (and the MLflow confusion matrix); sweeps turn it off
 
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "qmc")
@@ -108,9 +109,19 @@ def node_class(group: str, spec) -> type:
     return dataclasses.make_dataclass(cls_name, fields)
 
 
+_LAST_STORED = None  # weakref to the registry whose nodes the ConfigStore holds
+
+
 def store_configs(registry) -> None:
-    """Put every registered component and the trainer schema into Hydra's ConfigStore."""
+    """Put every registered component and the trainer schema into Hydra's ConfigStore (once
+    per registry: storing costs ~50 ms, and a sweep worker composes a config per trial)."""
+    global _LAST_STORED
+    import weakref
+
     from hydra.core.config_store import ConfigStore
+
+    if _LAST_STORED is not None and _LAST_STORED() is registry:
+        return
 
     cs = ConfigStore.instance()
     for group in GROUPS:
@@ -129,6 +140,7 @@ def store_configs(registry) -> None:
             OmegaConf.structured(SweepConfig(name=preset.stem)), OmegaConf.load(preset)
         )
         cs.store(group="sweep", name=preset.stem, node=node, provider="lossbench")
+    _LAST_STORED = weakref.ref(registry)
 
 
 def hparams(spec, node):

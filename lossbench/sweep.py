@@ -251,10 +251,20 @@ def make_plan(argv: list[str], registry, plugins_dir: str | None = None):
             "'optimizer.lr=tag(log, interval(1e-4, 1))' or loss=mse,cross_entropy."
         )
     space = build_space(expressions, base)
+    from omegaconf import OmegaConf
+
+    missing = object()
     for key in space:
         if key in config_mod.GROUPS:  # group choices must name real components
             for choice in space[key].discrete_values or []:
                 registry.get(key, str(choice))
+        elif OmegaConf.select(base, key, default=missing) is missing and not any(
+            key.startswith(g + ".") for g in space if g in config_mod.GROUPS
+        ):
+            raise ConfigError(
+                f"the search space names {key!r}, which is not a config key. Fix: use a key "
+                "that `python -m lossbench --cfg job` shows, e.g. optimizer.lr."
+            )
     if sw.sampler not in config_mod.SAMPLERS:
         raise ConfigError(
             f"sweep.sampler={sw.sampler!r} is not known. Choices: "
@@ -300,7 +310,7 @@ def make_plan(argv: list[str], registry, plugins_dir: str | None = None):
         storage=storage_url(sw.storage, sweep_dir.resolve()),
         sweep_dir=str(sweep_dir.resolve()),
         # sweep.* settings shape the study, not a trial: they stay out of trial overrides
-        fixed=[o for o in (*preset_fixed, *fixed) if not o.lstrip("+~").startswith("sweep")],
+        fixed=_trial_fixed([*preset_fixed, *fixed]),
         params=expressions,
         metrics=metrics,
         directions=directions,
@@ -316,6 +326,15 @@ def make_plan(argv: list[str], registry, plugins_dir: str | None = None):
         grid=grid,
     )
     return plan, base, space
+
+
+def _trial_fixed(overrides: list[str]) -> list[str]:
+    """The overrides every trial gets: sweep.* settings shape the study, not a trial, and
+    trials skip the per-run plots (the parent run draws every trial's curves) unless asked."""
+    fixed = [o for o in overrides if not o.lstrip("+~").startswith("sweep")]
+    if not any(o.startswith("trainer.plots=") for o in fixed):
+        fixed.append("trainer.plots=false")
+    return fixed
 
 
 def _check_metrics(metrics, base, registry) -> None:

@@ -1,5 +1,5 @@
 """Writes a run's files into its output directory at the end of the run, as a lifecycle plugin:
-history.csv, model.npz, loss_curve.png and summary.json. Each file is written to a temporary
+history.csv, model.npz, loss_curve.png (unless ``trainer.plots=false``) and summary.json. Each file is written to a temporary
 name and renamed, so a file is either complete or absent."""
 
 from __future__ import annotations
@@ -105,7 +105,8 @@ def on_run_end(run, status):
     out = Path(run.output_dir)
     write_history(out / "history.csv", run.history)
     write_model(out / "model.npz", run.params)
-    plot_loss_curve(out / "loss_curve.png", run.history, run_title(run))
+    if run.config.trainer.get("plots", True):
+        plot_loss_curve(out / "loss_curve.png", run.history, run_title(run))
     text = json.dumps(summary(run), indent=2, default=float)
     _atomic(out / "summary.json", lambda tmp: Path(tmp).write_text(text + "\n"))
 

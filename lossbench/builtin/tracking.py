@@ -336,16 +336,20 @@ class Tracker:
 
         from lossbench.builtin import outputs
 
+        plots = run.config.trainer.get("plots", True)
         (folder / "config.yaml").write_text(OmegaConf.to_yaml(run.config, resolve=True))
         source = Path(run.output_dir) if run.output_dir is not None else None
-        files = ("history.csv", "model.npz", "loss_curve.png")
+        files = ["history.csv", "model.npz"] + (["loss_curve.png"] if plots else [])
         if source is None or not all((source / f).is_file() for f in files):
             source = folder
             outputs.write_history(folder / "history.csv", run.history)
             outputs.write_model(folder / "model.npz", run.params)
-            outputs.plot_loss_curve(folder / "loss_curve.png", run.history, outputs.run_title(run))
+            if plots:
+                outputs.plot_loss_curve(
+                    folder / "loss_curve.png", run.history, outputs.run_title(run)
+                )
         paths = [folder / "config.yaml", *(source / f for f in files)]
-        if run.dataset is not None and run.dataset.task == "classification":
+        if plots and run.dataset is not None and run.dataset.task == "classification":
             outputs.plot_confusion_matrix(folder / "confusion_matrix.png", run)
             paths.append(folder / "confusion_matrix.png")
         return paths
