@@ -185,8 +185,10 @@ def run_trial(study, plan: Plan, space, pm, trial, composer: Composer) -> bool:
 
             cfg.tracking.run_name = f"{trial.number}: {default_run_name(cfg)}"
     write_hydra_files(out, cfg, overrides)
-    pruning = Pruning(trial, plan.metrics[0])
-    pm.register(pruning)
+    # Optuna prunes single-objective studies only (trial.report refuses several objectives)
+    pruning = Pruning(trial, plan.metrics[0]) if len(plan.directions) == 1 else None
+    if pruning is not None:
+        pm.register(pruning)
     try:
         with Heartbeat(study, trial, plan.heartbeat_seconds):
             run = train(cfg, output_dir=out, plugin_manager=pm)
@@ -202,11 +204,12 @@ def run_trial(study, plan: Plan, space, pm, trial, composer: Composer) -> bool:
         study.tell(trial, state=TrialState.FAIL)
         return True
     finally:
-        pm.unregister(pruning)
+        if pruning is not None:
+            pm.unregister(pruning)
     trial.set_user_attr("train_loss", [h["train_loss"] for h in run.history])
     trial.set_user_attr("val_loss", [h["val_loss"] for h in run.history])
     trial.set_user_attr("train_seconds", run.timings.get("train_seconds", 0.0))
-    status = "pruned" if pruning.pruned_at is not None else run.status
+    status = "pruned" if pruning is not None and pruning.pruned_at is not None else run.status
     trial.set_user_attr("status", status)
     if run.error:
         trial.set_user_attr("error", run.error[:2000])
