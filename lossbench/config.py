@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lossbench.errors import ConfigError
+from lossbench.errors import ConfigError, PluginError
 
 GROUPS = ("data", "model", "loss", "optimizer")
 DTYPES = ("float32", "float64")
@@ -92,13 +92,35 @@ def config_dir() -> Path:
     raise FileNotFoundError(f"lossbench's config tree (config.yaml) is missing next to {here}")
 
 
+HPARAM_TYPES = "int, float, bool, str, an Enum, or list/dict/Optional of those"
+
+
+def _unstorable(group: str, spec, problem: str, field_name: str | None = None) -> PluginError:
+    """The error for a hyperparameter dataclass Hydra cannot store, naming plugin and fix."""
+    from lossbench.plugins import ENV_DISABLE
+
+    where = f" field {field_name!r}" if field_name else ""
+    return PluginError(
+        f"plugin {spec.plugin!r} registers {group} {spec.name!r} whose hyperparameter dataclass "
+        f"{spec.hparams.__name__}{where} cannot be stored as a Hydra config: {problem}. Fix: "
+        f"give every field one of the types Hydra stores ({HPARAM_TYPES}; e.g. "
+        f"list[float] instead of a NumPy array), or disable the plugin with "
+        f"{ENV_DISABLE}={spec.plugin}."
+    )
+
+
 def node_class(group: str, spec) -> type:
     """A dataclass for ``spec``'s config node: ``name`` plus the hyperparameter fields."""
-    hints = typing.get_type_hints(spec.hparams)
+    try:
+        hints = typing.get_type_hints(spec.hparams)
+    except Exception as exc:  # e.g. an annotation naming something undefined
+        raise _unstorable(group, spec, f"its annotations do not resolve ({exc})") from None
     fields = [("name", str, field(default=spec.name))]
     for f in dataclasses.fields(spec.hparams):
         if f.name == "name":
-            raise ConfigError(f"{group} {spec.name!r}: a hyperparameter may not be called 'name'")
+            raise _unstorable(
+                group, spec, "'name' is reserved for the component's name; rename it", "name"
+            )
         if f.default is not dataclasses.MISSING:
             fields.append((f.name, hints[f.name], field(default=f.default)))
         elif f.default_factory is not dataclasses.MISSING:
@@ -126,7 +148,13 @@ def store_configs(registry) -> None:
     cs = ConfigStore.instance()
     for group in GROUPS:
         for name, spec in registry.components[group].items():
-            cs.store(group=group, name=name, node=node_class(group, spec), provider="lossbench")
+            node = node_class(group, spec)
+            try:  # storing validates the node (OmegaConf.structured)
+                cs.store(group=group, name=name, node=node, provider="lossbench")
+            except Exception as exc:
+                problem = str(exc).strip().splitlines()[0]
+                key = getattr(exc, "full_key", None)
+                raise _unstorable(group, spec, problem, str(key) if key else None) from None
     cs.store(group="trainer", name="default", node=TrainerConfig, provider="lossbench")
     from lossbench.builtin.tracking import MlflowTrackingConfig
 

@@ -7,16 +7,20 @@ Sources, in load order:
 3. ``*.py`` files in the directory named by ``--plugins-dir DIR`` or ``LOSSBENCH_PLUGINS_DIR``.
 
 ``LOSSBENCH_LOAD_PLUGINS=a,b`` loads only the named entry-point plugins (an empty value loads
-none); ``LOSSBENCH_DISABLE_PLUGINS=a,b`` skips the named ones (e.g. one that fails to import).
-After loading, ``check_pending()`` makes a misspelled hook implementation an error.
+none); ``LOSSBENCH_DISABLE_PLUGINS=a,b`` skips the named ones (entry-point or distribution name,
+file stem, or a built-in's module name), e.g. one that fails to import. After loading,
+``check_pending()`` makes a misspelled hook implementation an error. Every error a plugin can
+cause here is a ``PluginError`` naming the plugin, the component and the fix.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import importlib.util
 import os
+import re
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -93,7 +97,16 @@ class PluginManager(pluggy.PluginManager):
                 def register(spec, _group=group, _plugin=plugin_name):
                     self._register(_group, spec, _plugin)
 
-                impl.function(register=register)
+                try:
+                    impl.function(register=register)
+                except PluginError:
+                    raise
+                except Exception as exc:
+                    raise PluginError(
+                        f"plugin {plugin_name!r} raised {type(exc).__name__} in its {hook_name} "
+                        f"hook: {exc}. Fix the plugin, or disable it with "
+                        f"{ENV_DISABLE}={plugin_name}."
+                    ) from exc
 
     def source_of(self, plugin_name: str) -> dict[str, str]:
         """Where a plugin comes from: its distribution and version, or its file."""
@@ -128,7 +141,44 @@ class PluginManager(pluggy.PluginManager):
                 f"plugin {plugin_name!r} registers a {group} named {spec.name!r}; names must be "
                 "identifiers (letters, digits, underscores) so they work as Hydra overrides."
             )
+        _check_spec(group, spec, plugin_name)
         table[spec.name] = replace(spec, plugin=plugin_name)
+
+
+# what a spec must give to train: kernels, or NumPy references for the slow path
+_NEEDS = {
+    "loss": (("kernel",), ("reference",)),
+    "optimizer": (("kernel",), ("reference",)),
+    "model": (("forward", "backward"), ("reference_forward", "reference_backward")),
+}
+
+
+def _check_spec(group: str, spec, plugin_name: str) -> None:
+    """Reject specs that could never train, naming the plugin, the component and the fix."""
+    what = f"plugin {plugin_name!r} registers {group} {spec.name!r}"
+    if not (isinstance(spec.hparams, type) and dataclasses.is_dataclass(spec.hparams)):
+        raise PluginError(
+            f"{what} with hparams={spec.hparams!r}, which is not a dataclass. Fix: pass a "
+            "@dataclass class whose fields (with defaults) are the Hydra options; an empty "
+            "@dataclass for none."
+        )
+    if group not in _NEEDS:
+        if group == "data" and spec.load is None:
+            raise PluginError(f"{what} without load. Fix: pass load=FUNCTION(hp, seed).")
+        return
+    kernels, references = _NEEDS[group]
+    given = [getattr(spec, k) is not None for k in kernels]
+    if any(given) and not all(given):
+        raise PluginError(
+            f"{what} with only some of its kernels ({', '.join(kernels)}). Fix: give all of "
+            "them, or none and only the NumPy references (the slow path)."
+        )
+    if not all(given) and any(getattr(spec, r) is None for r in references):
+        raise PluginError(
+            f"{what} without numba kernels ({', '.join(kernels)}) and without NumPy references "
+            f"({', '.join(references)}). Fix: give the references (they train on the slow "
+            "path), and kernels with the canonical signatures for the fused path."
+        )
 
 
 def _split_env(name: str) -> set[str] | None:
@@ -138,6 +188,11 @@ def _split_env(name: str) -> set[str] | None:
     return {p.strip() for p in value.split(",") if p.strip()}
 
 
+def _canonical(distribution: str) -> str:
+    """A distribution name as pip compares them: lossbench_Focal == lossbench-focal."""
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
 def _load_entry_points(pm: PluginManager) -> None:
     allow = _split_env(ENV_LOAD)
     deny = _split_env(ENV_DISABLE) or set()
@@ -145,7 +200,8 @@ def _load_entry_points(pm: PluginManager) -> None:
         for ep in dist.entry_points:
             if ep.group != ENTRY_POINT_GROUP:
                 continue
-            if (allow is not None and ep.name not in allow) or ep.name in deny:
+            disabled = ep.name in deny or _canonical(dist.name) in {_canonical(d) for d in deny}
+            if (allow is not None and ep.name not in allow) or disabled:
                 continue
             if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
                 continue
@@ -172,21 +228,27 @@ def _load_dir(pm: PluginManager, directory: str) -> None:
         )
     deny = _split_env(ENV_DISABLE) or set()
     for file in sorted(path.glob("*.py")):
-        name = f"lossbench_plugin_{file.stem}"
-        if file.stem in deny or name in deny:
+        if file.stem in deny or f"lossbench_plugin_{file.stem}" in deny:
             continue
-        spec = importlib.util.spec_from_file_location(name, file)
-        module = importlib.util.module_from_spec(spec)
-        try:
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-        except Exception as exc:
-            sys.modules.pop(name, None)
-            raise PluginError(
-                f"the plugin file {file} failed to import: {type(exc).__name__}: {exc}. Fix the "
-                f"file, move it out of {directory}, or skip it with {ENV_DISABLE}={file.stem}."
-            ) from exc
-        pm.register(module, name=file.stem)
+        pm.register(load_plugin_file(file), name=file.stem)
+
+
+def load_plugin_file(file: str | Path):
+    """Import a single-file plugin as the module ``lossbench_plugin_<stem>``."""
+    file = Path(file)
+    name = f"lossbench_plugin_{file.stem}"
+    spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        raise PluginError(
+            f"the plugin file {file} failed to import: {type(exc).__name__}: {exc}. Fix the "
+            f"file, move it out of {file.parent}, or skip it with {ENV_DISABLE}={file.stem}."
+        ) from exc
+    return module
 
 
 def build_plugin_manager(
@@ -254,8 +316,10 @@ def describe(pm: PluginManager) -> list[dict]:
         else:
             version, source = "", getattr(plugin, "__file__", "") or ""
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
-        components = {
-            group: sorted(n for n, s in pm.registry.components[group].items() if s.plugin == name)
+        mine = {
+            group: sorted(
+                (n, s) for n, s in pm.registry.components[group].items() if s.plugin == name
+            )
             for group in REGISTER_HOOKS
         }
         rows.append(
@@ -264,7 +328,13 @@ def describe(pm: PluginManager) -> list[dict]:
                 "version": version,
                 "source": source,
                 "hooks": hooks,
-                "components": {g: c for g, c in components.items() if c},
+                "components": {g: [n for n, _ in c] for g, c in mine.items() if c},
+                # components without numba kernels: they train on the (slow) NumPy path
+                "numpy_only": {
+                    g: [n for n, s in c if s.numpy_only]
+                    for g, c in mine.items()
+                    if any(s.numpy_only for _, s in c)
+                },
             }
         )
     return rows

@@ -1,5 +1,6 @@
 """The plugin system: files, entry points, allow/deny lists, duplicate names, broken plugins."""
 
+import re
 import textwrap
 
 import pytest
@@ -158,8 +159,9 @@ def test_kernel_with_the_wrong_signature_names_the_component(tmp_path):
     pm = build_plugin_manager(str(tmp_path), entry_points=False)
     with pytest.raises(
         PluginError,
-        match="loss kernel of loss 'bad' from plugin 'badkernel' "
-        "does not compile for the canonical signature",
+        match=r"loss kernel of loss 'bad' from plugin 'badkernel' has the wrong signature: it "
+        r"takes 2 arguments \(pred, target\), the canonical loss signature has 4: \(pred: "
+        r"float32\[:, ::1\], target",
     ):
         lossbench.train(overrides=[*TINY, "data=iris", "loss=bad"], plugin_manager=pm)
 
@@ -210,3 +212,148 @@ def test_entry_point_that_fails_to_import_names_distribution_and_fix(tmp_path, m
 def test_managers_are_independent(plugin_dir):
     build_plugin_manager(str(plugin_dir), entry_points=False)
     assert "sqhinge" not in build_plugin_manager(entry_points=False).registry.names("loss")
+
+
+def write_plugin(directory, name, source):
+    (directory / f"{name}.py").write_text(textwrap.dedent(source))
+    return directory
+
+
+def test_kernel_numba_cannot_compile_names_the_line_and_the_fix(tmp_path):
+    write_plugin(
+        tmp_path,
+        "nocompile",
+        """
+        from dataclasses import dataclass
+        from numba import njit
+        import lossbench
+
+        @dataclass
+        class NoOptions:
+            pass
+
+        @njit
+        def kernel(pred, target, hp, grad):
+            return pred.no_such_attribute
+
+        @lossbench.hookimpl
+        def register_losses(register):
+            register(lossbench.LossSpec(name="nocompile", hparams=NoOptions, kernel=kernel))
+        """,
+    )
+    pm = build_plugin_manager(str(tmp_path), entry_points=False)
+    with pytest.raises(PluginError) as info:
+        lossbench.train(overrides=[*TINY, "data=iris", "loss=nocompile"], plugin_manager=pm)
+    text = str(info.value)
+    assert "loss kernel of loss 'nocompile' from plugin 'nocompile' does not compile" in text
+    assert "Unknown attribute 'no_such_attribute'" in text and "line 12 of nocompile.py" in text
+    assert "give only the NumPy reference (the slow path)" in text
+
+
+def test_a_register_hook_that_raises_names_plugin_hook_and_fix(tmp_path):
+    write_plugin(
+        tmp_path,
+        "raises",
+        """
+        import lossbench
+
+        @lossbench.hookimpl
+        def register_optimizers(register):
+            raise KeyError("lion")
+        """,
+    )
+    with pytest.raises(
+        PluginError,
+        match=r"plugin 'raises' raised KeyError in its register_optimizers hook: 'lion'\. Fix "
+        r"the plugin, or disable it with LOSSBENCH_DISABLE_PLUGINS=raises\.",
+    ):
+        build_plugin_manager(str(tmp_path), entry_points=False)
+
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        (
+            "lossbench.LossSpec(name='empty', hparams=Options)",
+            "registers loss 'empty' without numba kernels (kernel) and without NumPy references",
+        ),
+        (
+            "lossbench.LossSpec(name='nodc', hparams=dict, reference=lambda p, t, h: (0.0, p))",
+            "registers loss 'nodc' with hparams=<class 'dict'>, which is not a dataclass",
+        ),
+        (
+            "lossbench.ModelSpec(name='half', hparams=Options, forward=MODELS[0].forward)",
+            "registers model 'half' with only some of its kernels (forward, backward)",
+        ),
+    ],
+)
+def test_specs_that_cannot_train_are_rejected_at_registration(tmp_path, spec, message):
+    group = spec.split("Spec")[0].split(".")[1].lower()
+    hook = {"loss": "register_losses", "model": "register_models"}[group]
+    write_plugin(
+        tmp_path,
+        "incomplete",
+        f"""
+        from dataclasses import dataclass
+        import lossbench
+        from lossbench.builtin.models import MODELS
+
+        @dataclass
+        class Options:
+            pass
+
+        @lossbench.hookimpl
+        def {hook}(register):
+            register({spec})
+        """,
+    )
+    with pytest.raises(PluginError, match=re.escape(message)):
+        build_plugin_manager(str(tmp_path), entry_points=False)
+
+
+UNSTORABLE = """
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import lossbench
+from lossbench.builtin.losses import LOSSES
+
+
+@dataclass
+class Options:
+    weights: np.ndarray = field(default_factory=lambda: np.ones(3))
+
+
+@lossbench.hookimpl
+def register_losses(register):
+    register(lossbench.LossSpec(name="weighted", hparams=Options, kernel=LOSSES[0].kernel,
+                                reference=LOSSES[0].reference))
+"""
+
+
+def test_hyperparameters_hydra_cannot_store_name_plugin_field_and_fix(tmp_path, monkeypatch):
+    write_plugin(tmp_path, "unstorable", UNSTORABLE)
+    pm = build_plugin_manager(str(tmp_path), entry_points=False)
+    with pytest.raises(PluginError) as info:
+        lossbench.train(overrides=[*TINY, "data=iris"], plugin_manager=pm)
+    text = str(info.value)
+    assert (
+        "plugin 'unstorable' registers loss 'weighted' whose hyperparameter dataclass Options "
+        "field 'weights' cannot be stored as a Hydra config: Unexpected type annotation: "
+        "ndarray" in text
+    )
+    assert "int, float, bool, str, an Enum, or list/dict/Optional of those" in text
+    assert "LOSSBENCH_DISABLE_PLUGINS=unstorable" in text
+    # the fix it names works: the broken plugin is skipped, nothing is uninstalled
+    monkeypatch.setenv("LOSSBENCH_DISABLE_PLUGINS", "unstorable")
+    pm = build_plugin_manager(str(tmp_path), entry_points=False)
+    assert lossbench.train(overrides=[*TINY, "data=iris"], plugin_manager=pm).status == "finished"
+
+
+def test_a_distribution_can_be_disabled_by_its_distribution_name(tmp_path, monkeypatch):
+    make_distribution(tmp_path, "lossbench_sqhinge", FOCAL_FILE, "sqhinge")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("LOSSBENCH_LOAD_PLUGINS", raising=False)
+    monkeypatch.setenv("LOSSBENCH_DISABLE_PLUGINS", "lossbench-sqhinge")  # pip's spelling
+    assert "sqhinge" not in build_plugin_manager().registry.names("loss")
