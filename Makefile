@@ -27,7 +27,7 @@ test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check lossbench tests benchmarks
+	$(BIN)/ruff check lossbench tests benchmarks plugins
 
 # the PyTorch comparison: installs the optional `bench` extra (torch==2.13.0, CPU)
 bench: $(STAMP)

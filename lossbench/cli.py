@@ -60,7 +60,12 @@ def plugins_command(argv: list[str]) -> None:
     for col in ("plugin", "version", "source", "registers", "hooks"):
         table.add_column(col)
     for r in rows:
-        comps = "\n".join(f"{g}: {', '.join(c)}" for g, c in r["components"].items())
+        slow = r["numpy_only"]
+        comps = "\n".join(
+            f"{g}: "
+            + ", ".join(f"{n} (numpy only: slow path)" if n in slow.get(g, ()) else n for n in c)
+            for g, c in r["components"].items()
+        )
         table.add_row(r["name"], r["version"], r["source"], comps, ", ".join(r["hooks"]))
     console = Console()
     if not console.is_terminal:  # piped: don't squeeze the table to 80 columns
@@ -95,6 +100,9 @@ def _print_summary(run) -> None:
         f"time {t.get('total_seconds', 0):.2f} s (compile/cache {t.get('compile_seconds', 0):.2f} "
         f"s, training {t.get('train_seconds', 0):.2f} s)"
     )
+    if run.path == "numpy":
+        slow = [f"{g} {sp.name}" for g, sp in run.specs.items() if getattr(sp, "numpy_only", 0)]
+        lines.append(f"slow path (NumPy only, no numba kernel): {', '.join(slow)}")
     if s["output_dir"]:
         lines.append(f"outputs: {s['output_dir']}")
     if run.error and run.status != "finished":

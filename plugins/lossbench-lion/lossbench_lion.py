@@ -1,0 +1,94 @@
+"""The Lion optimizer for lossbench: ``optimizer=lion``.
+
+Lion, "EvoLved Sign Momentum" (Chen, Liang, Huang, Real, Wang, Pham, Dong, Luong, Hsieh, Lu, Le
+2023, "Symbolic Discovery of Optimization Algorithms", NeurIPS, Algorithm 2), found by program
+search: every parameter moves by exactly ``lr`` per step, in the direction of the sign of an
+interpolation between the momentum and the gradient. It keeps one state row (the momentum), half
+of Adam's memory. Because every update has the size of the learning rate, Lion wants a learning
+rate 3-10x smaller than AdamW's, and a weight decay 3-10x larger (the paper's advice; defaults
+lr = 1e-4, beta1 = 0.9, beta2 = 0.99, weight_decay = 0 as in the paper's code).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lossbench
+import numpy as np
+from lossbench.errors import ConfigError
+from numba import njit
+
+
+@dataclass
+class LionOptions:
+    lr: float = 1e-4
+    beta1: float = 0.9  # interpolation between momentum and gradient for the update direction
+    beta2: float = 0.99  # decay of the momentum
+    weight_decay: float = 0.0  # decoupled, as AdamW's
+
+
+def _check_lion(hp: LionOptions) -> None:
+    rules = [
+        ("lr", hp.lr > 0, "the learning rate must be > 0", "1e-4"),
+        ("beta1", 0 <= hp.beta1 <= 1, "it must lie in [0, 1]", "0.9"),
+        ("beta2", 0 <= hp.beta2 < 1, "it must lie in [0, 1)", "0.99"),
+        ("weight_decay", hp.weight_decay >= 0, "it must be >= 0", "0.1"),
+    ]
+    for key, ok, rule, example in rules:
+        if not ok:
+            raise ConfigError(
+                f"optimizer.{key}={getattr(hp, key)} is not allowed: {rule}. Fix: pass e.g. "
+                f"optimizer.{key}={example}."
+            )
+
+
+@njit(cache=True, nogil=True)
+def lion_kernel(p, g, state, hp, t, lr):
+    """Lion (Chen et al. 2023, Algorithm 2); hp = [beta1, beta2, weight_decay lambda];
+    state[0] = momentum m (zeros at the start).
+
+        c <- beta1 m + (1 - beta1) g          (update direction, interpolated)
+        p <- p (1 - lr lambda) - lr sign(c)   (decoupled weight decay, then a step of size lr)
+        m <- beta2 m + (1 - beta2) g          (momentum, updated after the step)
+
+    sign(0) = 0, as torch.sign. Computed in the dtype of p.
+    """
+    b1, b2, wd = hp[0], hp[1], hp[2]
+    one = p.dtype.type(1.0)
+    zero = p.dtype.type(0.0)
+    one_b1 = one - b1
+    one_b2 = one - b2
+    decay = one - lr * wd
+    m = state[0]
+    for i in range(p.shape[0]):
+        gi = g[i]
+        c = b1 * m[i] + one_b1 * gi
+        step = lr if c > 0 else (-lr if c < 0 else zero)
+        p[i] = p[i] * decay - step
+        m[i] = b2 * m[i] + one_b2 * gi
+
+
+def lion_reference(p, g, state, hp, t, lr):
+    """Lion in NumPy (same update, vectorised)."""
+    b1, b2, wd = hp[0], hp[1], hp[2]
+    c = b1 * state[0] + (1 - b1) * g
+    p *= 1 - lr * wd
+    p -= lr * np.sign(c)
+    state[0] = b2 * state[0] + (1 - b2) * g
+
+
+LION = lossbench.OptimizerSpec(
+    name="lion",
+    hparams=LionOptions,
+    description="Lion, sign momentum (Chen et al. 2023); lr ~ AdamW's / 3-10",
+    kernel=lion_kernel,
+    reference=lion_reference,
+    state_rows=1,
+    pack=lambda hp: [hp.beta1, hp.beta2, hp.weight_decay],
+    check=_check_lion,
+)
+
+
+@lossbench.hookimpl
+def register_optimizers(register):
+    register(LION)

@@ -1,0 +1,113 @@
+"""The example plugins in plugins/, as a user meets them: a fresh venv outside the repo, lossbench
+and the plugins installed with pip, training from the command line with the plugins' loss and
+optimizer, and the plugins' own test suites (the conformance kit) passing there."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGINS = REPO / "plugins"
+
+
+def pip_install(py: Path, *paths: Path) -> None:
+    """pip install --no-deps: without build isolation when this environment has hatchling (no
+    download), else pip fetches it for the build (pip's cache keeps it)."""
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("hatchling") else []
+    cmd = [str(py), "-m", "pip", "install", "--no-deps", "-q", *isolation, *map(str, paths)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory):
+    """A fresh venv with lossbench and both example plugins installed (not editable), reusing
+    this environment's dependencies through a .pth file; returns a command runner that works in
+    a directory outside the repo, with installed plugins loaded (no LOSSBENCH_LOAD_PLUGINS)."""
+    root = tmp_path_factory.mktemp("plugin-user")
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    (next((venv / "lib").glob("python*/site-packages")) / "deps.pth").write_text(site + "\n")
+    py = venv / "bin" / "python"
+    pip_install(py, REPO, PLUGINS / "lossbench-focal", PLUGINS / "lossbench-lion")
+    work = root / "elsewhere"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOSSBENCH_")}
+    env["PYTHONPATH"] = ""
+
+    def run(*args, extra_env=None, timeout=600):
+        return subprocess.run(
+            [str(py), *args],
+            cwd=work,
+            env={**env, **(extra_env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    run.venv = venv
+    return run
+
+
+def test_plugins_are_installed_outside_the_repo(user):
+    r = user("-c", "import lossbench, lossbench_focal, lossbench_lion as m; print(m.__file__)")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(str(user.venv)), r.stdout
+
+
+def test_listing_shows_plugins_versions_and_components(user):
+    r = user("-m", "lossbench", "plugins", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert rows["focal"]["version"] == "0.1.0" and rows["focal"]["source"] == "lossbench-focal"
+    assert rows["focal"]["components"] == {"loss": ["binary_focal", "focal"]}
+    assert rows["lion"]["components"] == {"optimizer": ["lion"]}
+    assert rows["lion"]["hooks"] == ["register_optimizers"]
+    table = user("-m", "lossbench", "plugins", "--plugins-dir", str(PLUGINS / "single-file"))
+    assert table.returncode == 0, table.stderr
+    focal_row = next(line for line in table.stdout.splitlines() if "lossbench-focal" in line)
+    assert "focal" in focal_row and "0.1.0" in focal_row and "binary_focal, focal" in focal_row
+    assert "poly1 (numpy only: slow path)" in table.stdout
+    assert "pseudo_huber (numpy only" not in table.stdout
+
+
+QUICK = ["tracking=none", "trainer.epochs=2"]
+
+
+def test_train_with_the_plugins_loss_and_optimizer_from_the_command_line(user):
+    r = user("-m", "lossbench", "loss=focal", "loss.gamma=2", *QUICK)
+    assert r.returncode == 0, r.stderr
+    assert "finished after 2 epochs" in r.stdout
+    (run_dir,) = (user.venv.parent / "elsewhere" / "outputs").glob("*/*")
+    assert "gamma: 2.0" in (run_dir / ".hydra" / "config.yaml").read_text()
+    r = user("-m", "lossbench", "optimizer=lion", "optimizer.lr=3e-4", "data=iris", *QUICK)
+    assert r.returncode == 0, r.stderr
+    assert "finished after 2 epochs" in r.stdout
+    r = user("-m", "lossbench", "data=moons", "loss=binary_focal", "loss.alpha=null", *QUICK)
+    assert r.returncode == 0, r.stderr
+
+
+def test_plugin_options_are_type_checked_and_a_plugin_can_be_disabled(user):
+    r = user("-m", "lossbench", "loss=focal", "loss.gamma=strong", *QUICK)
+    assert r.returncode == 2 and "loss.gamma=strong" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    off = {"LOSSBENCH_DISABLE_PLUGINS": "lossbench-focal"}
+    r = user("-m", "lossbench", "loss=focal", *QUICK, extra_env=off)
+    assert r.returncode == 2 and "loss='focal' is not a known loss" in r.stderr, r.stderr
+
+
+def test_the_plugins_own_tests_pass_with_the_kit(user):
+    suites = [PLUGINS / name / "tests" for name in ("lossbench-focal", "lossbench-lion")]
+    suites.append(PLUGINS / "single-file" / "tests")
+    r = user("-m", "pytest", "-q", "-p", "no:cacheprovider", *map(str, suites))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    passed = int(r.stdout.strip().splitlines()[-1].split(" passed")[0].split()[-1])
+    assert passed >= 60, r.stdout[-500:]
