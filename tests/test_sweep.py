@@ -95,7 +95,7 @@ def mlflow_runs(uri):
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("lossbench")
-    return client, client.search_runs([exp.experiment_id], run_view_type=3)
+    return client, client.search_runs([exp.experiment_id], run_view_type=3) if exp else []
 
 
 def test_two_workers_on_a_journal_file_with_one_mlflow_parent(tmp_path):
@@ -139,9 +139,12 @@ def test_sigkilled_worker_then_rerun_completes_exactly_n_trials(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     args = [
         "optimizer.lr=tag(log, interval(1e-3, 0.1))", "data=moons", "data.n_samples=4000",
-        "trainer.epochs=40", f"tracking.uri={uri}", "sweep.n_trials=3", "sweep.pruner=none",
-        "sweep.study_name=kill",
+        "trainer.epochs=1500", f"tracking.uri={uri}", "tracking.flush_seconds=0.2",
+        "sweep.n_trials=3", "sweep.pruner=none", "sweep.study_name=kill",
     ]  # fmt: skip
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(uri).search_experiments()  # create the store before this test polls it
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["LOSSBENCH_LOAD_PLUGINS"] = ""
     proc = subprocess.Popen(
@@ -150,14 +153,19 @@ def test_sigkilled_worker_then_rerun_completes_exactly_n_trials(tmp_path):
     )  # fmt: skip
     journal = tmp_path / "multirun/kill/journal.log"
     pid, deadline = None, time.time() + 120
-    while pid is None and time.time() < deadline:
+    while pid is None and time.time() < deadline:  # kill mid-trial: its curves are being logged
         time.sleep(0.3)
-        if journal.exists():
-            running = [t for t in load(tmp_path, "kill").trials if t.state.name == "RUNNING"]
-            if running and "pid" in running[0].user_attrs:
-                pid = running[0].user_attrs["pid"]
+        if not journal.exists() or not (tmp_path / "mlflow.db").exists():
+            continue
+        running = [t for t in load(tmp_path, "kill").trials if t.state.name == "RUNNING"]
+        live = [
+            r for r in mlflow_runs(uri)[1]
+            if r.info.status == "RUNNING" and r.data.tags.get("lossbench.role") == "trial"
+            and "val_loss" in r.data.metrics
+        ]  # fmt: skip
+        if running and live and "pid" in running[0].user_attrs:
+            pid = running[0].user_attrs["pid"]
     assert pid, "no trial started"
-    time.sleep(1.0)
     os.kill(pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "resume" in err
