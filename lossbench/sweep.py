@@ -31,7 +31,6 @@ from pathlib import Path
 
 from lossbench.errors import ConfigError, LossbenchError
 
-RESULTS_FILE = "optimization_results.yaml"
 HISTORY_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
 SUMMARY_METRICS = ("best_val_loss", "train_seconds", "total_seconds")
 
@@ -218,9 +217,7 @@ def _sweep_args(argv: list[str]) -> list[str]:
             continue
         if arg.startswith("-"):
             raise ConfigError(f"{arg} is not supported with --multirun.")
-        if arg.startswith("hydra.sweeper.params."):
-            arg = "sweep.params." + arg[len("hydra.sweeper.params.") :]
-        elif arg.startswith("hydra.sweeper."):
+        if arg.startswith("hydra.sweeper."):
             arg = "sweep." + arg[len("hydra.sweeper.") :]
         out.append(arg)
     return out
