@@ -261,11 +261,11 @@ def test_existing_study_with_another_direction(tmp_path):
 def test_multi_objective_sweep_writes_the_pareto_front(tmp_path):
     sweep(
         "optimizer.lr=tag(log, interval(1e-3, 0.1))", "trainer.epochs=range(2, 12, step=2)",
-        *BASE[:1], "tracking=none", "sweep.n_trials=5", "sweep.study_name=mo",
+        *BASE[:1], "tracking=none", "hydra.sweeper.n_trials=5", "sweep.study_name=mo",
         "sweep.metric=[val_loss,train_seconds]", "sweep.direction=[minimize,minimize]",
         cwd=tmp_path,
     )  # fmt: skip
     results = yaml.safe_load((tmp_path / "multirun/mo/optimization_results.yaml").read_text())
-    assert results["trials"]["complete"] == 5
+    assert results["trials"]["complete"] == 5  # hydra.sweeper.X is read as sweep.X
     front = results["pareto_front"]
     assert front and all(len(p["value"]) == 2 and p["overrides"] for p in front)
