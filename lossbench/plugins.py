@@ -256,7 +256,8 @@ def build_plugin_manager(
 ) -> PluginManager:
     """A manager with built-ins, entry points (unless disabled) and plugin files loaded, hook
     implementations checked and the component registry filled. ``extra`` plugins (objects or
-    modules) are registered last; tests use it to add components without installing them."""
+    modules, or ``(name, plugin)`` pairs) are registered last; tests use it to add components
+    without installing them."""
     pm = PluginManager()
     deny = _split_env(ENV_DISABLE) or set()
     for module_name in DEFAULT_PLUGINS:
@@ -269,7 +270,10 @@ def build_plugin_manager(
     if directory:
         _load_dir(pm, directory)
     for plugin in extra:
-        name = getattr(plugin, "__name__", None) or type(plugin).__name__
+        if isinstance(plugin, tuple):
+            name, plugin = plugin
+        else:
+            name = getattr(plugin, "__name__", None) or type(plugin).__name__
         if pm.has_plugin(name):
             name = f"{name}-{id(plugin):x}"
         pm.register(plugin, name=name)

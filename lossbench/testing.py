@@ -181,14 +181,18 @@ def checks_for(*plugins, hparams: dict | None = None) -> list[Check]:
     from lossbench.plugins import DEFAULT_PLUGINS, build_plugin_manager
 
     hparams = hparams or {}
-    objects = []
+    objects, extra = [], []
     for plugin in plugins:
         label = str(plugin) if isinstance(plugin, str | Path) else _plugin_label(plugin)
         try:
-            objects.append(_as_plugin(plugin))
+            obj = _as_plugin(plugin)
         except Exception as exc:
             return [_broken(label, exc)]
-    extra = [o for o in objects if getattr(o, "__name__", None) not in DEFAULT_PLUGINS]
+        objects.append(obj)
+        if _is_file(plugin):
+            extra.append((Path(plugin).stem, obj))  # the name --plugins-dir gives it
+        elif getattr(obj, "__name__", None) not in DEFAULT_PLUGINS:
+            extra.append(obj)
 
     def manager():
         return build_plugin_manager(entry_points=False, extra=extra)
@@ -219,9 +223,13 @@ def _plugin_label(plugin) -> str:
     return getattr(plugin, "__name__", None) or type(plugin).__name__
 
 
+def _is_file(plugin) -> bool:
+    return isinstance(plugin, Path) or (isinstance(plugin, str) and plugin.endswith(".py"))
+
+
 def _as_plugin(plugin):
     """A plugin object from a module, an object, a module name or a single-file path."""
-    if isinstance(plugin, Path) or (isinstance(plugin, str) and plugin.endswith(".py")):
+    if _is_file(plugin):
         from lossbench.plugins import load_plugin_file
 
         return load_plugin_file(plugin)

@@ -88,7 +88,7 @@ def test_train_with_the_plugins_loss_and_optimizer_from_the_command_line(user):
     assert "finished after 2 epochs" in r.stdout
     (run_dir,) = (user.venv.parent / "elsewhere" / "outputs").glob("*/*")
     assert "gamma: 2.0" in (run_dir / ".hydra" / "config.yaml").read_text()
-    r = user("-m", "lossbench", "optimizer=lion", "optimizer.lr=3e-4", "data=iris", *QUICK)
+    r = user("-m", "lossbench", "loss=focal", "optimizer=lion", "optimizer.lr=3e-4", *QUICK)
     assert r.returncode == 0, r.stderr
     assert "finished after 2 epochs" in r.stdout
     r = user("-m", "lossbench", "data=moons", "loss=binary_focal", "loss.alpha=null", *QUICK)
