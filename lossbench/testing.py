@@ -135,11 +135,10 @@ class Check:
             raise ConformanceError(f"{self.subject} fails {self.name}: {miss}") from None
         except Exception as exc:
             hint = ""
-            if isinstance(exc, ConfigError):
+            if isinstance(exc, ConfigError) and self.group != "plugin":
                 hint = (
-                    f" (the kit used {'the defaults' if self.group != 'plugin' else 'them'}; "
-                    f"give working values with parametrize_with_checks(..., "
-                    f"hparams={{{self.component!r}: {{...}}}}))"
+                    " (the kit used the defaults, or the cases given; pass values that work "
+                    f"with parametrize_with_checks(..., hparams={{{self.component!r}: {{...}}}}))"
                 )
             raise ConformanceError(
                 f"{self.subject} fails {self.name}: it raised {type(exc).__name__}: {exc}{hint}"

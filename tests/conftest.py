@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from lossbench.plugins import build_plugin_manager, set_plugin_manager
+from lossbench.testing import central_difference  # noqa: F401  (tests import it from here)
 
 # Tests never load whatever plugins happen to be installed: built-ins only, unless a test
 # registers its own.
@@ -22,21 +23,6 @@ def pm():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
-
-
-def central_difference(f, x, eps=1e-6):
-    """d f / d x by central differences (f scalar, x float64 array)."""
-    grad = np.zeros_like(x)
-    flat, g = x.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        up = f()
-        flat[i] = old - eps
-        down = f()
-        flat[i] = old
-        g[i] = (up - down) / (2 * eps)
-    return grad
 
 
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}
