@@ -152,6 +152,10 @@ def serve_run(worker: Worker, first: dict, inbox: queue.Queue) -> bool:
 
 
 def main() -> None:
+    try:  # background work: on a busy machine the scheduler favours the training process
+        os.nice(10)
+    except OSError:
+        pass
     # Replies own the real stdout; anything MLflow prints (e.g. "View run ... at ...") goes to
     # stderr instead of corrupting the protocol.
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")

@@ -1,6 +1,6 @@
 """Writes a run's files into its output directory at the end of the run, as a lifecycle plugin:
-history.csv, model.npz, loss_curve.png (unless ``trainer.plots=false``) and summary.json. Each file is written to a temporary
-name and renamed, so a file is either complete or absent."""
+history.csv, model.npz, loss_curve.png (unless ``trainer.plots=false``) and summary.json. Each
+file is written to a temporary name and renamed, so a file is either complete or absent."""
 
 from __future__ import annotations
 
