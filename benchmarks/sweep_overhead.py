@@ -26,8 +26,9 @@ def run(work: Path, name: str, trials: int, epochs: int, extra: list[str]) -> li
     from lossbench.sweep import open_storage
 
     cmd = [
-        sys.executable, "-m", "lossbench", "--multirun", "optimizer.lr=tag(log, interval(1e-3, 0.1))",
-        "data=iris", f"trainer.epochs={epochs}", f"sweep.n_trials={trials}", "sweep.pruner=none",
+        sys.executable, "-m", "lossbench", "--multirun",
+        "optimizer.lr=tag(log, interval(1e-3, 0.1))", "data=iris", f"trainer.epochs={epochs}",
+        f"sweep.n_trials={trials}", "sweep.pruner=none",
         f"sweep.study_name={name}", *extra,
     ]  # fmt: skip
     env = {**os.environ, "LOSSBENCH_LOAD_PLUGINS": ""}
