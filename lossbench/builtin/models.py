@@ -82,12 +82,50 @@ def _act_grad(z, a, code, slope):
     return 1.0
 
 
+# The activation code is tested once per layer, outside the element loops: a branch on it inside
+# them kept LLVM from vectorising and cost 1.3-1.9x per SGD epoch (measured in the benchmark).
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _bias_act(z, b, a, code, slope):
+    """z += b (row-wise), a = act(z)."""
+    m, n = z.shape
+    zero = z.dtype.type(0)
+    if code == 1:  # relu, the common case, in one vectorisable pass
+        for i in range(m):
+            for j in range(n):
+                zz = z[i, j] + b[j]
+                z[i, j] = zz
+                a[i, j] = zz if zz > zero else zero
+    else:
+        for i in range(m):
+            for j in range(n):
+                zz = z[i, j] + b[j]
+                z[i, j] = zz
+                a[i, j] = _act(zz, code, slope)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _act_backward(da, z, a, code, slope):
+    """da *= act'(z) in place (a = act(z))."""
+    m, n = da.shape
+    zero = da.dtype.type(0)
+    if code == 1:
+        for i in range(m):
+            for j in range(n):
+                da[i, j] = da[i, j] if z[i, j] > zero else zero
+    else:
+        for i in range(m):
+            for j in range(n):
+                da[i, j] *= _act_grad(z[i, j], a[i, j], code, slope)
+
+
 # ---------------------------------------------------------------------------------------------
 # kernels. layout row l: [n_in, n_out, W offset, b offset, activation code]. work holds, for each
 # hidden layer, z (m x out) then a (m x out), followed by two scratch blocks for backward.
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def mlp_forward(params, layout, hp, x, work, out):
     """Forward pass: z_l = a_{l-1} W_l + b_l, a_l = act(z_l); out = z of the last layer."""
     m = x.shape[0]
@@ -111,19 +149,18 @@ def mlp_forward(params, layout, hp, x, work, out):
             z = work[off : off + m * n_out].reshape(m, n_out)
             off += m * n_out
         np.dot(a_prev, W, z)
-        for i in range(m):
-            for j in range(n_out):
-                z[i, j] += b[j]
-        if l < n_layers - 1:
-            a = work[off : off + m * n_out].reshape(m, n_out)
-            off += m * n_out
+        if l == n_layers - 1:
             for i in range(m):
                 for j in range(n_out):
-                    a[i, j] = _act(z[i, j], code, slope)
+                    z[i, j] += b[j]
+        else:
+            a = work[off : off + m * n_out].reshape(m, n_out)
+            off += m * n_out
+            _bias_act(z, b, a, code, slope)
             a_prev = a
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def mlp_backward(params, layout, hp, x, work, dout, grads):
     """Backward pass (chain rule above); overwrites grads with dLoss/dparams."""
     m = x.shape[0]
@@ -161,9 +198,7 @@ def mlp_backward(params, layout, hp, x, work, dout, grads):
             zo = z_off[l - 1]
             code = layout[l - 1, 4]
             z_prev = work[zo : zo + m * n_in].reshape(m, n_in)
-            for i in range(m):
-                for j in range(n_in):
-                    da[i, j] *= _act_grad(z_prev[i, j], a_prev[i, j], code, slope)
+            _act_backward(da, z_prev, a_prev, code, slope)
             dz = da
 
 
