@@ -179,9 +179,14 @@ def test_sigkilled_worker_then_rerun_completes_exactly_n_trials(tmp_path):
     assert any(t.user_attrs.get("retry_of") == lost[0].number for t in counted)
     _, runs = mlflow_runs(uri)
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    assert sorted(r.info.status for r in runs if r.data.tags.get("lossbench.role") == "trial") == [
-        "FINISHED", "FINISHED", "FINISHED", "KILLED",
-    ]  # fmt: skip
+    trial_runs = [r for r in runs if r.data.tags.get("lossbench.role") == "trial"]
+    assert len(trial_runs) == 4  # three counted trials and the killed one
+    (killed,) = [r for r in trial_runs if r.data.tags["lossbench.trial"] == str(lost[0].number)]
+    # killed mid-training, its side process ends the run; if the kill landed between the end of
+    # the run and Optuna's tell, the run had finished and only the trial is retried
+    assert killed.info.status in ("KILLED", "FINISHED")
+    if killed.info.status == "KILLED":
+        assert "ended without finishing" in killed.data.tags["lossbench.failure_reason"]
 
 
 def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(tmp_path):
