@@ -238,7 +238,7 @@ def _check_rmsprop(hp) -> None:
     _require(hp.momentum >= 0, "momentum", hp.momentum, "it must be >= 0", "0.9")
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")  # no division check: vectorisable
 def rmsprop_kernel(p, g, state, hp, t, lr):
     """RMSprop (torch.optim.RMSprop).
 
@@ -318,7 +318,7 @@ def _init_adagrad(state, hp) -> None:
     state[0] = hp.initial_accumulator_value
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")  # no division check: vectorisable
 def adagrad_kernel(p, g, state, hp, t, lr):
     """Adagrad (torch.optim.Adagrad).
 
