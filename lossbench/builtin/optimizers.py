@@ -60,7 +60,7 @@ def _check_sgd(hp) -> None:
         )
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def sgd_kernel(p, g, state, hp, t, lr):
     """SGD with momentum, dampening, Nesterov and L2 weight decay (torch.optim.SGD).
 
@@ -69,20 +69,28 @@ def sgd_kernel(p, g, state, hp, t, lr):
         if mu != 0:  b <- g if t == 1 else mu b + (1 - tau) g
                      g <- g + mu b if nesterov else b
         p <- p - lr g
+    The options are tested once, outside the loops, so each loop vectorises.
     """
     mu, tau, nesterov, wd = hp[0], hp[1], hp[2] != 0, hp[3]
     one_tau = p.dtype.type(1.0) - tau  # keep float32 runs in float32
     buf = state[0]
-    for i in range(p.shape[0]):
-        gi = g[i] + wd * p[i]
-        if mu != 0:
-            if t == 1:
-                b = gi
-            else:
-                b = mu * buf[i] + one_tau * gi
-            buf[i] = b
-            gi = gi + mu * b if nesterov else b
-        p[i] -= lr * gi
+    n = p.shape[0]
+    if mu == 0:
+        for i in range(n):
+            p[i] -= lr * (g[i] + wd * p[i])
+        return
+    if t == 1:
+        for i in range(n):
+            buf[i] = g[i] + wd * p[i]
+    else:
+        for i in range(n):
+            buf[i] = mu * buf[i] + one_tau * (g[i] + wd * p[i])
+    if nesterov:
+        for i in range(n):
+            p[i] -= lr * (g[i] + wd * p[i] + mu * buf[i])
+    else:
+        for i in range(n):
+            p[i] -= lr * buf[i]
 
 
 def sgd_reference(p, g, state, hp, t, lr):
