@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lossbench.errors import ConfigError, LossbenchError
+from lossbench.errors import ConfigError
 
 HISTORY_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
 SUMMARY_METRICS = ("best_val_loss", "train_seconds", "total_seconds")
@@ -89,7 +89,7 @@ def open_storage(url: str):
 def make_sampler(plan: Plan, worker: int = 0):
     import optuna
 
-    seed = None if plan.seed is None else plan.seed + 1000 * worker
+    seed = plan.seed + 1000 * worker  # workers must not draw the same points
     name = plan.sampler
     if name == "grid":
         return optuna.samplers.GridSampler(plan.grid, seed=plan.seed)
@@ -335,14 +335,10 @@ def _trial_fixed(overrides: list[str]) -> list[str]:
 
 
 def _check_metrics(metrics, base, registry) -> None:
-    spec = registry.get("data", base.data.name)
-    task = "classification"
-    try:
-        from lossbench.config import hparams
+    from lossbench.config import hparams
 
-        task = spec.load(hparams(spec, base.data), 0).task
-    except LossbenchError:
-        raise
+    spec = registry.get("data", base.data.name)
+    task = spec.load(hparams(spec, base.data), 0).task  # which metrics exist depends on it
     available = [*HISTORY_METRICS, *SUMMARY_METRICS]
     if task != "classification":
         available = [m for m in available if "accuracy" not in m]

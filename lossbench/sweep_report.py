@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from pathlib import Path
 
 RESULTS_FILE = "optimization_results.yaml"
@@ -140,7 +141,7 @@ class ParentRun:
         from mlflow.entities import Metric, Param, RunTag
 
         t = tally(study, plan)
-        ts = int(__import__("time").time() * 1000)
+        ts = int(time.time() * 1000)
         metrics = [Metric(f"trials_{k}", float(t[k]), ts, 0) for k in ("complete", "pruned",
                                                                            "failed")]  # fmt: skip
         params, tags = [], [RunTag("lossbench.status", status)]
