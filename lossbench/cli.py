@@ -1,5 +1,6 @@
 """Command line: ``python -m lossbench [OVERRIDES]``, ``python -m lossbench --multirun ...``
-(an Optuna sweep, see ``lossbench.sweep``) and ``python -m lossbench plugins``.
+(an Optuna sweep, see ``lossbench.sweep``), ``python -m lossbench plugins`` and
+``python -m lossbench warmup``.
 
 Plugins are loaded first (built-ins, entry points, ``--plugins-dir``), so their components are
 config options before Hydra composes. Overrides are checked before Hydra creates a run
@@ -73,6 +74,30 @@ def plugins_command(argv: list[str]) -> None:
     console.print(table)
 
 
+def warmup_command(argv: list[str]) -> None:
+    """``python -m lossbench warmup [--dtype float32|float64]``: compile (or load from the disk
+    cache) the fused epoch and every installed kernel, so later runs start without compiling."""
+    from lossbench.config import DTYPES
+    from lossbench.engine import warm_up
+    from lossbench.plugins import build_plugin_manager
+
+    plugins_dir = _pop_plugins_dir(argv)
+    dtypes = DTYPES
+    if argv[:1] == ["--dtype"] and len(argv) == 2 and argv[1] in DTYPES:
+        dtypes = (argv[1],)
+    elif argv:
+        _fail(LossbenchError(
+            f"warmup does not take {' '.join(argv)!r}. Usage: python -m lossbench warmup "
+            f"[--dtype {'|'.join(DTYPES)}] [--plugins-dir DIR]."
+        ))  # fmt: skip
+    try:
+        rows = warm_up(dtypes, build_plugin_manager(plugins_dir))
+    except LossbenchError as exc:
+        _fail(exc)
+    for row in rows:
+        print(f"{row['dtype']}: ready in {row['seconds']:.1f} s")
+
+
 def _print_summary(run) -> None:
     from rich.console import Console
 
@@ -132,7 +157,11 @@ def _task(cfg) -> None:
         _remove_empty_run_dir(output_dir)
         _fail(exc)
     except KeyboardInterrupt:
-        print(f"lossbench: interrupted; partial outputs in {output_dir}", file=sys.stderr)
+        print(
+            f"lossbench: interrupted; what the run did so far is in {output_dir} "
+            "(summary.json says when it stopped)",
+            file=sys.stderr,
+        )
         sys.exit(130)
     _print_summary(run)
     if run.status in ("diverged", "failed"):
@@ -140,9 +169,20 @@ def _task(cfg) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        _main(argv)
+    except KeyboardInterrupt:  # before a run started (importing, composing): nothing to keep
+        print("lossbench: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def _main(argv: list[str] | None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["plugins"]:
         plugins_command(argv[1:])
+        return
+    if argv[:1] == ["warmup"]:
+        warmup_command(argv[1:])
         return
     from lossbench import config as config_mod
     from lossbench.plugins import build_plugin_manager, set_plugin_manager

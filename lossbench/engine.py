@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -110,6 +111,28 @@ def evaluate(
     return total, correct
 
 
+def warm_up(dtypes=("float32", "float64"), plugin_manager=None) -> list[dict]:
+    """Compile, or load from numba's disk cache, what runs use: the fused epoch, the
+    evaluation and every registered kernel, in each of ``dtypes``; one row per dtype with the
+    seconds it took. After it, a new process starts training without compiling (the cache is
+    per installation: ``__pycache__`` beside each module, or ``NUMBA_CACHE_DIR``)."""
+    from lossbench.plugins import get_plugin_manager
+
+    pm = plugin_manager or get_plugin_manager()
+    rows = []
+    for dtype in dtypes:
+        t0 = time.perf_counter()
+        overrides = ["data=iris", "trainer.epochs=1", "trainer.progress=false", "tracking=none",
+                     f"trainer.dtype={dtype}"]  # fmt: skip
+        train(overrides=overrides, plugin_manager=pm)
+        for group in _KERNEL_GROUPS:
+            for spec in pm.registry.components[group].values():
+                if not spec.numpy_only:
+                    _bind_one(group, spec, dtype)
+        rows.append({"dtype": dtype, "seconds": time.perf_counter() - t0})
+    return rows
+
+
 def compile_stats() -> dict[str, dict[str, int]]:
     """Disk-cache hits and compilations of the fused epoch and evaluation in this process."""
     return {
@@ -131,7 +154,8 @@ class Run:
 
     ``history`` has one dict per epoch (epoch, train_loss, val_loss, accuracies for
     classification, lr, epoch_seconds). ``status`` is finished | stopped | diverged | failed |
-    interrupted. ``params`` maps tensor names (W0, b0, ...) to arrays; ``flat_params`` is the
+    interrupted (rejected: bad input found before the first epoch; ``train`` raises then).
+    ``params`` maps tensor names (W0, b0, ...) to arrays; ``flat_params`` is the
     flat vector. ``timings`` has setup_seconds, compile_seconds, train_seconds, total_seconds.
     """
 
@@ -152,6 +176,8 @@ class Run:
     sources: dict[str, dict[str, str]] = field(default_factory=dict)
     # "fused" (the jitted epoch) or "numpy" (the slow path: a component has no numba kernel)
     path: str = "fused"
+    # where the run is, or where it ended: setup, start (on_run_start hooks), compile, train
+    phase: str = "setup"
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """The model's outputs (logits or values) for the rows of ``X``, already scaled as the
@@ -263,14 +289,28 @@ def _owner(group, spec):
     return f"{group} {spec.name!r} from plugin {spec.plugin!r}"
 
 
+# which spec attribute holds the kernel of which role
+_ROLES = {
+    "model": (("forward", "forward"), ("backward", "backward")),
+    "loss": (("kernel", "loss"),),
+    "optimizer": (("kernel", "optimizer"),),
+}
+
+
+def _bind_one(group, spec, dtype) -> dict:
+    """The spec's kernels as KernelRefs (compiled or loaded from the cache), by role."""
+    owner = _owner(group, spec)
+    return {
+        role: kernel_ref(getattr(spec, attr), role, dtype, owner=owner)
+        for attr, role in _ROLES[group]
+    }
+
+
 def _bind_kernels(specs, dtype) -> _Kernels:
-    model, loss, opt = specs["model"], specs["loss"], specs["optimizer"]
-    return _Kernels(
-        forward=kernel_ref(model.forward, "forward", dtype, owner=_owner("model", model)),
-        backward=kernel_ref(model.backward, "backward", dtype, owner=_owner("model", model)),
-        loss=kernel_ref(loss.kernel, "loss", dtype, owner=_owner("loss", loss)),
-        step=kernel_ref(opt.kernel, "optimizer", dtype, owner=_owner("optimizer", opt)),
-    )
+    refs = {}
+    for group in _KERNEL_GROUPS:
+        refs.update(_bind_one(group, specs[group], dtype))
+    return _Kernels(refs["forward"], refs["backward"], refs["loss"], refs["optimizer"])
 
 
 class _SigtermAsInterrupt:
@@ -300,6 +340,11 @@ def train(cfg=None, *, overrides=(), output_dir=None, plugin_manager=None) -> Ru
     composed from ``overrides`` as on the command line. ``output_dir`` receives history.csv,
     model.npz, loss_curve.png and summary.json (None: nothing is written). Raises
     ``LossbenchError`` for bad input, before any file is written.
+
+    Once the config is accepted the run has started: whatever ends it (bad input found while
+    loading the data, Ctrl-C or SIGTERM while loading, compiling, training or writing outputs,
+    a failing plugin), ``on_run_end`` is called exactly once, so the outputs and the tracking
+    record say how it ended and in which phase (``run.phase``).
     """
     from lossbench.plugins import get_plugin_manager
 
@@ -307,166 +352,38 @@ def train(cfg=None, *, overrides=(), output_dir=None, plugin_manager=None) -> Ru
     pm = plugin_manager or get_plugin_manager()
     if cfg is None:
         cfg = config_mod.compose(overrides, registry=pm.registry)
-    specs, hps = {}, {}
-    for group in config_mod.GROUPS:
-        specs[group] = pm.registry.get(group, cfg[group].name)
-        hps[group] = config_mod.hparams(specs[group], cfg[group])
-    tc = cfg.trainer
-    _check_trainer(tc)
-    for group in ("loss", "optimizer"):
-        if specs[group].check is not None:
-            specs[group].check(hps[group])
-    dtype = np.dtype(tc.dtype)
-    seed = int(cfg.seed)
-    split_ss, init_ss, shuffle_ss, data_ss = np.random.SeedSequence(seed).spawn(4)
-    data_seed = int(data_ss.generate_state(1)[0])
-    dataset = specs["data"].load(hps["data"], data_seed)
-    loss_spec = specs["loss"]
-    prep = prepare(
-        dataset, options_from(hps["data"]), loss_spec.target, loss_spec.name, dtype,
-        np.random.default_rng(split_ss),
-    )  # fmt: skip
-
-    model_spec = specs["model"]
-    layout = model_spec.build(hps["model"], prep.X_train.shape[1], prep.n_outputs)
-    params = np.empty(layout.n_params, dtype=np.float64)
-    layout.init(np.random.default_rng(init_ss), params)
-    init_from = getattr(hps["model"], "init_from", None)
-    if init_from:
-        _load_init(init_from, layout, params)
-    params = params.astype(dtype)
-    opt_spec = specs["optimizer"]
-    state = np.zeros((opt_spec.state_rows, layout.n_params), dtype=dtype)
-    if opt_spec.init_state is not None:
-        opt_spec.init_state(state, hps["optimizer"])
-    grads = np.zeros(layout.n_params, dtype=dtype)
-    vec = lambda values: np.asarray(values, dtype=dtype).reshape(-1)  # noqa: E731
-    model_hp, loss_hp = vec(layout.hp), vec(loss_spec.pack(hps["loss"]))
-    opt_hp = vec(opt_spec.pack(hps["optimizer"]))
-    base_lr = float(hps["optimizer"].lr) if hasattr(hps["optimizer"], "lr") else 1.0
-
-    n_train, n_out = len(prep.X_train), prep.n_outputs
-    batch = min(int(tc.batch_size), n_train)
-    chunk = min(max(batch, 1024), max(len(prep.X_val), 1))
-    buf = lambda rows, cols: np.empty((rows, cols), dtype=dtype)  # noqa: E731
-    work = np.empty(layout.workspace(batch), dtype=dtype)
-    xb, yb = buf(batch, prep.X_train.shape[1]), buf(batch, prep.Y_train.shape[1])
-    out, dout = buf(batch, n_out), buf(batch, n_out)
-    work_val = np.empty(layout.workspace(chunk), dtype=dtype)
-    out_val, dout_val = buf(chunk, n_out), buf(chunk, n_out)
-
+    specs, hps = _resolve(cfg, pm.registry)
     run = Run(
         config=cfg,
         output_dir=Path(output_dir) if output_dir is not None else None,
         specs=specs,
         hparams=hps,
-        dataset=prep,
-        layout=layout,
-        flat_params=params,
         sources={g: pm.source_of(specs[g].plugin) for g in config_mod.GROUPS},
         path="numpy" if any(specs[g].numpy_only for g in _KERNEL_GROUPS) else "fused",
     )
-    t_setup = time.perf_counter()
-    rng = np.random.default_rng(shuffle_ss)
-    order = np.arange(n_train, dtype=np.int64)
-    # The one place that picks how epochs run: the fused jitted epoch, or the slow path (a
-    # Python epoch over NumPy references) when a component has no numba kernel.
-    if run.path == "fused":
-        kernels = _bind_kernels(specs, tc.dtype)  # compiles or cache-loads each kernel
-        epoch_args = (
-            kernels.forward, kernels.backward, kernels.loss, kernels.step, params, layout.layout,
-            model_hp, loss_hp, opt_hp, state, grads, prep.X_train, prep.Y_train,
-            prep.labels_train, order, batch, work, xb, yb, out, dout, 0, dtype.type(base_lr),
-        )  # fmt: skip
-        eval_args = (
-            kernels.forward, kernels.loss, params, layout.layout, model_hp, loss_hp, prep.X_val,
-            prep.Y_val, prep.labels_val, chunk, work_val, out_val, dout_val,
-        )  # fmt: skip
-
-        def run_epoch(t, lr):
-            return train_epoch(*epoch_args[:-2], t, lr)
-
-        def run_eval():
-            return evaluate(*eval_args)
-
-        def compile_epoch():
-            _ensure_compiled(train_epoch, epoch_args)
-            _ensure_compiled(evaluate, eval_args)
-
-    else:
-        parts = python_parts(specs, layout, n_out)
-
-        def run_epoch(t, lr):
-            return python_epoch(
-                parts, params, layout.layout, model_hp, loss_hp, opt_hp, state, prep.X_train,
-                prep.Y_train, prep.labels_train, order, batch, t, lr,
-            )  # fmt: skip
-
-        def run_eval():
-            return python_evaluate(
-                parts, params, layout.layout, model_hp, loss_hp, prep.X_val, prep.Y_val,
-                prep.labels_val, chunk,
-            )  # fmt: skip
-
-        def compile_epoch():
-            pass
-
-    bind_seconds = time.perf_counter() - t_setup
-    run.timings["setup_seconds"] = t_setup - t_start
-
     status = None
-    train_seconds = 0.0
-    classification = prep.task == "classification"
     try:
         with _SigtermAsInterrupt():
-            # hooks start first so that slow set-up (e.g. a tracking client) overlaps the
-            # compile-or-cache-load of the epoch and the first epochs
+            setup = _set_up(run)
+            run.timings["setup_seconds"] = time.perf_counter() - t_start
+            # hooks start before compiling so that slow set-up (e.g. the tracking side process)
+            # overlaps the compile-or-cache-load of the kernels and the first epochs
+            run.phase = "start"
             pm.hook.on_run_start(run=run)
+            run.phase = "compile"
             t_compile = time.perf_counter()
-            compile_epoch()
-            run.timings["compile_seconds"] = bind_seconds + time.perf_counter() - t_compile
-            t = 0
-            for epoch in range(int(tc.epochs)):
-                lr = lr_at(epoch, base_lr, tc)
-                if tc.shuffle:
-                    rng.shuffle(order)
-                t0 = time.perf_counter()
-                total, seen, correct, t = run_epoch(t, dtype.type(lr))
-                val_total, val_correct = run_eval()
-                seconds = time.perf_counter() - t0
-                train_seconds += seconds
-                metrics = {
-                    "epoch": epoch,
-                    "train_loss": total / seen,
-                    "val_loss": val_total / len(prep.X_val),
-                }
-                if classification:
-                    metrics["train_accuracy"] = correct / seen
-                    metrics["val_accuracy"] = val_correct / len(prep.X_val)
-                metrics["lr"] = lr
-                metrics["epoch_seconds"] = seconds
-                run.history.append(metrics)
-                if not (
-                    math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"])
-                ):
-                    status = "diverged"
-                    run.error = (
-                        f"the loss became non-finite in epoch {epoch} (train_loss="
-                        f"{metrics['train_loss']}, val_loss={metrics['val_loss']}) with "
-                        f"lr={lr:g}; training stopped. Try a smaller optimizer.lr."
-                    )
-                    break
-                reasons = [
-                    r for r in pm.hook.on_epoch_end(run=run, epoch=epoch, metrics=metrics) if r
-                ]
-                if reasons:
-                    status = "stopped"
-                    run.stop_reason = "; ".join(map(str, reasons))
-                    break
-        status = status or "finished"
+            runner = _runner(run, setup)  # compiles or cache-loads the kernels and the epoch
+            run.timings["compile_seconds"] = time.perf_counter() - t_compile
+            run.phase = "train"
+            status = _fit(run, setup, runner, pm)
     except KeyboardInterrupt:
         status = "interrupted"
-        run.error = "interrupted by the user (Ctrl-C or SIGTERM)"
+        run.error = f"interrupted by the user (Ctrl-C or SIGTERM) during {PHASES[run.phase]}"
+        raise
+    except LossbenchError as exc:
+        # bad input found before any epoch ran: the run is refused and leaves no record
+        status = "rejected" if not run.history else "failed"
+        run.error = str(exc)
         raise
     except BaseException as exc:
         status = "failed"
@@ -474,10 +391,178 @@ def train(cfg=None, *, overrides=(), output_dir=None, plugin_manager=None) -> Ru
         raise
     finally:
         run.status = status or "failed"
-        run.timings["train_seconds"] = train_seconds
+        run.timings.setdefault("compile_seconds", 0.0)
+        run.timings["train_seconds"] = sum(h["epoch_seconds"] for h in run.history)
         run.timings["total_seconds"] = time.perf_counter() - t_start
         _run_end_hooks(pm, run)
     return run
+
+
+# what a run is doing, for messages: "interrupted during compiling the kernels"
+PHASES = {
+    "setup": "set-up (loading the data, building the model)",
+    "start": "the on_run_start hooks",
+    "compile": "compiling (or loading from the cache) the kernels",
+    "train": "training",
+}
+
+
+def _resolve(cfg, registry) -> tuple[dict, dict]:
+    """The specs and hyperparameters the config names, checked (bad input raises here)."""
+    specs, hps = {}, {}
+    for group in config_mod.GROUPS:
+        specs[group] = registry.get(group, cfg[group].name)
+        hps[group] = config_mod.hparams(specs[group], cfg[group])
+    _check_trainer(cfg.trainer)
+    for group in ("loss", "optimizer"):
+        if specs[group].check is not None:
+            specs[group].check(hps[group])
+    return specs, hps
+
+
+@dataclass
+class _Setup:
+    """Everything the epochs need besides the kernels: arrays in the run's dtype."""
+
+    dtype: np.dtype
+    state: np.ndarray
+    grads: np.ndarray
+    model_hp: np.ndarray
+    loss_hp: np.ndarray
+    opt_hp: np.ndarray
+    base_lr: float
+    batch: int
+    chunk: int
+    order: np.ndarray
+    rng: np.random.Generator
+
+
+def _set_up(run: Run) -> _Setup:
+    """Load and prepare the data, build and initialise the model and the optimizer state."""
+    cfg, specs, hps = run.config, run.specs, run.hparams
+    tc = cfg.trainer
+    dtype = np.dtype(tc.dtype)
+    split_ss, init_ss, shuffle_ss, data_ss = np.random.SeedSequence(int(cfg.seed)).spawn(4)
+    data_seed = int(data_ss.generate_state(1)[0])
+    dataset = specs["data"].load(hps["data"], data_seed)
+    loss_spec = specs["loss"]
+    prep = prepare(
+        dataset, options_from(hps["data"]), loss_spec.target, loss_spec.name, dtype,
+        np.random.default_rng(split_ss),
+    )  # fmt: skip
+    run.dataset = prep
+
+    layout = specs["model"].build(hps["model"], prep.X_train.shape[1], prep.n_outputs)
+    params = np.empty(layout.n_params, dtype=np.float64)
+    layout.init(np.random.default_rng(init_ss), params)
+    init_from = getattr(hps["model"], "init_from", None)
+    if init_from:
+        _load_init(init_from, layout, params)
+    run.layout, run.flat_params = layout, params.astype(dtype)
+    opt_spec = specs["optimizer"]
+    state = np.zeros((opt_spec.state_rows, layout.n_params), dtype=dtype)
+    if opt_spec.init_state is not None:
+        opt_spec.init_state(state, hps["optimizer"])
+    vec = lambda values: np.asarray(values, dtype=dtype).reshape(-1)  # noqa: E731
+    n_train = len(prep.X_train)
+    batch = min(int(tc.batch_size), n_train)
+    return _Setup(
+        dtype=dtype,
+        state=state,
+        grads=np.zeros(layout.n_params, dtype=dtype),
+        model_hp=vec(layout.hp),
+        loss_hp=vec(loss_spec.pack(hps["loss"])),
+        opt_hp=vec(opt_spec.pack(hps["optimizer"])),
+        base_lr=float(hps["optimizer"].lr) if hasattr(hps["optimizer"], "lr") else 1.0,
+        batch=batch,
+        chunk=min(max(batch, 1024), max(len(prep.X_val), 1)),
+        order=np.arange(n_train, dtype=np.int64),
+        rng=np.random.default_rng(shuffle_ss),
+    )
+
+
+@dataclass
+class _Runner:
+    """How this run's epochs run: ``epoch(t, lr) -> (loss sum, seen, correct, t)`` and
+    ``evaluate() -> (loss sum, correct)``, on the fused path or the slow path."""
+
+    epoch: Any
+    evaluate: Any
+
+
+def _runner(run: Run, s: _Setup) -> _Runner:
+    """The one place that picks how epochs run: the fused jitted epoch, or the slow path (a
+    Python epoch over NumPy references) when a component has no numba kernel."""
+    prep, layout, params = run.dataset, run.layout, run.flat_params
+    n_out, dtype = prep.n_outputs, s.dtype
+    if run.path == "numpy":
+        parts = python_parts(run.specs, layout, n_out)
+
+        def epoch(t, lr):
+            return python_epoch(
+                parts, params, layout.layout, s.model_hp, s.loss_hp, s.opt_hp, s.state,
+                prep.X_train, prep.Y_train, prep.labels_train, s.order, s.batch, t, lr,
+            )  # fmt: skip
+
+        def evaluate_():
+            return python_evaluate(
+                parts, params, layout.layout, s.model_hp, s.loss_hp, prep.X_val, prep.Y_val,
+                prep.labels_val, s.chunk,
+            )  # fmt: skip
+
+        return _Runner(epoch, evaluate_)
+
+    buf = lambda rows, cols: np.empty((rows, cols), dtype=dtype)  # noqa: E731
+    kernels = _bind_kernels(run.specs, str(dtype))  # compiles or cache-loads each kernel
+    epoch_args = (
+        kernels.forward, kernels.backward, kernels.loss, kernels.step, params, layout.layout,
+        s.model_hp, s.loss_hp, s.opt_hp, s.state, s.grads, prep.X_train, prep.Y_train,
+        prep.labels_train, s.order, s.batch, np.empty(layout.workspace(s.batch), dtype=dtype),
+        buf(s.batch, prep.X_train.shape[1]), buf(s.batch, prep.Y_train.shape[1]),
+        buf(s.batch, n_out), buf(s.batch, n_out),
+    )  # fmt: skip
+    eval_args = (
+        kernels.forward, kernels.loss, params, layout.layout, s.model_hp, s.loss_hp, prep.X_val,
+        prep.Y_val, prep.labels_val, s.chunk, np.empty(layout.workspace(s.chunk), dtype=dtype),
+        buf(s.chunk, n_out), buf(s.chunk, n_out),
+    )  # fmt: skip
+    _ensure_compiled(train_epoch, (*epoch_args, 0, dtype.type(s.base_lr)))
+    _ensure_compiled(evaluate, eval_args)
+    return _Runner(lambda t, lr: train_epoch(*epoch_args, t, lr), lambda: evaluate(*eval_args))
+
+
+def _fit(run: Run, s: _Setup, runner: _Runner, pm) -> str:
+    """The epoch loop: one epoch (forward, loss, backward, step for every minibatch), one
+    validation pass, the metrics into the history, the on_epoch_end hooks; returns the status."""
+    tc, prep = run.config.trainer, run.dataset
+    n_val = len(prep.X_val)
+    t = 0
+    for epoch in range(int(tc.epochs)):
+        lr = lr_at(epoch, s.base_lr, tc)
+        if tc.shuffle:
+            s.rng.shuffle(s.order)
+        t0 = time.perf_counter()
+        total, seen, correct, t = runner.epoch(t, s.dtype.type(lr))
+        val_total, val_correct = runner.evaluate()
+        metrics = {"epoch": epoch, "train_loss": total / seen, "val_loss": val_total / n_val}
+        if prep.task == "classification":
+            metrics["train_accuracy"] = correct / seen
+            metrics["val_accuracy"] = val_correct / n_val
+        metrics["lr"] = lr
+        metrics["epoch_seconds"] = time.perf_counter() - t0
+        run.history.append(metrics)
+        if not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"])):
+            run.error = (
+                f"the loss became non-finite in epoch {epoch} (train_loss="
+                f"{metrics['train_loss']}, val_loss={metrics['val_loss']}) with lr={lr:g}; "
+                "training stopped. Try a smaller optimizer.lr."
+            )
+            return "diverged"
+        reasons = [r for r in pm.hook.on_epoch_end(run=run, epoch=epoch, metrics=metrics) if r]
+        if reasons:
+            run.stop_reason = "; ".join(map(str, reasons))
+            return "stopped"
+    return "finished"
 
 
 def _ensure_compiled(dispatcher, args) -> None:
@@ -490,19 +575,57 @@ def _ensure_compiled(dispatcher, args) -> None:
 
 
 def _run_end_hooks(pm, run) -> None:
-    """Call every on_run_end implementation; one failing does not skip the others."""
+    """Call every on_run_end implementation; one failing does not skip the others.
+
+    A first Ctrl-C or SIGTERM while they run (writing the outputs, ending the MLflow run) is
+    held until they are done, so the run's record is complete, and then raised; a second one
+    interrupts at once."""
     import warnings
 
-    for impl in reversed(pm.hook.on_run_end.get_hookimpls()):
-        try:
-            impl.function(run=run, status=run.status)
-        except LossbenchError as exc:
-            warnings.warn(f"on_run_end of {impl.plugin_name}: {exc}", stacklevel=2)
-        except Exception as exc:  # a plugin bug must not hide the run's own outcome
-            warnings.warn(
-                f"on_run_end of plugin {impl.plugin_name!r} raised {type(exc).__name__}: {exc}",
-                stacklevel=2,
-            )
+    with _HoldInterrupts() as held:
+        for impl in reversed(pm.hook.on_run_end.get_hookimpls()):
+            try:
+                impl.function(run=run, status=run.status)
+            except LossbenchError as exc:
+                warnings.warn(f"on_run_end of {impl.plugin_name}: {exc}", stacklevel=2)
+            except Exception as exc:  # a plugin bug must not hide the run's own outcome
+                warnings.warn(
+                    f"on_run_end of plugin {impl.plugin_name!r} raised {type(exc).__name__}: {exc}",
+                    stacklevel=2,
+                )
+    if held.signal is not None and sys.exc_info()[0] is None:
+        raise KeyboardInterrupt(held.signal)
+
+
+class _HoldInterrupts:
+    """Within the block (main thread only), the first SIGINT or SIGTERM is noted, not raised;
+    a second one raises KeyboardInterrupt at once. ``signal`` names the first one held."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self):
+        self.signal, self.old = None, {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self.old[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._note)
+        return self
+
+    def _note(self, signum, frame):
+        if self.signal is not None:
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+        self.signal = signal.Signals(signum).name
+        print(
+            f"lossbench: {self.signal} received while the run's outputs are written; "
+            "finishing them (press Ctrl-C again to abort now)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __exit__(self, *exc):
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+        return False
 
 
 def summary(run: Run) -> dict:
@@ -518,6 +641,8 @@ def summary(run: Run) -> dict:
         "timings": dict(run.timings),
         "output_dir": str(run.output_dir) if run.output_dir else None,
     }
+    if run.status not in ("finished", "stopped"):
+        out["phase"] = run.phase  # where it ended: setup, start, compile or train
     if run.error:
         out["error"] = run.error
     if run.stop_reason:

@@ -3,6 +3,7 @@ import os
 import numpy as np
 import pytest
 
+from lossbench.engine import warm_up
 from lossbench.plugins import build_plugin_manager, set_plugin_manager
 from lossbench.testing import central_difference  # noqa: F401  (tests import it from here)
 
@@ -18,6 +19,14 @@ def pm():
     manager = build_plugin_manager(entry_points=False)
     set_plugin_manager(manager)
     return manager
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_numba_cache():
+    """Compile (or load from the cache) the fused epoch and every built-in kernel in both dtypes
+    once, before any test: the many processes the tests start then load them from numba's disk
+    cache instead of each compiling them (on a fresh clone that is minutes of the suite)."""
+    warm_up(plugin_manager=build_plugin_manager(entry_points=False))
 
 
 @pytest.fixture

@@ -98,15 +98,18 @@ def run_title(run) -> str:
 
 @hookimpl
 def on_run_end(run, status):
-    if run.output_dir is None or not run.history:
+    """The run's files; summary.json for every run that was not refused as bad input, so a run
+    interrupted before its first epoch still says how and when it ended."""
+    if run.output_dir is None or status == "rejected":
         return
     from lossbench.engine import summary
 
     out = Path(run.output_dir)
-    write_history(out / "history.csv", run.history)
-    write_model(out / "model.npz", run.params)
-    if run.config.trainer.get("plots", True):
-        plot_loss_curve(out / "loss_curve.png", run.history, run_title(run))
+    if run.history:
+        write_history(out / "history.csv", run.history)
+        write_model(out / "model.npz", run.params)
+        if run.config.trainer.get("plots", True):
+            plot_loss_curve(out / "loss_curve.png", run.history, run_title(run))
     text = json.dumps(summary(run), indent=2, default=float)
     _atomic(out / "summary.json", lambda tmp: Path(tmp).write_text(text + "\n"))
 

@@ -330,6 +330,8 @@ class Tracker:
             summary["best_epoch"] = best
             summary["best_val_loss"] = run.history[best]["val_loss"]
         tags = {"lossbench.status": status}
+        if status not in ("finished", "stopped"):
+            tags["lossbench.phase"] = run.phase
         if run.error:
             tags["lossbench.failure_reason"] = run.error
         if run.stop_reason:
@@ -378,17 +380,27 @@ def _tracker(run) -> Tracker | None:
     return run.plugin_state.get(_KEY)
 
 
-@hookimpl
-def on_run_start(run):
+def _enabled(run):
+    """The tracking config when ``tracking=mlflow``, else None."""
     tc = run.config.get("tracking")
-    if tc is None or tc.get("name") != "mlflow":
-        return
+    return tc if tc is not None and tc.get("name") == "mlflow" else None
+
+
+def _start(run, tc) -> None:
+    run.plugin_state[_KEY + ".tried"] = True
     try:
         run.plugin_state[_KEY] = Tracker(run, tc)
     except ConfigError as exc:
         if tc.required:
             raise
-        warnings.warn(f"MLflow tracking is off for this run: {exc}", stacklevel=2)
+        warnings.warn(f"MLflow tracking is off for this run: {exc}", stacklevel=3)
+
+
+@hookimpl
+def on_run_start(run):
+    tc = _enabled(run)
+    if tc is not None:
+        _start(run, tc)
 
 
 @hookimpl
@@ -401,6 +413,12 @@ def on_epoch_end(run, epoch, metrics):
 
 @hookimpl(trylast=True)  # after the outputs plugin has written the run's files
 def on_run_end(run, status):
+    tc = _enabled(run)
+    never_started = _KEY + ".tried" not in run.plugin_state
+    if tc is not None and never_started and status in ("interrupted", "failed"):
+        # ended during set-up, before on_run_start: record it all the same, so MLflow says
+        # what the run directory says
+        _start(run, tc)
     tracker = run.plugin_state.pop(_KEY, None)
     if tracker is None:
         return
