@@ -23,7 +23,7 @@ from pathlib import Path
 def run(work: Path, name: str, trials: int, epochs: int, extra: list[str]) -> list[dict]:
     import optuna
 
-    from lossbench.sweep import open_storage
+    from lossbench.sweep.study import open_storage
 
     cmd = [
         sys.executable, "-m", "lossbench", "--multirun",

@@ -7,39 +7,43 @@ Python API::
     run = lossbench.train(overrides=["loss=mse", "optimizer=sgd", "optimizer.lr=0.1"])
     run.history        # one dict per epoch
     run.params         # {"W0": ..., "b0": ...}
+
+This module is the public API only; docs/architecture.md maps the packages behind it.
 """
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
-try:
-    __version__ = version("lossbench")
-except PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0.0.0+unknown"
+from lossbench._version import __version__
+from lossbench.hookspecs import hookimpl
+from lossbench.specs import DatasetSpec, LossSpec, ModelLayout, ModelSpec, OptimizerSpec
 
-from lossbench.hookspecs import hookimpl  # noqa: E402
-from lossbench.specs import (  # noqa: E402
-    DatasetSpec,
-    LossSpec,
-    ModelLayout,
-    ModelSpec,
-    OptimizerSpec,
-)
+if TYPE_CHECKING:
+    from lossbench.training import Run
 
 
-def train(cfg=None, *, overrides=(), output_dir=None, plugin_manager=None):
-    """Train once; see ``lossbench.engine.train``."""
-    from lossbench.engine import train as _train
+def train(cfg=None, *, overrides=(), output_dir=None, plugin_manager=None) -> Run:
+    """Train once; see ``lossbench.training.train``."""
+    # start-up: numba, Hydra and the kernels load on the first train, not on `import lossbench`
+    from lossbench.training import train as _train
 
     return _train(cfg, overrides=overrides, output_dir=output_dir, plugin_manager=plugin_manager)
 
 
 def compose(overrides=()):
     """The config ``python -m lossbench OVERRIDES`` would use; see ``lossbench.config.compose``."""
-    from lossbench.config import compose as _compose
+    from lossbench.config import compose as _compose  # start-up: as train
 
     return _compose(overrides)
+
+
+def __getattr__(name: str):
+    if name == "Run":  # the object hooks receive and train returns, without importing numba
+        from lossbench.training import Run
+
+        return Run
+    raise AttributeError(f"module 'lossbench' has no attribute {name!r}")
 
 
 __all__ = [
@@ -47,6 +51,7 @@ __all__ = [
     "hookimpl",
     "train",
     "compose",
+    "Run",
     "LossSpec",
     "OptimizerSpec",
     "ModelSpec",

@@ -1,4 +1,10 @@
-from lossbench.cli import main
+import sys
+
+try:
+    from lossbench.cli import main
+except KeyboardInterrupt:  # Ctrl-C while the command is still importing
+    print("lossbench: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 if __name__ == "__main__":
     main()

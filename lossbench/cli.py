@@ -17,9 +17,15 @@ import shutil
 import sys
 from pathlib import Path
 
-from lossbench.errors import LossbenchError
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from rich.console import Console
+from rich.table import Table
 
-EXIT_BAD_INPUT = 2
+from lossbench.config import DTYPES, compose, config_dir, store_configs
+from lossbench.errors import LossbenchError
+from lossbench.plugins import build_plugin_manager, describe, set_plugin_manager
+from lossbench.training import summary, train, warm_up
 
 
 def _fail(exc: LossbenchError) -> None:
@@ -43,8 +49,6 @@ def _pop_plugins_dir(argv: list[str]) -> str | None:
 
 def plugins_command(argv: list[str]) -> None:
     """``python -m lossbench plugins [--json]``: loaded plugins, versions, hooks, components."""
-    from lossbench.plugins import build_plugin_manager, describe
-
     plugins_dir = _pop_plugins_dir(argv)
     try:
         pm = build_plugin_manager(plugins_dir)
@@ -54,9 +58,6 @@ def plugins_command(argv: list[str]) -> None:
     if "--json" in argv:
         print(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title="lossbench plugins")
     for col in ("plugin", "version", "source", "registers", "hooks"):
         table.add_column(col)
@@ -77,10 +78,6 @@ def plugins_command(argv: list[str]) -> None:
 def warmup_command(argv: list[str]) -> None:
     """``python -m lossbench warmup [--dtype float32|float64]``: compile (or load from the disk
     cache) the fused epoch and every installed kernel, so later runs start without compiling."""
-    from lossbench.config import DTYPES
-    from lossbench.engine import warm_up
-    from lossbench.plugins import build_plugin_manager
-
     plugins_dir = _pop_plugins_dir(argv)
     dtypes = DTYPES
     if argv[:1] == ["--dtype"] and len(argv) == 2 and argv[1] in DTYPES:
@@ -99,10 +96,6 @@ def warmup_command(argv: list[str]) -> None:
 
 
 def _print_summary(run) -> None:
-    from rich.console import Console
-
-    from lossbench.engine import summary
-
     s = summary(run)
     console = Console(soft_wrap=True)  # paths must stay copy-pasteable
     final = s["final"]
@@ -146,10 +139,6 @@ def _remove_empty_run_dir(output_dir: str) -> None:
 
 
 def _task(cfg) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    from lossbench.engine import train
-
     output_dir = HydraConfig.get().runtime.output_dir
     try:
         run = train(cfg, output_dir=output_dir)
@@ -184,28 +173,23 @@ def _main(argv: list[str] | None) -> None:
     if argv[:1] == ["warmup"]:
         warmup_command(argv[1:])
         return
-    from lossbench import config as config_mod
-    from lossbench.plugins import build_plugin_manager, set_plugin_manager
-
     plugins_dir = _pop_plugins_dir(argv)
     try:
         pm = build_plugin_manager(plugins_dir)
         set_plugin_manager(pm)
         if any(a in ("-m", "--multirun") for a in argv):
-            from lossbench.sweep import run_sweep
+            from lossbench.sweep import run_sweep  # start-up: Optuna loads for sweeps only
 
             sys.exit(run_sweep(argv, plugins_dir))
         overrides = [a for a in argv if not a.startswith("-") and not a.startswith("hydra")]
         if not any(a.startswith("-") for a in argv):
-            config_mod.compose(overrides, registry=pm.registry)
+            compose(overrides, registry=pm.registry)
     except LossbenchError as exc:
         _fail(exc)
-    config_mod.store_configs(pm.registry)
-
-    import hydra
+    store_configs(pm.registry)
 
     app = hydra.main(
-        config_path=str(config_mod.config_dir()), config_name="config", version_base="1.3"
+        config_path=str(config_dir()), config_name="config", version_base="1.3"
     )(_task)
     sys.argv = [sys.argv[0], *argv]
     app()

@@ -1,14 +1,12 @@
-"""Data handling shared by every dataset: the ``Dataset`` a loader returns, validation split,
-standardisation fitted on the training part, and conversion to the targets a loss expects."""
+"""What a dataset plugin gives: the ``Dataset`` its ``load`` returns, and ``DataOptions``, the
+options every dataset has (its hyperparameter dataclass derives from it). Splitting, scaling and
+loss targets are the engine's (``lossbench.training.prepare``)."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-
-from lossbench.errors import ConfigError, DataError
 
 
 @dataclass
@@ -40,135 +38,3 @@ class Dataset:
         if self.task != "classification":
             return 0
         return len(self.class_names) if self.class_names else int(self.y.max()) + 1
-
-
-@dataclass
-class Prepared:
-    """A dataset split, scaled and converted for one loss, in the run's dtype."""
-
-    X_train: np.ndarray
-    Y_train: np.ndarray  # (n, t) targets in the loss's layout
-    labels_train: np.ndarray  # (n,) int64 class labels, or empty for regression
-    X_val: np.ndarray
-    Y_val: np.ndarray
-    labels_val: np.ndarray
-    task: str
-    n_classes: int
-    n_outputs: int
-    mean: np.ndarray
-    scale: np.ndarray
-
-
-def split_indices(y: np.ndarray, task: str, val_fraction: float, rng: np.random.Generator):
-    """Random train/validation split; stratified by class for classification."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(
-            f"data.val_fraction={val_fraction} is not allowed: it must lie strictly between 0 "
-            "and 1. Fix: pass e.g. data.val_fraction=0.2, or give data.val_path."
-        )
-    n = len(y)
-    if task != "classification":
-        perm = rng.permutation(n)
-        n_val = max(1, round(n * val_fraction))
-        return np.sort(perm[n_val:]), np.sort(perm[:n_val])
-    train, val = [], []
-    for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        n_val = round(len(idx) * val_fraction)
-        if len(idx) > 1:
-            n_val = min(max(n_val, 1), len(idx) - 1)
-        val.append(idx[:n_val])
-        train.append(idx[n_val:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
-
-
-def _check_finite(name: str, a: np.ndarray) -> None:
-    if not np.all(np.isfinite(a)):
-        rows = np.flatnonzero(~np.all(np.isfinite(a.reshape(len(a), -1)), axis=1))
-        raise DataError(
-            f"{name} has missing or non-finite values in {len(rows)} rows (first rows: "
-            f"{rows[:5].tolist()}). Fix: fill or drop those rows before training."
-        )
-
-
-def prepare(ds: Dataset, opts: DataOptions, loss_target: str, loss_name: str, dtype, rng):
-    """Split, standardise (statistics from the training part only) and build loss targets."""
-    _check_finite("the features", ds.X)
-    _check_finite("the targets", np.asarray(ds.y, dtype=float))
-    if ds.X_val is not None:
-        X_tr, y_tr, X_va, y_va = ds.X, ds.y, ds.X_val, ds.y_val
-        _check_finite("the validation features", X_va)
-    else:
-        tr, va = split_indices(ds.y, ds.task, opts.val_fraction, rng)
-        X_tr, y_tr, X_va, y_va = ds.X[tr], ds.y[tr], ds.X[va], ds.y[va]
-    if X_tr.shape[1] != X_va.shape[1]:
-        raise DataError(
-            f"the validation data has {X_va.shape[1]} feature columns but the training data has "
-            f"{X_tr.shape[1]}. Fix: give both files the same columns."
-        )
-    X_tr = X_tr.astype(np.float64)
-    X_va = X_va.astype(np.float64)
-    if opts.standardize:
-        mean = X_tr.mean(axis=0)
-        scale = X_tr.std(axis=0)
-        scale[scale == 0] = 1.0  # constant features stay constant (as sklearn's StandardScaler)
-    else:
-        mean = np.zeros(X_tr.shape[1])
-        scale = np.ones(X_tr.shape[1])
-    X_tr = (X_tr - mean) / scale
-    X_va = (X_va - mean) / scale
-
-    n_classes = ds.n_classes
-    Y_tr, Y_va, n_out = loss_targets(ds.task, n_classes, loss_target, loss_name, y_tr, y_va)
-    if ds.task == "classification":
-        lab_tr, lab_va = y_tr.astype(np.int64), y_va.astype(np.int64)
-    else:
-        lab_tr = lab_va = np.zeros(0, np.int64)
-    c = np.ascontiguousarray
-    return Prepared(
-        X_train=c(X_tr, dtype=dtype),
-        Y_train=c(Y_tr, dtype=dtype),
-        labels_train=lab_tr,
-        X_val=c(X_va, dtype=dtype),
-        Y_val=c(Y_va, dtype=dtype),
-        labels_val=lab_va,
-        task=ds.task,
-        n_classes=n_classes,
-        n_outputs=n_out,
-        mean=mean,
-        scale=scale,
-    )
-
-
-def loss_targets(task, n_classes, target_kind, loss_name, y_tr, y_va):
-    """Targets in the layout a loss expects, and the number of model outputs."""
-    if target_kind == "class_index":
-        if task != "classification":
-            raise ConfigError(
-                f"loss={loss_name} needs class labels, but this dataset has a continuous "
-                "(regression) target. Fix: use loss=mse, loss=mae or loss=huber, or a "
-                "classification dataset."
-            )
-        return y_tr[:, None], y_va[:, None], n_classes
-    if target_kind == "binary":
-        if task != "classification" or n_classes != 2:
-            what = f"{n_classes} classes" if task == "classification" else "a continuous target"
-            raise ConfigError(
-                f"loss={loss_name} is for two-class data, but this dataset has {what}. Fix: "
-                "use loss=cross_entropy for several classes (or loss=mse for regression)."
-            )
-        return y_tr[:, None], y_va[:, None], 1
-    if target_kind == "values":
-        if task == "classification":
-            eye = np.eye(n_classes)
-            return eye[y_tr], eye[y_va], n_classes  # one-hot, so losses compare on one task
-        y_tr = y_tr.reshape(len(y_tr), -1)
-        y_va = y_va.reshape(len(y_va), -1)
-        return y_tr, y_va, y_tr.shape[1]
-    raise ConfigError(f"loss={loss_name} declares an unknown target kind {target_kind!r}.")
-
-
-def options_from(hp) -> DataOptions:
-    """The common data options from a dataset's hyperparameters (any dataclass or config)."""
-    names = [f.name for f in dataclasses.fields(DataOptions)]
-    return DataOptions(**{k: getattr(hp, k) for k in names if hasattr(hp, k)})

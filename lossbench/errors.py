@@ -21,3 +21,18 @@ class PluginError(LossbenchError):
 
 def choices_text(choices) -> str:
     return ", ".join(sorted(choices)) or "(none)"
+
+
+def require(condition: bool, key: str, value, rule: str, example) -> None:
+    """Raise the standard ``ConfigError`` for a value that breaks ``rule`` unless ``condition``:
+    ``optimizer.lr=-1 is not allowed: it must be > 0. Fix: pass e.g. optimizer.lr=0.001.``"""
+    if not condition:
+        raise ConfigError(
+            f"{key}={value} is not allowed: {rule}. Fix: pass e.g. {key}={example}."
+        )
+
+
+def positive_int(value, key: str, example: int) -> None:
+    """``require`` a positive integer (bools are not integers here)."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+    require(ok, key, value, "it must be a positive integer", example)

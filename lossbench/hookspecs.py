@@ -44,7 +44,7 @@ def register_datasets(register):
 def on_run_start(run):
     """Called once after data, model and optimizer state are ready, before the first epoch.
 
-    ``run`` is the ``lossbench.engine.Run``: its ``config``, ``output_dir`` (or None), ``dataset``,
+    ``run`` is the ``lossbench.Run``: its ``config``, ``output_dir`` (or None), ``dataset``,
     ``specs``, ``history`` (empty so far). Raising here aborts the run; ``on_run_end`` still runs.
     """
 

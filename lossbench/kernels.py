@@ -1,21 +1,37 @@
 """Kernels as first-class function values.
 
-The fused epoch (``lossbench.engine.train_epoch``) takes its loss, optimizer and model kernels as
-arguments. Passed as numba dispatchers they would be typed by identity, so every new kernel
-would compile a new epoch, in every process. Wrapped in ``KernelRef`` they are typed by their
+The fused epoch (``lossbench.training.fused.train_epoch``) takes its loss, optimizer and model
+kernels as arguments. Passed as numba dispatchers they would be typed by identity, so every new
+kernel would compile a new epoch, in every process. Wrapped in ``KernelRef`` they are typed by their
 *signature* only (``numba.types.FunctionType``): the epoch compiles once per dtype, is cached on
 disk, and any kernel with the canonical signature (built-in or plugin) runs in it through an
 indirect call. A kernel is compiled (or loaded from its own module's cache) the first time it is
 wrapped; editing a plugin's kernel recompiles that kernel only.
+
+This module is also the one door to numba's internals (``_get_wrapper_address``, a dispatcher's
+``overloads`` and cache ``stats``): nothing else in lossbench touches them, pyproject.toml pins
+numba to the tested range, and ``numba_internals_problem`` says what changed if a new numba
+moves them (tests/test_kernels.py runs it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import re
 from pathlib import Path
 
+import numba
+from numba import typeof
+from numba.core import event
+from numba.core.registry import CPUDispatcher
 from numba.core.types import WrapperAddressProtocol
+
+try:  # private to numba: see numba_internals_problem
+    from numba.experimental.function_type import _get_wrapper_address
+except ImportError:  # a numba that moved it; numba_internals_problem says so
+    _get_wrapper_address = None
 
 from lossbench.errors import PluginError
 from lossbench.specs import (
@@ -92,9 +108,9 @@ def kernel_ref(kernel, role: str, dtype: str, *, owner: str) -> KernelRef:
     key = (id(kernel), role, dtype)
     if key in _CACHE:
         return _CACHE[key]
-    from numba.core.registry import CPUDispatcher
-    from numba.experimental.function_type import _get_wrapper_address
-
+    problem = numba_internals_problem()
+    if problem:
+        raise RuntimeError(f"{problem}. Fix: install a numba version pyproject.toml allows.")
     sig = SIGNATURES[role](dtype)
     wanted = signature_text(role, dtype)
     if not isinstance(kernel, CPUDispatcher):
@@ -129,3 +145,66 @@ def kernel_ref(kernel, role: str, dtype: str, *, owner: str) -> KernelRef:
     ref = KernelRef(kernel, sig, address)
     _CACHE[key] = ref
     return ref
+
+
+# ---------------------------------------------------------------------------------------------
+# numba internals, behind this one door
+
+
+def ensure_compiled(dispatcher, args) -> None:
+    """Compile (or load from the disk cache) ``dispatcher`` for the types of ``args`` now, so
+    the first call does not; a no-op when it is already loaded."""
+    sig = tuple(typeof(a) for a in args)
+    if sig not in dispatcher.overloads:
+        dispatcher.compile(sig)
+
+
+def overload_count(dispatcher) -> int:
+    """How many signatures ``dispatcher`` has compiled or loaded in this process."""
+    return len(dispatcher.overloads)
+
+
+def compiled_in_object_mode(dispatcher, role: str, dtype: str) -> bool:
+    """True when ``dispatcher``'s overload for the canonical ``role`` signature fell back to
+    numba's object mode (slow Python objects instead of machine code)."""
+    compiled = dispatcher.overloads.get(tuple(SIGNATURES[role](dtype).args))
+    return compiled is not None and compiled.objectmode
+
+
+@contextlib.contextmanager
+def recording_compiles():
+    """Within the block, record what numba compiles; the list yielded is filled on exit with
+    the qualified names of the functions compiled."""
+    names: list[str] = []
+    with event.install_recorder("numba:compile") as recorder:
+        yield names
+    started = {e.data["dispatcher"].py_func.__qualname__ for _, e in recorder.buffer if e.is_start}
+    names.extend(sorted(started))
+
+
+def cache_counts(dispatcher) -> dict[str, int]:
+    """How often ``dispatcher`` was loaded from the disk cache and compiled in this process."""
+    stats = dispatcher.stats
+    return {
+        "cache_hits": sum(stats.cache_hits.values()),
+        "compiled": sum(stats.cache_misses.values()),
+    }
+
+
+@functools.cache
+def numba_internals_problem() -> str | None:
+    """None when the numba internals lossbench uses are where it expects them; else what moved
+    (lossbench pins numba to the versions where they are)."""
+    if not callable(_get_wrapper_address):
+        return (
+            f"numba {numba.__version__} has no numba.experimental.function_type."
+            "_get_wrapper_address, which lossbench needs to pass kernels to the fused epoch as "
+            "function pointers"
+        )
+    probe = numba.njit(lambda x: x)  # not compiled: only its attributes are looked at
+    for attribute in ("overloads", "stats"):
+        if not hasattr(probe, attribute):
+            return f"numba {numba.__version__}: a dispatcher has no .{attribute}"
+    if not (hasattr(probe.stats, "cache_hits") and hasattr(probe.stats, "cache_misses")):
+        return f"numba {numba.__version__}: dispatcher.stats has no cache_hits/cache_misses"
+    return None

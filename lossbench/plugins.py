@@ -8,7 +8,8 @@ Sources, in load order:
 
 ``LOSSBENCH_LOAD_PLUGINS=a,b`` loads only the named entry-point plugins (an empty value loads
 none); ``LOSSBENCH_DISABLE_PLUGINS=a,b`` skips the named ones (entry-point or distribution name,
-file stem, or a built-in's module name), e.g. one that fails to import. After loading,
+file stem, or a built-in's short name: losses, ..., outputs, tracking), e.g. one that fails to
+import. After loading,
 ``check_pending()`` makes a misspelled hook implementation an error. Every error a plugin can
 cause here is a ``PluginError`` naming the plugin, the component and the fix.
 """
@@ -28,6 +29,7 @@ from pathlib import Path
 import pluggy
 
 from lossbench import hookspecs
+from lossbench._version import __version__
 from lossbench.errors import ConfigError, PluginError, choices_text
 from lossbench.specs import KINDS
 
@@ -39,7 +41,7 @@ DEFAULT_PLUGINS = (
     "lossbench.builtin.progress",
     "lossbench.builtin.early_stopping",
     "lossbench.builtin.outputs",
-    "lossbench.builtin.tracking",
+    "lossbench.tracking.plugin",
 )
 ENTRY_POINT_GROUP = "lossbench"
 ENV_PLUGINS_DIR = "LOSSBENCH_PLUGINS_DIR"
@@ -108,18 +110,20 @@ class PluginManager(pluggy.PluginManager):
                         f"{ENV_DISABLE}={plugin_name}."
                     ) from exc
 
-    def source_of(self, plugin_name: str) -> dict[str, str]:
-        """Where a plugin comes from: its distribution and version, or its file."""
+    def origin(self, plugin_name: str) -> tuple[str, str]:
+        """Where a plugin comes from: (distribution or file, version); the version is empty
+        for a single-file plugin."""
         if plugin_name in self.distributions:
-            dist, version = self.distributions[plugin_name]
-            return {"plugin": plugin_name, "distribution": f"{dist} {version}"}
-        if plugin_name.startswith("lossbench."):
-            from lossbench import __version__
-
-            return {"plugin": plugin_name, "distribution": f"lossbench {__version__}"}
+            return self.distributions[plugin_name]
+        if plugin_name in DEFAULT_PLUGINS:
+            return "lossbench", __version__
         plugin = self.get_plugin(plugin_name)
-        where = getattr(plugin, "__file__", None) or type(plugin).__module__
-        return {"plugin": plugin_name, "distribution": str(where)}
+        return str(getattr(plugin, "__file__", None) or type(plugin).__module__), ""
+
+    def source_of(self, plugin_name: str) -> dict[str, str]:
+        """The plugin and its distribution with version (or its file), for run records."""
+        where, version = self.origin(plugin_name)
+        return {"plugin": plugin_name, "distribution": f"{where} {version}".strip()}
 
     def _register(self, group: str, spec, plugin_name: str) -> None:
         expected = KINDS[group]
@@ -251,6 +255,13 @@ def load_plugin_file(file: str | Path):
     return module
 
 
+def builtin_short_name(module_name: str) -> str:
+    """The name that disables a built-in: lossbench.builtin.losses -> losses,
+    lossbench.tracking.plugin -> tracking."""
+    parts = module_name.split(".")
+    return parts[2] if parts[1] == "builtin" else parts[1]
+
+
 def build_plugin_manager(
     plugins_dir: str | None = None, *, entry_points: bool = True, extra=()
 ) -> PluginManager:
@@ -261,7 +272,7 @@ def build_plugin_manager(
     pm = PluginManager()
     deny = _split_env(ENV_DISABLE) or set()
     for module_name in DEFAULT_PLUGINS:
-        if module_name.rsplit(".", 1)[-1] in deny:
+        if {module_name, builtin_short_name(module_name)} & deny:
             continue
         pm.register(importlib.import_module(module_name), name=module_name)
     if entry_points:
@@ -311,14 +322,9 @@ def describe(pm: PluginManager) -> list[dict]:
     for name, plugin in pm.list_name_plugin():
         if plugin is None:
             continue
-        if name in pm.distributions:
-            source, version = pm.distributions[name]
-        elif name.startswith("lossbench."):
-            from lossbench import __version__
-
-            version, source = __version__, "lossbench (built-in)"
-        else:
-            version, source = "", getattr(plugin, "__file__", "") or ""
+        source, version = pm.origin(name)
+        if name in DEFAULT_PLUGINS:
+            source = "lossbench (built-in)"
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
         mine = {
             group: sorted(

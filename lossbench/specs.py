@@ -29,7 +29,7 @@ Hyperparameters reach kernels as a small float array (``hp``), built from the da
 spec's ``pack`` function, never as closure constants or globals.
 
 A spec may leave its kernels out (``None``) and give only the NumPy reference: it then trains on
-the slow path, a Python epoch over the references (``lossbench.reference``), and
+the slow path, a Python epoch over the references (``lossbench.training.slow``), and
 ``python -m lossbench plugins`` marks it "numpy only".
 """
 

@@ -1,11 +1,17 @@
 import os
+import signal
 
 import numpy as np
 import pytest
 
-from lossbench.engine import warm_up
 from lossbench.plugins import build_plugin_manager, set_plugin_manager
 from lossbench.testing import central_difference  # noqa: F401  (tests import it from here)
+from lossbench.training import warm_up
+
+# A suite started in the background (nohup, `make test &`) inherits an ignored SIGINT, and so
+# would every process it starts; the tests that press Ctrl-C need runs it reaches.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Tests never load whatever plugins happen to be installed: built-ins only, unless a test
 # registers its own.

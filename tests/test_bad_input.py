@@ -52,7 +52,22 @@ CASES = [
     (["trainer.lr_schedule=exp"], ConfigError, "Choices: constant, step, cosine"),
     (["model.activation=swish"], ConfigError, "Choices: relu, tanh, sigmoid, gelu, leaky_relu"),
     (["model.hidden=[64,0]"], ConfigError, "every width must be a positive integer"),
-    (["trainer.epochs=many"], ConfigError, "do not fit the config"),
+    (
+        ["trainer.epochs=many"],
+        ConfigError,
+        "trainer.epochs=many is not allowed: trainer.epochs must be an integer. Fix: pass e.g. "
+        "trainer.epochs=50.",
+    ),
+    (["optimizer.lr=fast"], ConfigError, "optimizer.lr=fast is not allowed: optimizer.lr must be"),
+    (
+        ["optimizer.lrr=0.1"],
+        ConfigError,
+        "optimizer.lrr is not an option of optimizer adam. Its keys: lr, beta1, beta2, eps, "
+        "weight_decay, amsgrad. Did you mean optimizer.lr?",
+    ),
+    (["+optimizer.lrr=0.1"], ConfigError, "optimizer.lrr is not an option of optimizer adam"),
+    (["seed=abc"], ConfigError, "seed=abc is not allowed: seed must be an integer"),
+    (["trainer.early_stopping.monitor=val_acc"], ConfigError, "Did you mean val_accuracy?"),
     (["loss=huber", "loss.delta=-1"], ConfigError, "loss.delta=-1.0"),
     (["optimizer=adam", "optimizer.beta1=1.2"], ConfigError, "optimizer.beta1=1.2"),
     (["model.init_from=/no/such/file.npz"], ConfigError, "model.init_from='/no/such/file.npz'"),

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 SCRIPT = """
 import json, sys
 import lossbench
-from lossbench.engine import compile_stats
+from lossbench.training import compile_stats
 base = ["trainer.progress=false", "tracking=none", "trainer.epochs=2", "data=iris"]
 run = lossbench.train(overrides=[*base, *sys.argv[1:]])
 print(json.dumps({"stats": compile_stats(), "status": run.status,

@@ -6,8 +6,9 @@ import pytest
 import lossbench
 from conftest import TINY
 from lossbench.builtin.datasets import DATASETS, read_bundled
-from lossbench.data import DataOptions, Dataset, loss_targets, prepare, split_indices
+from lossbench.data import DataOptions, Dataset
 from lossbench.errors import ConfigError
+from lossbench.training.prepare import loss_targets, prepare, split_indices
 
 SPECS = {s.name: s for s in DATASETS}
 
@@ -57,17 +58,13 @@ def test_stratified_split_keeps_class_proportions(rng):
 
 def test_standardize_uses_training_statistics_only(rng):
     X = np.concatenate([rng.normal(size=(80, 2)), rng.normal(size=(20, 2)) + 100])
-    ds = Dataset(
-        X=X,
-        y=np.zeros(100),
-        task="regression",
-        X_val=rng.normal(size=(10, 2)) + 50,
-        y_val=np.zeros(10),
-    )
+    X_val = rng.normal(size=(10, 2)) + 50
+    ds = Dataset(X=X, y=np.zeros(100), task="regression", X_val=X_val, y_val=np.zeros(10))
     prep = prepare(ds, DataOptions(), "values", "mse", np.float64, rng)
     np.testing.assert_allclose(prep.X_train.mean(axis=0), 0, atol=1e-12)
     np.testing.assert_allclose(prep.X_train.std(axis=0), 1)
-    np.testing.assert_allclose(prep.mean, X.mean(axis=0))
+    # the validation rows are scaled with the training part's statistics, not their own
+    np.testing.assert_allclose(prep.X_val, (X_val - X.mean(axis=0)) / X.std(axis=0))
     # a constant feature stays finite
     ds2 = Dataset(X=np.ones((10, 1)), y=np.arange(10.0), task="regression")
     assert np.all(

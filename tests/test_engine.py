@@ -10,10 +10,10 @@ from conftest import TINY
 from lossbench.builtin.losses import LOSSES
 from lossbench.builtin.models import MODELS
 from lossbench.builtin.optimizers import OPTIMIZERS
-from lossbench.engine import evaluate, train_epoch
 from lossbench.errors import ConfigError
 from lossbench.kernels import kernel_ref
-from lossbench.reference import reference_epoch
+from lossbench.training import evaluate, train_epoch
+from lossbench.training.slow import reference_epoch
 
 LOSS = {s.name: s for s in LOSSES}
 OPT = {s.name: s for s in OPTIMIZERS}

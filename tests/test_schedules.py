@@ -3,7 +3,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from lossbench.schedules import lr_at
+from lossbench.training.schedules import lr_at
 
 
 def tc(**kw):

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import lossbench
-from lossbench.sweep_space import build_space, split_overrides
+from lossbench.sweep.space import build_space, split_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def sweep(*args, cwd, check=True, timeout=300):
 def load(cwd, name):
     import optuna
 
-    from lossbench.sweep import open_storage
+    from lossbench.sweep.study import open_storage
 
     storage = open_storage(f"journal:{cwd}/multirun/{name}/journal.log")
     return optuna.load_study(study_name=name, storage=storage)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
 from lossbench.data import DataOptions, Dataset
-from lossbench.errors import ConfigError, DataError
+from lossbench.errors import ConfigError, DataError, require
 from lossbench.hookspecs import hookimpl
 from lossbench.specs import DatasetSpec
 
@@ -100,11 +101,7 @@ class RegressionOptions(DataOptions):
 
 
 def _positive(key, value, example):
-    if value <= 0:
-        raise ConfigError(
-            f"data.{key}={value} is not allowed: it must be > 0. Fix: pass e.g. "
-            f"data.{key}={example}."
-        )
+    require(value > 0, f"data.{key}", value, "it must be > 0", example)
 
 
 def _load_moons(hp: MoonsOptions, seed):
@@ -150,29 +147,27 @@ def _load_regression(hp: RegressionOptions, seed):
 # ---------------------------------------------------------------------------------------------
 # user files
 
-TASKS = ("auto", "classification", "regression")
+class Task(StrEnum):
+    auto = "auto"
+    classification = "classification"
+    regression = "regression"
 
 
 @dataclass
 class CSVOptions(DataOptions):
     path: str = "???"
     target: str = "target"
-    task: str = "auto"
+    task: Task = Task.auto
 
 
 @dataclass
 class NPZOptions(DataOptions):
     path: str = "???"
-    task: str = "auto"
+    task: Task = Task.auto
 
 
 def _infer_task(y: np.ndarray, task: str, where: str) -> tuple[np.ndarray, str, list[str] | None]:
     """Decide classification vs regression and encode class labels as 0..C-1."""
-    if task not in TASKS:
-        raise ConfigError(
-            f"data.task={task!r} is not known. Choices: {', '.join(TASKS)}. Fix: pass e.g. "
-            "data.task=classification."
-        )
     numeric = np.issubdtype(y.dtype, np.number) or y.dtype == bool
     if task == "auto":
         if not numeric:

@@ -1,7 +1,8 @@
 """Early stopping on a monitored metric (``trainer.early_stopping``), as a lifecycle plugin.
 
 Stops when the metric (default val_loss; lower is better, or higher for accuracies) has not
-improved by more than ``min_delta`` for ``patience`` epochs.
+improved by more than ``min_delta`` for ``patience`` epochs. The schema types ``monitor`` (one of
+the per-epoch metrics); whether this run records it is checked before the first epoch.
 """
 
 from __future__ import annotations
@@ -11,17 +12,23 @@ from lossbench.hookspecs import hookimpl
 
 
 @hookimpl
+def on_run_start(run):
+    """Before the first epoch: the monitored metric must be one this run records."""
+    es = run.config.trainer.early_stopping
+    if es.enabled and "accuracy" in es.monitor and run.dataset.task != "classification":
+        raise ConfigError(
+            f"trainer.early_stopping.monitor={es.monitor} is not recorded on a {run.dataset.task} "
+            "task (accuracies exist for classification only). Choices: train_loss, val_loss. "
+            "Fix: pass trainer.early_stopping.monitor=val_loss."
+        )
+
+
+@hookimpl
 def on_epoch_end(run, epoch, metrics):
     es = run.config.trainer.early_stopping
     if not es.enabled:
         return None
-    key = es.monitor
-    if key not in metrics:
-        raise ConfigError(
-            f"trainer.early_stopping.monitor={key!r} is not a metric of this run. Choices: "
-            f"{', '.join(k for k in metrics if k not in ('epoch', 'epoch_seconds'))}. Fix: pass "
-            "trainer.early_stopping.monitor=val_loss."
-        )
+    key = str(es.monitor)
     sign = -1.0 if key.endswith("accuracy") else 1.0
     value = sign * metrics[key]
     state = run.plugin_state.setdefault("early_stopping", {"best": float("inf"), "wait": 0})

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 from numba import njit
@@ -32,10 +33,18 @@ _SQRT1_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
+class Activation(StrEnum):
+    relu = "relu"
+    tanh = "tanh"
+    sigmoid = "sigmoid"
+    gelu = "gelu"
+    leaky_relu = "leaky_relu"
+
+
 @dataclass
 class MLPOptions:
     hidden: list[int] = field(default_factory=lambda: [64])
-    activation: str = "relu"
+    activation: Activation = Activation.relu
     init_from: str | None = None
 
 

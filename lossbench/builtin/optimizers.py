@@ -15,17 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from lossbench.errors import ConfigError
+from lossbench.errors import ConfigError, require
 from lossbench.hookspecs import hookimpl
 from lossbench.specs import OptimizerSpec
 
 
 def _require(cond: bool, key: str, value, rule: str, example: str) -> None:
-    if not cond:
-        raise ConfigError(
-            f"optimizer.{key}={value} is not allowed: {rule}. Fix: pass e.g. "
-            f"optimizer.{key}={example}."
-        )
+    require(cond, f"optimizer.{key}", value, rule, example)
 
 
 def _check_common(hp) -> None:

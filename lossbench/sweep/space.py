@@ -20,6 +20,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
 from lossbench.errors import ConfigError
 
 
@@ -32,8 +38,6 @@ class Param:
     @property
     def discrete_values(self) -> list | None:
         """Every value, for the grid sampler; None for a continuous range."""
-        from optuna.distributions import CategoricalDistribution, IntDistribution
-
         d = self.distribution
         if isinstance(d, CategoricalDistribution):
             return list(d.choices)
@@ -54,9 +58,6 @@ def _range_values(start, stop, step) -> list:
 
 def to_distribution(key: str, sweep, expression: str, current=None):
     """An Optuna distribution for one parsed Hydra sweep, or a ConfigError saying why not."""
-    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
     log = "log" in (sweep.tags or set())
     unknown = set(sweep.tags or set()) - {"log"}
     fix = (
@@ -107,9 +108,6 @@ def to_distribution(key: str, sweep, expression: str, current=None):
 
 def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
     """(fixed overrides, {key: sweep expression}) from command-line overrides."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
     parser = OverridesParser.create()
     fixed, sweeps = [], {}
     for text in overrides:
@@ -126,10 +124,6 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
 
 def build_space(expressions: dict[str, str], base_cfg) -> dict[str, Param]:
     """Parse ``{key: expression}`` into Optuna distributions (keys checked against the config)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-
     parser = OverridesParser.create()
     space = {}
     for key, expression in expressions.items():

@@ -1,13 +1,14 @@
-"""The training epoch in plain Python with the same meaning as ``lossbench.engine.train_epoch``.
+"""The slow path: the training epoch in plain Python, with the same meaning as the fused
+``lossbench.training.fused.train_epoch``.
 
 Two uses, one loop:
 
 - ``reference_epoch`` runs an epoch on the specs' NumPy references (model forward/backward,
-  loss, optimizer step). Tests hold the fused epoch to it; the benchmark reports its speed.
-- the *slow path*: a run whose loss, optimizer or model gives only a NumPy reference (no numba
-  kernel) trains with ``python_epoch``/``python_evaluate`` over ``python_parts(specs)``, which
-  takes each component's reference where there is no kernel and calls the others' kernels from
-  Python. ``lossbench.engine.train`` picks this path; nothing here is on the fused path.
+  loss, optimizer step). The benchmark reports its speed.
+- a run whose loss, optimizer or model gives only a NumPy reference (no numba kernel) trains
+  with ``python_epoch``/``python_evaluate`` over ``python_parts(specs)`` (``slow_runner``),
+  which takes each component's reference where there is no kernel and calls the others'
+  kernels from Python. Nothing here is on the fused path.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+from lossbench.training.setup import Runner, Setup
 
 
 @dataclass(frozen=True)
@@ -76,11 +79,15 @@ def python_parts(specs: dict, model_layout, n_out: int) -> PythonParts:
     return PythonParts(forward, backward, loss_fn, step)
 
 
+def predicted_classes(out: np.ndarray) -> np.ndarray:
+    """The class a model's outputs predict: argmax over columns (the first maximum wins), or
+    logit > 0 for one output column; the rule the fused epoch compiles."""
+    return (out[:, 0] > 0).astype(np.int64) if out.shape[1] == 1 else np.argmax(out, axis=1)
+
+
 def count_correct(out: np.ndarray, labels: np.ndarray) -> int:
-    """Correct predictions: argmax over columns (first maximum wins), or logit > 0 for one
-    output column; the same rule as the fused epoch."""
-    pred = (out[:, 0] > 0).astype(np.int64) if out.shape[1] == 1 else np.argmax(out, axis=1)
-    return int(np.count_nonzero(pred == labels))
+    """Correct predictions among the rows of ``out``."""
+    return int(np.count_nonzero(predicted_classes(out) == labels))
 
 
 def python_epoch(
@@ -113,7 +120,7 @@ def python_epoch(
 
 def python_evaluate(parts, params, layout, model_hp, loss_hp, X, Y, labels, chunk):
     """Loss and correct predictions on a whole set in chunks of at most ``chunk`` rows:
-    (sum of chunk loss x chunk size, correct), as ``lossbench.engine.evaluate``."""
+    (sum of chunk loss x chunk size, correct), as ``lossbench.training.fused.evaluate``."""
     total, correct = 0.0, 0
     for start in range(0, len(X), chunk):
         out = parts.forward(params, layout, model_hp, X[start : start + chunk])
@@ -140,3 +147,23 @@ def reference_epoch(
         batch_size, t, lr,
     )  # fmt: skip
     return total, seen, t
+
+
+def slow_runner(run, s: Setup) -> Runner:
+    """The run's epochs on the slow path (a component has no numba kernel)."""
+    prep, layout, params = run.dataset, run.layout, run.flat_params
+    parts = python_parts(run.specs, layout, prep.n_outputs)
+
+    def epoch(t, lr):
+        return python_epoch(
+            parts, params, layout.layout, s.model_hp, s.loss_hp, s.opt_hp, s.state,
+            prep.X_train, prep.Y_train, prep.labels_train, s.order, s.batch, t, lr,
+        )  # fmt: skip
+
+    def evaluate():
+        return python_evaluate(
+            parts, params, layout.layout, s.model_hp, s.loss_hp, prep.X_val, prep.Y_val,
+            prep.labels_val, s.chunk,
+        )  # fmt: skip
+
+    return Runner(epoch, evaluate)

@@ -7,8 +7,12 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
+from optuna.trial import TrialState
+
 
 def _plt():
+    # start-up: matplotlib (about a second) loads when the figures are drawn, at the end
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,10 +30,8 @@ def _trials(study):
 
 
 def curves_figure(study, plan, path: Path) -> Path | None:
-    import matplotlib.colors as mcolors
-    import numpy as np
-
     plt = _plt()
+    import matplotlib.colors as mcolors  # after _plt(): the Agg backend is chosen
     trials = _trials(study)
     if not trials:
         return None
@@ -90,8 +92,7 @@ def final_vs_lr_figure(study, plan, path: Path) -> Path | None:
 
 def optuna_figures(study, plan, folder: Path) -> list[Path]:
     plt = _plt()
-    from optuna.trial import TrialState
-    from optuna.visualization import matplotlib as ovm
+    from optuna.visualization import matplotlib as ovm  # needs matplotlib, loaded by _plt()
 
     out = []
     if len(plan.directions) != 1:

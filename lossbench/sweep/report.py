@@ -8,6 +8,17 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+from optuna.trial import TrialState
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from lossbench.sweep.plots import sweep_figures
+from lossbench.sweep.study import counted
+from lossbench.tracking.store import precheck, resolve_uri
+from lossbench.tracking.worker import experiment_id
+
 RESULTS_FILE = "optimization_results.yaml"
 
 
@@ -16,10 +27,6 @@ RESULTS_FILE = "optimization_results.yaml"
 
 
 def tally(study, plan) -> dict:
-    from optuna.trial import TrialState
-
-    from lossbench.sweep import counted
-
     trials = study.get_trials(deepcopy=False)
     done = counted(trials)
     out = {
@@ -45,8 +52,6 @@ class Progress:
 
     def __enter__(self):
         if sys.stdout.isatty():
-            from rich.live import Live
-
             self.live = Live("", refresh_per_second=4, transient=False)
             self.live.start()
         return self
@@ -95,16 +100,15 @@ class ParentRun:
 
     @classmethod
     def open(cls, plan, base, study):
+        # start-up: MLflow (about a second) loads only for a tracked sweep
+        from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        from lossbench.builtin.tracking import precheck, resolve_uri
-
-        tc = base.tracking
-        uri = resolve_uri(tc)
+        tracking = base.tracking
+        uri = resolve_uri(tracking)
         precheck(uri)
         client = MlflowClient(uri) if uri else MlflowClient()
-        exp = client.get_experiment_by_name(tc.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(tc.experiment)
+        exp_id = experiment_id(client, tracking.experiment)
         run_id = study.user_attrs.get("mlflow_parent_run_id")
         if run_id is not None:
             try:
@@ -124,8 +128,6 @@ class ParentRun:
             )
             run_id = run.info.run_id
             study.set_user_attr("mlflow_parent_run_id", run_id)
-            from mlflow.entities import Param
-
             params = [Param(f"search.{k}", v) for k, v in plan.params.items()]
             params += [Param("sweep.fixed", " ".join(plan.fixed) or "-")]
             for key in ("sampler", "pruner", "n_trials", "seed"):
@@ -138,7 +140,7 @@ class ParentRun:
         return cls(client, run_id)
 
     def end(self, study, plan, status: str, figures: list[Path], results: Path) -> None:
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param, RunTag  # loaded by open() already
 
         t = tally(study, plan)
         ts = int(time.time() * 1000)
@@ -166,8 +168,6 @@ class ParentRun:
 
 
 def results_dict(study, plan) -> dict:
-    from optuna.trial import TrialState
-
     t = tally(study, plan)
     out = {
         "name": plan.study_name,
@@ -198,8 +198,6 @@ def results_dict(study, plan) -> dict:
 
 
 def trial_table(study, plan):
-    from rich.table import Table
-
     trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("lossbench_lost")]
     sign = 1 if plan.directions[0] == "minimize" else -1
 
@@ -225,9 +223,6 @@ def trial_table(study, plan):
 
 def finish(study, plan, parent, status: str, crashed: list[int]) -> int:
     """Results file, table, figures and the parent run's end; returns the exit code."""
-    import yaml
-    from rich.console import Console
-
     sweep_dir = Path(plan.sweep_dir)
     results = sweep_dir / RESULTS_FILE
     data = results_dict(study, plan)
@@ -239,8 +234,6 @@ def finish(study, plan, parent, status: str, crashed: list[int]) -> int:
     console.print(trial_table(study, plan))
     figures = []
     try:
-        from lossbench.sweep_plots import sweep_figures
-
         figures = sweep_figures(study, plan, sweep_dir)
     except Exception as exc:  # figures are a summary; never lose the results over them
         print(f"lossbench: could not draw the sweep figures: {exc}", file=sys.stderr)

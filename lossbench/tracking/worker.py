@@ -1,4 +1,4 @@
-"""The MLflow side process of ``tracking=mlflow``: ``python -m lossbench.mlflow_worker``.
+"""The MLflow side process of ``tracking=mlflow``: ``python -m lossbench.tracking.worker``.
 
 The training process never imports MLflow (about 1.4 s with opening a store, and pure Python
 that would hold the GIL beside the epoch loop). It starts this process instead and talks to it
@@ -28,13 +28,19 @@ import threading
 import time
 import traceback
 
-MAX_KEY, MAX_PARAM, MAX_TAG = 250, 6000, 8000
+MAX_KEY, MAX_PARAM, MAX_TAG, MAX_NAME = 250, 6000, 8000, 250  # MLflow's limits
 PARAMS_PER_BATCH, METRICS_PER_BATCH = 100, 1000
 
 
 def shorten(text, limit: int) -> str:
     text = str(text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def experiment_id(client, name: str) -> str:
+    """The id of the experiment ``name``, created if it does not exist yet."""
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else client.create_experiment(name)
 
 
 def _read_requests(stream, inbox: queue.Queue) -> None:
@@ -65,13 +71,12 @@ class Worker:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(req["uri"]) if req.get("uri") else MlflowClient()
-        experiment = client.get_experiment_by_name(req["experiment"])
-        if experiment is None:
-            experiment_id = client.create_experiment(req["experiment"])
-        else:
-            experiment_id = experiment.experiment_id
         tags = {shorten(k, MAX_KEY): shorten(v, MAX_TAG) for k, v in req["tags"].items()}
-        run = client.create_run(experiment_id, tags=tags, run_name=req["run_name"])
+        run = client.create_run(
+            experiment_id(client, req["experiment"]),
+            tags=tags,
+            run_name=shorten(req["run_name"], MAX_NAME),
+        )
         self.client, self.run_id = client, run.info.run_id
         params = [
             Param(shorten(k, MAX_KEY), shorten(v, MAX_PARAM)) for k, v in req["params"].items()

@@ -10,7 +10,7 @@ KILLED (Ctrl-C, SIGTERM).
 Cost: ``import mlflow`` and opening a store take about 1.4 s, longer than a default training
 run, and in a thread of the training process that import held the GIL and slowed a 200-epoch
 digits run 5x. So the training process never imports MLflow: ``on_run_start`` checks the store
-is reachable (fast, before training) and starts ``lossbench.mlflow_worker`` in a side process,
+is reachable (fast, before training) and starts ``lossbench.tracking.worker`` in a side process,
 which imports MLflow and creates the run on the other core while training goes on. Each epoch
 sends one JSON line; the worker sends metrics with ``log_batch`` every ``tracking.flush_seconds``.
 ``on_run_end`` sends the summary and artifact paths and waits for the worker to end the run.
@@ -18,44 +18,28 @@ sends one JSON line; the worker sends metrics with ``log_batch`` every ``trackin
 
 from __future__ import annotations
 
-import atexit
-import json
 import os
 import platform
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
+from omegaconf import OmegaConf
+from threadpoolctl import threadpool_limits
+
+from lossbench._version import __version__
 from lossbench.errors import ConfigError
 from lossbench.hookspecs import hookimpl
-from lossbench.mlflow_worker import MAX_KEY, MAX_TAG, shorten
+from lossbench.tracking.client import SideProcess
+from lossbench.tracking.store import precheck, resolve_uri
+from lossbench.training import outputs
 
 _KEY = "mlflow"
 STEP_BASE = 0  # metrics use step = epoch, 0-based like history.csv
 SUMMARY_KEYS = ("compile_seconds", "train_seconds")
-MAX_NAME = 250  # MLflow's limit on run names; the worker shortens params and tags
-
-
-@dataclass
-class MlflowTrackingConfig:
-    """Options of ``tracking=mlflow``."""
-
-    name: str = "mlflow"
-    uri: str | None = None  # else $MLFLOW_TRACKING_URI, else MLflow's default (./mlflow.db)
-    experiment: str = "lossbench"
-    run_name: str | None = None  # default: model-loss-optimizer-lr
-    tags: dict[str, str] = field(default_factory=dict)
-    required: bool = True  # False: a tracking failure warns and training goes on
-    flush_seconds: float = 2.0
 
 
 def flatten(node, prefix: str = "") -> dict[str, str]:
@@ -70,63 +54,12 @@ def flatten(node, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def resolve_uri(tc) -> str | None:
-    """tracking.uri, else $MLFLOW_TRACKING_URI, else None (MLflow's own default)."""
-    return tc.uri or os.environ.get("MLFLOW_TRACKING_URI") or None
-
-
 def default_run_name(cfg) -> str:
     lr = cfg.optimizer.get("lr")
     parts = [cfg.model.name, cfg.loss.name, cfg.optimizer.name]
     if lr is not None:
         parts.append(f"lr{lr:g}")
     return "-".join(parts)
-
-
-def precheck(uri: str | None) -> None:
-    """Fail fast, before training, when the store is obviously unusable."""
-    fix = (
-        "Fix: start the server or correct tracking.uri / MLFLOW_TRACKING_URI, or train without "
-        "tracking (tracking=none), or keep training when tracking fails "
-        "(tracking.required=false)."
-    )
-    if uri is None:
-        folder = Path.cwd()
-        if not os.access(folder, os.W_OK):
-            raise ConfigError(
-                f"MLflow's default store ./mlflow.db cannot be written: {folder} is not "
-                f"writable. {fix}"
-            )
-        return
-    parsed = urlparse(uri)
-    scheme = parsed.scheme.split("+")[0]  # postgresql+psycopg2 -> postgresql
-    if scheme in ("http", "https"):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
-                r.read()
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ConfigError(
-                f"the MLflow tracking server {uri} is not reachable ({reason}). {fix}"
-            ) from None
-    elif scheme == "sqlite":
-        path = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
-        if path is not None and str(path) not in ("", ":memory:"):
-            folder = path.parent if str(path.parent) else Path.cwd()
-            writable = os.access(path, os.W_OK) if path.exists() else os.access(folder, os.W_OK)
-            if not folder.is_dir() or not writable:
-                raise ConfigError(
-                    f"the MLflow store {uri} cannot be written ({path} is not writable or its "
-                    f"folder does not exist). {fix}"
-                )
-    elif scheme in ("postgresql", "postgres", "mysql", "mssql") and parsed.hostname:
-        port = parsed.port or {"mysql": 3306, "mssql": 1433}.get(scheme, 5432)
-        try:
-            socket.create_connection((parsed.hostname, port), timeout=5).close()
-        except OSError as exc:
-            raise ConfigError(
-                f"the MLflow database {parsed.hostname}:{port} is not reachable ({exc}). {fix}"
-            ) from None
 
 
 def _git_commit(folder: Path) -> str | None:
@@ -149,10 +82,8 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def run_tags(run, tc) -> dict[str, str]:
-    import numba
-
-    from lossbench import __version__
+def run_tags(run, tracking) -> dict[str, str]:
+    import numba  # already loaded by the kernels; imported here to read its version
 
     tags = {
         "lossbench.version": __version__,
@@ -170,81 +101,17 @@ def run_tags(run, tc) -> dict[str, str]:
     commit = _git_commit(Path.cwd())
     if commit:
         tags["mlflow.source.git.commit"] = commit
-    tags.update({str(k): str(v) for k, v in (tc.tags or {}).items()})
-    return {shorten(k, MAX_KEY): shorten(v, MAX_TAG) for k, v in tags.items()}
-
-
-class SideProcess:
-    """The ``lossbench.mlflow_worker`` process of this training process, shared by its runs
-    one after another (started on first use, ended when this process exits)."""
-
-    _current: SideProcess | None = None
-
-    def __init__(self) -> None:
-        self.log = tempfile.TemporaryFile(mode="w+")  # its stderr, for error reports
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lossbench.mlflow_worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-            start_new_session=True,  # Ctrl-C reaches the trainer only; it ends the run
-        )
-        self.tracker: Tracker | None = None  # the run being served
-        threading.Thread(target=self._read_replies, name="lossbench-mlflow", daemon=True).start()
-
-    @classmethod
-    def get(cls) -> SideProcess:
-        if cls._current is None or cls._current.proc.poll() is not None:
-            cls._current = SideProcess()
-            atexit.register(cls._current.close)
-        return cls._current
-
-    def send(self, **request) -> str | None:
-        """Send a request; the error text if the process is gone."""
-        try:
-            self.proc.stdin.write(json.dumps(request) + "\n")
-            self.proc.stdin.flush()
-            return None
-        except (BrokenPipeError, OSError, ValueError):
-            return self.died()
-
-    def died(self) -> str:
-        self.log.seek(0)
-        tail = self.log.read()[-2000:].strip()
-        return f"the MLflow process ended unexpectedly{': ' + tail if tail else ''}"
-
-    def _read_replies(self) -> None:
-        for line in self.proc.stdout:
-            try:
-                reply = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # not a reply (the worker keeps stdout for replies; be safe anyway)
-            tracker = self.tracker
-            if tracker is not None:
-                tracker.on_reply(reply)
-        tracker = self.tracker
-        if tracker is not None:
-            tracker.on_reply({"op": "error", "message": self.died()})
-
-    def close(self) -> None:
-        """At exit: closing its input ends the side process. Not waiting for it spares the
-        trainer MLflow's interpreter teardown; every run it served was already acknowledged."""
-        try:
-            self.proc.stdin.close()
-        except (OSError, ValueError):
-            pass
+    tags.update({str(k): str(v) for k, v in (tracking.tags or {}).items()})
+    return tags  # the side process shortens what exceeds MLflow's limits
 
 
 class Tracker:
     """One MLflow run, fed from the epoch loop, written by the side process
-    ``lossbench.mlflow_worker`` (so the training process never imports MLflow)."""
+    ``lossbench.tracking.worker`` (so the training process never imports MLflow)."""
 
-    def __init__(self, run, tc):
-        from omegaconf import OmegaConf
-
-        self.tc = tc
-        self.uri = resolve_uri(tc)
+    def __init__(self, run, tracking):
+        self.tracking = tracking
+        self.uri = resolve_uri(tracking)
         precheck(self.uri)
         self.error: str | None = None
         self.warned = False
@@ -256,19 +123,17 @@ class Tracker:
             # While the side process imports MLflow (about 1.4 s of CPU), a 2-thread BLAS in the
             # trainer fights it for 2 cores: measured, a 200-epoch digits run's epochs took 4x
             # longer. One BLAS thread until the run exists costs nothing on small models.
-            from threadpoolctl import threadpool_limits
-
             self.blas_limit = threadpool_limits(limits=1, user_api="blas")
         self.side = SideProcess.get()
         self.side.tracker = self
         self._send(
             op="start",
             uri=self.uri,
-            experiment=tc.experiment,
-            run_name=shorten(tc.run_name or default_run_name(run.config), MAX_NAME),
-            tags=run_tags(run, tc),
+            experiment=tracking.experiment,
+            run_name=tracking.run_name or default_run_name(run.config),
+            tags=run_tags(run, tracking),
             params=flatten(OmegaConf.to_container(run.config, resolve=True)),
-            flush_seconds=float(tc.flush_seconds),
+            flush_seconds=float(tracking.flush_seconds),
         )
 
     def _send(self, **request) -> None:
@@ -289,7 +154,7 @@ class Tracker:
         """True while tracking works; raises (required) or warns once (not required)."""
         if self.error is None:
             return True
-        if self.tc.required:
+        if self.tracking.required:
             raise ConfigError(
                 f"MLflow tracking failed ({self.error}). Fix the store (tracking.uri / "
                 "MLFLOW_TRACKING_URI), or train without tracking (tracking=none), or let "
@@ -353,10 +218,6 @@ class Tracker:
                 self.error = self.error or "the MLflow process did not finish within 300 s"
 
     def _artifacts(self, run, folder: Path) -> list[Path]:
-        from omegaconf import OmegaConf
-
-        from lossbench.builtin import outputs
-
         plots = run.config.trainer.get("plots", True)
         (folder / "config.yaml").write_text(OmegaConf.to_yaml(run.config, resolve=True))
         source = Path(run.output_dir) if run.output_dir is not None else None
@@ -382,25 +243,25 @@ def _tracker(run) -> Tracker | None:
 
 def _enabled(run):
     """The tracking config when ``tracking=mlflow``, else None."""
-    tc = run.config.get("tracking")
-    return tc if tc is not None and tc.get("name") == "mlflow" else None
+    tracking = run.config.get("tracking")
+    return tracking if tracking is not None and tracking.get("name") == "mlflow" else None
 
 
-def _start(run, tc) -> None:
+def _start(run, tracking) -> None:
     run.plugin_state[_KEY + ".tried"] = True
     try:
-        run.plugin_state[_KEY] = Tracker(run, tc)
+        run.plugin_state[_KEY] = Tracker(run, tracking)
     except ConfigError as exc:
-        if tc.required:
+        if tracking.required:
             raise
         warnings.warn(f"MLflow tracking is off for this run: {exc}", stacklevel=3)
 
 
 @hookimpl
 def on_run_start(run):
-    tc = _enabled(run)
-    if tc is not None:
-        _start(run, tc)
+    tracking = _enabled(run)
+    if tracking is not None:
+        _start(run, tracking)
 
 
 @hookimpl
@@ -413,12 +274,12 @@ def on_epoch_end(run, epoch, metrics):
 
 @hookimpl(trylast=True)  # after the outputs plugin has written the run's files
 def on_run_end(run, status):
-    tc = _enabled(run)
+    tracking = _enabled(run)
     never_started = _KEY + ".tried" not in run.plugin_state
-    if tc is not None and never_started and status in ("interrupted", "failed"):
+    if tracking is not None and never_started and status in ("interrupted", "failed"):
         # ended during set-up, before on_run_start: record it all the same, so MLflow says
         # what the run directory says
-        _start(run, tc)
+        _start(run, tracking)
     tracker = run.plugin_state.pop(_KEY, None)
     if tracker is None:
         return

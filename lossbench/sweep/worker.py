@@ -1,4 +1,4 @@
-"""A sweep worker: ``python -m lossbench.sweep_worker PLAN.json INDEX``.
+"""A sweep worker: ``python -m lossbench.sweep.worker PLAN.json INDEX``.
 
 An ask/tell loop on the shared study: under the budget lock, recover lost trials, count, ask;
 then compose the trial's config, train it in this process (the fused epoch is loaded from
@@ -9,6 +9,7 @@ tell when this one died.
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import socket
@@ -17,9 +18,29 @@ import threading
 import time
 from pathlib import Path
 
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf, open_dict
+from optuna.distributions import CategoricalDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from lossbench.config import GROUPS, compose
+from lossbench.errors import LossbenchError
 from lossbench.hookspecs import hookimpl
-from lossbench.sweep import Plan, budget_lock, counted, open_study, recover_stale, trial_seed
-from lossbench.sweep_space import build_space, format_override
+from lossbench.plugins import build_plugin_manager, set_plugin_manager
+from lossbench.sweep.plan import Plan
+from lossbench.sweep.space import build_space, format_override
+from lossbench.sweep.study import (
+    budget_lock,
+    counted,
+    make_sampler,
+    open_study,
+    recover_stale,
+    set_trial_attr,
+    trial_seed,
+)
+from lossbench.tracking.plugin import default_run_name
+from lossbench.training import train
 
 STATUS_TO_STATE = {"finished": "COMPLETE", "stopped": "COMPLETE"}
 # Set by Ctrl-C / SIGTERM. The signal can land inside a storage call and surface as another
@@ -35,9 +56,7 @@ def _on_signal(signum, frame):
 
 def _lose(study, trial) -> None:
     """Mark an interrupted trial: failed, not counted, retried by the next invocation."""
-    from optuna.trial import TrialState
-
-    study._storage.set_trial_user_attr(trial._trial_id, "lossbench_lost", True)
+    set_trial_attr(study, trial, "lossbench_lost", True)
     trial.set_user_attr("status", "interrupted")
     study.tell(trial, state=TrialState.FAIL)
 
@@ -68,7 +87,7 @@ class Heartbeat:
 
     def _beat(self):
         while not self.stop.wait(self.every):
-            self.study._storage.set_trial_user_attr(self.trial._trial_id, "heartbeat", time.time())
+            set_trial_attr(self.study, self.trial, "heartbeat", time.time())
 
     def __enter__(self):
         self.thread.start()
@@ -82,8 +101,6 @@ class Heartbeat:
 def suggest(trial, space):
     """Values for the trial from its distributions (group choices first, so ``optimizer=sgd``
     precedes ``optimizer.lr=...`` in the overrides)."""
-    from optuna.distributions import CategoricalDistribution, IntDistribution
-
     values = {}
     for key in sorted(space, key=lambda k: ("." in k, k)):
         d = space[key].distribution
@@ -102,26 +119,18 @@ class Composer:
     override parser, so the result equals composing the trial's logged overrides."""
 
     def __init__(self, plan: Plan, registry):
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
         self.plan, self.registry, self.cache = plan, registry, {}
         self.parser = OverridesParser.create()
 
     def __call__(self, values: dict, seed: int):
-        import copy
-
-        from omegaconf import OmegaConf
-
-        from lossbench import config as config_mod
-
-        groups = [format_override(k, v) for k, v in values.items() if k in config_mod.GROUPS]
+        groups = [format_override(k, v) for k, v in values.items() if k in GROUPS]
         base = self.cache.get(tuple(groups))
         if base is None:
-            base = config_mod.compose([*self.plan.fixed, *groups], registry=self.registry)
+            base = compose([*self.plan.fixed, *groups], registry=self.registry)
             self.cache[tuple(groups)] = base
         cfg = copy.deepcopy(base)
         for key, value in values.items():
-            if key not in config_mod.GROUPS:
+            if key not in GROUPS:
                 (ov,) = self.parser.parse_overrides([format_override(key, value)])
                 OmegaConf.update(cfg, key, ov.value(), merge=False)
         cfg.seed = seed
@@ -142,8 +151,6 @@ def objective_values(run, metrics: list[str]) -> list[float]:
 
 
 def write_hydra_files(out: Path, cfg, overrides: list[str]) -> None:
-    from omegaconf import OmegaConf
-
     hydra_dir = out / ".hydra"
     hydra_dir.mkdir(parents=True, exist_ok=True)
     (hydra_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
@@ -152,13 +159,6 @@ def write_hydra_files(out: Path, cfg, overrides: list[str]) -> None:
 
 def run_trial(study, plan: Plan, space, pm, trial, composer: Composer) -> bool:
     """Train one trial and tell Optuna; False when the worker should stop (interrupted)."""
-    import optuna
-    from omegaconf import open_dict
-    from optuna.trial import TrialState
-
-    from lossbench.engine import train
-    from lossbench.errors import LossbenchError
-
     values = suggest(trial, space)
     seed = trial_seed(plan.seed, trial.number)
     overrides = [*plan.fixed, *(format_override(k, v) for k, v in values.items()), f"seed={seed}"]
@@ -181,8 +181,6 @@ def run_trial(study, plan: Plan, space, pm, trial, composer: Composer) -> bool:
             tags["lossbench.role"] = "trial"
             if plan.parent_run_id:
                 tags["mlflow.parentRunId"] = plan.parent_run_id
-            from lossbench.builtin.tracking import default_run_name
-
             cfg.tracking.run_name = f"{trial.number}: {default_run_name(cfg)}"
     write_hydra_files(out, cfg, overrides)
     # Optuna prunes single-objective studies only (trial.report refuses several objectives)
@@ -227,22 +225,14 @@ def run_trial(study, plan: Plan, space, pm, trial, composer: Composer) -> bool:
 
 
 def main(plan_path: str, index: int) -> int:
-    import optuna
-
-    from lossbench.plugins import build_plugin_manager
-    from lossbench.sweep import make_sampler
-
     plan = Plan.load(plan_path)
     os.chdir(Path(plan.sweep_dir).parent.parent)  # where the coordinator ran (relative paths)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(plan)
     study.sampler = make_sampler(plan, worker=index)
     pm = build_plugin_manager(plan.plugins_dir)
-    from lossbench import config as config_mod
-    from lossbench.plugins import set_plugin_manager
-
     set_plugin_manager(pm)
-    base = config_mod.compose(plan.fixed, registry=pm.registry)
+    base = compose(plan.fixed, registry=pm.registry)
     space = build_space(plan.params, base)
     composer = Composer(plan, pm.registry)
     host, pid = socket.gethostname(), os.getpid()
@@ -252,8 +242,6 @@ def main(plan_path: str, index: int) -> int:
         with budget_lock(plan):
             recover_stale(study, plan.grace_seconds)
             trials = study.get_trials(deepcopy=False)
-            from optuna.trial import TrialState
-
             running = [t for t in trials if t.state == TrialState.RUNNING]
             if len(counted(trials)) + len(running) >= plan.n_trials:
                 return 0

@@ -1,0 +1,81 @@
+"""Composing a config outside Hydra's CLI, and reading a component's hyperparameters from it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from lossbench.config.errors import check_known_keys, translate
+from lossbench.config.store import CONFIG_GROUPS, GROUPS, config_dir, store_configs
+from lossbench.errors import ConfigError
+from lossbench.plugins import get_plugin_manager
+from lossbench.specs import KINDS
+
+
+def hparams(spec, node):
+    """The spec's hyperparameter dataclass filled from a config node (DictConfig or dict)."""
+    try:
+        values = (
+            OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+        )
+    except MissingMandatoryValue as exc:
+        key = str(exc.full_key) if getattr(exc, "full_key", None) else str(exc)
+        raise ConfigError(
+            f"{key} must be set. Fix: pass {key}=VALUE on the command line."
+        ) from None
+    names = {f.name for f in dataclasses.fields(spec.hparams)}
+    kwargs = {k: v for k, v in dict(values).items() if k in names}
+    group = next(g for g, cls in KINDS.items() if isinstance(spec, cls))
+    for k, v in kwargs.items():
+        if v == "???":
+            raise ConfigError(
+                f"{group}.{k} must be set for {spec.name}. Fix: pass {group}.{k}=VALUE."
+            )
+    return spec.hparams(**kwargs)
+
+
+def check_choices(overrides, registry) -> None:
+    """Reject ``loss=NAME``-style overrides naming unknown components, with the choices."""
+    for ov in overrides:
+        key, sep, value = ov.partition("=")
+        key = key.lstrip("+")
+        if sep and key in GROUPS and value and "(" not in value and "," not in value:
+            registry.get(key, value)
+
+
+def compose(overrides=(), registry=None):
+    """Compose the config as ``python -m lossbench OVERRIDES`` would, outside Hydra's CLI."""
+
+    registry = registry or get_plugin_manager().registry
+    overrides = list(overrides)
+    check_choices(overrides, registry)
+    store_configs(registry)
+
+    def run(overrides):
+        if GlobalHydra.instance().is_initialized():
+            return hydra_compose(config_name="config", overrides=overrides)
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=overrides)
+
+    def default(key: str):
+        """The value ``key`` has with the same group choices but no other override (None
+        when even those do not compose)."""
+        choices = [o for o in overrides if o.partition("=")[0] in CONFIG_GROUPS]
+        try:
+            base = run(choices)
+        except (HydraException, OmegaConfBaseException):
+            return None
+        return OmegaConf.select(base, key) if key else base
+
+    try:
+        cfg = run(overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise translate(exc, overrides, default) from None
+    check_known_keys(cfg, default)
+    return cfg

@@ -1,0 +1,148 @@
+"""Hydra's and OmegaConf's composition errors, said in lossbench's one paragraph: the key and
+the value, what the key accepts (its choices, its type, its sibling keys), and the fix. Also the
+check Hydra leaves out: a ``+group.key=...`` that adds a key the component does not have."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+
+from hydra.errors import MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+from lossbench.errors import ConfigError
+
+TYPE_NAMES = {"Integer": "an integer", "Float": "a number", "bool": "true or false"}
+GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
+
+
+def _value_of(overrides, key: str) -> str | None:
+    """The value the overrides give ``key`` (the last one wins, as in Hydra)."""
+    found = None
+    for ov in overrides:
+        k, sep, v = ov.partition("=")
+        if sep and k.lstrip("+~") == key:
+            found = v
+    return found
+
+
+def _suggest(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" Did you mean {close[0]}?" if close else ""
+
+
+def _cause(exc: BaseException):
+    """The innermost OmegaConf error under a Hydra composition error (it names the key)."""
+    found, x = None, exc
+    while x is not None:
+        if isinstance(x, ValidationError | ConfigAttributeError | ConfigKeyError):
+            found = found or x
+        x = x.__cause__ or x.__context__
+    return found
+
+
+def translate(exc: BaseException, overrides, default) -> ConfigError:
+    """A ``ConfigError`` for a failed composition of ``overrides``; ``default`` gives a key's
+    default value for the example (a callable: key -> value or None)."""
+    text = str(exc).strip()
+    if isinstance(exc, OverrideParseException):
+        bad = re.search(r"Error parsing override '(.+?)'", text)
+        what = bad.group(1) if bad else " ".join(overrides)
+        reason = text.splitlines()[1] if len(text.splitlines()) > 1 else text
+        return ConfigError(
+            f"cannot read the override {what!r} ({reason}). Fix: write KEY=VALUE, e.g. "
+            f"optimizer.lr=0.01 (Hydra's override grammar: {GRAMMAR})."
+        )
+    if isinstance(exc, MissingConfigException):
+        found = re.search(r"Could not find '(.+?)/(.+?)'", text)
+        options = re.findall(r"^\t(\S+)$", text.split("Config search path")[0], re.M)
+        if found:
+            group, name = found.groups()
+            return ConfigError(
+                f"{group}={name} is not an option of {group}. Choices: {', '.join(options)}."
+                f"{_suggest(name, options)} Fix: pass {group}={options[0] if options else '...'}."
+            )
+    cause = _cause(exc)
+    key = str(getattr(cause, "full_key", "") or "")
+    message = str(cause).splitlines()[0] if cause is not None else text.splitlines()[0]
+    value = _value_of(overrides, key.split("[")[0]) if key else None
+    if isinstance(cause, ValidationError) and key:
+        base = key.split("[")[0]  # model.hidden[0] -> model.hidden: name what the user typed
+        error = _invalid_value(base, value, message, default(base))
+        if base != key:
+            error = ConfigError(
+                str(error).replace(f"{base} must be", f"every entry of {base} must be")
+            )
+        return error
+    if isinstance(cause, ConfigAttributeError | ConfigKeyError) and key:
+        return _unknown_key(key, default)
+    return ConfigError(f"the overrides {' '.join(overrides)} do not fit the config: {message}")
+
+
+def _invalid_value(key: str, value, message: str, default) -> ConfigError:
+    choices = re.search(r"expected one of \[(.+)\]", message)
+    example = default if default is not None and not isinstance(default, DictConfig) else None
+    example = OmegaConf.to_container(example) if hasattr(example, "_metadata") else example
+    fix = f" Fix: pass e.g. {key}={_show(example)}." if example is not None else ""
+    if choices:
+        names = [c.strip() for c in choices.group(1).split(",")]
+        return ConfigError(
+            f"{key}={value} is not allowed. Choices: {', '.join(names)}."
+            f"{_suggest(str(value), names)}{fix}"
+        )
+    kind = re.search(r"converted to (\w+)|valid (bool)|not a (ListConfig)", message)
+    if kind:
+        wanted = next(k for k in kind.groups() if k)
+        noun = TYPE_NAMES.get(wanted, "a list" if wanted == "ListConfig" else wanted)
+        return ConfigError(f"{key}={value} is not allowed: {key} must be {noun}.{fix}")
+    return ConfigError(f"{key}={value} is not allowed: {message}.{fix}")
+
+
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ",".join(map(str, value)) + "]"
+    return str(value)
+
+
+def _unknown_key(key: str, default) -> ConfigError:
+    parent, _, name = key.rpartition(".")
+    siblings = default(parent) if parent else default("")
+    keys = [k for k in (siblings.keys() if isinstance(siblings, DictConfig) else [])]
+    keys = [k for k in keys if k not in ("name", "hydra", "defaults")]
+    owner = f"{parent} {siblings.get('name')}" if parent and "name" in (siblings or {}) else parent
+    where = f"an option of {owner}" if parent else "a config key or group"
+    prefix = f"{parent}." if parent else ""
+    full = [f"{prefix}{k}" for k in keys]
+    if not keys:
+        return ConfigError(f"{key} is not an option: {owner} has none. Fix: drop {key}.")
+    return ConfigError(
+        f"{key} is not {where}. Its keys: {', '.join(keys) or '(none)'}."
+        f"{_suggest(key, full)} Fix: use one of those (`python -m lossbench --cfg job` shows "
+        "the whole config)."
+    )
+
+
+def check_known_keys(cfg, default) -> None:
+    """Raise for a key in the composed config that no schema declares: ``+optimizer.lrr=0.1``
+    adds one (Hydra allows it), but no component would read it."""
+    extra = _extra(cfg)
+    if extra:
+        raise _unknown_key(extra[0], default)
+
+
+def _extra(node: DictConfig) -> list[str]:
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        return []  # a plain dict (tags, params): any key is fine
+    declared = {f.name for f in dataclasses.fields(schema)}
+    out = []
+    for k in node:
+        if k not in declared:
+            out.append(str(k))
+        elif not OmegaConf.is_missing(node, k) and isinstance(node[k], DictConfig):
+            out += [f"{k}.{sub}" for sub in _extra(node[k])]
+    return out

@@ -1,0 +1,112 @@
+"""Hydra's ConfigStore filled from lossbench's schemas and the plugin registry: every
+registered component becomes an option of its group (``loss/mse``, ``optimizer/adam``, ...), a
+structured config made from the spec's hyperparameter dataclass plus a ``name`` field, so
+``loss=huber loss.delta=2`` is type-checked by Hydra the moment the plugin is loaded."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+import weakref
+from dataclasses import field
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from lossbench.config.schemas import (
+    MlflowTrackingConfig,
+    RootConfig,
+    SweepConfig,
+    TrainerConfig,
+)
+from lossbench.errors import PluginError
+from lossbench.plugins import ENV_DISABLE
+
+GROUPS = ("data", "model", "loss", "optimizer")  # the component groups plugins fill
+# every config group a command line can choose an option of
+CONFIG_GROUPS = (*GROUPS, "trainer", "tracking", "sweep", "experiment")
+HPARAM_TYPES = "int, float, bool, str, an Enum, or list/dict/Optional of those"
+_PACKAGE = Path(__file__).resolve().parent.parent
+
+
+def presets_dir() -> Path | None:
+    """The sweep presets: inside the installed package, or the repo's sweeps/."""
+    for candidate in (_PACKAGE / "sweeps", _PACKAGE.parent / "sweeps"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def config_dir() -> Path:
+    """The directory holding config.yaml: inside the installed package, or the repo's conf/."""
+    for candidate in (_PACKAGE / "conf", _PACKAGE.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"lossbench's config tree (config.yaml) is missing next to {_PACKAGE}")
+
+
+def _unstorable(group: str, spec, problem: str, field_name: str | None = None) -> PluginError:
+    """The error for a hyperparameter dataclass Hydra cannot store, naming plugin and fix."""
+    where = f" field {field_name!r}" if field_name else ""
+    return PluginError(
+        f"plugin {spec.plugin!r} registers {group} {spec.name!r} whose hyperparameter dataclass "
+        f"{spec.hparams.__name__}{where} cannot be stored as a Hydra config: {problem}. Fix: "
+        f"give every field one of the types Hydra stores ({HPARAM_TYPES}; e.g. "
+        f"list[float] instead of a NumPy array), or disable the plugin with "
+        f"{ENV_DISABLE}={spec.plugin}."
+    )
+
+
+def node_class(group: str, spec) -> type:
+    """A dataclass for ``spec``'s config node: ``name`` plus the hyperparameter fields."""
+    try:
+        hints = typing.get_type_hints(spec.hparams)
+    except Exception as exc:  # e.g. an annotation naming something undefined
+        raise _unstorable(group, spec, f"its annotations do not resolve ({exc})") from None
+    fields = [("name", str, field(default=spec.name))]
+    for f in dataclasses.fields(spec.hparams):
+        if f.name == "name":
+            raise _unstorable(
+                group, spec, "'name' is reserved for the component's name; rename it", "name"
+            )
+        if f.default is not dataclasses.MISSING:
+            fields.append((f.name, hints[f.name], field(default=f.default)))
+        elif f.default_factory is not dataclasses.MISSING:
+            fields.append((f.name, hints[f.name], field(default_factory=f.default_factory)))
+        else:
+            fields.append((f.name, hints[f.name], field(default="???")))
+    cls_name = f"{group.capitalize()}_{spec.name}"
+    return dataclasses.make_dataclass(cls_name, fields)
+
+
+_LAST_STORED = None  # weakref to the registry whose nodes the ConfigStore holds
+
+
+def store_configs(registry) -> None:
+    """Put every registered component and lossbench's own schemas into Hydra's ConfigStore
+    (once per registry: storing costs ~50 ms, and a sweep worker composes a config per trial)."""
+    global _LAST_STORED
+    if _LAST_STORED is not None and _LAST_STORED() is registry:
+        return
+    cs = ConfigStore.instance()
+    for group in GROUPS:
+        for name, spec in registry.components[group].items():
+            node = node_class(group, spec)
+            try:  # storing validates the node (OmegaConf.structured)
+                cs.store(group=group, name=name, node=node, provider="lossbench")
+            except Exception as exc:
+                problem = str(exc).strip().splitlines()[0]
+                key = getattr(exc, "full_key", None)
+                raise _unstorable(group, spec, problem, str(key) if key else None) from None
+    cs.store(name="base_config", node=RootConfig, provider="lossbench")
+    cs.store(group="trainer", name="default", node=TrainerConfig, provider="lossbench")
+    cs.store(group="tracking", name="mlflow", node=MlflowTrackingConfig, provider="lossbench")
+    cs.store(group="sweep", name="none", node=SweepConfig, provider="lossbench")
+    folder = presets_dir()
+    for preset in sorted(folder.glob("*.yaml")) if folder else []:
+        node = OmegaConf.merge(
+            OmegaConf.structured(SweepConfig(name=preset.stem)), OmegaConf.load(preset)
+        )
+        cs.store(group="sweep", name=preset.stem, node=node, provider="lossbench")
+    _LAST_STORED = weakref.ref(registry)

@@ -1,0 +1,229 @@
+"""Optuna sweeps: ``python -m lossbench --multirun [sweep=PRESET] [SEARCH SPACE] [OVERRIDES]``.
+
+The command (the coordinator) checks everything before any trial runs, opens or creates the
+study, opens the MLflow parent run, starts ``sweep.n_jobs`` worker processes
+(``lossbench.sweep.worker``) and shows progress until they end; then it writes
+``optimization_results.yaml``, prints a table and logs the summary figures to the parent run.
+
+Each worker runs its own ask/tell loop on the shared storage; no worker waits for another. More
+machines: the same command with the same ``sweep.storage`` URL and ``sweep.study_name``. The same
+command again resumes the study. ``sweep.n_trials`` is the total for the study: ended trials
+(complete, pruned, failed) count; asking happens under a lock (a file lock next to a journal or
+sqlite store, a PostgreSQL advisory lock for PostgreSQL), so K workers never overshoot.
+A trial whose worker died is noticed by its heartbeat (or, on the same machine, its dead
+process), marked failed, and retried with the same parameters: it does not count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import ListConfig, OmegaConf
+
+from lossbench.config import GROUPS, compose, hparams
+from lossbench.errors import ConfigError, positive_int
+from lossbench.plugins import get_plugin_manager
+from lossbench.sweep.plan import Plan
+from lossbench.sweep.report import ParentRun, Progress, finish
+from lossbench.sweep.space import build_space, split_overrides
+from lossbench.sweep.study import open_study, recover_stale, storage_url
+
+HISTORY_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
+SUMMARY_METRICS = ("best_val_loss", "train_seconds", "total_seconds")
+
+
+def _sweep_args(argv: list[str]) -> list[str]:
+    """Command-line overrides, with ``hydra.sweeper.X=`` read as ``sweep.X=``."""
+    out = []
+    for arg in argv:
+        if arg in ("-m", "--multirun"):
+            continue
+        if arg.startswith("-"):
+            raise ConfigError(f"{arg} is not supported with --multirun.")
+        if arg.startswith("hydra.sweeper."):
+            arg = "sweep." + arg[len("hydra.sweeper.") :]
+        out.append(arg)
+    return out
+
+
+def _list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+
+
+def make_plan(argv: list[str], registry, plugins_dir: str | None = None):
+    """Check the command and build the Plan (and the base config) before any trial runs."""
+    fixed, cli_space = split_overrides(_sweep_args(argv))
+    base = compose(fixed, registry=registry)
+    sw = base.sweep
+    preset_fixed = list(sw.overrides)
+    if preset_fixed:
+        base = compose([*preset_fixed, *fixed], registry=registry)
+    expressions = {**dict(sw.params), **cli_space}
+    if not expressions:
+        raise ConfigError(
+            "--multirun needs a search space: a preset (sweep=lr, sweep=lr_epochs, "
+            "sweep=loss_vs_optimizer) or overrides such as "
+            "'optimizer.lr=tag(log, interval(1e-4, 1))' or loss=mse,cross_entropy."
+        )
+    space = build_space(expressions, base)
+    _check_keys(space, base, registry)
+    grid = _grid(space) if sw.sampler == "grid" else {}
+    metrics, directions = _objectives(sw, base, registry)
+    positive_int(sw.n_trials, "sweep.n_trials", 20)
+    positive_int(sw.n_jobs, "sweep.n_jobs", 2)
+    n_trials = int(sw.n_trials)
+    if grid:
+        n_trials = min(n_trials, math.prod(len(v) for v in grid.values()))
+    study_name = sw.study_name or _default_study_name(sw.name, expressions, fixed, preset_fixed)
+    sweep_dir = (Path("multirun") / study_name).resolve()
+    plan = Plan(
+        study_name=study_name,
+        storage=storage_url(sw.storage, sweep_dir),
+        sweep_dir=str(sweep_dir),
+        # sweep.* settings shape the study, not a trial: they stay out of trial overrides
+        fixed=_trial_fixed([*preset_fixed, *fixed]),
+        params=expressions,
+        metrics=metrics,
+        directions=directions,
+        n_trials=n_trials,
+        seed=int(sw.seed),
+        sampler=str(sw.sampler),
+        pruner=str(sw.pruner),
+        pruner_warmup_epochs=int(sw.pruner_warmup_epochs),
+        heartbeat_seconds=float(sw.heartbeat_seconds),
+        grace_seconds=float(sw.grace_seconds),
+        tracking=base.tracking.name == "mlflow",
+        plugins_dir=plugins_dir,
+        grid=grid,
+    )
+    return plan, base, space
+
+
+def _check_keys(space, base, registry) -> None:
+    """Group choices name real components; other keys exist in the config."""
+    missing = object()
+    for key in space:
+        if key in GROUPS:
+            for choice in space[key].discrete_values or []:
+                registry.get(key, str(choice))
+        elif OmegaConf.select(base, key, default=missing) is missing and not any(
+            key.startswith(g + ".") for g in space if g in GROUPS
+        ):
+            raise ConfigError(
+                f"the search space names {key!r}, which is not a config key. Fix: use a key "
+                "that `python -m lossbench --cfg job` shows, e.g. optimizer.lr."
+            )
+
+
+def _grid(space) -> dict[str, list]:
+    """Every value of every parameter, for the grid sampler."""
+    grid = {}
+    for key, p in space.items():
+        if p.discrete_values is None:
+            raise ConfigError(
+                f"sweep.sampler=grid needs discrete values, but {key}={p.expression} is a "
+                "continuous range. Fix: use choice(...) or range(start, stop, step=k), or "
+                "another sampler (tpe, random, ...)."
+            )
+        grid[key] = p.discrete_values
+    return grid
+
+
+def _objectives(sw, base, registry) -> tuple[list[str], list[str]]:
+    """The metrics and their directions, checked against what these runs record."""
+    directions = [str(d) for d in _list(sw.direction)]
+    metrics = [str(m) for m in _list(sw.metric)]
+    bad = [d for d in directions if d not in ("minimize", "maximize")]
+    if bad or len(directions) != len(metrics):
+        raise ConfigError(
+            f"sweep.direction={directions} must be minimize or maximize, one per metric "
+            f"(sweep.metric={metrics}). Fix: e.g. sweep.metric=[val_loss,train_seconds] "
+            "sweep.direction=[minimize,minimize]."
+        )
+    spec = registry.get("data", base.data.name)
+    task = spec.load(hparams(spec, base.data), 0).task  # which metrics exist depends on it
+    available = [*HISTORY_METRICS, *SUMMARY_METRICS]
+    if task != "classification":
+        available = [m for m in available if "accuracy" not in m]
+    for m in metrics:
+        if m not in available:
+            raise ConfigError(
+                f"sweep.metric={m!r} is not a metric these runs produce. Available: "
+                f"{', '.join(available)}. Fix: pass e.g. sweep.metric=val_loss."
+            )
+    return metrics, directions
+
+
+def _trial_fixed(overrides: list[str]) -> list[str]:
+    """The overrides every trial gets: sweep.* settings shape the study, not a trial, and
+    trials skip the per-run plots (the parent run draws every trial's curves) unless asked."""
+    fixed = [o for o in overrides if not o.lstrip("+~").startswith("sweep")]
+    if not any(o.startswith("trainer.plots=") for o in fixed):
+        fixed.append("trainer.plots=false")
+    return fixed
+
+
+def _default_study_name(preset, expressions, fixed, preset_fixed) -> str:
+    text = json.dumps([preset, sorted(expressions.items()), sorted(fixed)], sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{preset}-{digest}" if preset != "none" else f"sweep-{digest}"
+
+
+def run_sweep(argv: list[str], plugins_dir: str | None = None) -> int:
+    """The coordinator; returns the exit code."""
+    plan, base, space = make_plan(argv, get_plugin_manager().registry, plugins_dir)
+    sweep_dir = Path(plan.sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    study = open_study(plan)
+    lost = recover_stale(study, plan.grace_seconds)
+    parent = ParentRun.open(plan, base, study) if plan.tracking else None
+    plan.parent_run_id = parent.run_id if parent else None
+    plan_path = sweep_dir / "plan.json"
+    plan.dump(plan_path)
+    print(
+        f"sweep {plan.study_name}: {len(space)} parameter(s), {plan.n_trials} trials, "
+        f"{plan.sampler} sampler, {plan.pruner} pruner, storage {plan.storage}, "
+        f"outputs {sweep_dir}" + (f"; retrying lost trials {lost}" if lost else "")
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "lossbench.sweep.worker", str(plan_path), str(i)],
+            stdout=open(sweep_dir / f"worker-{i}.log", "a"),
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(int(base.sweep.n_jobs))
+    ]
+    status = _watch(study, plan, procs)
+    crashed = [i for i, p in enumerate(procs) if p.returncode not in (0, None, 130, -2)]
+    if crashed and status == "finished":
+        status = "failed"
+    return finish(study, plan, parent, status, crashed)
+
+
+def _watch(study, plan, procs) -> str:
+    """Show progress until the workers end; on Ctrl-C make sure they stop."""
+    try:
+        with Progress(study, plan) as progress:
+            while any(p.poll() is None for p in procs):
+                progress.update()
+                time.sleep(0.5)
+            progress.update()
+        return "finished"
+    except KeyboardInterrupt:
+        for p in procs:  # they got the SIGINT too; make sure they stop
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        return "interrupted"

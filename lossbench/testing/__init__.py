@@ -1,0 +1,260 @@
+"""The conformance kit: every property lossbench expects of a component, checked in one call.
+
+In a plugin's own test suite (in the spirit of scikit-learn's ``parametrize_with_checks``)::
+
+    import lossbench_focal
+    from lossbench.testing import parametrize_with_checks
+
+    @parametrize_with_checks(lossbench_focal)
+    def test_lossbench_conformance(check):
+        check()
+
+``parametrize_with_checks(*plugins, hparams=None)`` takes plugin modules or objects (what the
+entry point names), or paths of single-file plugins, and makes one pytest case per (component,
+property), with ids like ``loss-focal-gradient_matches_finite_differences``. ``hparams`` adds
+hyperparameter cases per component name (or ``group.name``), e.g. ``{"focal": [{"gamma": 0.0},
+{"gamma": 2.0, "alpha": 0.5}]}``; without it each component is checked with its defaults.
+``check_plugin(*plugins)`` runs every check at once and raises one error listing all failures.
+
+What is checked (``CHECKS``), for every component the plugins register:
+
+- plugin: ``registers``: the plugin loads beside the built-ins, names are unique, it registers a
+  component or implements a hook;
+- every component: ``hydra_options``: its hyperparameter dataclass is stored as a Hydra option,
+  ``GROUP=NAME`` composes to the defaults, and a non-number for a number field is rejected;
+- loss: kernel compiles in nopython mode for float32 and float64 with the canonical signature;
+  kernel == NumPy reference; gradient == central finite differences; inputs not modified; a
+  changed hyperparameter takes effect without a recompile; two epochs of a small MLP lower the
+  validation loss;
+- optimizer: compiles; kernel == reference over many steps; decreases a convex quadratic; a zero
+  learning rate changes no parameter; deterministic; grads and hp not modified; hyperparameter
+  change without a recompile; trains a small MLP;
+- model: builds a consistent layout; forward/backward compile; kernels == references; backward
+  == finite differences of forward; inputs not modified; hyperparameter change without a
+  recompile; trains;
+- data: loads a consistent ``Dataset``, the same for the same seed; a small MLP trains on it.
+
+A component with only NumPy references (no kernels) gets the same checks on its references and
+trains on the slow path. A failure raises ``ConformanceError`` naming the component, the plugin,
+the property and by how much it is missed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+from lossbench.plugins import DEFAULT_PLUGINS, build_plugin_manager, load_plugin_file
+from lossbench.testing._base import Check, ConformanceError, _fail, central_difference
+from lossbench.testing.common import (
+    _hydra_options,
+    _hyperparameter_change,
+    _kernel_compiles,
+    _trains,
+)
+from lossbench.testing.data import _data_loads
+from lossbench.testing.losses import _loss_gradient, _loss_inputs_unchanged, _loss_matches_reference
+from lossbench.testing.models import (
+    _model_builds,
+    _model_gradient,
+    _model_inputs_unchanged,
+    _model_matches_reference,
+)
+from lossbench.testing.optimizers import (
+    _opt_deterministic,
+    _opt_inputs_unchanged,
+    _opt_matches_reference,
+    _opt_quadratic,
+    _opt_zero_lr,
+)
+
+CHECKS = {
+    "plugin": ("registers",),
+    "loss": (
+        "hydra_options",
+        "kernel_compiles",
+        "kernel_matches_reference",
+        "gradient_matches_finite_differences",
+        "inputs_unchanged",
+        "hyperparameter_change_takes_effect_without_recompiling",
+        "trains_small_mlp",
+    ),
+    "optimizer": (
+        "hydra_options",
+        "kernel_compiles",
+        "kernel_matches_reference",
+        "decreases_convex_quadratic",
+        "zero_lr_changes_nothing",
+        "deterministic",
+        "inputs_unchanged",
+        "hyperparameter_change_takes_effect_without_recompiling",
+        "trains_small_mlp",
+    ),
+    "model": (
+        "hydra_options",
+        "builds_layout",
+        "kernel_compiles",
+        "kernel_matches_reference",
+        "gradient_matches_finite_differences",
+        "inputs_unchanged",
+        "hyperparameter_change_takes_effect_without_recompiling",
+        "trains_small_mlp",
+    ),
+    "data": ("hydra_options", "loads", "trains_small_mlp"),
+}
+
+# ---------------------------------------------------------------------------------------------
+# entry points
+
+
+def parametrize_with_checks(*plugins, hparams: dict | None = None):
+    """A ``pytest.mark.parametrize("check", ...)`` over every check of every component the
+    ``plugins`` register; the test body calls ``check()``."""
+    import pytest  # the kit's users have pytest; check_plugin works without it
+
+    checks = checks_for(*plugins, hparams=hparams)
+    return pytest.mark.parametrize("check", checks, ids=[c.id for c in checks])
+
+
+def check_plugin(*plugins, hparams: dict | None = None) -> int:
+    """Run every check; raise one ``ConformanceError`` listing all failures, else return how
+    many checks passed."""
+    failures = []
+    checks = checks_for(*plugins, hparams=hparams)
+    for check in checks:
+        try:
+            check()
+        except ConformanceError as exc:
+            failures.append(str(exc))
+    if failures:
+        raise ConformanceError(
+            f"{len(failures)} of {len(checks)} checks fail:\n- " + "\n- ".join(failures)
+        )
+    return len(checks)
+
+
+def checks_for(*plugins, hparams: dict | None = None) -> list[Check]:
+    """The ``Check`` objects for ``plugins`` (modules, objects or single-file paths)."""
+
+    hparams = hparams or {}
+    objects, extra = [], []
+    for plugin in plugins:
+        label = str(plugin) if isinstance(plugin, str | Path) else _plugin_label(plugin)
+        try:
+            obj = _as_plugin(plugin)
+        except Exception as exc:
+            return [_broken(label, exc)]
+        objects.append(obj)
+        if _is_file(plugin):
+            extra.append((Path(plugin).stem, obj))  # the name --plugins-dir gives it
+        elif getattr(obj, "__name__", None) not in DEFAULT_PLUGINS:
+            extra.append(obj)
+
+    def manager():
+        return build_plugin_manager(entry_points=False, extra=extra)
+
+    try:
+        pm = manager()
+    except Exception as exc:
+        return [_broken(", ".join(_plugin_label(o) for o in objects), exc)]
+    checks = []
+    for obj in objects:
+        name = pm.get_name(obj)
+        checks.append(Check("plugin", name, name, "registers", _registers(manager, obj)))
+        for group, table in pm.registry.components.items():
+            for spec in sorted((s for s in table.values() if s.plugin == name), key=_name):
+                cases = _cases(hparams, group, spec)
+                for check_name in CHECKS[group]:
+                    function = _CHECK_FUNCTIONS[group, check_name](pm, group, spec, cases)
+                    if function is not None:  # None: the property does not apply
+                        checks.append(Check(group, spec.name, name, check_name, function))
+    return checks
+
+
+def _name(spec) -> str:
+    return spec.name
+
+
+def _plugin_label(plugin) -> str:
+    return getattr(plugin, "__name__", None) or type(plugin).__name__
+
+
+def _is_file(plugin) -> bool:
+    return isinstance(plugin, Path) or (isinstance(plugin, str) and plugin.endswith(".py"))
+
+
+def _as_plugin(plugin):
+    """A plugin object from a module, an object, a module name or a single-file path."""
+    if _is_file(plugin):
+        return load_plugin_file(plugin)
+    if isinstance(plugin, str):
+        return importlib.import_module(plugin)
+    return plugin
+
+
+def _broken(label: str, exc: Exception) -> Check:
+    def check():
+        _fail(f"it does not load: {type(exc).__name__}: {exc}")
+
+    return Check("plugin", label, label, "registers", check)
+
+
+def _cases(hparams: dict, group: str, spec) -> list:
+    given = hparams.get(f"{group}.{spec.name}", hparams.get(spec.name))
+    if given is None:
+        return [spec.hparams()]
+    given = [given] if isinstance(given, dict) else list(given)
+    return [spec.hparams(**values) for values in given]
+
+
+def _registers(manager, obj):
+    def check():
+        pm = manager()  # raises, with the plugin's name and the fix, when registration fails
+        name = pm.get_name(obj)
+        mine = [
+            n for t in pm.registry.components.values() for n, s in t.items() if s.plugin == name
+        ]
+        hooks = [h.name for h in pm.get_hookcallers(obj) or []]
+        if not mine and not hooks:
+            _fail(
+                "it registers no component and implements no hook. Fix: mark the hook "
+                "functions with @lossbench.hookimpl, and point the entry point at this module."
+            )
+
+    return check
+
+
+_CHECK_FUNCTIONS: dict[tuple[str, str], Callable[..., Callable[[], None] | None]] = {
+    **{(g, "hydra_options"): _hydra_options for g in ("loss", "optimizer", "model", "data")},
+    **{(g, "kernel_compiles"): _kernel_compiles for g in ("loss", "optimizer", "model")},
+    **{(g, "trains_small_mlp"): _trains for g in ("loss", "optimizer", "model", "data")},
+    **{
+        (g, "hyperparameter_change_takes_effect_without_recompiling"): _hyperparameter_change
+        for g in ("loss", "optimizer", "model")
+    },
+    ("loss", "kernel_matches_reference"): _loss_matches_reference,
+    ("loss", "gradient_matches_finite_differences"): _loss_gradient,
+    ("loss", "inputs_unchanged"): _loss_inputs_unchanged,
+    ("optimizer", "kernel_matches_reference"): _opt_matches_reference,
+    ("optimizer", "decreases_convex_quadratic"): _opt_quadratic,
+    ("optimizer", "zero_lr_changes_nothing"): _opt_zero_lr,
+    ("optimizer", "deterministic"): _opt_deterministic,
+    ("optimizer", "inputs_unchanged"): _opt_inputs_unchanged,
+    ("model", "builds_layout"): _model_builds,
+    ("model", "kernel_matches_reference"): _model_matches_reference,
+    ("model", "gradient_matches_finite_differences"): _model_gradient,
+    ("model", "inputs_unchanged"): _model_inputs_unchanged,
+    ("data", "loads"): _data_loads,
+}
+
+
+__all__ = [
+    "CHECKS",
+    "Check",
+    "ConformanceError",
+    "central_difference",
+    "check_plugin",
+    "checks_for",
+    "parametrize_with_checks",
+]

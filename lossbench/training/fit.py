@@ -1,0 +1,221 @@
+"""Training one run: ``train`` sets it up, starts the hooks, picks the fused or slow path, and
+runs the fit loop (forward -> loss -> backward -> step for every minibatch, then evaluate, then
+the hooks), with exactly one ``on_run_end`` whatever ends the run."""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+from lossbench.config import GROUPS, compose
+from lossbench.errors import LossbenchError
+from lossbench.plugins import get_plugin_manager
+from lossbench.training.fused import ROLES, bind, fused_runner
+from lossbench.training.run import PHASES, Run
+from lossbench.training.schedules import lr_at
+from lossbench.training.setup import Runner, Setup, resolve, set_up
+from lossbench.training.slow import slow_runner
+
+
+def train(cfg=None, *, overrides=(), output_dir=None, plugin_manager=None) -> Run:
+    """Train once and return the ``Run`` (history, parameters, timings, status).
+
+    ``cfg`` is a composed config (e.g. from ``lossbench.compose``); without it the config is
+    composed from ``overrides`` as on the command line. ``output_dir`` receives history.csv,
+    model.npz, loss_curve.png and summary.json (None: nothing is written). Raises
+    ``LossbenchError`` for bad input, before any file is written.
+
+    Once the config is accepted the run has started: whatever ends it (bad input found while
+    loading the data, Ctrl-C or SIGTERM while loading, compiling, training or writing outputs,
+    a failing plugin), ``on_run_end`` is called exactly once, so the outputs and the tracking
+    record say how it ended and in which phase (``run.phase``).
+    """
+    t_start = time.perf_counter()
+    pm = plugin_manager or get_plugin_manager()
+    if cfg is None:
+        cfg = compose(overrides, registry=pm.registry)
+    specs, options = resolve(cfg, pm.registry)
+    run = Run(
+        config=cfg,
+        output_dir=Path(output_dir) if output_dir is not None else None,
+        specs=specs,
+        hparams=options,
+        sources={g: pm.source_of(specs[g].plugin) for g in GROUPS},
+        path="numpy" if any(specs[g].numpy_only for g in ROLES) else "fused",
+    )
+    status = "failed"
+    try:
+        with _SigtermAsInterrupt():
+            status = _stages(run, pm, t_start)
+    except KeyboardInterrupt:
+        status = "interrupted"
+        run.error = f"interrupted by the user (Ctrl-C or SIGTERM) during {PHASES[run.phase]}"
+        raise
+    except LossbenchError as exc:
+        # bad input found before any epoch ran: the run is refused and leaves no record
+        status = "rejected" if not run.history else "failed"
+        run.error = str(exc)
+        raise
+    except BaseException as exc:
+        run.error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        run.status = status
+        run.timings.setdefault("compile_seconds", 0.0)
+        run.timings["train_seconds"] = sum(h["epoch_seconds"] for h in run.history)
+        run.timings["total_seconds"] = time.perf_counter() - t_start
+        _run_end_hooks(pm, run)
+    return run
+
+
+def _stages(run: Run, pm, t_start: float) -> str:
+    """Set-up, the on_run_start hooks, compiling, the fit loop; returns the status."""
+    setup = set_up(run)
+    run.timings["setup_seconds"] = time.perf_counter() - t_start
+    # hooks start before compiling so that slow set-up (e.g. the tracking side process)
+    # overlaps the compile-or-cache-load of the kernels and the first epochs
+    run.phase = "start"
+    pm.hook.on_run_start(run=run)
+    run.phase = "compile"
+    t_compile = time.perf_counter()
+    runner = slow_runner(run, setup) if run.path == "numpy" else fused_runner(run, setup)
+    run.timings["compile_seconds"] = time.perf_counter() - t_compile
+    run.phase = "train"
+    return fit(run, setup, runner, pm)
+
+
+def fit(run: Run, s: Setup, runner: Runner, pm) -> str:
+    """The epoch loop: one epoch (forward, loss, backward, step for every minibatch), one
+    validation pass, the metrics into the history, the on_epoch_end hooks; returns the status."""
+    trainer, prep = run.config.trainer, run.dataset
+    n_val, t = len(prep.X_val), 0
+    for epoch in range(int(trainer.epochs)):
+        lr = lr_at(epoch, s.base_lr, trainer)
+        if trainer.shuffle:
+            s.rng.shuffle(s.order)
+        t0 = time.perf_counter()
+        total, seen, correct, t = runner.epoch(t, s.dtype.type(lr))
+        val_total, val_correct = runner.evaluate()
+        metrics = {"epoch": epoch, "train_loss": total / seen, "val_loss": val_total / n_val}
+        if prep.task == "classification":
+            metrics["train_accuracy"] = correct / seen
+            metrics["val_accuracy"] = val_correct / n_val
+        metrics["lr"] = lr
+        metrics["epoch_seconds"] = time.perf_counter() - t0
+        run.history.append(metrics)
+        if not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"])):
+            run.error = (
+                f"the loss became non-finite in epoch {epoch} (train_loss="
+                f"{metrics['train_loss']}, val_loss={metrics['val_loss']}) with lr={lr:g}; "
+                "training stopped. Try a smaller optimizer.lr."
+            )
+            return "diverged"
+        reasons = [r for r in pm.hook.on_epoch_end(run=run, epoch=epoch, metrics=metrics) if r]
+        if reasons:
+            run.stop_reason = "; ".join(map(str, reasons))
+            return "stopped"
+    return "finished"
+
+
+def warm_up(dtypes=("float32", "float64"), plugin_manager=None) -> list[dict]:
+    """Compile, or load from numba's disk cache, what runs use: the fused epoch, the
+    evaluation and every registered kernel, in each of ``dtypes``; one row per dtype with the
+    seconds it took. After it, a new process starts training without compiling (the cache is
+    per installation: ``__pycache__`` beside each module, or ``NUMBA_CACHE_DIR``)."""
+    pm = plugin_manager or get_plugin_manager()
+    rows = []
+    for dtype in dtypes:
+        t0 = time.perf_counter()
+        overrides = ["data=iris", "trainer.epochs=1", "trainer.progress=false", "tracking=none",
+                     f"trainer.dtype={dtype}"]  # fmt: skip
+        train(overrides=overrides, plugin_manager=pm)
+        for group in ROLES:
+            for spec in pm.registry.components[group].values():
+                if not spec.numpy_only:
+                    bind(group, spec, dtype)
+        rows.append({"dtype": dtype, "seconds": time.perf_counter() - t0})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# ending a run, and signals
+
+
+def _run_end_hooks(pm, run) -> None:
+    """Call every on_run_end implementation; one failing does not skip the others.
+
+    A first Ctrl-C or SIGTERM while they run (writing the outputs, ending the MLflow run) is
+    held until they are done, so the run's record is complete, and then raised; a second one
+    interrupts at once."""
+    with _HoldInterrupts() as held:
+        for impl in reversed(pm.hook.on_run_end.get_hookimpls()):
+            try:
+                impl.function(run=run, status=run.status)
+            except LossbenchError as exc:
+                warnings.warn(f"on_run_end of {impl.plugin_name}: {exc}", stacklevel=2)
+            except Exception as exc:  # a plugin bug must not hide the run's own outcome
+                kind = type(exc).__name__
+                warnings.warn(
+                    f"on_run_end of plugin {impl.plugin_name!r} raised {kind}: {exc}", stacklevel=2
+                )
+    if held.signal is not None and sys.exc_info()[0] is None:
+        raise KeyboardInterrupt(held.signal)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+class _SigtermAsInterrupt:
+    """Within the block, SIGTERM raises KeyboardInterrupt (main thread only)."""
+
+    def __enter__(self):
+        self.old = signal.getsignal(signal.SIGTERM) if _main_thread() else None
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
+        return False
+
+
+class _HoldInterrupts:
+    """Within the block (main thread only), the first SIGINT or SIGTERM is noted, not raised;
+    a second one raises KeyboardInterrupt at once. ``signal`` names the first one held."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self):
+        self.signal, self.old = None, {}
+        if _main_thread():
+            for sig in self.SIGNALS:
+                self.old[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._note)
+        return self
+
+    def _note(self, signum, frame):
+        if self.signal is not None:
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+        self.signal = signal.Signals(signum).name
+        print(
+            f"lossbench: {self.signal} received while the run's outputs are written; "
+            "finishing them (press Ctrl-C again to abort now)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __exit__(self, *exc):
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+        return False

@@ -1,0 +1,145 @@
+"""The fused path: every minibatch of an epoch in one jitted call, and the validation pass.
+
+``train_epoch`` gathers each minibatch's rows into contiguous buffers, then forward, loss and its
+gradient, backward, optimizer step. Its kernels arrive as first-class function values
+(``lossbench.kernels.KernelRef``), so it compiles once per dtype per installation and is loaded
+from numba's disk cache afterwards, whichever losses, optimizers and models a run combines.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from lossbench.kernels import cache_counts, ensure_compiled, kernel_ref
+from lossbench.training.setup import Runner, Setup
+
+# which spec attribute holds the kernel of which role
+ROLES = {
+    "model": (("forward", "forward"), ("backward", "backward")),
+    "loss": (("kernel", "loss"),),
+    "optimizer": (("kernel", "optimizer"),),
+}
+
+@njit(cache=True, nogil=True)
+def _count_correct(out, labels, start, order, use_order):
+    """Correct predictions in ``out`` (argmax, or logit > 0 for one output column)."""
+    m, c = out.shape
+    correct = 0
+    for i in range(m):
+        label = labels[order[start + i]] if use_order else labels[start + i]
+        if c == 1:
+            pred = 1 if out[i, 0] > 0 else 0
+        else:
+            pred = 0
+            best = out[i, 0]
+            for j in range(1, c):
+                if out[i, j] > best:
+                    best = out[i, j]
+                    pred = j
+        if pred == label:
+            correct += 1
+    return correct
+
+
+@njit(cache=True, nogil=True)
+def train_epoch(
+    forward, backward, loss, step, params, layout, model_hp, loss_hp, opt_hp, state, grads,
+    X, Y, labels, order, batch_size, work, xb, yb, out, dout, t, lr,
+):  # fmt: skip
+    """One epoch of minibatch training; returns (sum of batch loss x batch size, samples seen,
+    correct predictions, step count). Stops at the first non-finite batch loss."""
+    n = order.shape[0]
+    total = 0.0
+    seen = 0
+    correct = 0
+    with_labels = labels.shape[0] > 0
+    for start in range(0, n, batch_size):
+        m = min(batch_size, n - start)
+        xm = xb[:m]
+        ym = yb[:m]
+        om = out[:m]
+        dm = dout[:m]
+        for i in range(m):  # gather the minibatch into contiguous buffers
+            r = order[start + i]
+            xm[i, :] = X[r]
+            ym[i, :] = Y[r]
+        forward(params, layout, model_hp, xm, work, om)
+        batch_loss = loss(om, ym, loss_hp, dm)
+        total += batch_loss * m
+        seen += m
+        if not math.isfinite(batch_loss):
+            break
+        if with_labels:
+            correct += _count_correct(om, labels, start, order, True)
+        backward(params, layout, model_hp, xm, work, dm, grads)
+        t += 1
+        step(params, grads, state, opt_hp, t, lr)
+    return total, seen, correct, t
+
+
+@njit(cache=True, nogil=True)
+def evaluate(
+    forward, loss, params, layout, model_hp, loss_hp, X, Y, labels, chunk, work, out, dout
+):
+    """Loss and correct predictions on a whole set, in chunks of at most ``chunk`` rows;
+    returns (sum of chunk loss x chunk size, correct)."""
+    n = X.shape[0]
+    total = 0.0
+    correct = 0
+    dummy = np.empty(0, np.int64)
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        om = out[:m]
+        forward(params, layout, model_hp, X[start : start + m], work, om)
+        total += loss(om, Y[start : start + m], loss_hp, dout[:m]) * m
+        if labels.shape[0] > 0:
+            correct += _count_correct(om, labels, start, dummy, False)
+    return total, correct
+
+
+def compile_stats() -> dict[str, dict[str, int]]:
+    """Disk-cache hits and compilations of the fused epoch and evaluation in this process."""
+    return {fn.__name__: cache_counts(fn) for fn in (train_epoch, evaluate)}
+
+
+def bind(group: str, spec, dtype: str) -> dict:
+    """The spec's kernels as KernelRefs (compiled or loaded from the cache), by role."""
+    owner = f"{group} {spec.name!r} from plugin {spec.plugin!r}"
+    return {
+        role: kernel_ref(getattr(spec, attr), role, dtype, owner=owner)
+        for attr, role in ROLES[group]
+    }
+
+
+def fused_runner(run, s: Setup) -> Runner:
+    """The run's epochs on the fused path: binds the kernels and compiles (or cache-loads) the
+    epoch and the evaluation before returning, so no epoch pays for it."""
+    prep, layout, params = run.dataset, run.layout, run.flat_params
+    n_out, dtype = prep.n_outputs, s.dtype
+    k = {}
+    for group in ROLES:
+        k.update(bind(group, run.specs[group], str(dtype)))
+
+    def buf(rows, cols):
+        return np.empty((rows, cols), dtype=dtype)
+
+    epoch_args = (
+        k["forward"], k["backward"], k["loss"], k["optimizer"], params, layout.layout,
+        s.model_hp, s.loss_hp, s.opt_hp, s.state, s.grads, prep.X_train, prep.Y_train,
+        prep.labels_train, s.order, s.batch, np.empty(layout.workspace(s.batch), dtype=dtype),
+        buf(s.batch, prep.X_train.shape[1]), buf(s.batch, prep.Y_train.shape[1]),
+        buf(s.batch, n_out), buf(s.batch, n_out),
+    )  # fmt: skip
+    eval_args = (
+        k["forward"], k["loss"], params, layout.layout, s.model_hp, s.loss_hp, prep.X_val,
+        prep.Y_val, prep.labels_val, s.chunk, np.empty(layout.workspace(s.chunk), dtype=dtype),
+        buf(s.chunk, n_out), buf(s.chunk, n_out),
+    )  # fmt: skip
+    ensure_compiled(train_epoch, (*epoch_args, 0, dtype.type(s.base_lr)))
+    ensure_compiled(evaluate, eval_args)
+    return Runner(
+        epoch=lambda t, lr: train_epoch(*epoch_args, t, lr), evaluate=lambda: evaluate(*eval_args)
+    )

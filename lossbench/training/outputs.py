@@ -1,0 +1,135 @@
+"""A run's files: history.csv, model.npz, the loss curve and the confusion matrix. Each file is
+written to a temporary name and renamed, so a file is either complete or absent. The outputs
+plugin (``lossbench.builtin.outputs``) and the MLflow tracker both write through these."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from lossbench.training.run import summary
+from lossbench.training.slow import predicted_classes
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _atomic(path: Path, write) -> None:
+    """Write through ``write(tmp_path)`` and rename into place: complete or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    if not history:
+        return
+    columns = list(history[0])
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns)
+            w.writeheader()
+            for row in history:
+                w.writerow(
+                    {k: repr(float(v)) if isinstance(v, float) else v for k, v in row.items()}
+                )
+
+    _atomic(path, write)
+
+
+def write_model(path: Path, params: dict[str, np.ndarray]) -> None:
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **params)
+
+    _atomic(path, write)
+
+
+def _pyplot():
+    # start-up: matplotlib costs about a second to import; only runs that plot pay for it
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_loss_curve(path: Path, history: list[dict], title: str) -> None:
+    plt = _pyplot()
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    ax.plot(epochs, [h["train_loss"] for h in history], label="train")
+    ax.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    finite = [h for h in history if np.isfinite(h["val_loss"])]
+    if finite:
+        best = min(finite, key=lambda h: h["val_loss"])
+        ax.scatter(
+            [best["epoch"]],
+            [best["val_loss"]],
+            color="black",
+            zorder=3,
+            label=f"best val (epoch {best['epoch']})",
+        )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    _atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+def write_summary(path: Path, run) -> None:
+    text = json.dumps(summary(run), indent=2, default=float)
+    _atomic(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+
+
+def run_title(run) -> str:
+    cfg = run.config
+    return f"{cfg.model.name} / {cfg.loss.name} / {cfg.optimizer.name} on {cfg.data.name}"
+
+
+def plot_confusion_matrix(path: Path, run) -> None:
+    """Validation confusion matrix of a classification run (rows: true class)."""
+    plt = _pyplot()
+
+    prep = run.dataset
+    pred = predicted_classes(run.predict(prep.X_val))
+    k = max(prep.n_classes, 2)
+    counts = np.zeros((k, k), dtype=int)
+    np.add.at(counts, (prep.labels_val, pred), 1)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.5 * k, 1.0 + 0.5 * k), dpi=110)
+    ax.imshow(counts, cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            color = "white" if counts[i, j] > counts.max() / 2 else "black"
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", color=color, fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    ax.set_title(f"validation, accuracy {accuracy:.3f}", fontsize=9)
+    fig.tight_layout()
+    _atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)

@@ -1,0 +1,144 @@
+"""Setting a run up: the specs and options its config names (checked), then the data, the model's
+flat parameter vector and the optimizer state, in the run's dtype."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lossbench.config import GROUPS, hparams
+from lossbench.errors import ConfigError, positive_int, require
+from lossbench.training.prepare import options_from, prepare
+
+
+def resolve(cfg, registry) -> tuple[dict, dict]:
+    """The specs and option dataclasses the config names, checked (bad input raises here)."""
+    specs, options = {}, {}
+    for group in GROUPS:
+        specs[group] = registry.get(group, cfg[group].name)
+        options[group] = hparams(specs[group], cfg[group])
+    check_trainer(cfg.trainer)
+    for group in ("loss", "optimizer"):
+        if specs[group].check is not None:
+            specs[group].check(options[group])
+    return specs, options
+
+
+def check_trainer(trainer) -> None:
+    """What the trainer schema's types cannot say (choice fields are checked by Hydra)."""
+    positive_int(trainer.epochs, "trainer.epochs", 50)
+    positive_int(trainer.batch_size, "trainer.batch_size", 32)
+    require(trainer.warmup_epochs >= 0, "trainer.warmup_epochs", trainer.warmup_epochs,
+            "it must be >= 0 (0 disables warm-up)", 5)  # fmt: skip
+    if trainer.lr_schedule == "step":
+        positive_int(trainer.step_size, "trainer.step_size", 10)
+    if trainer.early_stopping.enabled:
+        positive_int(trainer.early_stopping.patience, "trainer.early_stopping.patience", 10)
+
+
+def base_lr(options) -> float:
+    """The optimizer's learning rate (its ``lr`` field)."""
+    return float(options.lr) if hasattr(options, "lr") else 1.0
+
+
+@dataclass
+class Setup:
+    """What the epochs need besides the kernels; the ``*_hp`` arrays are the packed
+    hyperparameters the kernels read."""
+
+    dtype: np.dtype
+    state: np.ndarray
+    grads: np.ndarray
+    model_hp: np.ndarray
+    loss_hp: np.ndarray
+    opt_hp: np.ndarray
+    base_lr: float
+    batch: int
+    chunk: int
+    order: np.ndarray
+    rng: np.random.Generator
+
+
+def set_up(run) -> Setup:
+    """Load and prepare the data, build and initialise the model and the optimizer state;
+    fills ``run.dataset``, ``run.layout`` and ``run.flat_params``."""
+    cfg, specs, options = run.config, run.specs, run.hparams
+    dtype = np.dtype(str(cfg.trainer.dtype))
+    split_ss, init_ss, shuffle_ss, data_ss = np.random.SeedSequence(int(cfg.seed)).spawn(4)
+    dataset = specs["data"].load(options["data"], int(data_ss.generate_state(1)[0]))
+    loss_spec = specs["loss"]
+    prep = prepare(
+        dataset, options_from(options["data"]), loss_spec.target, loss_spec.name, dtype,
+        np.random.default_rng(split_ss),
+    )  # fmt: skip
+    run.dataset = prep
+    layout = specs["model"].build(options["model"], prep.X_train.shape[1], prep.n_outputs)
+    params = np.empty(layout.n_params, dtype=np.float64)
+    layout.init(np.random.default_rng(init_ss), params)
+    init_from = getattr(options["model"], "init_from", None)
+    if init_from:
+        load_init(init_from, layout, params)
+    run.layout, run.flat_params = layout, params.astype(dtype)
+    opt_spec = specs["optimizer"]
+    state = np.zeros((opt_spec.state_rows, layout.n_params), dtype=dtype)
+    if opt_spec.init_state is not None:
+        opt_spec.init_state(state, options["optimizer"])
+    packed = lambda values: np.asarray(values, dtype=dtype).reshape(-1)  # noqa: E731
+    batch = min(int(cfg.trainer.batch_size), len(prep.X_train))
+    return Setup(
+        dtype=dtype,
+        state=state,
+        grads=np.zeros(layout.n_params, dtype=dtype),
+        model_hp=packed(layout.hp),
+        loss_hp=packed(loss_spec.pack(options["loss"])),
+        opt_hp=packed(opt_spec.pack(options["optimizer"])),
+        base_lr=base_lr(options["optimizer"]),
+        batch=batch,
+        chunk=min(max(batch, 1024), max(len(prep.X_val), 1)),
+        order=np.arange(len(prep.X_train), dtype=np.int64),
+        rng=np.random.default_rng(shuffle_ss),
+    )
+
+
+def load_init(path: str, layout, params: np.ndarray) -> None:
+    """Fill ``params`` from an NPZ weight file holding W0, b0, W1, b1, ... (x @ W + b)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(
+            f"model.init_from={path!r}: no such file. Fix: pass the model.npz of an earlier run "
+            "or a file saved with np.savez(path, W0=..., b0=..., ...)."
+        )
+    with np.load(p, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    expected = {name: shape for name, (_, shape) in layout.tensors.items()}
+    if set(arrays) != set(expected):
+        raise ConfigError(
+            f"model.init_from={path!r} holds {sorted(arrays)}, but this model needs "
+            f"{sorted(expected)}. Fix: use weights saved from a model with the same layers."
+        )
+    bad = [
+        f"{k}: file {arrays[k].shape}, model {shape}"
+        for k, shape in expected.items()
+        if tuple(arrays[k].shape) != tuple(shape)
+    ]
+    if bad:
+        raise ConfigError(
+            f"model.init_from={path!r} has the wrong shapes ({'; '.join(bad)}). Fix: match "
+            "model.hidden and the dataset's features/classes to the saved model."
+        )
+    views = layout.views(params)
+    for k, a in arrays.items():
+        views[k][...] = a
+
+
+@dataclass
+class Runner:
+    """How a run's epochs run, on the fused or the slow path: ``epoch(t, lr) -> (loss sum,
+    samples seen, correct predictions, step count)`` and ``evaluate() -> (loss sum, correct)``
+    on the validation set."""
+
+    epoch: Callable[[int, float], tuple]
+    evaluate: Callable[[], tuple]
