@@ -28,6 +28,7 @@ test: $(TEST_STAMP)
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check lossbench tests benchmarks plugins
+	$(BIN)/lint-imports
 
 # the PyTorch comparison: installs the optional `bench` extra (torch==2.13.0, CPU)
 bench: $(STAMP)

@@ -39,8 +39,8 @@ def compose(overrides=()):
 
 
 def __getattr__(name: str):
-    if name == "Run":  # the object hooks receive and train returns, without importing numba
-        from lossbench.training import Run
+    if name == "Run":  # the object hooks receive and train returns
+        from lossbench.training import Run  # start-up: `import lossbench` loads no numba
 
         return Run
     raise AttributeError(f"module 'lossbench' has no attribute {name!r}")

@@ -14,7 +14,6 @@ class DataOptions:
     """Options every dataset has. Dataset hyperparameter dataclasses derive from this."""
 
     val_fraction: float = 0.2
-    val_path: str | None = None
     standardize: bool = True
 
 

@@ -62,9 +62,12 @@ def on_epoch_end(run, epoch, metrics):
 
 @hookspec
 def on_run_end(run, status):
-    """Called exactly once per run that started, whatever happened: ``status`` is one of
+    """Called exactly once per run that ``lossbench.train`` accepted, whatever happened, also
+    when it ends during set-up before ``on_run_start`` (``run.phase`` says where: setup, start,
+    compile or train; ``run.dataset``/``run.layout`` may then be None). ``status`` is one of
     ``"finished"``, ``"stopped"`` (a hook asked to stop), ``"diverged"`` (non-finite loss),
-    ``"failed"`` (an exception) or ``"interrupted"`` (Ctrl-C / SIGTERM). ``run.error`` holds the
-    message for diverged and failed runs. Exceptions raised here are reported, not propagated, so
-    one plugin cannot stop another's clean-up.
+    ``"failed"`` (an exception), ``"interrupted"`` (Ctrl-C / SIGTERM) or ``"rejected"`` (bad
+    input found before the first epoch: the run leaves no record). ``run.error`` holds the
+    message for all but finished and stopped. Exceptions raised here are reported, not
+    propagated, so one plugin cannot stop another's clean-up.
     """

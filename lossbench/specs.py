@@ -86,9 +86,6 @@ class _Spec:
     # set by the registry: which plugin registered this spec
     plugin: str = dataclasses.field(default="", compare=False)
 
-    def default_hparams(self) -> Any:
-        return self.hparams()
-
     @property
     def numpy_only(self) -> bool:
         """True when the component has no numba kernels and trains on the slow path."""
@@ -122,7 +119,8 @@ class OptimizerSpec(_Spec):
     """An optimizer. ``kernel`` has the canonical optimizer signature; ``reference(params, grads,
     state, hp, t, lr)`` updates NumPy arrays in place with the same meaning. ``state_rows`` rows of
     state are allocated per parameter, filled by ``init_state(state, hp)`` (zeros by default).
-    ``lr_of(hp)`` reads the base learning rate."""
+    The learning rate is the ``lr`` field of the hyperparameter dataclass: the engine reads it,
+    applies the schedule, and passes each epoch's value to the kernel as ``lr``."""
 
     kernel: Any = None
     reference: Callable[..., None] | None = None

@@ -2,6 +2,7 @@
 
 import dataclasses
 import inspect
+import json
 import re
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from conftest import TINY
 from lossbench import hookspecs
 from lossbench.builtin.models import MODELS
 from lossbench.data import DataOptions, Dataset
+from lossbench.errors import DataError
 from lossbench.plugins import build_plugin_manager
 
 HOOKS = sorted(n for n, f in vars(hookspecs).items() if hasattr(f, "lossbench_spec"))
@@ -128,6 +130,52 @@ def test_on_run_end_failure_in_one_plugin_does_not_skip_others():
     with pytest.warns(UserWarning, match="oops"):
         lossbench.train(overrides=[*TINY, "data=iris"], plugin_manager=pm)
     assert ends(rec) == [("end", "finished", "finished")]
+
+
+class FailingLoad:
+    """A dataset whose load raises what it is given: the run ends in set-up, before
+    on_run_start."""
+
+    def __init__(self, error):
+        self.error = error
+
+    @lossbench.hookimpl
+    def register_datasets(self, register):
+        def load(hp, seed):
+            raise self.error
+
+        register(lossbench.DatasetSpec(name="failing", hparams=DataOptions, load=load))
+
+
+@pytest.mark.parametrize(
+    "error,status",
+    [(KeyboardInterrupt(), "interrupted"), (RuntimeError("disk"), "failed"),
+     (DataError("bad file"), "rejected")],
+    ids=["interrupt", "bug", "bad_input"],
+)  # fmt: skip
+def test_on_run_end_runs_when_the_run_ends_during_setup(error, status):
+    rec = Recorder()
+    pm = build_plugin_manager(entry_points=False, extra=[rec, FailingLoad(error)])
+    with pytest.raises(type(error)):
+        lossbench.train(overrides=[*TINY, "data=failing"], plugin_manager=pm)
+    assert [c for c in rec.calls if c[0] == "start"] == []  # set-up never finished
+    assert ends(rec) == [("end", status, status)]
+
+
+def test_interrupt_during_setup_is_summarised_with_its_phase(tmp_path):
+    pm = build_plugin_manager(entry_points=False, extra=[FailingLoad(KeyboardInterrupt())])
+    with pytest.raises(KeyboardInterrupt):
+        lossbench.train(overrides=[*TINY, "data=failing"], plugin_manager=pm, output_dir=tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["phase"] == "setup"
+    assert summary["epochs"] == 0 and "set-up" in summary["error"]
+
+
+def test_bad_input_during_setup_leaves_no_files(tmp_path):
+    pm = build_plugin_manager(entry_points=False, extra=[FailingLoad(DataError("bad file"))])
+    with pytest.raises(DataError):
+        lossbench.train(overrides=[*TINY, "data=failing"], plugin_manager=pm, output_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 @dataclasses.dataclass

@@ -78,6 +78,20 @@ def test_lr_sweep_writes_results_and_a_trial_reproduces_bit_for_bit(tmp_path):
     assert run.history[-1]["val_loss"] == best.value
 
 
+def test_grid_sweep_runs_every_point_once_and_ends_cleanly(tmp_path):
+    r = sweep(
+        "optimizer.lr=choice(0.001, 0.01, 0.1)", "loss=mse,cross_entropy", *BASE,
+        "sweep.sampler=grid", "sweep.pruner=none", "sweep.n_trials=50", "sweep.study_name=grid",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert "ended unexpectedly" not in r.stderr
+    study = load(tmp_path, "grid")
+    points = sorted((t.params["optimizer.lr"], t.params["loss"]) for t in study.trials)
+    grid = [(lr, loss) for lr in (0.001, 0.01, 0.1) for loss in ("mse", "cross_entropy")]
+    assert points == sorted(grid)
+    assert states(study) == ["COMPLETE"] * 6  # n_trials is capped at the grid's size
+
+
 def test_pruner_stops_an_obviously_bad_lr_early(tmp_path):
     common = [*BASE, "trainer.epochs=12", "sweep.study_name=prune", "sweep.pruner=median",
               "sweep.pruner_warmup_epochs=2"]  # fmt: skip

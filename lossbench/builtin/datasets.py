@@ -3,9 +3,11 @@ user's own CSV and NPZ files."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 import numpy as np
 
@@ -29,9 +31,6 @@ _DIGIT_NAMES = [str(i) for i in range(10)]
 
 
 def _sklearn_data_dir():
-    import importlib.util
-    from pathlib import Path
-
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -65,7 +64,7 @@ def _sklearn(name: str):
     def load(hp, seed):
         found = read_bundled(name)
         if found is None:
-            from sklearn import datasets
+            from sklearn import datasets  # start-up: see _BUNDLED
 
             bunch = getattr(datasets, loader_name)()
             names = [str(n) for n in getattr(bunch, "target_names", [])] or None
@@ -105,7 +104,7 @@ def _positive(key, value, example):
 
 
 def _load_moons(hp: MoonsOptions, seed):
-    from sklearn.datasets import make_moons
+    from sklearn.datasets import make_moons  # start-up: sklearn costs 0.8 s
 
     _positive("n_samples", hp.n_samples, 1000)
     X, y = make_moons(n_samples=hp.n_samples, noise=hp.noise, random_state=seed)
@@ -113,7 +112,7 @@ def _load_moons(hp: MoonsOptions, seed):
 
 
 def _load_blobs(hp: BlobsOptions, seed):
-    from sklearn.datasets import make_blobs
+    from sklearn.datasets import make_blobs  # start-up: sklearn costs 0.8 s
 
     for key, ex in (("n_samples", 1000), ("n_features", 2), ("centers", 3)):
         _positive(key, getattr(hp, key), ex)
@@ -129,7 +128,7 @@ def _load_blobs(hp: BlobsOptions, seed):
 
 
 def _load_regression(hp: RegressionOptions, seed):
-    from sklearn.datasets import make_regression
+    from sklearn.datasets import make_regression  # start-up: sklearn costs 0.8 s
 
     for key, ex in (("n_samples", 1000), ("n_features", 10), ("n_targets", 1)):
         _positive(key, getattr(hp, key), ex)
@@ -158,6 +157,7 @@ class CSVOptions(DataOptions):
     path: str = "???"
     target: str = "target"
     task: Task = Task.auto
+    val_path: str | None = None
 
 
 @dataclass
@@ -190,7 +190,7 @@ def _infer_task(y: np.ndarray, task: str, where: str) -> tuple[np.ndarray, str, 
 
 
 def _read_csv(path: str, target: str, role: str):
-    import pandas as pd
+    import pandas as pd  # start-up: pandas for CSV files only
 
     if path in ("???", "", None):
         raise ConfigError(

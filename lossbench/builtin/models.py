@@ -59,8 +59,7 @@ class LinearOptions:
 
 @njit(cache=True, nogil=True, inline="always")
 def _act(z, code, slope):
-    if code == 1:
-        return z if z > 0 else 0.0 * z
+    """act(z) for the activations other than relu (relu has its own pass in _bias_act)."""
     if code == 2:
         return math.tanh(z)
     if code == 3:
@@ -77,9 +76,8 @@ def _act(z, code, slope):
 
 @njit(cache=True, nogil=True, inline="always")
 def _act_grad(z, a, code, slope):
-    """d act / dz at z, given a = act(z)."""
-    if code == 1:
-        return 1.0 if z > 0 else 0.0
+    """d act / dz at z, given a = act(z), for the activations other than relu (relu has its own
+    pass in _act_backward)."""
     if code == 2:
         return 1.0 - a * a
     if code == 3:
@@ -216,7 +214,7 @@ def mlp_backward(params, layout, hp, x, work, dout, grads):
 
 
 def _act_np(z, code, slope):
-    from scipy.special import erf
+    from scipy.special import erf  # start-up: scipy for the NumPy reference only
 
     return {
         0: lambda: z,
@@ -229,7 +227,7 @@ def _act_np(z, code, slope):
 
 
 def _act_grad_np(z, code, slope):
-    from scipy.special import erf
+    from scipy.special import erf  # start-up: scipy for the NumPy reference only
 
     s = 1 / (1 + np.exp(-z))
     return {

@@ -16,6 +16,7 @@ _KEY = "progress"
 def on_run_start(run):
     if not run.config.trainer.progress or not sys.stderr.isatty():
         return
+    # start-up: rich's progress bar loads only when it is shown (on a terminal)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -1,12 +1,7 @@
-"""Configuration: the schemas of lossbench's own groups, the ConfigStore filled from the
-plugin registry, and composing a config outside the CLI.
-
-The config tree is ``conf/`` (shipped inside the wheel as ``lossbench/conf``): ``config.yaml``
-holds the defaults list; the sweep presets are ``sweeps/*.yaml`` (the ``sweep`` group). Every
-registered component is an option of its group, type-checked by Hydra (``store``); the trainer,
-tracking and sweep schemas are dataclasses with typed choice fields (``schemas``); ``compose``
-builds a config as ``python -m lossbench OVERRIDES`` would.
-"""
+"""Configuration over the YAML tree in ``conf/`` and the sweep presets in ``sweeps/``: the typed
+schemas of the root, trainer, tracking and sweep (``schemas``), the ConfigStore filled with every
+registered component's schema (``store``), composing a config as ``python -m lossbench
+OVERRIDES`` would (``compose``), and Hydra's errors said in one paragraph (``errors``)."""
 
 from lossbench.config.compose import check_choices, compose, hparams
 from lossbench.config.schemas import (

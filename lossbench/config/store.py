@@ -84,24 +84,34 @@ _LAST_STORED = None  # weakref to the registry whose nodes the ConfigStore holds
 
 
 def store_configs(registry) -> None:
-    """Put every registered component and lossbench's own schemas into Hydra's ConfigStore
-    (once per registry: storing costs ~50 ms, and a sweep worker composes a config per trial)."""
+    """Put lossbench's schemas and every registered component into Hydra's ConfigStore (once
+    per registry: storing costs ~50 ms, and a sweep worker composes a config per trial).
+
+    Each component's schema goes to ``schema/GROUP/NAME``; a YAML option in conf/ (the
+    built-ins) extends it through its defaults list, so Hydra type-checks the file and every
+    override. A component without a YAML option (a plugin's) is stored as the option
+    ``GROUP/NAME`` itself."""
     global _LAST_STORED
     if _LAST_STORED is not None and _LAST_STORED() is registry:
         return
     cs = ConfigStore.instance()
+    files = config_dir()
     for group in GROUPS:
         for name, spec in registry.components[group].items():
             node = node_class(group, spec)
             try:  # storing validates the node (OmegaConf.structured)
-                cs.store(group=group, name=name, node=node, provider="lossbench")
+                cs.store(group=f"schema/{group}", name=name, node=node, provider="lossbench")
             except Exception as exc:
                 problem = str(exc).strip().splitlines()[0]
                 key = getattr(exc, "full_key", None)
                 raise _unstorable(group, spec, problem, str(key) if key else None) from None
+            if not (files / group / f"{name}.yaml").is_file():
+                cs.store(group=group, name=name, node=node, provider="lossbench")
     cs.store(name="base_config", node=RootConfig, provider="lossbench")
-    cs.store(group="trainer", name="default", node=TrainerConfig, provider="lossbench")
-    cs.store(group="tracking", name="mlflow", node=MlflowTrackingConfig, provider="lossbench")
+    cs.store(group="schema/trainer", name="default", node=TrainerConfig, provider="lossbench")
+    cs.store(
+        group="schema/tracking", name="mlflow", node=MlflowTrackingConfig, provider="lossbench"
+    )
     cs.store(group="sweep", name="none", node=SweepConfig, provider="lossbench")
     folder = presets_dir()
     for preset in sorted(folder.glob("*.yaml")) if folder else []:

@@ -42,11 +42,21 @@ def open_storage(url: str):
     return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
 
 
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its ``study.stop()`` once the grid is used up: stopping
+    works only inside ``study.optimize``, and lossbench's workers ask and tell (a RuntimeError
+    after the last trial); the budget ends them instead (n_trials is capped at the grid's
+    size)."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
+
+
 def make_sampler(plan: Plan, worker: int = 0):
     seed = plan.seed + 1000 * worker  # workers must not draw the same points
     name = plan.sampler
     if name == "grid":
-        return optuna.samplers.GridSampler(plan.grid, seed=plan.seed)
+        return _GridSampler(plan.grid, seed=plan.seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":

@@ -173,15 +173,7 @@ def run_trial(study, plan: Plan, space, pm, trial, composer: Composer) -> bool:
         trial.set_user_attr("error", str(exc))
         study.tell(trial, state=TrialState.FAIL)
         return True
-    with open_dict(cfg):
-        tags = cfg.tracking.get("tags")
-        if tags is not None:
-            tags["lossbench.study"] = plan.study_name
-            tags["lossbench.trial"] = str(trial.number)
-            tags["lossbench.role"] = "trial"
-            if plan.parent_run_id:
-                tags["mlflow.parentRunId"] = plan.parent_run_id
-            cfg.tracking.run_name = f"{trial.number}: {default_run_name(cfg)}"
+    _tag_child_run(cfg, plan, trial)
     write_hydra_files(out, cfg, overrides)
     # Optuna prunes single-objective studies only (trial.report refuses several objectives)
     pruning = Pruning(trial, plan.metrics[0]) if len(plan.directions) == 1 else None
@@ -204,10 +196,29 @@ def run_trial(study, plan: Plan, space, pm, trial, composer: Composer) -> bool:
     finally:
         if pruning is not None:
             pm.unregister(pruning)
+    _tell(study, plan, trial, run, pruned=pruning is not None and pruning.pruned_at is not None)
+    return True
+
+
+def _tag_child_run(cfg, plan: Plan, trial) -> None:
+    """Tags tying the trial's MLflow run to its study, its number and the parent run."""
+    with open_dict(cfg):
+        tags = cfg.tracking.get("tags")
+        if tags is not None:
+            tags["lossbench.study"] = plan.study_name
+            tags["lossbench.trial"] = str(trial.number)
+            tags["lossbench.role"] = "trial"
+            if plan.parent_run_id:
+                tags["mlflow.parentRunId"] = plan.parent_run_id
+            cfg.tracking.run_name = f"{trial.number}: {default_run_name(cfg)}"
+
+
+def _tell(study, plan: Plan, trial, run, pruned: bool) -> None:
+    """The trial's curves and result into the study: complete, pruned or failed."""
     trial.set_user_attr("train_loss", [h["train_loss"] for h in run.history])
     trial.set_user_attr("val_loss", [h["val_loss"] for h in run.history])
     trial.set_user_attr("train_seconds", run.timings.get("train_seconds", 0.0))
-    status = "pruned" if pruning is not None and pruning.pruned_at is not None else run.status
+    status = "pruned" if pruned else run.status
     trial.set_user_attr("status", status)
     if run.error:
         trial.set_user_attr("error", run.error[:2000])
@@ -221,7 +232,6 @@ def run_trial(study, plan: Plan, space, pm, trial, composer: Composer) -> bool:
             study.tell(trial, state=TrialState.FAIL)
     else:  # diverged or failed: recorded, and the sweep goes on
         study.tell(trial, state=TrialState.FAIL)
-    return True
 
 
 def main(plan_path: str, index: int) -> int:

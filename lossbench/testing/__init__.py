@@ -1,4 +1,6 @@
-"""The conformance kit: every property lossbench expects of a component, checked in one call.
+"""The conformance kit: every property lossbench expects of a component, checked in one call;
+the checks every component gets are in ``common``, those of each kind in ``losses``,
+``optimizers``, ``models`` and ``data``.
 
 In a plugin's own test suite (in the spirit of scikit-learn's ``parametrize_with_checks``)::
 

@@ -67,6 +67,8 @@ class Worker:
             pass  # the trainer is gone; its input closing will end the run
 
     def start(self, req: dict) -> None:
+        # start-up: MLflow imports (about a second) while the reader thread already drains
+        # the trainer's requests, so the trainer never waits to write
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
@@ -85,7 +87,7 @@ class Worker:
             client.log_batch(self.run_id, params=params[i : i + PARAMS_PER_BATCH])
 
     def flush(self) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # loaded by start()
 
         batch, self.pending = self.pending, []
         metrics = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in batch]
@@ -93,7 +95,7 @@ class Worker:
             self.client.log_batch(self.run_id, metrics=metrics[i : i + METRICS_PER_BATCH])
 
     def finish(self, req: dict) -> None:
-        from mlflow.entities import RunTag
+        from mlflow.entities import RunTag  # loaded by start()
 
         self.pending.extend(req.get("metrics", []))
         self.flush()
@@ -106,7 +108,7 @@ class Worker:
 
     def abandon(self, reason: str) -> None:
         """End a run whose training process went away without finishing it."""
-        from mlflow.entities import RunTag
+        from mlflow.entities import RunTag  # loaded by start()
 
         try:
             self.flush()

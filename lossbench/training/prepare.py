@@ -33,7 +33,7 @@ def split_indices(y: np.ndarray, task: str, val_fraction: float, rng: np.random.
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(
             f"data.val_fraction={val_fraction} is not allowed: it must lie strictly between 0 "
-            "and 1. Fix: pass e.g. data.val_fraction=0.2, or give data.val_path."
+            "and 1. Fix: pass e.g. data.val_fraction=0.2 (with data=csv, or data.val_path=FILE)."
         )
     n = len(y)
     if task != "classification":

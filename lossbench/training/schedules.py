@@ -15,16 +15,16 @@ from __future__ import annotations
 import math
 
 
-def lr_at(epoch: int, base_lr: float, tc) -> float:
-    """The learning rate of ``epoch`` under the trainer config ``tc``."""
-    warmup = int(tc.warmup_epochs)
+def lr_at(epoch: int, base_lr: float, trainer) -> float:
+    """The learning rate of ``epoch`` under the trainer config ``trainer``."""
+    warmup = int(trainer.warmup_epochs)
     if epoch < warmup:
         return base_lr * (epoch + 1) / (warmup + 1)
     s = epoch - warmup
-    if tc.lr_schedule == "step":
-        return base_lr * float(tc.gamma) ** (s // int(tc.step_size))
-    if tc.lr_schedule == "cosine":
-        span = max(int(tc.epochs) - warmup, 1)
-        lo = float(tc.min_lr)
+    if trainer.lr_schedule == "step":
+        return base_lr * float(trainer.gamma) ** (s // int(trainer.step_size))
+    if trainer.lr_schedule == "cosine":
+        span = max(int(trainer.epochs) - warmup, 1)
+        lo = float(trainer.min_lr)
         return lo + (base_lr - lo) * (1 + math.cos(math.pi * s / span)) / 2
     return base_lr

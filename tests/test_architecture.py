@@ -1,0 +1,75 @@
+"""The house rules docs/architecture.md states, checked: layers and no import cycles
+(import-linter, as `make lint` runs it), a docstring for every module and a one-paragraph one
+for every package, functions of at most 60 lines, and a reason beside every function-local
+import (they are for start-up time only)."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "lossbench"
+MODULES = sorted(PACKAGE.rglob("*.py"))
+MAX_LINES = 60
+
+
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def _functions(tree):
+    return [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+
+
+def _name(path: Path) -> str:
+    return str(path.relative_to(PACKAGE.parent))
+
+
+def test_the_layers_and_no_cycles_hold():
+    lint = Path(sys.executable).with_name("lint-imports")
+    r = subprocess.run([str(lint)], cwd=PACKAGE.parent, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "2 kept, 0 broken" in r.stdout
+
+
+@pytest.mark.parametrize("path", MODULES, ids=_name)
+def test_every_module_says_what_it_owns(path):
+    if path.name == "__main__.py":
+        return
+    doc = ast.get_docstring(_tree(path))
+    assert doc, f"{_name(path)} has no module docstring"
+    if path.name == "__init__.py" and path.parent != PACKAGE:
+        # a package opens with one paragraph that names each of its public modules
+        first = doc.strip().split("\n\n")[0]
+        parts = [p.stem for p in path.parent.glob("*.py") if not p.name.startswith("_")]
+        missing = [m for m in parts if m not in first]
+        assert not missing, f"{_name(path)}: its first paragraph does not name {missing}"
+
+
+def test_no_function_is_longer_than_60_lines():
+    long = [
+        f"{_name(p)}:{f.lineno} {f.name} ({f.end_lineno - f.lineno + 1} lines)"
+        for p in MODULES
+        for f in _functions(_tree(p))
+        if f.end_lineno - f.lineno + 1 > MAX_LINES
+    ]
+    assert not long, "split these into named pieces:\n" + "\n".join(long)
+
+
+def test_function_local_imports_say_why():
+    """The first import inside a function carries a comment (on its line or the one above)
+    saying what start-up time it saves; lossbench's own modules are imported at the top."""
+    missing = []
+    for path in MODULES:
+        lines = path.read_text().splitlines()
+        for f in _functions(_tree(path)):
+            imports = [n for n in ast.walk(f) if isinstance(n, ast.Import | ast.ImportFrom)]
+            if not imports:
+                continue
+            first = min(imports, key=lambda n: n.lineno)
+            line, above = lines[first.lineno - 1], lines[first.lineno - 2]
+            if "#" not in line and not above.strip().startswith("#"):
+                missing.append(f"{_name(path)}:{first.lineno} {line.strip()}")
+    assert not missing, "function-local imports without a reason:\n" + "\n".join(missing)
