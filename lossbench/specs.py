@@ -25,8 +25,9 @@ model kernels
     ``backward(params, layout, hp, x, work, dout: F[:, ::1], grads: F[::1]) -> None`` overwrites
     ``grads`` with dLoss/dparams given dLoss/dout, using what forward left in ``work``.
 
-Hyperparameters reach kernels as a small float array (``hp``), built from the dataclass by the
-spec's ``pack`` function, never as closure constants or globals.
+Hyperparameters reach kernels as a small float array (``hp``), packed from the component's
+options (an instance of its hyperparameter dataclass) by the spec's ``pack`` function, never as
+closure constants or globals.
 
 A spec may leave its kernels out (``None``) and give only the NumPy reference: it then trains on
 the slow path, a Python epoch over the references (``lossbench.training.slow``), and
@@ -73,7 +74,7 @@ def backward_signature(dtype: str) -> types.Signature:
     return types.none(v, types.Array(types.int64, 2, "C"), v, m2, v, m2, v)
 
 
-def no_hparams(hp: Any) -> list[float]:
+def no_hparams(options: Any) -> list[float]:
     """``pack`` for components without runtime hyperparameters."""
     return []
 
@@ -100,8 +101,8 @@ TargetKind = Literal["class_index", "binary", "values"]
 @dataclasses.dataclass(frozen=True)
 class LossSpec(_Spec):
     """A loss. ``kernel`` has the canonical loss signature; ``reference(pred, target, hp)``
-    returns ``(loss, grad)`` in NumPy with the same meaning; ``pack(hp) -> list[float]``.
-    ``check(hp)`` may raise ``ConfigError`` for values it cannot handle."""
+    returns ``(loss, grad)`` in NumPy with the same meaning; ``pack(options) -> list[float]``
+    makes ``hp`` from the options; ``check(options)`` may raise ``ConfigError`` for values it cannot handle."""
 
     kernel: Any = None
     reference: Callable[..., tuple[float, np.ndarray]] | None = None
@@ -118,7 +119,7 @@ class LossSpec(_Spec):
 class OptimizerSpec(_Spec):
     """An optimizer. ``kernel`` has the canonical optimizer signature; ``reference(params, grads,
     state, hp, t, lr)`` updates NumPy arrays in place with the same meaning. ``state_rows`` rows of
-    state are allocated per parameter, filled by ``init_state(state, hp)`` (zeros by default).
+    state are allocated per parameter, filled by ``init_state(state, options)`` (zeros by default).
     The learning rate is the ``lr`` field of the hyperparameter dataclass: the engine reads it,
     applies the schedule, and passes each epoch's value to the kernel as ``lr``."""
 
@@ -138,7 +139,7 @@ class OptimizerSpec(_Spec):
 class ModelSpec(_Spec):
     """A model over a flat parameter vector.
 
-    ``build(hp, n_in, n_out) -> ModelLayout`` describes the parameter layout and kernel inputs;
+    ``build(options, n_in, n_out) -> ModelLayout`` describes the parameter layout and kernel inputs;
     ``forward``/``backward`` have the canonical model signatures; ``reference_forward(params,
     layout, x) -> out`` and ``reference_backward(params, layout, x, dout) -> grads`` are NumPy."""
 
@@ -179,7 +180,7 @@ class ModelLayout:
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec(_Spec):
-    """A dataset. ``load(hp, seed) -> lossbench.data.Dataset``. The hyperparameter dataclass
+    """A dataset. ``load(options, seed) -> lossbench.data.Dataset``. The hyperparameter dataclass
     should derive from ``lossbench.data.DataOptions`` so the common split/scaling options exist."""
 
     load: Callable[..., Any] | None = None

@@ -61,7 +61,7 @@ def read_bundled(name: str):
 def _sklearn(name: str):
     loader_name, _, _, task = _BUNDLED[name]
 
-    def load(hp, seed):
+    def load(options, seed):
         found = read_bundled(name)
         if found is None:
             from sklearn import datasets  # start-up: see _BUNDLED
@@ -103,41 +103,41 @@ def _positive(key, value, example):
     require(value > 0, f"data.{key}", value, "it must be > 0", example)
 
 
-def _load_moons(hp: MoonsOptions, seed):
+def _load_moons(options: MoonsOptions, seed):
     from sklearn.datasets import make_moons  # start-up: sklearn costs 0.8 s
 
-    _positive("n_samples", hp.n_samples, 1000)
-    X, y = make_moons(n_samples=hp.n_samples, noise=hp.noise, random_state=seed)
+    _positive("n_samples", options.n_samples, 1000)
+    X, y = make_moons(n_samples=options.n_samples, noise=options.noise, random_state=seed)
     return Dataset(X=X, y=y.astype(np.int64), task="classification", class_names=["0", "1"])
 
 
-def _load_blobs(hp: BlobsOptions, seed):
+def _load_blobs(options: BlobsOptions, seed):
     from sklearn.datasets import make_blobs  # start-up: sklearn costs 0.8 s
 
     for key, ex in (("n_samples", 1000), ("n_features", 2), ("centers", 3)):
-        _positive(key, getattr(hp, key), ex)
+        _positive(key, getattr(options, key), ex)
     X, y = make_blobs(
-        n_samples=hp.n_samples,
-        n_features=hp.n_features,
-        centers=hp.centers,
-        cluster_std=hp.cluster_std,
+        n_samples=options.n_samples,
+        n_features=options.n_features,
+        centers=options.centers,
+        cluster_std=options.cluster_std,
         random_state=seed,
     )
-    names = [str(i) for i in range(hp.centers)]
+    names = [str(i) for i in range(options.centers)]
     return Dataset(X=X, y=y.astype(np.int64), task="classification", class_names=names)
 
 
-def _load_regression(hp: RegressionOptions, seed):
+def _load_regression(options: RegressionOptions, seed):
     from sklearn.datasets import make_regression  # start-up: sklearn costs 0.8 s
 
     for key, ex in (("n_samples", 1000), ("n_features", 10), ("n_targets", 1)):
-        _positive(key, getattr(hp, key), ex)
+        _positive(key, getattr(options, key), ex)
     X, y = make_regression(
-        n_samples=hp.n_samples,
-        n_features=hp.n_features,
-        n_informative=min(hp.n_informative, hp.n_features),
-        n_targets=hp.n_targets,
-        noise=hp.noise,
+        n_samples=options.n_samples,
+        n_features=options.n_features,
+        n_informative=min(options.n_informative, options.n_features),
+        n_targets=options.n_targets,
+        noise=options.noise,
         random_state=seed,
     )
     return Dataset(X=X, y=y, task="regression")
@@ -231,47 +231,47 @@ def _read_csv(path: str, target: str, role: str):
     return features.to_numpy(dtype=np.float64), frame[target].to_numpy()
 
 
-def _load_csv(hp: CSVOptions, seed):
-    X, y_raw = _read_csv(hp.path, hp.target, "path")
+def _load_csv(options: CSVOptions, seed):
+    X, y_raw = _read_csv(options.path, options.target, "path")
     X_val = y_val = None
-    if hp.val_path:
-        X_val, y_val_raw = _read_csv(hp.val_path, hp.target, "val_path")
+    if options.val_path:
+        X_val, y_val_raw = _read_csv(options.val_path, options.target, "val_path")
         both, task, names = _infer_task(
-            np.concatenate([y_raw, y_val_raw]), hp.task, f"column {hp.target!r}"
+            np.concatenate([y_raw, y_val_raw]), options.task, f"column {options.target!r}"
         )
         y, y_val = both[: len(y_raw)], both[len(y_raw) :]
     else:
-        y, task, names = _infer_task(y_raw, hp.task, f"column {hp.target!r}")
+        y, task, names = _infer_task(y_raw, options.task, f"column {options.target!r}")
     return Dataset(X=X, y=y, task=task, class_names=names, X_val=X_val, y_val=y_val)
 
 
-def _load_npz(hp: NPZOptions, seed):
-    if hp.path in ("???", "", None):
+def _load_npz(options: NPZOptions, seed):
+    if options.path in ("???", "", None):
         raise ConfigError(
             "data.path is not set. Fix: pass data.path=FILE.npz (arrays X and y, optionally "
             "X_val and y_val)."
         )
-    if not os.path.isfile(hp.path):
-        raise DataError(f"data.path={hp.path!r}: no such file (looked in {os.getcwd()}).")
-    with np.load(hp.path, allow_pickle=False) as f:
+    if not os.path.isfile(options.path):
+        raise DataError(f"data.path={options.path!r}: no such file (looked in {os.getcwd()}).")
+    with np.load(options.path, allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files}
     missing = [k for k in ("X", "y") if k not in arrays]
     if missing:
         raise DataError(
-            f"{hp.path} lacks the arrays {', '.join(missing)} (it has: "
+            f"{options.path} lacks the arrays {', '.join(missing)} (it has: "
             f"{', '.join(arrays) or 'none'}). Fix: save with np.savez(path, X=..., y=...)."
         )
     X = np.asarray(arrays["X"], dtype=np.float64)
     if X.ndim != 2 or len(X) != len(arrays["y"]):
         raise DataError(
-            f"{hp.path}: X must be 2-D with one row per entry of y (X {X.shape}, "
+            f"{options.path}: X must be 2-D with one row per entry of y (X {X.shape}, "
             f"y {arrays['y'].shape})."
         )
     y_all = arrays["y"]
     n = len(y_all)
     if "X_val" in arrays and "y_val" in arrays:
         y_all = np.concatenate([y_all, arrays["y_val"]])
-    y_all, task, names = _infer_task(y_all, hp.task, "y")
+    y_all, task, names = _infer_task(y_all, options.task, "y")
     X_val = np.asarray(arrays["X_val"], np.float64) if "X_val" in arrays else None
     y_val = y_all[n:] if X_val is not None else None
     return Dataset(X=X, y=y_all[:n], task=task, class_names=names, X_val=X_val, y_val=y_val)

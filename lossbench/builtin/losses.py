@@ -88,10 +88,10 @@ class HuberOptions:
     delta: float = 1.0
 
 
-def _check_huber(hp):
-    if not hp.delta > 0:
+def _check_huber(options):
+    if not options.delta > 0:
         raise ConfigError(
-            f"loss.delta={hp.delta} is not allowed: the Huber threshold must be > 0. "
+            f"loss.delta={options.delta} is not allowed: the Huber threshold must be > 0. "
             "Fix: pass a positive value, e.g. loss.delta=1.0."
         )
 
@@ -176,11 +176,11 @@ class CrossEntropyOptions:
     label_smoothing: float = 0.0
 
 
-def _check_ce(hp):
-    if not 0.0 <= hp.label_smoothing <= 1.0:
+def _check_ce(options):
+    if not 0.0 <= options.label_smoothing <= 1.0:
         raise ConfigError(
-            f"loss.label_smoothing={hp.label_smoothing} is not allowed: it must lie in [0, 1]. "
-            "Fix: pass e.g. loss.label_smoothing=0.1 (0 turns smoothing off)."
+            f"loss.label_smoothing={options.label_smoothing} is not allowed: it must lie in "
+            "[0, 1]. Fix: pass e.g. loss.label_smoothing=0.1 (0 turns smoothing off)."
         )
 
 
@@ -264,7 +264,7 @@ LOSSES = [
         kernel=huber_kernel,
         reference=huber_reference,
         target="values",
-        pack=lambda hp: [hp.delta],
+        pack=lambda o: [o.delta],
         check=_check_huber,
     ),
     LossSpec(
@@ -282,7 +282,7 @@ LOSSES = [
         kernel=cross_entropy_kernel,
         reference=cross_entropy_reference,
         target="class_index",
-        pack=lambda hp: [hp.label_smoothing],
+        pack=lambda o: [o.label_smoothing],
         check=_check_ce,
     ),
 ]

@@ -315,18 +315,18 @@ def build_mlp_layout(widths: list[int], activation: str) -> ModelLayout:
     )
 
 
-def _build_mlp(hp: MLPOptions, n_in: int, n_out: int) -> ModelLayout:
-    hidden = list(hp.hidden)
+def _build_mlp(options: MLPOptions, n_in: int, n_out: int) -> ModelLayout:
+    hidden = list(options.hidden)
     bad = [h for h in hidden if not isinstance(h, int) or h <= 0]
     if bad:
         raise ConfigError(
             f"model.hidden={hidden} is not allowed: every width must be a positive integer. "
             "Fix: pass e.g. model.hidden=[64,32] (or model=linear for no hidden layer)."
         )
-    return build_mlp_layout([n_in, *hidden, n_out], hp.activation)
+    return build_mlp_layout([n_in, *hidden, n_out], options.activation)
 
 
-def _build_linear(hp: LinearOptions, n_in: int, n_out: int) -> ModelLayout:
+def _build_linear(options: LinearOptions, n_in: int, n_out: int) -> ModelLayout:
     return build_mlp_layout([n_in, n_out], "relu")
 
 

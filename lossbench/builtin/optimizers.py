@@ -24,12 +24,12 @@ def _require(cond: bool, key: str, value, rule: str, example: str) -> None:
     require(cond, f"optimizer.{key}", value, rule, example)
 
 
-def _check_common(hp) -> None:
-    _require(hp.lr > 0, "lr", hp.lr, "the learning rate must be > 0", "0.001")
-    _require(hp.weight_decay >= 0, "weight_decay", hp.weight_decay, "it must be >= 0", "0")
-    for key in ("eps",):
-        if hasattr(hp, key):
-            _require(getattr(hp, key) >= 0, key, getattr(hp, key), "it must be >= 0", "1e-8")
+def _check_common(options) -> None:
+    _require(options.lr > 0, "lr", options.lr, "the learning rate must be > 0", "0.001")
+    decay = options.weight_decay
+    _require(decay >= 0, "weight_decay", decay, "it must be >= 0", "0")
+    if hasattr(options, "eps"):
+        _require(options.eps >= 0, "eps", options.eps, "it must be >= 0", "1e-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,13 +45,13 @@ class SGDOptions:
     weight_decay: float = 0.0
 
 
-def _check_sgd(hp) -> None:
-    _check_common(hp)
-    _require(hp.momentum >= 0, "momentum", hp.momentum, "it must be >= 0", "0.9")
-    if hp.nesterov and (hp.momentum <= 0 or hp.dampening != 0):
+def _check_sgd(options) -> None:
+    _check_common(options)
+    _require(options.momentum >= 0, "momentum", options.momentum, "it must be >= 0", "0.9")
+    if options.nesterov and (options.momentum <= 0 or options.dampening != 0):
         raise ConfigError(
             f"optimizer.nesterov=true needs momentum > 0 and dampening = 0 (got momentum="
-            f"{hp.momentum}, dampening={hp.dampening}). Fix: pass optimizer.momentum=0.9 "
+            f"{options.momentum}, dampening={options.dampening}). Fix: pass optimizer.momentum=0.9 "
             "optimizer.dampening=0, or optimizer.nesterov=false."
         )
 
@@ -117,15 +117,15 @@ class AdamWOptions(AdamOptions):
     weight_decay: float = 0.01
 
 
-def _check_adam(hp) -> None:
-    _check_common(hp)
+def _check_adam(options) -> None:
+    _check_common(options)
     for key in ("beta1", "beta2"):
-        v = getattr(hp, key)
+        v = getattr(options, key)
         _require(0 <= v < 1, key, v, "it must lie in [0, 1)", "0.9" if key == "beta1" else "0.999")
 
 
-def _pack_adam(hp):
-    return [hp.beta1, hp.beta2, hp.eps, hp.weight_decay, float(hp.amsgrad)]
+def _pack_adam(options):
+    return [options.beta1, options.beta2, options.eps, options.weight_decay, float(options.amsgrad)]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -236,10 +236,10 @@ class RMSpropOptions:
     centered: bool = False
 
 
-def _check_rmsprop(hp) -> None:
-    _check_common(hp)
-    _require(0 <= hp.alpha <= 1, "alpha", hp.alpha, "it must lie in [0, 1]", "0.99")
-    _require(hp.momentum >= 0, "momentum", hp.momentum, "it must be >= 0", "0.9")
+def _check_rmsprop(options) -> None:
+    _check_common(options)
+    _require(0 <= options.alpha <= 1, "alpha", options.alpha, "it must lie in [0, 1]", "0.99")
+    _require(options.momentum >= 0, "momentum", options.momentum, "it must be >= 0", "0.9")
 
 
 @njit(cache=True, nogil=True, error_model="numpy")  # no division check: vectorisable
@@ -306,20 +306,20 @@ class AdagradOptions:
     eps: float = 1e-10
 
 
-def _check_adagrad(hp) -> None:
-    _check_common(hp)
-    _require(hp.lr_decay >= 0, "lr_decay", hp.lr_decay, "it must be >= 0", "0")
+def _check_adagrad(options) -> None:
+    _check_common(options)
+    _require(options.lr_decay >= 0, "lr_decay", options.lr_decay, "it must be >= 0", "0")
     _require(
-        hp.initial_accumulator_value >= 0,
+        options.initial_accumulator_value >= 0,
         "initial_accumulator_value",
-        hp.initial_accumulator_value,
+        options.initial_accumulator_value,
         "it must be >= 0",
         "0.1",
     )
 
 
-def _init_adagrad(state, hp) -> None:
-    state[0] = hp.initial_accumulator_value
+def _init_adagrad(state, options) -> None:
+    state[0] = options.initial_accumulator_value
 
 
 @njit(cache=True, nogil=True, error_model="numpy")  # no division check: vectorisable
@@ -359,7 +359,7 @@ OPTIMIZERS = [
         kernel=sgd_kernel,
         reference=sgd_reference,
         state_rows=1,
-        pack=lambda hp: [hp.momentum, hp.dampening, float(hp.nesterov), hp.weight_decay],
+        pack=lambda o: [o.momentum, o.dampening, float(o.nesterov), o.weight_decay],
         check=_check_sgd,
     ),
     OptimizerSpec(
@@ -389,7 +389,7 @@ OPTIMIZERS = [
         kernel=rmsprop_kernel,
         reference=rmsprop_reference,
         state_rows=3,
-        pack=lambda hp: [hp.alpha, hp.eps, hp.weight_decay, hp.momentum, float(hp.centered)],
+        pack=lambda o: [o.alpha, o.eps, o.weight_decay, o.momentum, float(o.centered)],
         check=_check_rmsprop,
     ),
     OptimizerSpec(
@@ -399,7 +399,7 @@ OPTIMIZERS = [
         kernel=adagrad_kernel,
         reference=adagrad_reference,
         state_rows=1,
-        pack=lambda hp: [hp.lr_decay, hp.weight_decay, hp.eps],
+        pack=lambda o: [o.lr_decay, o.weight_decay, o.eps],
         init_state=_init_adagrad,
         check=_check_adagrad,
     ),
