@@ -7,18 +7,18 @@ reference epoch, plus the time from process start to the first finished epoch.
 
 What is timed, for every implementation alike: one pass over the training set in minibatches
 (gather the rows, forward, cross-entropy, backward, optimizer step). The per-epoch permutation is
-drawn just before the timer in all three (lossbench.engine.train does the same around its own
+drawn just before the timer in all three (lossbench.train does the same around its own
 ``epoch_seconds``). The first epoch is a warm-up and is discarded; each row reports the median of
 the timed epochs.
 
 - lossbench: ``lossbench.train`` itself runs (same config composition, data preparation, buffers,
-  kernels bound with ``kernel_ref``), with ``lossbench.engine.train_epoch`` wrapped by a timer for
-  the length of the run, so only the fused epoch is timed and not the validation pass that
-  ``train`` runs after it.
+  kernels bound with ``kernel_ref``), with ``lossbench.training.fused.train_epoch`` wrapped by a
+  timer for the length of the run, so only the fused epoch is timed and not the validation pass
+  that ``train`` runs after it.
 - PyTorch: a torch.nn.Sequential MLP of the same widths and dtype, torch.optim.SGD / Adam with the
   same hyperparameters, F.cross_entropy, manual minibatching over a per-epoch torch.randperm
   (no DataLoader), torch's default thread count.
-- numpy-ref: ``lossbench.reference.reference_epoch`` on the same prepared arrays.
+- numpy-ref: ``lossbench.training.slow.reference_epoch`` on the same prepared arrays.
 
 Every measurement (each implementation of each row, and each matmul peak) runs in a fresh
 subprocess of this script (``--worker``). In one process the thread pools fight over the 2 cores:
@@ -217,7 +217,7 @@ class _Stop(Exception):
 
 
 class _TimedEpoch:
-    """Stands in for lossbench.engine.train_epoch during one ``train`` call: calls the real
+    """Stands in for lossbench.training.fused.train_epoch during one ``train`` call: calls the real
     dispatcher and records the seconds of every epoch; ``gate`` (if given) runs before each
     epoch, outside the timer. Attribute access (``overloads``, ``compile``) goes to the
     dispatcher, so ``train``'s compile step is unchanged."""
@@ -244,15 +244,15 @@ class _TimedEpoch:
 def lossbench_train_timed(overrides, epochs, gate=None):
     """``lossbench.train`` with every fused epoch timed; returns (run, timer)."""
     import lossbench
-    from lossbench import engine
+    from lossbench.training import fused
 
-    real = engine.train_epoch
+    real = fused.train_epoch
     timed = _TimedEpoch(real, gate)
-    engine.train_epoch = timed
+    fused.train_epoch = timed
     try:
         run = lossbench.train(overrides=[*overrides, f"trainer.epochs={epochs}"])
     finally:
-        engine.train_epoch = real
+        fused.train_epoch = real
     return run, timed
 
 
@@ -297,15 +297,15 @@ class Prepared:
 
 
 def prepare_like_train(overrides):
-    from lossbench import config as config_mod
-    from lossbench.data import options_from, prepare
+    from lossbench.config import compose
     from lossbench.plugins import get_plugin_manager
+    from lossbench.training.prepare import options_from, prepare
+    from lossbench.training.setup import resolve
 
     pm = get_plugin_manager()
-    cfg = config_mod.compose(overrides, registry=pm.registry)
-    specs = {g: pm.registry.get(g, cfg[g].name) for g in config_mod.GROUPS}
-    hps = {g: config_mod.hparams(specs[g], cfg[g]) for g in config_mod.GROUPS}
-    dtype = np.dtype(cfg.trainer.dtype)
+    cfg = compose(overrides, registry=pm.registry)
+    specs, hps = resolve(cfg, pm.registry)
+    dtype = np.dtype(str(cfg.trainer.dtype))
     split_ss, _init_ss, _shuffle_ss, data_ss = np.random.SeedSequence(int(cfg.seed)).spawn(4)
     dataset = specs["data"].load(hps["data"], int(data_ss.generate_state(1)[0]))
     loss = specs["loss"]
@@ -318,12 +318,12 @@ def prepare_like_train(overrides):
 
 
 # ---------------------------------------------------------------------------------------------
-# NumPy reference epoch (lossbench.reference)
+# NumPy reference epoch (lossbench.training.slow)
 
 
 def reference_epoch_fn(run):
     """A function running one timed NumPy reference epoch; returns its seconds."""
-    from lossbench.reference import reference_epoch
+    from lossbench.training.slow import reference_epoch
 
     prep, layout, specs, hps = run.dataset, run.layout, run.specs, run.hparams
     dtype = prep.X_train.dtype
