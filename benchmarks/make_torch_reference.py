@@ -145,20 +145,32 @@ OPT_CASES = [
     ("sgd_momentum_dampening", "sgd", {"lr": 0.1, "momentum": 0.9, "dampening": 0.1}),
     ("sgd_nesterov", "sgd", {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
     ("sgd_weight_decay", "sgd", {"lr": 0.1, "weight_decay": 0.05}),
+    # weight decay together with each momentum variant (each is a separate branch of the kernel)
+    ("sgd_momentum_weight_decay", "sgd", {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.05}),
+    ("sgd_momentum_dampening_weight_decay", "sgd",
+     {"lr": 0.1, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.05}),
+    ("sgd_nesterov_weight_decay", "sgd",
+     {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.05}),
     ("adam", "adam", {"lr": 0.01}),
     ("adam_weight_decay", "adam", {"lr": 0.01, "weight_decay": 0.1}),
     ("adam_amsgrad_betas", "adam", {"lr": 0.01, "amsgrad": True, "beta1": 0.8, "beta2": 0.99}),
+    # eps large enough to matter (|g| ~ 1.5): where it enters the denominator shows
+    ("adam_eps", "adam", {"lr": 0.01, "eps": 0.1}),
     ("adamw", "adamw", {"lr": 0.01}),  # torch's default weight_decay 0.01, as lossbench's
     ("adamw_amsgrad", "adamw", {"lr": 0.01, "amsgrad": True, "weight_decay": 0.2}),
+    ("adamw_eps", "adamw", {"lr": 0.01, "eps": 0.1}),
     ("rmsprop", "rmsprop", {"lr": 0.01}),
     ("rmsprop_centered", "rmsprop", {"lr": 0.01, "centered": True}),
     ("rmsprop_momentum", "rmsprop", {"lr": 0.01, "momentum": 0.9}),
     ("rmsprop_weight_decay_centered_momentum", "rmsprop",
      {"lr": 0.01, "weight_decay": 0.1, "centered": True, "momentum": 0.5, "alpha": 0.9}),
+    ("rmsprop_eps", "rmsprop", {"lr": 0.01, "eps": 0.1}),
     ("adagrad", "adagrad", {"lr": 0.1}),
     ("adagrad_lr_decay", "adagrad", {"lr": 0.1, "lr_decay": 0.2}),
     ("adagrad_initial_accumulator", "adagrad", {"lr": 0.1, "initial_accumulator_value": 0.5}),
     ("adagrad_weight_decay", "adagrad", {"lr": 0.1, "weight_decay": 0.1}),
+    ("adagrad_lr_decay_weight_decay", "adagrad", {"lr": 0.1, "lr_decay": 0.2, "weight_decay": 0.1}),
+    ("adagrad_eps", "adagrad", {"lr": 0.1, "eps": 0.1}),
 ]  # fmt: skip
 TORCH_OPTIMIZERS = {
     "sgd": torch.optim.SGD,
