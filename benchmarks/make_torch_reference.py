@@ -16,6 +16,8 @@ Contents:
               (betas -> beta1, beta2).
   models      a 3-5-2 MLP (W stored (in, out), i.e. torch's weight transposed) for each
               activation: output for a fixed x and d sum(out * dout) / d W, b.
+  models_two_hidden   the same for a 3-5-4-2 MLP (two hidden layers).
+  linear      one torch.nn.Linear(3, 2) (lossbench's `linear` model): output and gradients.
 """
 
 from __future__ import annotations
@@ -224,14 +226,16 @@ X = [[0.5, -1.0, 2.0], [-1.5, 0.25, 0.75], [3.0, 2.0, -1.0], [0.0, 0.0, 0.0]]
 DOUT = [[1.0, -0.5], [0.25, 2.0], [-1.5, 0.75], [0.5, 0.5]]
 
 
-def model_weights():
-    rng = np.random.default_rng(7)
-    W0 = rng.uniform(-1, 1, size=(3, 5)).round(4)
-    b0 = rng.uniform(-0.5, 0.5, size=5).round(4)
-    b0[1] = 0.0
-    W1 = rng.uniform(-1, 1, size=(5, 2)).round(4)
-    b1 = rng.uniform(-0.5, 0.5, size=2).round(4)
-    return W0, b0, W1, b1
+def model_weights(widths, seed):
+    """W_l (in, out) from U(-1, 1) and b_l from U(-0.5, 0.5), drawn layer by layer; b0[1] = 0."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for l, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        params[f"W{l}"] = rng.uniform(-1, 1, size=(n_in, n_out)).round(4)
+        params[f"b{l}"] = rng.uniform(-0.5, 0.5, size=n_out).round(4)
+    if len(widths) > 2:
+        params["b0"][1] = 0.0
+    return params
 
 
 ACTIVATIONS = {
@@ -243,38 +247,66 @@ ACTIVATIONS = {
 }
 
 
-def models():
-    W0, b0, W1, b1 = model_weights()
-    cases = []
-    for act_name, act in ACTIVATIONS.items():
-        l0, l1 = torch.nn.Linear(3, 5), torch.nn.Linear(5, 2)
+def torch_net(widths, params, act):
+    """torch.nn.Sequential of Linear layers with ``act`` between them, holding ``params``."""
+    layers = []
+    for l, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        lin = torch.nn.Linear(n_in, n_out)
         with torch.no_grad():
-            l0.weight.copy_(t64(W0.T))  # torch stores (out, in); lossbench (in, out)
-            l0.bias.copy_(t64(b0))
-            l1.weight.copy_(t64(W1.T))
-            l1.bias.copy_(t64(b1))
-        net = torch.nn.Sequential(l0, act, l1)
-        out = net(t64(X))
-        (out * t64(DOUT)).sum().backward()
-        cases.append(
-            {
-                "activation": act_name,
-                "torch": repr(net),
-                "out": tolist(out),
-                "grads": {
-                    "W0": tolist(l0.weight.grad.T),
-                    "b0": tolist(l0.bias.grad),
-                    "W1": tolist(l1.weight.grad.T),
-                    "b1": tolist(l1.bias.grad),
-                },
-            }
-        )
+            lin.weight.copy_(t64(params[f"W{l}"].T))  # torch stores (out, in); lossbench (in, out)
+            lin.bias.copy_(t64(params[f"b{l}"]))
+        layers.append(lin)
+        if l < len(widths) - 2:
+            layers.append(act)
+    return torch.nn.Sequential(*layers)
+
+
+def model_case(widths, params, act):
+    """Output of the net for X and d sum(out * DOUT) / d W_l, b_l (W as (in, out))."""
+    net = torch_net(widths, params, act)
+    out = net(t64(X))
+    (out * t64(DOUT)).sum().backward()
+    linears = [m for m in net if isinstance(m, torch.nn.Linear)]
+    grads = {}
+    for l, lin in enumerate(linears):
+        grads[f"W{l}"] = tolist(lin.weight.grad.T)
+        grads[f"b{l}"] = tolist(lin.bias.grad)
+    return {"torch": repr(net), "out": tolist(out), "grads": grads}
+
+
+def mlp_cases(widths, seed):
+    params = model_weights(widths, seed)
+    cases = [
+        {"activation": name, **model_case(widths, params, act)}
+        for name, act in ACTIVATIONS.items()
+    ]
     return {
-        "widths": [3, 5, 2],
+        "widths": widths,
         "x": X,
         "dout": DOUT,
-        "params": {"W0": W0.tolist(), "b0": b0.tolist(), "W1": W1.tolist(), "b1": b1.tolist()},
+        "params": {k: v.tolist() for k, v in params.items()},
         "cases": cases,
+    }
+
+
+def models():
+    return mlp_cases([3, 5, 2], seed=7)
+
+
+def models_two_hidden():
+    # hidden widths 5 then 4: backward alternates its two scratch blocks between layers
+    return mlp_cases([3, 5, 4, 2], seed=11)
+
+
+def linear_model():
+    widths = [3, 2]
+    params = model_weights(widths, seed=13)
+    return {
+        "widths": widths,
+        "x": X,
+        "dout": DOUT,
+        "params": {k: v.tolist() for k, v in params.items()},
+        **model_case(widths, params, None),
     }
 
 
@@ -289,6 +321,8 @@ def main() -> None:
         "losses": losses(),
         "optimizers": optimizers(),
         "models": models(),
+        "models_two_hidden": models_two_hidden(),
+        "linear": linear_model(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(data, indent=1)

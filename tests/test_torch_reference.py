@@ -37,6 +37,7 @@ def test_reference_file_is_from_torch_2_13():
 def test_every_builtin_component_is_covered():
     assert {c["loss"] for c in DATA["losses"]} == set(LOSS_SPECS)
     assert {c["optimizer"] for c in DATA["optimizers"]} == set(OPT_SPECS)
+    assert {s.name for s in MODELS} == {"mlp", "linear"}  # both held to torch below
     assert {c["activation"] for c in DATA["models"]["cases"]} == {
         "relu", "tanh", "sigmoid", "gelu", "leaky_relu",
     }  # fmt: skip
@@ -104,17 +105,41 @@ def test_optimizer_matches_torch(case, impl):
 # models
 
 MODEL = DATA["models"]
+# (data set id, its data): a 3-5-2 MLP and a 3-5-4-2 MLP (two hidden layers), every activation
+MLP_SETS = {"one_hidden": DATA["models"], "two_hidden": DATA["models_two_hidden"]}
+MLP_CASES = [
+    pytest.param(data, case, id=f"{set_id}-{case['activation']}")
+    for set_id, data in MLP_SETS.items()
+    for case in data["cases"]
+]
+LINEAR = DATA["linear"]
+LINEAR_SPEC = next(s for s in MODELS if s.name == "linear")
 
 
-def _mlp_setup(activation):
-    layout = build_mlp_layout(MODEL["widths"], activation)
+def test_model_sets_have_the_expected_shapes():
+    assert MLP_SETS["one_hidden"]["widths"] == [3, 5, 2]
+    assert MLP_SETS["two_hidden"]["widths"] == [3, 5, 4, 2]
+    assert LINEAR["widths"] == [3, 2]
+
+
+def _layout_of(data, activation):
+    """The layout as a run builds it: the ``mlp`` spec with the data's hidden widths."""
+    widths = data["widths"]
+    hp = MLP.hparams(hidden=widths[1:-1], activation=activation)
+    layout = MLP.build(hp, widths[0], widths[-1])
+    assert layout.layout.tolist() == build_mlp_layout(widths, activation).layout.tolist()
+    return layout
+
+
+def _model_setup(data, layout):
     params = np.zeros(layout.n_params, dtype=np.float64)
     views = layout.views(params)
-    for name, value in MODEL["params"].items():
+    assert set(views) == set(data["params"])
+    for name, value in data["params"].items():
         views[name][...] = value
-    x = np.array(MODEL["x"], dtype=np.float64)
-    dout = np.array(MODEL["dout"], dtype=np.float64)
-    return layout, params, x, dout
+    x = np.array(data["x"], dtype=np.float64)
+    dout = np.array(data["dout"], dtype=np.float64)
+    return params, x, dout
 
 
 def _check_grads(layout, grads, expected):
@@ -124,24 +149,46 @@ def _check_grads(layout, grads, expected):
         np.testing.assert_allclose(views[name], value, rtol=MODEL_RTOL, atol=ATOL, err_msg=name)
 
 
-@pytest.mark.parametrize("case", MODEL["cases"], ids=_ids(MODEL["cases"], "activation"))
-def test_mlp_kernels_match_torch(case):
-    layout, params, x, dout = _mlp_setup(case["activation"])
+def _check_kernels(spec, layout, data, case):
+    params, x, dout = _model_setup(data, layout)
     hp = np.asarray(layout.hp, dtype=np.float64)
     work = np.full(layout.workspace(len(x)), np.nan)
-    out = np.full((len(x), MODEL["widths"][-1]), np.nan)
-    mlp_forward(params, layout.layout, hp, x, work, out)
-    np.testing.assert_allclose(out, case["out"], rtol=MODEL_RTOL, atol=ATOL)
+    out = np.full((len(x), data["widths"][-1]), np.nan)
+    spec.forward(params, layout.layout, hp, x, work, out)
+    np.testing.assert_allclose(out, case["out"], rtol=MODEL_RTOL, atol=ATOL, err_msg="output")
     grads = np.full(layout.n_params, np.nan)
-    mlp_backward(params, layout.layout, hp, x, work, dout, grads)
+    spec.backward(params, layout.layout, hp, x, work, dout, grads)
     _check_grads(layout, grads, case["grads"])
 
 
-@pytest.mark.parametrize("case", MODEL["cases"], ids=_ids(MODEL["cases"], "activation"))
-def test_mlp_reference_matches_torch(case):
-    layout, params, x, dout = _mlp_setup(case["activation"])
+def _check_reference(spec, layout, data, case):
+    params, x, dout = _model_setup(data, layout)
     hp = np.asarray(layout.hp, dtype=np.float64)
-    out = MLP.reference_forward(params, layout.layout, hp, x)
-    np.testing.assert_allclose(out, case["out"], rtol=MODEL_RTOL, atol=ATOL)
-    grads = MLP.reference_backward(params, layout.layout, hp, x, dout)
+    out = spec.reference_forward(params, layout.layout, hp, x)
+    np.testing.assert_allclose(out, case["out"], rtol=MODEL_RTOL, atol=ATOL, err_msg="output")
+    grads = spec.reference_backward(params, layout.layout, hp, x, dout)
     _check_grads(layout, grads, case["grads"])
+
+
+@pytest.mark.parametrize("data,case", MLP_CASES)
+def test_mlp_kernels_match_torch(data, case):
+    assert MLP.forward is mlp_forward and MLP.backward is mlp_backward
+    _check_kernels(MLP, _layout_of(data, case["activation"]), data, case)
+
+
+@pytest.mark.parametrize("data,case", MLP_CASES)
+def test_mlp_reference_matches_torch(data, case):
+    _check_reference(MLP, _layout_of(data, case["activation"]), data, case)
+
+
+def _linear_layout():
+    widths = LINEAR["widths"]
+    return LINEAR_SPEC.build(LINEAR_SPEC.hparams(), widths[0], widths[-1])
+
+
+def test_linear_kernels_match_torch():
+    _check_kernels(LINEAR_SPEC, _linear_layout(), LINEAR, LINEAR)
+
+
+def test_linear_reference_matches_torch():
+    _check_reference(LINEAR_SPEC, _linear_layout(), LINEAR, LINEAR)
