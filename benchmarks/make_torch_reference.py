@@ -18,6 +18,8 @@ Contents:
               activation: output for a fixed x and d sum(out * dout) / d W, b.
   models_two_hidden   the same for a 3-5-4-2 MLP (two hidden layers).
   linear      one torch.nn.Linear(3, 2) (lossbench's `linear` model): output and gradients.
+  float32     the losses and optimizers cases computed by torch in float32 (inputs rounded to
+              float32, results stored as the float64 values of the float32 numbers).
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ OUT = ROOT / "tests" / "data" / "torch_reference.json"
 torch.set_default_dtype(torch.float64)
 
 
-def t64(a):
-    return torch.tensor(np.asarray(a, dtype=np.float64), dtype=torch.float64)
+def t64(a, dtype=torch.float64):
+    """``a`` as a torch tensor of ``dtype`` (float64 values rounded once to float32 for float32)."""
+    return torch.tensor(np.asarray(a, dtype=np.float64), dtype=dtype)
 
 
 def tolist(t):
@@ -73,9 +76,10 @@ BINARY_TARGET = [[1.0], [1.0], [1.0], [0.0], [0.0], [0.0], [1.0]]
 MULTI_TARGET = [[1.0, 0.0, 1.0], [1.0, 1.0, 0.0], [0.0, 1.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
 
 
-def loss_case(name, lossbench_name, hparams, fn, pred, target, torch_target):
-    x = t64(pred).requires_grad_(True)
+def loss_case(name, lossbench_name, hparams, fn, pred, target, torch_target, dtype):
+    x = t64(pred, dtype).requires_grad_(True)
     value = fn(x, torch_target)
+    assert value.dtype == dtype and x.grad is None
     value.backward()
     return {
         "name": name,
@@ -88,37 +92,38 @@ def loss_case(name, lossbench_name, hparams, fn, pred, target, torch_target):
     }
 
 
-def losses():
-    vt = t64(VALUES_TARGET)
+def losses(dtype=torch.float64):
+    """The loss cases, computed by torch in ``dtype`` (inputs rounded to it first)."""
+    vt = t64(VALUES_TARGET, dtype)
     cls = t64(CLASS_TARGET)[:, 0].long()
     cases = [
-        loss_case("mse", "mse", {}, torch.nn.MSELoss(), PRED, VALUES_TARGET, vt),
-        loss_case("l1", "mae", {}, torch.nn.L1Loss(), PRED, VALUES_TARGET, vt),
+        loss_case("mse", "mse", {}, torch.nn.MSELoss(), PRED, VALUES_TARGET, vt, dtype),
+        loss_case("l1", "mae", {}, torch.nn.L1Loss(), PRED, VALUES_TARGET, vt, dtype),
     ]
     for delta in (0.5, 1.5):
         cases.append(
             loss_case(
                 f"huber_delta{delta}", "huber", {"delta": delta},
-                torch.nn.HuberLoss(delta=delta), PRED, VALUES_TARGET, vt,
+                torch.nn.HuberLoss(delta=delta), PRED, VALUES_TARGET, vt, dtype,
             )
         )  # fmt: skip
     cases.append(
         loss_case(
             "bce_with_logits", "bce", {}, torch.nn.BCEWithLogitsLoss(), BINARY_PRED,
-            BINARY_TARGET, t64(BINARY_TARGET),
+            BINARY_TARGET, t64(BINARY_TARGET, dtype), dtype,
         )
     )  # fmt: skip
     cases.append(
         loss_case(
             "bce_with_logits_multilabel", "bce", {}, torch.nn.BCEWithLogitsLoss(), PRED,
-            MULTI_TARGET, t64(MULTI_TARGET),
+            MULTI_TARGET, t64(MULTI_TARGET, dtype), dtype,
         )
     )  # fmt: skip
     for eps in (0.0, 0.1):
         cases.append(
             loss_case(
                 f"cross_entropy_ls{eps}", "cross_entropy", {"label_smoothing": eps},
-                torch.nn.CrossEntropyLoss(label_smoothing=eps), PRED, CLASS_TARGET, cls,
+                torch.nn.CrossEntropyLoss(label_smoothing=eps), PRED, CLASS_TARGET, cls, dtype,
             )
         )  # fmt: skip
     return cases
@@ -190,17 +195,20 @@ def torch_kwargs(hp: dict) -> dict:
     return kwargs
 
 
-def optimizers():
+def optimizers(dtype=torch.float64):
+    """The optimizer cases, run by torch on a parameter of ``dtype`` (P0 and the gradients
+    rounded to it; hyperparameters are Python floats, as torch.optim takes them)."""
     grads = gradients()
     cases = []
     for name, lb_name, lb_hp in OPT_CASES:
         cls, kwargs = TORCH_OPTIMIZERS[lb_name], torch_kwargs(lb_hp)
-        p = torch.nn.Parameter(t64(P0))
+        p = torch.nn.Parameter(t64(P0, dtype))
         opt = cls([p], **kwargs)
         steps = []
         for g in grads:
-            p.grad = t64(g)
+            p.grad = t64(g, dtype)
             opt.step()
+            assert p.dtype == dtype
             steps.append(tolist(p))
         args = ", ".join(f"{k}={v}" for k, v in kwargs.items())
         cases.append(
@@ -321,6 +329,9 @@ def main() -> None:
         "losses": losses(),
         "optimizers": optimizers(),
         "models": models(),
+        # the loss and optimizer cases again, computed by torch in float32: each value is the
+        # float64 spelling of a float32 number; inputs are the same literals, rounded to float32
+        "float32": {"losses": losses(torch.float32), "optimizers": optimizers(torch.float32)},
         "models_two_hidden": models_two_hidden(),
         "linear": linear_model(),
     }
