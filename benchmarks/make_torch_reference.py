@@ -20,6 +20,9 @@ Contents:
   linear      one torch.nn.Linear(3, 2) (lossbench's `linear` model): output and gradients.
   float32     the losses and optimizers cases computed by torch in float32 (inputs rounded to
               float32, results stored as the float64 values of the float32 numbers).
+  schedules   every epoch's learning rate from torch.optim.lr_scheduler (StepLR,
+              CosineAnnealingLR, LinearLR warm-up chained by SequentialLR) for trainer options
+              named as lossbench names them.
 """
 
 from __future__ import annotations
@@ -318,6 +321,74 @@ def linear_model():
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# learning-rate schedules
+
+# (case name, trainer options as lossbench names them, base lr). lossbench's rule (docstring of
+# lossbench/training/schedules.py): warm-up lr0 (e + 1) / (W + 1) for e < W, then constant, step
+# (StepLR) or cosine (CosineAnnealingLR with T_max = epochs - W, eta_min = min_lr).
+SCHEDULE_CASES = [
+    ("constant", {"epochs": 5, "lr_schedule": "constant"}, 0.1),
+    ("constant_warmup2", {"epochs": 6, "warmup_epochs": 2, "lr_schedule": "constant"}, 0.1),
+    ("step", {"epochs": 8, "lr_schedule": "step", "step_size": 2, "gamma": 0.1}, 0.1),
+    ("step_warmup2",
+     {"epochs": 10, "warmup_epochs": 2, "lr_schedule": "step", "step_size": 3, "gamma": 0.5}, 0.4),
+    ("cosine", {"epochs": 10, "lr_schedule": "cosine", "min_lr": 0.01}, 0.1),
+    ("cosine_warmup1", {"epochs": 20, "warmup_epochs": 1, "lr_schedule": "cosine",
+                        "min_lr": 1e-4}, 0.003),
+    ("cosine_warmup3", {"epochs": 13, "warmup_epochs": 3, "lr_schedule": "cosine"}, 0.4),
+    ("cosine_warmup4_min_lr",
+     {"epochs": 12, "warmup_epochs": 4, "lr_schedule": "cosine", "min_lr": 0.001}, 0.05),
+    # one epoch after the warm-up: T_max = 1
+    ("cosine_warmup4_of_5",
+     {"epochs": 5, "warmup_epochs": 4, "lr_schedule": "cosine", "min_lr": 0.01}, 0.1),
+]  # fmt: skip
+SCHEDULE_DEFAULTS = {"warmup_epochs": 0, "step_size": 10, "gamma": 0.1, "min_lr": 0.0}
+
+
+def torch_schedule(opt, tc):
+    """torch.optim.lr_scheduler objects for the trainer options ``tc``, and their description."""
+    sched = torch.optim.lr_scheduler
+    warmup, kind = tc["warmup_epochs"], tc["lr_schedule"]
+    if kind == "step":
+        main = sched.StepLR(opt, step_size=tc["step_size"], gamma=tc["gamma"])
+        text = f"StepLR(step_size={tc['step_size']}, gamma={tc['gamma']})"
+    elif kind == "cosine":
+        t_max = tc["epochs"] - warmup
+        main = sched.CosineAnnealingLR(opt, T_max=t_max, eta_min=tc["min_lr"])
+        text = f"CosineAnnealingLR(T_max={t_max}, eta_min={tc['min_lr']})"
+    else:
+        main = sched.LambdaLR(opt, lr_lambda=lambda epoch: 1.0)
+        text = "LambdaLR(lr_lambda=lambda epoch: 1.0)"
+    if not warmup:
+        return main, text
+    warm = sched.LinearLR(
+        opt, start_factor=1 / (warmup + 1), end_factor=1.0, total_iters=warmup
+    )
+    text = (
+        f"SequentialLR([LinearLR(start_factor=1/{warmup + 1}, end_factor=1.0, "
+        f"total_iters={warmup}), {text}], milestones=[{warmup}])"
+    )
+    return sched.SequentialLR(opt, [warm, main], milestones=[warmup]), text
+
+
+def schedules():
+    """Every epoch's learning rate (the optimizer's lr while the epoch trains; scheduler.step()
+    after each epoch) for each case."""
+    cases = []
+    for name, options, lr in SCHEDULE_CASES:
+        tc = {**SCHEDULE_DEFAULTS, **options}
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+        scheduler, text = torch_schedule(opt, tc)
+        lrs = []
+        for _ in range(tc["epochs"]):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            scheduler.step()
+        cases.append({"name": name, "trainer": tc, "lr": lr, "torch": text, "lrs": lrs})
+    return cases
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=OUT)
@@ -332,6 +403,7 @@ def main() -> None:
         # the loss and optimizer cases again, computed by torch in float32: each value is the
         # float64 spelling of a float32 number; inputs are the same literals, rounded to float32
         "float32": {"losses": losses(torch.float32), "optimizers": optimizers(torch.float32)},
+        "schedules": schedules(),
         "models_two_hidden": models_two_hidden(),
         "linear": linear_model(),
     }
