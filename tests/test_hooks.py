@@ -89,11 +89,11 @@ def test_hook_on_epoch_end():
 
 
 @pytest.mark.parametrize(
-    "action,overrides,status",
+    "action,overrides,status,raises",
     [
-        (None, [], "finished"),
-        ("stop", [], "stopped"),
-        (
+        pytest.param(None, [], "finished", None, id="finished"),
+        pytest.param("stop", [], "stopped", None, id="stopped"),
+        pytest.param(
             None,
             [
                 "data=regression",
@@ -103,17 +103,24 @@ def test_hook_on_epoch_end():
                 "trainer.epochs=20",
             ],
             "diverged",
+            None,
+            id="diverged",
         ),
-        ("fail", [], "failed"),
-        ("interrupt", [], "interrupted"),
+        # a failing plugin and a Ctrl-C end the run and then reach the caller
+        pytest.param("fail", [], "failed", ValueError, id="failed"),
+        pytest.param("interrupt", [], "interrupted", KeyboardInterrupt, id="interrupted"),
     ],
 )
-def test_hook_on_run_end(action, overrides, status):
+def test_hook_on_run_end(action, overrides, status, raises):
     rec = Recorder(action)
-    try:
-        train_with(rec, *overrides)
-    except (ValueError, KeyboardInterrupt):
-        assert status in ("failed", "interrupted")
+    if raises is None:
+        run = train_with(rec, *overrides)
+        assert run.status == status
+    else:
+        with pytest.raises(raises) as info:
+            train_with(rec, *overrides)
+        if raises is ValueError:
+            assert str(info.value) == "plugin bug", "not the plugin's own exception"
     assert ends(rec) == [("end", status, status)]  # exactly once, with the run's status
 
 
