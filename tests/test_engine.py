@@ -475,6 +475,53 @@ def test_train_loss_is_the_sample_weighted_mean_of_batch_losses(pm):
     assert run.history[0]["train_loss"] == pytest.approx(expected, rel=1e-9)
 
 
+VALIDATION_RUNS = [  # (dataset, loss, model overrides, activation of the hidden layers)
+    pytest.param("iris", "cross_entropy", ["model.hidden=[8,5]", "model.activation=tanh"], "tanh",
+                 id="iris-cross_entropy-mlp"),
+    pytest.param("breast_cancer", "bce", ["model.hidden=[6]"], "relu",
+                 id="breast_cancer-bce-mlp"),
+    pytest.param("regression", "mse", ["model=linear"], "relu", id="regression-mse-linear"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("data,loss,model,activation", VALIDATION_RUNS)
+def test_validation_metrics_are_those_of_the_saved_weights_on_the_validation_set(
+    pm, tmp_path, data, loss, model, activation
+):
+    # recomputed here from model.npz with the naive forward and losses above, on X_val/Y_val
+    run = lossbench.train(
+        overrides=[
+            *TINY, f"data={data}", f"loss={loss}", *model, "trainer.dtype=float64",
+            "trainer.batch_size=16", "optimizer.lr=0.01", "trainer.plots=false",
+        ],
+        output_dir=tmp_path,
+    )  # fmt: skip
+    assert run.status == "finished"
+    with np.load(tmp_path / "model.npz") as f:
+        saved = {k: f[k] for k in f.files}
+    assert set(saved) == set(run.params)
+    for name, value in run.params.items():
+        np.testing.assert_array_equal(saved[name], value, err_msg=f"model.npz {name}")
+    prep, last = run.dataset, run.history[-1]
+    out, _, _ = naive_forward(saved, prep.X_val, activation)
+    val_loss, _ = naive_loss(loss, out, prep.Y_val)
+    train_out, _, _ = naive_forward(saved, prep.X_train, activation)  # a different number
+    assert naive_loss(loss, train_out, prep.Y_train)[0] != pytest.approx(val_loss, rel=1e-6)
+    assert last["val_loss"] == pytest.approx(val_loss, rel=1e-10), (
+        f"val_loss {last['val_loss']!r} is not the loss of the final weights on the validation "
+        f"set ({val_loss!r})"
+    )
+    if prep.task == "classification":
+        labels = prep.Y_val[:, 0].astype(int)  # class index (cross_entropy) or 0/1 (bce)
+        accuracy = naive_correct(out, labels) / len(labels)
+        assert last["val_accuracy"] == accuracy, (
+            f"val_accuracy {last['val_accuracy']!r} is not the accuracy of the final weights "
+            f"on the validation set ({accuracy!r})"
+        )
+    else:
+        assert "val_accuracy" not in last
+
+
 def test_divergence_stops_the_run_with_a_status(pm):
     run = lossbench.train(
         overrides=[
