@@ -83,7 +83,8 @@ def _stages(run: Run, pm, t_start: float) -> str:
     pm.hook.on_run_start(run=run)
     run.phase = "compile"
     t_compile = time.perf_counter()
-    runner = slow_runner(run, setup) if run.path == "numpy" else fused_runner(run, setup)
+    with _KeepInterrupts():  # numba compiles here, calling back into Python through ctypes
+        runner = slow_runner(run, setup) if run.path == "numpy" else fused_runner(run, setup)
     run.timings["compile_seconds"] = time.perf_counter() - t_compile
     run.phase = "train"
     return fit(run, setup, runner, pm)
@@ -187,6 +188,42 @@ class _SigtermAsInterrupt:
     def __exit__(self, *exc):
         if self.old is not None:
             signal.signal(signal.SIGTERM, self.old)
+        return False
+
+
+class _KeepInterrupts:
+    """Within the block (main thread only), a KeyboardInterrupt raised by the SIGINT or SIGTERM
+    handler is raised again when the block ends, unless it ended the block itself.
+
+    numba's compiler calls back into Python through ctypes (llvmlite's object cache); a handler
+    that runs inside such a callback raises there, and ctypes prints the exception and drops it
+    ("Exception ignored on calling ctypes callback function"), so the Ctrl-C was lost and the
+    run went on to train."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self):
+        self.pending, self.old = None, {}
+        if _main_thread():
+            for sig in self.SIGNALS:
+                handler = signal.getsignal(sig)
+                if callable(handler):  # not SIG_IGN / SIG_DFL / None: leave those alone
+                    self.old[sig] = handler
+                    signal.signal(sig, self._call)
+        return self
+
+    def _call(self, signum, frame):
+        try:
+            self.old[signum](signum, frame)
+        except KeyboardInterrupt as exc:
+            self.pending = exc
+            raise
+
+    def __exit__(self, exc_type, exc, tb):
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+        if self.pending is not None and not (exc_type and issubclass(exc_type, KeyboardInterrupt)):
+            raise self.pending from exc  # also when the dropped interrupt broke the compile
         return False
 
 
