@@ -50,8 +50,8 @@ def train(cfg=None, *, overrides=(), output_dir=None, plugin_manager=None) -> Ru
     )
     status = "failed"
     try:
-        with _SigtermAsInterrupt():
-            status = _stages(run, pm, t_start)
+        with _SigtermAsInterrupt(), _KeepInterrupts() as interrupts:
+            status = _stages(run, pm, t_start, interrupts)
     except KeyboardInterrupt:
         status = "interrupted"
         run.error = f"interrupted by the user (Ctrl-C or SIGTERM) during {PHASES[run.phase]}"
@@ -73,7 +73,7 @@ def train(cfg=None, *, overrides=(), output_dir=None, plugin_manager=None) -> Ru
     return run
 
 
-def _stages(run: Run, pm, t_start: float) -> str:
+def _stages(run: Run, pm, t_start: float, interrupts: _KeepInterrupts) -> str:
     """Set-up, the on_run_start hooks, compiling, the fit loop; returns the status."""
     setup = set_up(run)
     run.timings["setup_seconds"] = time.perf_counter() - t_start
@@ -83,8 +83,8 @@ def _stages(run: Run, pm, t_start: float) -> str:
     pm.hook.on_run_start(run=run)
     run.phase = "compile"
     t_compile = time.perf_counter()
-    with _KeepInterrupts():  # numba compiles here, calling back into Python through ctypes
-        runner = slow_runner(run, setup) if run.path == "numpy" else fused_runner(run, setup)
+    runner = slow_runner(run, setup) if run.path == "numpy" else fused_runner(run, setup)
+    interrupts.raise_pending()  # one that numba's compiler callbacks dropped
     run.timings["compile_seconds"] = time.perf_counter() - t_compile
     run.phase = "train"
     return fit(run, setup, runner, pm)
@@ -193,12 +193,16 @@ class _SigtermAsInterrupt:
 
 class _KeepInterrupts:
     """Within the block (main thread only), a KeyboardInterrupt raised by the SIGINT or SIGTERM
-    handler is raised again when the block ends, unless it ended the block itself.
+    handler is noted: ``raise_pending()`` raises it again, and so does the end of the block,
+    unless the interrupt itself ended it (then it propagates as usual).
 
-    numba's compiler calls back into Python through ctypes (llvmlite's object cache); a handler
-    that runs inside such a callback raises there, and ctypes prints the exception and drops it
-    ("Exception ignored on calling ctypes callback function"), so the Ctrl-C was lost and the
-    run went on to train."""
+    Two places in numba lose it. Its compiler calls back into Python through ctypes
+    (llvmlite's object cache), and ctypes prints an exception raised in a callback and drops
+    it ("Exception ignored on calling ctypes callback function"): the run went on to train.
+    And every call of the fused epoch unboxes its kernel arguments by unpickling their
+    signature, without checking for failure: an interrupt there becomes "TypeError:
+    _get_wrapper_address() missing 1 required positional argument: 'sig'", and the run
+    ended as failed instead of interrupted."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -212,6 +216,10 @@ class _KeepInterrupts:
                     signal.signal(sig, self._call)
         return self
 
+    def raise_pending(self) -> None:
+        if self.pending is not None:
+            raise self.pending
+
     def _call(self, signum, frame):
         try:
             self.old[signum](signum, frame)
@@ -223,7 +231,7 @@ class _KeepInterrupts:
         for sig, handler in self.old.items():
             signal.signal(sig, handler)
         if self.pending is not None and not (exc_type and issubclass(exc_type, KeyboardInterrupt)):
-            raise self.pending from exc  # also when the dropped interrupt broke the compile
+            raise self.pending from exc  # the exception it became, or none (dropped)
         return False
 
 
