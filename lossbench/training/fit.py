@@ -50,8 +50,8 @@ def train(cfg=None, *, overrides=(), output_dir=None, plugin_manager=None) -> Ru
     )
     status = "failed"
     try:
-        with _SigtermAsInterrupt():
-            status = _stages(run, pm, t_start)
+        with _SigtermAsInterrupt(), _KeepInterrupts() as interrupts:
+            status = _stages(run, pm, t_start, interrupts)
     except KeyboardInterrupt:
         status = "interrupted"
         run.error = f"interrupted by the user (Ctrl-C or SIGTERM) during {PHASES[run.phase]}"
@@ -73,7 +73,7 @@ def train(cfg=None, *, overrides=(), output_dir=None, plugin_manager=None) -> Ru
     return run
 
 
-def _stages(run: Run, pm, t_start: float) -> str:
+def _stages(run: Run, pm, t_start: float, interrupts: _KeepInterrupts) -> str:
     """Set-up, the on_run_start hooks, compiling, the fit loop; returns the status."""
     setup = set_up(run)
     run.timings["setup_seconds"] = time.perf_counter() - t_start
@@ -84,6 +84,7 @@ def _stages(run: Run, pm, t_start: float) -> str:
     run.phase = "compile"
     t_compile = time.perf_counter()
     runner = slow_runner(run, setup) if run.path == "numpy" else fused_runner(run, setup)
+    interrupts.raise_pending()  # one that numba's compiler callbacks dropped
     run.timings["compile_seconds"] = time.perf_counter() - t_compile
     run.phase = "train"
     return fit(run, setup, runner, pm)
@@ -187,6 +188,50 @@ class _SigtermAsInterrupt:
     def __exit__(self, *exc):
         if self.old is not None:
             signal.signal(signal.SIGTERM, self.old)
+        return False
+
+
+class _KeepInterrupts:
+    """Within the block (main thread only), a KeyboardInterrupt raised by the SIGINT or SIGTERM
+    handler is noted: ``raise_pending()`` raises it again, and so does the end of the block,
+    unless the interrupt itself ended it (then it propagates as usual).
+
+    Two places in numba lose it. Its compiler calls back into Python through ctypes
+    (llvmlite's object cache), and ctypes prints an exception raised in a callback and drops
+    it ("Exception ignored on calling ctypes callback function"): the run went on to train.
+    And every call of the fused epoch unboxes its kernel arguments by unpickling their
+    signature, without checking for failure: an interrupt there becomes "TypeError:
+    _get_wrapper_address() missing 1 required positional argument: 'sig'", and the run
+    ended as failed instead of interrupted."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self):
+        self.pending, self.old = None, {}
+        if _main_thread():
+            for sig in self.SIGNALS:
+                handler = signal.getsignal(sig)
+                if callable(handler):  # not SIG_IGN / SIG_DFL / None: leave those alone
+                    self.old[sig] = handler
+                    signal.signal(sig, self._call)
+        return self
+
+    def raise_pending(self) -> None:
+        if self.pending is not None:
+            raise self.pending
+
+    def _call(self, signum, frame):
+        try:
+            self.old[signum](signum, frame)
+        except KeyboardInterrupt as exc:
+            self.pending = exc
+            raise
+
+    def __exit__(self, exc_type, exc, tb):
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+        if self.pending is not None and not (exc_type and issubclass(exc_type, KeyboardInterrupt)):
+            raise self.pending from exc  # the exception it became, or none (dropped)
         return False
 
 
