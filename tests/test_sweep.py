@@ -93,10 +93,17 @@ def test_grid_sweep_runs_every_point_once_and_ends_cleanly(tmp_path):
 
 
 def test_pruner_stops_an_obviously_bad_lr_early(tmp_path):
-    common = [*BASE, "trainer.epochs=12", "sweep.study_name=prune", "sweep.pruner=median",
-              "sweep.pruner_warmup_epochs=2"]  # fmt: skip
-    sweep("optimizer.lr=interval(0.02, 0.04)", *common, "sweep.n_trials=3", cwd=tmp_path)
-    sweep("optimizer.lr=interval(1e-7, 2e-7)", *common, "sweep.n_trials=4", cwd=tmp_path)
+    import optuna
+
+    from lossbench.sweep.study import open_storage
+
+    storage = open_storage(f"journal:{tmp_path}/multirun/prune/journal.log")
+    study = optuna.create_study(study_name="prune", storage=storage)
+    for lr in (0.02, 0.03, 0.04, 1.5e-7):  # three good learning rates, then a hopeless one
+        study.enqueue_trial({"optimizer.lr": lr})
+    sweep("optimizer.lr=tag(log, interval(1e-7, 0.04))", *BASE, "trainer.epochs=12",
+          "sweep.study_name=prune", "sweep.pruner=median", "sweep.pruner_warmup_epochs=2",
+          "sweep.n_trials=4", cwd=tmp_path)  # fmt: skip
     study = load(tmp_path, "prune")
     bad = study.trials[3]
     assert bad.params["optimizer.lr"] < 1e-6

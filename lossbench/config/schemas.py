@@ -111,6 +111,7 @@ class SweepConfig:
     n_trials: int = 20  # total for the study, across workers and restarts
     n_jobs: int = 1  # worker processes on this machine
     storage: str | None = None  # default: a journal file in the sweep directory
+    storage_password_env: str | None = None  # an environment variable holding its password
     study_name: str | None = None  # default: the preset's name, or one made from the space
     seed: int = 0
     pruner_warmup_epochs: int = 3  # epochs a trial always runs before it can be pruned

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import math
+import re
 import signal
 import subprocess
 import sys
@@ -31,10 +32,19 @@ from omegaconf import ListConfig, OmegaConf
 from lossbench.config import GROUPS, compose, hparams
 from lossbench.errors import ConfigError, positive_int
 from lossbench.plugins import get_plugin_manager
-from lossbench.sweep.plan import Plan
+from lossbench.sweep.plan import EXIT_WRITE_FAILED, Plan
 from lossbench.sweep.report import ParentRun, Progress, finish
 from lossbench.sweep.space import build_space, split_overrides
-from lossbench.sweep.study import open_study, recover_stale, storage_url
+from lossbench.sweep.study import (
+    check_question,
+    open_study,
+    recover_stale,
+    repair_journal,
+    storage_url,
+)
+from lossbench.urls import mask_url
+
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 HISTORY_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
 SUMMARY_METRICS = ("best_val_loss", "train_seconds", "total_seconds")
@@ -83,6 +93,7 @@ def make_plan(argv: list[str], registry, plugins_dir: str | None = None):
     if grid:
         n_trials = min(n_trials, math.prod(len(v) for v in grid.values()))
     study_name = sw.study_name or _default_study_name(sw.name, expressions, fixed, preset_fixed)
+    _check_study_name(study_name)
     sweep_dir = (Path("multirun") / study_name).resolve()
     plan = Plan(
         study_name=study_name,
@@ -103,8 +114,19 @@ def make_plan(argv: list[str], registry, plugins_dir: str | None = None):
         tracking=base.tracking.name == "mlflow",
         plugins_dir=plugins_dir,
         grid=grid,
+        storage_password_env=sw.storage_password_env,
     )
+    plan.storage_url()  # the password's environment variable is set
     return plan, base, space
+
+
+def _check_study_name(name: str) -> None:
+    if not STUDY_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(
+            f"sweep.study_name={name!r} is not allowed: it names the study and its folder "
+            "multirun/NAME, so it must be letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit (no '/', no '..'). Fix: pass e.g. sweep.study_name=lr_study."
+        )
 
 
 def _check_keys(space, base, registry) -> None:
@@ -181,33 +203,60 @@ def run_sweep(argv: list[str], plugins_dir: str | None = None) -> int:
     """The coordinator; returns the exit code."""
     plan, base, space = make_plan(argv, get_plugin_manager().registry, plugins_dir)
     sweep_dir = Path(plan.sweep_dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    repaired = repair_journal(plan.storage_url())
+    if repaired:
+        print(f"lossbench: {repaired}; resuming", file=sys.stderr)
     study = open_study(plan)
-    lost = recover_stale(study, plan.grace_seconds)
-    parent = ParentRun.open(plan, base, study) if plan.tracking else None
-    plan.parent_run_id = parent.run_id if parent else None
-    plan_path = sweep_dir / "plan.json"
-    plan.dump(plan_path)
+    check_question(study, plan)
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        lost = recover_stale(study, plan.grace_seconds)
+        parent = ParentRun.open(plan, base, study) if plan.tracking else None
+        plan.parent_run_id = parent.run_id if parent else None
+        plan_path = sweep_dir / "plan.json"
+        plan.dump(plan_path)
+    except OSError as exc:
+        print(
+            f"lossbench: error: the sweep could not start: {exc}. Fix: free space (or make "
+            f"{sweep_dir} writable) and run the same command again.",
+            file=sys.stderr,
+        )
+        return 1
     print(
         f"sweep {plan.study_name}: {len(space)} parameter(s), {plan.n_trials} trials, "
-        f"{plan.sampler} sampler, {plan.pruner} pruner, storage {plan.storage}, "
+        f"{plan.sampler} sampler, {plan.pruner} pruner, storage {mask_url(plan.storage)}, "
         f"outputs {sweep_dir}" + (f"; retrying lost trials {lost}" if lost else "")
     )
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "lossbench.sweep.worker", str(plan_path), str(i)],
+            stdin=subprocess.PIPE,  # the workers stop when it closes: when this process dies
             stdout=open(sweep_dir / f"worker-{i}.log", "a"),
-            stderr=subprocess.STDOUT,
+            stderr=None,  # their errors reach the user as the coordinator's would
         )
         for i in range(int(base.sweep.n_jobs))
     ]
     status = _watch(study, plan, procs)
-    crashed = [i for i, p in enumerate(procs) if p.returncode not in (0, None, 130, -2)]
-    if crashed and status == "finished":
-        status = "failed"
-    return finish(study, plan, parent, status, crashed)
+    codes = [p.returncode for p in procs]
+    return finish(study, plan, parent, status, _crashed(study, plan, codes))
 
 
+def _crashed(study, plan, codes: list[int | None]) -> dict[int, str]:
+    """Workers that ended badly, by index, with why; their running trials are recovered now
+    (their processes are gone) so none stays RUNNING."""
+    crashed = {}
+    for i, code in enumerate(codes):
+        if code == EXIT_WRITE_FAILED:
+            crashed[i] = "a write failed (see above)"
+        elif code not in (0, None, 130, -2):
+            crashed[i] = f"exit code {code}"
+    if crashed:
+        try:
+            recover_stale(study, plan.grace_seconds)
+        except OSError as exc:
+            print(f"lossbench: could not mark the lost trials in the study: {exc}; the next "
+                  "run marks them", file=sys.stderr)  # fmt: skip
+    return crashed
 def _watch(study, plan, procs) -> str:
     """Show progress until the workers end; on Ctrl-C make sure they stop."""
     try:
@@ -226,4 +275,5 @@ def _watch(study, plan, procs) -> str:
                 p.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
         return "interrupted"

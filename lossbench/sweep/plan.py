@@ -1,5 +1,5 @@
 """The ``Plan``: everything a sweep's workers need, checked by the coordinator before any trial
-and handed to each worker as plan.json."""
+and handed to each worker as plan.json (private: it may hold the storage URL's password)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,11 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from lossbench.sweep.files import atomic_write
+from lossbench.urls import with_password
+
+EXIT_WRITE_FAILED = 3  # a worker's exit code: a file or the study storage could not be written
 
 
 @dataclass
@@ -31,9 +36,14 @@ class Plan:
     parent_run_id: str | None = None
     plugins_dir: str | None = None
     grid: dict[str, list] = field(default_factory=dict)
+    storage_password_env: str | None = None  # the storage's password comes from this variable
+
+    def storage_url(self) -> str:
+        """The storage URL to connect with (the password from the environment if so set)."""
+        return with_password(self.storage, self.storage_password_env, "sweep.storage_password_env")
 
     def dump(self, path: Path) -> None:
-        path.write_text(json.dumps(dataclasses.asdict(self), indent=2))
+        atomic_write(path, json.dumps(dataclasses.asdict(self), indent=2), private=True)
 
     @classmethod
     def load(cls, path: str) -> Plan:
