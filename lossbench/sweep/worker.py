@@ -37,7 +37,7 @@ from lossbench.errors import LossbenchError
 from lossbench.hookspecs import hookimpl
 from lossbench.plugins import build_plugin_manager, set_plugin_manager
 from lossbench.sweep.files import atomic_write
-from lossbench.sweep.plan import EXIT_WRITE_FAILED, Plan
+from lossbench.sweep.plan import EXIT_WRITE_FAILED, Plan, trial_dir
 from lossbench.sweep.space import build_space, format_override
 from lossbench.sweep.study import (
     budget_lock,
@@ -209,12 +209,12 @@ def run_trial(study, plan: Plan, space, pm, trial, composer: Composer) -> bool:
     values = suggest(trial, space)
     seed = trial_seed(plan.seed, trial.number)
     overrides = [*plan.fixed, *(format_override(k, v) for k, v in values.items()), f"seed={seed}"]
-    out = Path(plan.sweep_dir) / str(trial.number)
     trial.set_user_attr("overrides", [mask_text(o) for o in overrides])
     trial.set_user_attr("seed", seed)
-    trial.set_user_attr("output_dir", str(out))
     try:
         cfg = composer(values, seed)
+        out = trial_dir(plan, cfg, trial.number, overrides)
+        trial.set_user_attr("output_dir", str(out))
     except (LossbenchError, ValueError, KeyError) as exc:
         trial.set_user_attr("status", "failed")
         trial.set_user_attr("error", str(exc))
@@ -309,9 +309,10 @@ def _tell(study, plan: Plan, trial, run, pruned: bool) -> None:
         study.tell(trial, state=TrialState.FAIL)
 
 
-def work(plan: Plan, index: int) -> int:
+def work(plan: Plan, index: int, quiet: bool = False) -> int:
     """The ask/tell loop until the budget is used up; returns the exit code. Both launchers run
-    it: a worker process of this machine, or a Ray actor."""
+    it: a worker process of this machine, or a Ray task (``quiet``: errors only, since Ray
+    sends a task's output to the coordinator's terminal)."""
     study = open_study(plan)
     study.sampler = make_sampler(plan, worker=index)
     pm = build_plugin_manager(plan.plugins_dir)
@@ -320,7 +321,7 @@ def work(plan: Plan, index: int) -> int:
     space = build_space(plan.params, base)
     composer = Composer(plan, pm.registry)
     try:
-        return _loop(study, plan, index, space, pm, composer)
+        return _loop(study, plan, index, (space, pm, composer), quiet)
     except WriteFailed as exc:
         say(f"lossbench: error: worker {index} stopped: {exc}. The trial is marked failed and "
             "will be retried. Fix: free space (or make the folder writable) and run the same "
@@ -335,7 +336,7 @@ def work(plan: Plan, index: int) -> int:
     return EXIT_WRITE_FAILED
 
 
-def _loop(study, plan: Plan, index: int, space, pm, composer) -> int:
+def _loop(study, plan: Plan, index: int, parts, quiet: bool) -> int:
     host, pid, waiting = socket.gethostname(), os.getpid(), False
     while not STOPPING.is_set():
         with budget_lock(plan):
@@ -357,15 +358,22 @@ def _loop(study, plan: Plan, index: int, space, pm, composer) -> int:
             STOPPING.wait(min(plan.heartbeat_seconds, 1.0))
             continue
         waiting = False
-        say(f"worker {index}: trial {trial.number}")
-        if not run_trial(study, plan, space, pm, trial, composer):
-            return 130
+        if not quiet:
+            say(f"worker {index}: trial {trial.number}")
+        space, pm, composer = parts
+        try:
+            if not run_trial(study, plan, space, pm, trial, composer):
+                return 130
+        except KeyboardInterrupt:  # between asking and training (a Ray cancel lands anywhere)
+            if study.get_trials(deepcopy=False)[trial.number].state == TrialState.RUNNING:
+                _lose(study, trial)
+            raise
     return 130
 
 
 def main(plan_path: str, index: int) -> int:
     plan = Plan.load(plan_path)
-    os.chdir(Path(plan.sweep_dir).parent.parent)  # where the coordinator ran (relative paths)
+    os.chdir(plan.workdir)  # where the coordinator ran (relative paths)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
