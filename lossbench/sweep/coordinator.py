@@ -234,14 +234,14 @@ def _default_study_name(preset, expressions, fixed, preset_fixed) -> str:
 def run_sweep(argv: list[str], plugins_dir: str | None = None) -> int:
     """The coordinator; returns the exit code."""
     plan, base, space = make_plan(argv, get_plugin_manager().registry, plugins_dir)
-    repaired = repair_journal(plan.storage_url())
-    if repaired:
-        print(f"lossbench: {repaired}; resuming", file=sys.stderr)
-    study = open_study(plan)
-    check_question(study, plan)
     launcher = make_launcher(plan, base)
     try:
         launcher.prepare()  # connect to the cluster and check it: errors before any trial
+        repaired = repair_journal(plan.storage_url())
+        if repaired:
+            print(f"lossbench: {repaired}; resuming", file=sys.stderr)
+        study = open_study(plan)
+        check_question(study, plan)
         ok, parent = _start(study, plan, base, space)
         if not ok:
             return 1

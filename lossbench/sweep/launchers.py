@@ -88,7 +88,8 @@ def check_reachable(plan: Plan, tracking_uri: str | None, remote_nodes: list[str
             "or sweep.ray.shared_filesystem=true if that folder is mounted at the same path on "
             "every node."
         )
-    _check_url("sweep.storage", storage, nodes, "postgresql+psycopg2://USER@HOST/DB")
+    if not storage.startswith("journal:"):
+        _check_url("sweep.storage", storage, nodes, "postgresql+psycopg2://USER@HOST/DB")
     if plan.tracking:
         if tracking_uri is None:
             raise ConfigError(
@@ -103,7 +104,7 @@ def check_reachable(plan: Plan, tracking_uri: str | None, remote_nodes: list[str
 def _check_url(setting: str, url: str, nodes: str, example: str) -> None:
     parsed = urlparse(url)
     scheme = parsed.scheme.split("+")[0]
-    local = scheme in ("sqlite", "file", "") or url.startswith("journal:")
+    local = scheme in ("sqlite", "file", "")
     if not local and (parsed.hostname or "localhost") not in LOOPBACK:
         return
     raise ConfigError(

@@ -81,13 +81,22 @@ class RayLauncher:
     def prepare(self) -> None:
         t0 = time.perf_counter()
         address = self.plan.ray.get("address") or None
-        ray.init(
-            address=address,
-            runtime_env={"env_vars": self._env()},
-            log_to_driver=True,
-            logging_level="warning",
-            **({"include_dashboard": False} if address is None else {}),
-        )
+        try:
+            ray.init(
+                address=address,
+                runtime_env={"env_vars": self._env()},
+                log_to_driver=True,
+                logging_level="warning",
+                **({"include_dashboard": False} if address is None else {}),
+            )
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot connect to the Ray cluster at sweep.ray.address={address}: "
+                f"{str(exc).splitlines()[0][:300]}. Fix: check the address (`ray status` on "
+                "the head node shows it; ray://HOST:10001 for Ray Client, auto on a node); a "
+                "cluster with token authentication needs RAY_AUTH_MODE=token and its token "
+                "(RAY_AUTH_TOKEN, or ~/.ray/auth_token) here too."
+            ) from None
         self.start_seconds = time.perf_counter() - t0
         nodes = [n for n in ray.nodes() if n["Alive"]]
         here = _addresses()

@@ -62,11 +62,15 @@ class _JournalFile(JournalFileBackend):
 
 
 def open_storage(url: str):
-    """An Optuna storage: ``journal:PATH`` (the default) or any URL Optuna accepts."""
+    """An Optuna storage: ``journal:PATH`` (the default), ``grpc://HOST:PORT`` (a storage
+    proxy, ``python -m lossbench storage-proxy``) or any database URL Optuna accepts."""
     if url.startswith("journal:"):
         path = Path(url[len("journal:") :])
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(_JournalFile(str(path)))
+    if url.startswith("grpc://"):
+        host, _, port = url[len("grpc://") :].rstrip("/").rpartition(":")
+        return optuna.storages.GrpcStorageProxy(host=host or "localhost", port=int(port))
     return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
 
 
@@ -189,7 +193,7 @@ def budget_lock(plan: Plan):
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
         engine.dispose()
         return
-    yield  # other databases: no cross-machine lock (K workers may overshoot by K - 1)
+    yield  # gRPC proxy, other databases: no lock; in_budget gives back a trial asked too many
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,11 +224,23 @@ def recover_stale(study, grace_seconds: float) -> list[int]:
         dead = t.user_attrs.get("host") == host and not _pid_alive(t.user_attrs.get("pid", -1))
         if not dead and now - beat < grace_seconds:
             continue
-        set_trial_attr(study, t, "lossbench_lost", True)
-        study.tell(t.number, state=TrialState.FAIL)
+        set_trial_attr(study, t, "lossbench_lost", True)  # first: never counted once failed
+        try:
+            study.tell(t.number, state=TrialState.FAIL)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
+            continue  # another worker recovered it first (and retried it)
         retry(study, t)
         lost.append(t.number)
     return lost
+
+
+def in_budget(trials, number: int, n_trials: int) -> bool:
+    """Whether trial ``number`` is within the budget: fewer than ``n_trials`` trials that count
+    or may count (not lost) were created before it. Where no lock serialises asking (a gRPC
+    proxy, MySQL, a journal on a shared filesystem), two workers may ask at once at the end of
+    the budget; the later trial is then given back."""
+    ahead = [t for t in trials if t.number < number and not t.user_attrs.get("lossbench_lost")]
+    return len(ahead) < n_trials
 
 
 def retry(study, trial) -> None:

@@ -42,6 +42,7 @@ from lossbench.sweep.space import build_space, format_override
 from lossbench.sweep.study import (
     budget_lock,
     counted,
+    in_budget,
     make_sampler,
     open_study,
     recover_stale,
@@ -348,9 +349,7 @@ def _loop(study, plan: Plan, index: int, parts, quiet: bool) -> int:
                 return 0
             trial = None
             if done + len(running) < plan.n_trials:
-                trial = study.ask()
-                for key, value in (("host", host), ("pid", pid), ("heartbeat", time.time())):
-                    trial.set_user_attr(key, value)
+                trial = _ask(study, plan, host, pid)
         if trial is None:  # the rest of the budget runs elsewhere; one of those may be lost
             if not waiting:
                 say(f"worker {index}: waiting for trial(s) {running} still running elsewhere")
@@ -369,6 +368,20 @@ def _loop(study, plan: Plan, index: int, parts, quiet: bool) -> int:
                 _lose(study, trial)
             raise
     return 130
+
+
+def _ask(study, plan: Plan, host: str, pid: int):
+    """A new trial, stamped with its worker; None (and the trial given back) when a worker
+    without the budget lock asked one too many."""
+    trial = study.ask()
+    for key, value in (("host", host), ("pid", pid), ("heartbeat", time.time())):
+        trial.set_user_attr(key, value)
+    if in_budget(study.get_trials(deepcopy=False), trial.number, plan.n_trials):
+        return trial
+    set_trial_attr(study, trial, "lossbench_lost", True)
+    trial.set_user_attr("status", "surplus")
+    study.tell(trial, state=TrialState.FAIL)
+    return None
 
 
 def main(plan_path: str, index: int) -> int:

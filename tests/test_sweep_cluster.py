@@ -1,0 +1,276 @@
+"""Sweeps beyond one process tree: a real Ray cluster (``ray start --head``, once for this
+module) running workers against the local PostgreSQL and a real ``mlflow server``, with a Ray
+worker killed mid-trial; Optuna's gRPC storage proxy; what a cluster must offer before any
+trial. Skipped with the reason without PostgreSQL or Ray (failed under CI)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import PG, postgres_or_skip
+from test_sweep import BASE, PROBE, mlflow_runs, sweep
+from test_sweep_faults import LR, start, wait_for
+
+from lossbench.errors import ConfigError
+from lossbench.sweep.launchers import check_reachable, check_versions
+from lossbench.sweep.plan import Plan
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require(condition: bool, reason: str) -> None:
+    if condition:
+        return
+    if os.environ.get("LOSSBENCH_REQUIRE_SERVICES") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def databases():
+    """Two fresh PostgreSQL databases for this module (a study, MLflow's store); dropped after."""
+    conn = postgres_or_skip()
+    tag = f"{os.getpid()}_{np.random.default_rng().integers(1 << 30)}"
+    names = {"study": f"lossbench_study_{tag}", "mlflow": f"lossbench_mlflow_{tag}"}
+    with conn.cursor() as cur:
+        for name in names.values():
+            cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield {k: f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{v}"
+               for k, v in names.items()}  # fmt: skip
+    finally:
+        with conn.cursor() as cur:
+            for name in names.values():
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group a fixture started, SIGKILL if it does not end."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster, as a team runs one: `ray start --head` on a free port (in the
+    foreground, --block, so stopping that command stops its processes); yields its address."""
+    try:
+        import ray  # noqa: F401  (only whether it is installed)
+    except ImportError as exc:
+        require(False, f"Ray is not installed ({exc}); pip install 'lossbench[ray]'")
+    port, temp = free_port(), tempfile.mkdtemp(prefix="lbray-", dir="/tmp")
+    # token authentication, as Ray enables it: the cluster and every client get the token
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(16).hex()}
+    saved = {k: os.environ.get(k) for k in auth}
+    os.environ.update(auth)
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=2",
+         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}", "--block"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if "Ray runtime started" in line:
+                break
+        else:
+            pytest.fail("ray start --head failed:\n" + "".join(seen[-30:]))
+        threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
+        yield f"127.0.0.1:{port}"
+    finally:
+        _stop(proc)
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture(scope="module")
+def mlflow_url(databases, tmp_path_factory):
+    """A real `mlflow server` on PostgreSQL, artifacts through the server."""
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    with open(folder / "server.log", "w") as log:
+        proc = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--backend-store-uri", databases["mlflow"],
+             "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1",
+             "--port", str(port), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2).read()
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, (
+                    folder / "server.log"
+                ).read_text()[-3000:]
+                time.sleep(0.3)
+        yield url
+    finally:
+        _stop(proc)
+
+
+def study_of(url, name):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def test_ray_sweep_with_a_killed_worker_completes_exactly_n_trials(
+    tmp_path, ray_cluster, databases, mlflow_url
+):
+    marks, study_db = tmp_path / "marks", databases["study"]
+    args = ["--plugins-dir", PROBE, LR, "data=probe", "trainer.epochs=4",
+            f"tracking.uri={mlflow_url}", "tracking.flush_seconds=0.2", "sweep.launcher=ray",
+            f"sweep.ray.address={ray_cluster}", "sweep.n_jobs=2", "sweep.n_trials=3",
+            "sweep.pruner=none", f"sweep.storage={study_db}", "sweep.study_name=ray"]  # fmt: skip
+    proc = start(args, tmp_path, marks, hold="epoch_1")  # every trial holds until `release`
+
+    def held_trial():  # a trial mid-training whose curves already reach MLflow
+        if not (marks / "epoch_1").exists():
+            return None
+        try:
+            running = [t for t in study_of(study_db, "ray").trials if t.state.name == "RUNNING"]
+        except KeyError:
+            return None
+        live = [r for r in mlflow_runs(mlflow_url)[1] if r.info.status == "RUNNING"
+                and r.data.tags.get("lossbench.role") == "trial" and "val_loss" in r.data.metrics]
+        held = [t for t in running if "pid" in t.user_attrs
+                and str(t.number) in {r.data.tags["lossbench.trial"] for r in live}]  # fmt: skip
+        return held[0] if held else None
+
+    wait_for(lambda: proc.poll() is not None or held_trial(), "a Ray worker's held trial")
+    victim = held_trial()
+    assert victim is not None, proc.communicate()
+    os.kill(victim.user_attrs["pid"], signal.SIGKILL)  # the Ray worker process, mid-trial
+    (marks / "release").touch()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    study = study_of(study_db, "ray")
+    counted = [t for t in study.trials if not t.user_attrs.get("lossbench_lost")]
+    assert sorted(t.state.name for t in counted) == ["COMPLETE"] * 3
+    assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
+    (lost,) = [t for t in study.trials if t.user_attrs.get("lossbench_lost")]
+    assert lost.number == victim.number
+    (retried,) = [t for t in counted if t.user_attrs.get("retry_of") == lost.number]
+    assert retried.params == lost.params  # retried with the same parameters
+    _, runs = mlflow_runs(mlflow_url)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    (parent,) = [r for r in runs if r.data.tags.get("lossbench.role") == "parent"]
+    assert parent.info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("lossbench.role") == "trial"]
+    numbers = sorted(int(r.data.tags["lossbench.trial"]) for r in children)
+    assert numbers == sorted([lost.number, *(t.number for t in counted)])  # one run per trial
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    (killed,) = [r for r in children if r.data.tags["lossbench.trial"] == str(lost.number)]
+    assert killed.info.status == "KILLED"
+
+
+def test_storage_proxy_serves_a_two_worker_sweep_exactly_n_trials(tmp_path, databases):
+    port = free_port()
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "lossbench", "storage-proxy", "--storage", databases["study"],
+         "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        def listening():
+            assert proxy.poll() is None, proxy.stdout.read()
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_for(listening, "the storage proxy to listen")
+        sweep(LR, *BASE, "sweep.n_trials=5", "sweep.n_jobs=2", "sweep.pruner=none",
+              f"sweep.storage=grpc://127.0.0.1:{port}", "sweep.study_name=proxied",
+              cwd=tmp_path)  # fmt: skip
+    finally:
+        _stop(proxy)
+    study = study_of(databases["study"], "proxied")  # read from the database itself
+    counted = [t for t in study.trials if not t.user_attrs.get("lossbench_lost")]
+    assert sorted(t.state.name for t in counted) == ["COMPLETE"] * 5
+    assert len({t.user_attrs["pid"] for t in counted}) == 2
+    assert all(t.user_attrs.get("status") == "surplus" for t in study.trials if t not in counted)
+
+
+def plan(storage="postgresql+psycopg2://lb@db.internal/optuna", **ray):
+    return Plan(study_name="s", storage=storage, sweep_dir="/tmp/s", fixed=[], params={},
+                metrics=["val_loss"], directions=["minimize"], n_trials=1, seed=0,
+                sampler="tpe", pruner="none", pruner_warmup_epochs=0, heartbeat_seconds=5,
+                grace_seconds=60, tracking=True, ray=ray)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "storage,tracking,message",
+    [
+        ("journal:/tmp/s/journal.log", "http://mlflow.internal:5000", "journal file"),
+        ("sqlite:////tmp/s/optuna.db", "http://mlflow.internal:5000", "sweep.storage=sqlite"),
+        ("postgresql://lb:pw@127.0.0.1/optuna", "http://mlflow.internal:5000", "lb:***@"),
+        ("postgresql://lb@db.internal/optuna", None, "./mlflow.db on each node"),
+        ("postgresql://lb@db.internal/optuna", "sqlite:///mlflow.db", "tracking.uri=sqlite"),
+        ("postgresql://lb@db.internal/optuna", "http://localhost:5000", "tracking.uri=http"),
+    ],
+)
+def test_a_store_only_this_machine_reaches_is_refused_for_a_remote_cluster(
+    storage, tracking, message
+):
+    with pytest.raises(ConfigError, match="Fix:") as info:
+        check_reachable(plan(storage), tracking, ["10.0.0.7"])
+    assert message in str(info.value) and "10.0.0.7" in str(info.value)
+    check_reachable(plan(storage), tracking, [])  # a local Ray instance reaches them all
+
+
+def test_a_shared_filesystem_journal_and_reachable_stores_pass():
+    check_reachable(plan("journal:/nfs/s/journal.log", shared_filesystem=True),
+                    "http://mlflow.internal:5000", ["10.0.0.7"])  # fmt: skip
+    check_reachable(plan(), "http://mlflow.internal:5000", ["10.0.0.7"])
+
+
+def test_a_node_with_other_versions_is_named():
+    here = {"lossbench": "0.1.0", "python": "3.11.7", "plugins": {"focal": "lossbench-focal 1"}}
+    check_versions(here, {"10.0.0.7": dict(here)})
+    other = {**here, "plugins": {"focal": "lossbench-focal 2"}}
+    with pytest.raises(ConfigError, match="the Ray node 10.0.0.8 does not run") as info:
+        check_versions(here, {"10.0.0.7": dict(here), "10.0.0.8": other})
+    assert "lossbench-focal 2" in str(info.value) and "Fix:" in str(info.value)
+
+
+def test_launcher_ray_without_ray_installed_says_how_to_install_it(tmp_path):
+    hidden = tmp_path / "hide"
+    (hidden / "ray").mkdir(parents=True)
+    (hidden / "ray" / "__init__.py").write_text("raise ImportError('ray is hidden here')\n")
+    env = {**os.environ, "PYTHONPATH": str(hidden), "LOSSBENCH_LOAD_PLUGINS": ""}
+    work = tmp_path / "work"
+    work.mkdir()
+    r = subprocess.run(
+        [sys.executable, "-m", "lossbench", "--multirun", LR, *BASE, "sweep.launcher=ray"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "pip install 'lossbench[ray]'" in r.stderr and "Traceback" not in r.stderr
+    assert not list(work.rglob("*"))
