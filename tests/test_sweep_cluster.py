@@ -3,6 +3,7 @@ module) running workers against the local PostgreSQL and a real ``mlflow server`
 worker killed mid-trial; Optuna's gRPC storage proxy; what a cluster must offer before any
 trial. Skipped with the reason without PostgreSQL or Ray (failed under CI)."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -16,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PG, postgres_or_skip
-from test_sweep import BASE, PROBE, mlflow_runs, sweep
+from test_sweep import BASE, PROBE, sweep
 from test_sweep_faults import LR, start, wait_for
 
+from conftest import PG, postgres_or_skip
 from lossbench.errors import ConfigError
 from lossbench.sweep.launchers import check_reachable, check_versions
 from lossbench.sweep.plan import Plan
@@ -62,15 +63,16 @@ def databases():
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the process group a fixture started, SIGKILL if it does not end."""
+    """SIGTERM to the command a fixture started (it stops what it started), then SIGKILL to
+    whatever of its process group is left."""
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        proc.kill()
         proc.wait()
-    except ProcessLookupError:
-        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
@@ -142,46 +144,69 @@ def study_of(url, name):
     return optuna.load_study(study_name=name, storage=url)
 
 
+def runs_of(uri, experiment):
+    from mlflow.tracking import MlflowClient
+
+    exp = MlflowClient(uri).get_experiment_by_name(experiment)
+    return MlflowClient(uri).search_runs([exp.experiment_id], run_view_type=3) if exp else []
+
+
+def ray_args(ray_cluster, databases, mlflow_url, name):
+    return ["--plugins-dir", PROBE, LR, "data=probe", "trainer.epochs=4",
+            f"tracking.uri={mlflow_url}", f"tracking.experiment={name}",
+            "tracking.flush_seconds=0.2", "sweep.launcher=ray",
+            f"sweep.ray.address={ray_cluster}", "sweep.n_jobs=2", "sweep.n_trials=3",
+            "sweep.pruner=none", f"sweep.storage={databases['study']}",
+            f"sweep.study_name={name}"]  # fmt: skip
+
+
+def held_trial(marks, study_db, name, mlflow_url):
+    """A trial held mid-training whose curves already reach MLflow, or None."""
+    if not (marks / "epoch_1").exists():
+        return None
+    try:
+        running = [t for t in study_of(study_db, name).trials if t.state.name == "RUNNING"]
+    except KeyError:
+        return None
+    live = {r.data.tags.get("lossbench.trial") for r in runs_of(mlflow_url, name)
+            if r.info.status == "RUNNING" and r.data.tags.get("lossbench.role") == "trial"
+            and "val_loss" in r.data.metrics}  # fmt: skip
+    held = [t for t in running if "pid" in t.user_attrs and str(t.number) in live]
+    return held[0] if held else None
+
+
+def no_running(study_db, name, mlflow_url, waiting_retries=False):
+    """Nothing RUNNING in Optuna or MLflow (WAITING: retries queued for the next run)."""
+    study = study_of(study_db, name)
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+    waiting = [t for t in study.trials if t.state.name == "WAITING"]
+    assert all("retry_of" in t.user_attrs for t in waiting) if waiting_retries else not waiting
+    runs = runs_of(mlflow_url, name)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    return study, runs
+
+
 def test_ray_sweep_with_a_killed_worker_completes_exactly_n_trials(
     tmp_path, ray_cluster, databases, mlflow_url
 ):
     marks, study_db = tmp_path / "marks", databases["study"]
-    args = ["--plugins-dir", PROBE, LR, "data=probe", "trainer.epochs=4",
-            f"tracking.uri={mlflow_url}", "tracking.flush_seconds=0.2", "sweep.launcher=ray",
-            f"sweep.ray.address={ray_cluster}", "sweep.n_jobs=2", "sweep.n_trials=3",
-            "sweep.pruner=none", f"sweep.storage={study_db}", "sweep.study_name=ray"]  # fmt: skip
+    args = ray_args(ray_cluster, databases, mlflow_url, "raykill")
     proc = start(args, tmp_path, marks, hold="epoch_1")  # every trial holds until `release`
-
-    def held_trial():  # a trial mid-training whose curves already reach MLflow
-        if not (marks / "epoch_1").exists():
-            return None
-        try:
-            running = [t for t in study_of(study_db, "ray").trials if t.state.name == "RUNNING"]
-        except KeyError:
-            return None
-        live = [r for r in mlflow_runs(mlflow_url)[1] if r.info.status == "RUNNING"
-                and r.data.tags.get("lossbench.role") == "trial" and "val_loss" in r.data.metrics]
-        held = [t for t in running if "pid" in t.user_attrs
-                and str(t.number) in {r.data.tags["lossbench.trial"] for r in live}]  # fmt: skip
-        return held[0] if held else None
-
-    wait_for(lambda: proc.poll() is not None or held_trial(), "a Ray worker's held trial")
-    victim = held_trial()
+    wait_for(lambda: proc.poll() is not None or held_trial(marks, study_db, "raykill",
+                                                           mlflow_url), "a held trial")  # fmt: skip
+    victim = held_trial(marks, study_db, "raykill", mlflow_url)
     assert victim is not None, proc.communicate()
     os.kill(victim.user_attrs["pid"], signal.SIGKILL)  # the Ray worker process, mid-trial
     (marks / "release").touch()
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:] + err[-3000:]
-    study = study_of(study_db, "ray")
+    study, runs = no_running(study_db, "raykill", mlflow_url)
     counted = [t for t in study.trials if not t.user_attrs.get("lossbench_lost")]
     assert sorted(t.state.name for t in counted) == ["COMPLETE"] * 3
-    assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
     (lost,) = [t for t in study.trials if t.user_attrs.get("lossbench_lost")]
     assert lost.number == victim.number
     (retried,) = [t for t in counted if t.user_attrs.get("retry_of") == lost.number]
     assert retried.params == lost.params  # retried with the same parameters
-    _, runs = mlflow_runs(mlflow_url)
-    assert not [r for r in runs if r.info.status == "RUNNING"]
     (parent,) = [r for r in runs if r.data.tags.get("lossbench.role") == "parent"]
     assert parent.info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("lossbench.role") == "trial"]
@@ -190,6 +215,31 @@ def test_ray_sweep_with_a_killed_worker_completes_exactly_n_trials(
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
     (killed,) = [r for r in children if r.data.tags["lossbench.trial"] == str(lost.number)]
     assert killed.info.status == "KILLED"
+
+
+def test_ctrl_c_on_a_ray_sweep_cancels_its_workers_and_a_rerun_resumes(
+    tmp_path, ray_cluster, databases, mlflow_url
+):
+    marks, study_db = tmp_path / "marks", databases["study"]
+    args = ray_args(ray_cluster, databases, mlflow_url, "rayctrlc")
+    proc = start(args, tmp_path, marks, hold="epoch_1")
+    wait_for(lambda: proc.poll() is not None or held_trial(marks, study_db, "rayctrlc",
+                                                           mlflow_url), "a held trial")  # fmt: skip
+    os.kill(proc.pid, signal.SIGINT)  # Ctrl-C on the coordinator (Ray's workers are elsewhere)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out[-3000:] + err[-3000:]
+    assert "run the same command to resume" in err and "Traceback" not in err
+    study, runs = no_running(study_db, "rayctrlc", mlflow_url, waiting_retries=True)
+    assert [t for t in study.trials if t.user_attrs.get("lossbench_lost")], "no trial was lost"
+    (parent,) = [r for r in runs if r.data.tags.get("lossbench.role") == "parent"]
+    assert parent.info.status == "KILLED"
+    r = sweep(*args, cwd=tmp_path)  # no hold this time
+    assert "trials 3/3 done" in r.stdout
+    study, runs = no_running(study_db, "rayctrlc", mlflow_url)
+    counted = [t for t in study.trials if not t.user_attrs.get("lossbench_lost")]
+    assert sorted(t.state.name for t in counted) == ["COMPLETE"] * 3
+    (parent,) = [r for r in runs if r.data.tags.get("lossbench.role") == "parent"]
+    assert parent.info.status == "FINISHED"
 
 
 def test_storage_proxy_serves_a_two_worker_sweep_exactly_n_trials(tmp_path, databases):

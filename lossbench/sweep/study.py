@@ -170,7 +170,8 @@ def make_pruner(plan: Plan):
 
 @contextlib.contextmanager
 def budget_lock(plan: Plan):
-    """Serialise 'count the trials, then ask' across the workers of one study."""
+    """Serialise 'count the trials, then ask' across the workers of one study; yields whether
+    a lock is held (none for a gRPC proxy or MySQL: ``in_budget`` checks after asking)."""
     url = plan.storage_url()
     if url.startswith("journal:") or url.startswith("sqlite"):
         lock_path = Path(plan.sweep_dir) / ".budget.lock"
@@ -178,7 +179,7 @@ def budget_lock(plan: Plan):
         with open(lock_path, "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
-                yield
+                yield True
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
         return
@@ -188,12 +189,12 @@ def budget_lock(plan: Plan):
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
             try:
-                yield
+                yield True
             finally:
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
         engine.dispose()
         return
-    yield  # gRPC proxy, other databases: no lock; in_budget gives back a trial asked too many
+    yield False  # gRPC proxy, other databases: in_budget gives back a trial asked too many
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,7 +275,10 @@ def open_study(plan: Plan):
                 load_if_exists=True,
             )
     except Exception as exc:
-        reason = mask_text(str(exc).splitlines()[0][:300] if str(exc) else "")
+        root = exc.__cause__ or exc.__context__ or exc  # Optuna wraps the driver's error
+        lines = [line.strip() for line in str(root).splitlines() if line.strip()]
+        reason = mask_text(" ".join(lines)[:300])
+        exc = root
         raise ConfigError(
             f"the Optuna storage {mask_url(plan.storage)} cannot be used: "
             f"{type(exc).__name__}: {reason}. Fix: check sweep.storage (a reachable database "

@@ -340,7 +340,7 @@ def work(plan: Plan, index: int, quiet: bool = False) -> int:
 def _loop(study, plan: Plan, index: int, parts, quiet: bool) -> int:
     host, pid, waiting = socket.gethostname(), os.getpid(), False
     while not STOPPING.is_set():
-        with budget_lock(plan):
+        with budget_lock(plan) as locked:
             recover_stale(study, plan.grace_seconds)
             trials = study.get_trials(deepcopy=False)
             running = [t.number for t in trials if t.state == TrialState.RUNNING]
@@ -349,7 +349,7 @@ def _loop(study, plan: Plan, index: int, parts, quiet: bool) -> int:
                 return 0
             trial = None
             if done + len(running) < plan.n_trials:
-                trial = _ask(study, plan, host, pid)
+                trial = _ask(study, plan, host, pid, check=not locked)
         if trial is None:  # the rest of the budget runs elsewhere; one of those may be lost
             if not waiting:
                 say(f"worker {index}: waiting for trial(s) {running} still running elsewhere")
@@ -370,13 +370,13 @@ def _loop(study, plan: Plan, index: int, parts, quiet: bool) -> int:
     return 130
 
 
-def _ask(study, plan: Plan, host: str, pid: int):
+def _ask(study, plan: Plan, host: str, pid: int, check: bool):
     """A new trial, stamped with its worker; None (and the trial given back) when a worker
-    without the budget lock asked one too many."""
+    without the budget lock (``check``) asked one too many."""
     trial = study.ask()
     for key, value in (("host", host), ("pid", pid), ("heartbeat", time.time())):
         trial.set_user_attr(key, value)
-    if in_budget(study.get_trials(deepcopy=False), trial.number, plan.n_trials):
+    if not check or in_budget(study.get_trials(deepcopy=False), trial.number, plan.n_trials):
         return trial
     set_trial_attr(study, trial, "lossbench_lost", True)
     trial.set_user_attr("status", "surplus")
