@@ -62,18 +62,18 @@ def pid_alive(pid):
 
 def test_resume_repairs_a_torn_journal_tail_and_keeps_a_backup(tmp_path):
     args = [LR, *BASE, "sweep.study_name=torn", "sweep.pruner=none"]
-    sweep(*args, "sweep.n_trials=2", cwd=tmp_path)
+    sweep(*args, "sweep.n_trials=1", cwd=tmp_path)
     journal = tmp_path / "multirun/torn/journal.log"
     torn = b'{"op_code":5,"worker_id":"w","trial_id":0,"user_attr":{"x"'
     with open(journal, "ab") as f:  # the last record cut short, as a kill mid-write leaves it
         f.write(torn)
     before = journal.read_bytes()
-    r = sweep(*args, "sweep.n_trials=3", cwd=tmp_path)
+    r = sweep(*args, "sweep.n_trials=2", cwd=tmp_path)
     assert "torn" in r.stderr and "backup" in r.stderr
     (backup,) = journal.parent.glob("journal.log.torn-*")
     assert backup.read_bytes() == before  # the journal as it was, kept
-    assert b"\n".join(journal.read_bytes().splitlines()[:3]) in before
-    assert states(load(tmp_path, "torn")) == ["COMPLETE"] * 3  # finished trials kept
+    assert before.startswith(journal.read_bytes()[: len(before) - len(torn)])
+    assert states(load(tmp_path, "torn")) == ["COMPLETE"] * 2  # the finished trial kept
 
 
 def test_a_journal_damaged_inside_is_refused_and_left_as_it_is(tmp_path):
@@ -173,7 +173,7 @@ def test_storage_credentials_are_masked_everywhere_shown_or_stored(tmp_path, pos
     secret = "Sup3rSecretPw"
     url = postgres_database.replace("postgres@", f"postgres:{secret}@")  # trust auth ignores it
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    r = sweep(LR, "data=iris", "trainer.epochs=2", f"tracking.uri={uri}", "sweep.n_trials=2",
+    r = sweep(LR, "data=iris", "trainer.epochs=2", f"tracking.uri={uri}", "sweep.n_trials=1",
               "sweep.study_name=masked", f"sweep.storage={url}", cwd=tmp_path)  # fmt: skip
     assert secret not in r.stdout + r.stderr and "postgres:***@" in r.stdout
     folder = tmp_path / "multirun/masked"
@@ -278,23 +278,18 @@ def test_a_sweep_where_every_trial_fails_says_why(tmp_path):
     assert "diverged" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize(
-    "change",
-    [["optimizer.lr=interval(0.01, 0.5)"],
-     ["optimizer.lr=interval(0.001, 0.1)", "trainer.epochs=4"]],  # fmt: skip
-    ids=["another search space", "other fixed overrides"],
-)
-def test_reusing_a_study_name_for_another_question_is_refused(tmp_path, change):
+def test_reusing_a_study_name_for_another_question_is_refused(tmp_path):
     common = ["data=iris", "tracking=none", "sweep.study_name=question", "sweep.n_trials=1"]
     sweep("optimizer.lr=interval(0.001, 0.1)", "trainer.epochs=3", *common, cwd=tmp_path)
     folder = tmp_path / "multirun/question"
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    fixed = [] if any(c.startswith("trainer.epochs") for c in change) else ["trainer.epochs=3"]
-    r = sweep(*change, *fixed, *common, cwd=tmp_path, check=False)
-    assert r.returncode == 2, r.stdout + r.stderr
-    assert "sweep.study_name=question" in r.stderr and "another question" in r.stderr
-    assert "Fix:" in r.stderr and "Traceback" not in r.stderr
-    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    for change in (["optimizer.lr=interval(0.01, 0.5)", "trainer.epochs=3"],  # another space
+                   ["optimizer.lr=interval(0.001, 0.1)", "trainer.epochs=4"]):  # other fixed
+        r = sweep(*change, *common, cwd=tmp_path, check=False)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "sweep.study_name=question" in r.stderr and "another question" in r.stderr
+        assert "Fix:" in r.stderr and "Traceback" not in r.stderr
+        assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "..", ".hidden"])
