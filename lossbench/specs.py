@@ -102,7 +102,8 @@ TargetKind = Literal["class_index", "binary", "values"]
 class LossSpec(_Spec):
     """A loss. ``kernel`` has the canonical loss signature; ``reference(pred, target, hp)``
     returns ``(loss, grad)`` in NumPy with the same meaning; ``pack(options) -> list[float]``
-    makes ``hp`` from the options; ``check(options)`` may raise ``ConfigError`` for values it cannot handle."""
+    makes ``hp`` from the options; ``check(options)`` may raise ``ConfigError`` for values it
+    cannot handle."""
 
     kernel: Any = None
     reference: Callable[..., tuple[float, np.ndarray]] | None = None
