@@ -45,7 +45,10 @@ def worker(storage: str, name: str, n_trials: int, epochs: int, go: str, out: st
                 heartbeat_seconds=5, grace_seconds=600, tracking=False)  # fmt: skip
     study = open_study(plan)
     Path(out + ".ready").touch()
+    deadline = time.time() + 900  # never outlive a benchmark that died before saying go
     while not os.path.exists(go):
+        if time.time() > deadline or os.getppid() == 1:
+            raise SystemExit("the benchmark that started this worker is gone")
         time.sleep(0.01)
     times = []
     while True:
