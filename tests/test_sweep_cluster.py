@@ -324,3 +324,19 @@ def test_launcher_ray_without_ray_installed_says_how_to_install_it(tmp_path):
     assert r.returncode == 2, r.stdout + r.stderr
     assert "pip install 'lossbench[ray]'" in r.stderr and "Traceback" not in r.stderr
     assert not list(work.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [([], "the following arguments are required: --storage"),
+     (["--storage", "journal:x.log"], "is not a database URL"),
+     (["--storage", "postgresql://lb@h/db", "--password-env", "LB_UNSET_PW"], "is not set")],
+)  # fmt: skip
+def test_storage_proxy_bad_input_is_one_paragraph(tmp_path, args, message):
+    env = {k: v for k, v in os.environ.items() if k != "LB_UNSET_PW"}
+    r = subprocess.run([sys.executable, "-m", "lossbench", "storage-proxy", *args], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert "Fix:" in r.stderr or "Usage:" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())

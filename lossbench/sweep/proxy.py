@@ -27,10 +27,12 @@ def _args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--host", default="localhost", help="address to listen on")
     parser.add_argument("--port", type=int, default=13000)
     parser.add_argument("--threads", type=int, default=16, help="requests served at once")
-    try:
-        return parser.parse_args(argv)
-    except SystemExit:
-        raise ConfigError(f"storage-proxy takes: {USAGE}.") from None
+
+    def error(message: str):
+        raise ConfigError(f"storage-proxy: {message}. Usage: {USAGE}.")
+
+    parser.error = error  # one paragraph and exit code 2, as every lossbench command
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
