@@ -340,3 +340,14 @@ def test_storage_proxy_bad_input_is_one_paragraph(tmp_path, args, message):
     assert "Fix:" in r.stderr or "Usage:" in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_without_a_lock_a_trial_asked_past_the_budget_is_given_back():
+    from types import SimpleNamespace as T
+
+    from lossbench.sweep.study import in_budget
+
+    trials = [T(number=0, user_attrs={}), T(number=1, user_attrs={"lossbench_lost": True}),
+              T(number=2, user_attrs={}), T(number=3, user_attrs={})]  # fmt: skip
+    assert in_budget(trials, 2, n_trials=2)  # trial 1 was lost: 2 is the budget's second
+    assert not in_budget(trials, 3, n_trials=2)  # two workers asked at once: 3 goes back
