@@ -5,6 +5,7 @@ trial. Skipped with the reason without PostgreSQL or Ray (failed under CI)."""
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -105,6 +106,7 @@ def ray_cluster():
         yield f"127.0.0.1:{port}"
     finally:
         _stop(proc)
+        shutil.rmtree(temp, ignore_errors=True)
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
