@@ -1,6 +1,7 @@
 """Command line: ``python -m lossbench [OVERRIDES]``, ``python -m lossbench --multirun ...``
-(an Optuna sweep, see ``lossbench.sweep``), ``python -m lossbench plugins`` and
-``python -m lossbench warmup``.
+(an Optuna sweep, see ``lossbench.sweep``), ``python -m lossbench plugins``,
+``python -m lossbench warmup`` and ``python -m lossbench storage-proxy`` (a sweep's gRPC
+storage proxy, see ``lossbench.sweep.proxy``).
 
 Plugins are loaded first (built-ins, entry points, ``--plugins-dir``), so their components are
 config options before Hydra composes. Overrides are checked before Hydra creates a run
@@ -173,6 +174,13 @@ def _main(argv: list[str] | None) -> None:
     if argv[:1] == ["warmup"]:
         warmup_command(argv[1:])
         return
+    if argv[:1] == ["storage-proxy"]:
+        from lossbench.sweep.proxy import main as proxy  # start-up: Optuna for the proxy only
+
+        try:
+            sys.exit(proxy(argv[1:]))
+        except LossbenchError as exc:
+            _fail(exc)
     plugins_dir = _pop_plugins_dir(argv)
     try:
         pm = build_plugin_manager(plugins_dir)

@@ -93,10 +93,17 @@ def test_grid_sweep_runs_every_point_once_and_ends_cleanly(tmp_path):
 
 
 def test_pruner_stops_an_obviously_bad_lr_early(tmp_path):
-    common = [*BASE, "trainer.epochs=12", "sweep.study_name=prune", "sweep.pruner=median",
-              "sweep.pruner_warmup_epochs=2"]  # fmt: skip
-    sweep("optimizer.lr=interval(0.02, 0.04)", *common, "sweep.n_trials=3", cwd=tmp_path)
-    sweep("optimizer.lr=interval(1e-7, 2e-7)", *common, "sweep.n_trials=4", cwd=tmp_path)
+    import optuna
+
+    from lossbench.sweep.study import open_storage
+
+    storage = open_storage(f"journal:{tmp_path}/multirun/prune/journal.log")
+    study = optuna.create_study(study_name="prune", storage=storage)
+    for lr in (0.02, 0.03, 0.04, 1.5e-7):  # three good learning rates, then a hopeless one
+        study.enqueue_trial({"optimizer.lr": lr})
+    sweep("optimizer.lr=tag(log, interval(1e-7, 0.04))", *BASE, "trainer.epochs=12",
+          "sweep.study_name=prune", "sweep.pruner=median", "sweep.pruner_warmup_epochs=2",
+          "sweep.n_trials=4", cwd=tmp_path)  # fmt: skip
     study = load(tmp_path, "prune")
     bad = study.trials[3]
     assert bad.params["optimizer.lr"] < 1e-6
@@ -288,3 +295,56 @@ def test_multi_objective_sweep_writes_the_pareto_front(tmp_path):
     assert results["trials"]["complete"] == 5  # hydra.sweeper.X is read as sweep.X
     front = results["pareto_front"]
     assert front and all(len(p["value"]) == 2 and p["overrides"] for p in front)
+
+
+def test_hydra_sweep_dir_and_subdir_place_the_trials_and_multirun_yaml(tmp_path):
+    r = sweep(
+        "optimizer.lr=tag(log, interval(1e-3, 0.1))", "sweep=lr", "data=iris", "tracking=none",
+        "trainer.epochs=3", "sweep.n_trials=2", "hydra.sweep.dir=runs/lr",
+        "hydra.sweep.subdir=trial_${hydra.job.num}_${optimizer.name}", cwd=tmp_path,
+    )  # fmt: skip
+    root = tmp_path / "runs/lr"
+    assert not (tmp_path / "multirun").exists()
+    assert sorted(p.name for p in root.glob("trial_*")) == ["trial_0_adam", "trial_1_adam"]
+    assert (root / "trial_1_adam/history.csv").is_file()
+    assert (root / "trial_1_adam/.hydra/overrides.yaml").is_file()
+    results = yaml.safe_load((root / "optimization_results.yaml").read_text())
+    assert results["trials"]["done"] == 2
+    saved = yaml.safe_load((root / "multirun.yaml").read_text())  # as Hydra's sweepers write it
+    assert saved["hydra"]["mode"] == "MULTIRUN"
+    assert saved["hydra"]["sweep"] == {
+        "dir": "runs/lr", "subdir": "trial_${hydra.job.num}_${optimizer.name}"
+    }
+    assert "optimizer.lr=tag(log, interval(1e-3, 0.1))" in saved["hydra"]["overrides"]["task"]
+    assert saved["data"]["name"] == "iris" and saved["sweep"]["name"] == "lr"
+    # the preset's trainer.epochs=30 and the command's trainer.epochs=3: printed once, the last
+    rerun = r.stdout.split("rerun it with:")[1].split("\n")[1].split()
+    keys = [o.split("=")[0] for o in rerun[3:]]
+    assert len(keys) == len(set(keys)) and "trainer.epochs=3" in rerun
+    assert len(load_from(root, results["name"]).best_trial.user_attrs["val_loss"]) == 3
+
+
+def test_default_layout_is_multirun_study_with_multirun_yaml(tmp_path):
+    sweep("optimizer.lr=interval(0.001, 0.1)", *BASE, "sweep.n_trials=1",
+          "sweep.study_name=layout", cwd=tmp_path)  # fmt: skip
+    root = tmp_path / "multirun/layout"
+    assert (root / "0/history.csv").is_file() and (root / "optimization_results.yaml").is_file()
+    saved = yaml.safe_load((root / "multirun.yaml").read_text())
+    assert saved["sweep"]["study_name"] == "layout"
+    assert saved["hydra"]["sweep"]["subdir"] == "${hydra.job.num}"
+
+
+def test_a_subdir_outside_the_sweep_dir_is_refused(tmp_path):
+    r = sweep("optimizer.lr=interval(0.001, 0.1)", *BASE, "hydra.sweep.subdir=../x",
+              cwd=tmp_path, check=False)  # fmt: skip
+    assert r.returncode == 2 and "hydra.sweep.subdir" in r.stderr
+    assert "Traceback" not in r.stderr and not list(tmp_path.rglob("*"))
+
+
+def load_from(root, name):
+    import optuna
+
+    from lossbench.sweep.study import open_storage
+
+    storage = open_storage(f"journal:{root}/journal.log")
+    return optuna.load_study(study_name=name, storage=storage)

@@ -1,9 +1,10 @@
 """Configuration over the YAML tree in ``conf/`` and the sweep presets in ``sweeps/``: the typed
 schemas of the root, trainer, tracking and sweep (``schemas``), the ConfigStore filled with every
 registered component's schema (``store``), composing a config as ``python -m lossbench
-OVERRIDES`` would (``compose``), and Hydra's errors said in one paragraph (``errors``)."""
+OVERRIDES`` would and as ``--multirun`` starts from (``compose``), and Hydra's errors said in
+one paragraph (``errors``)."""
 
-from lossbench.config.compose import check_choices, compose, hparams
+from lossbench.config.compose import check_choices, compose, compose_multirun, hparams
 from lossbench.config.schemas import (
     DTYPES,
     LR_SCHEDULES,
@@ -28,6 +29,7 @@ __all__ = [
     "TrainerConfig",
     "check_choices",
     "compose",
+    "compose_multirun",
     "config_dir",
     "hparams",
     "node_class",

@@ -8,6 +8,7 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
@@ -79,3 +80,26 @@ def compose(overrides=(), registry=None):
         raise translate(exc, overrides, default) from None
     check_known_keys(cfg, default)
     return cfg
+
+
+def compose_multirun(overrides, registry=None) -> DictConfig:
+    """The config Hydra's ``--multirun`` starts from, with its ``hydra`` node (mode MULTIRUN,
+    ``hydra.overrides.task`` holding the search space as typed, the sweep overrides not applied
+    to the task config): what Hydra saves as ``multirun.yaml``. Call it after ``compose`` has
+    checked the same overrides."""
+    registry = registry or get_plugin_manager().registry
+    store_configs(registry)
+
+    def run():
+        return GlobalHydra.instance().hydra.compose_config(
+            "config", overrides=list(overrides), run_mode=RunMode.MULTIRUN,
+            with_log_configuration=False,
+        )  # fmt: skip
+
+    try:
+        if GlobalHydra.instance().is_initialized():
+            return run()
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return run()
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise translate(exc, list(overrides), lambda key: None) from None

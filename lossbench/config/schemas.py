@@ -57,6 +57,22 @@ SAMPLERS = tuple(Sampler)
 PRUNERS = tuple(Pruner)
 
 
+class Launcher(StrEnum):
+    """Where a sweep's workers run: processes on this machine, or Ray tasks on a cluster."""
+
+    local = "local"
+    ray = "ray"
+
+
+@dataclass
+class RaySweepConfig:
+    """``sweep.ray.*``: the cluster a ``sweep.launcher=ray`` sweep runs on."""
+
+    address: str | None = None  # auto, ray://HOST:10001, HOST:PORT; unset: a local Ray instance
+    cpus_per_trial: float = 1.0  # CPUs Ray reserves for each worker
+    shared_filesystem: bool = False  # the sweep folder is mounted at the same path on every node
+
+
 @dataclass
 class EarlyStoppingConfig:
     enabled: bool = False
@@ -109,8 +125,11 @@ class SweepConfig:
     direction: Any = "minimize"  # a list makes the study multi-objective
     metric: Any = "val_loss"  # one per direction
     n_trials: int = 20  # total for the study, across workers and restarts
-    n_jobs: int = 1  # worker processes on this machine
+    n_jobs: int | None = None  # workers; unset: 1 (local), the cluster's CPUs (ray)
+    launcher: Launcher = Launcher.local
+    ray: RaySweepConfig = field(default_factory=RaySweepConfig)
     storage: str | None = None  # default: a journal file in the sweep directory
+    storage_password_env: str | None = None  # an environment variable holding its password
     study_name: str | None = None  # default: the preset's name, or one made from the space
     seed: int = 0
     pruner_warmup_epochs: int = 3  # epochs a trial always runs before it can be pruned

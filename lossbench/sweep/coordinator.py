@@ -16,25 +16,35 @@ process), marked failed, and retried with the same parameters: it does not count
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import signal
-import subprocess
+import re
 import sys
 import time
 from pathlib import Path
 
-from omegaconf import ListConfig, OmegaConf
+from omegaconf import ListConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
-from lossbench.config import GROUPS, compose, hparams
+from lossbench.config import GROUPS, compose, compose_multirun, hparams
 from lossbench.errors import ConfigError, positive_int
 from lossbench.plugins import get_plugin_manager
-from lossbench.sweep.plan import Plan
+from lossbench.sweep.files import atomic_write
+from lossbench.sweep.launchers import LocalLauncher
+from lossbench.sweep.plan import EXIT_WRITE_FAILED, Plan, trial_dir
 from lossbench.sweep.report import ParentRun, Progress, finish
-from lossbench.sweep.space import build_space, split_overrides
-from lossbench.sweep.study import open_study, recover_stale, storage_url
+from lossbench.sweep.space import build_space, dedupe_overrides, split_overrides
+from lossbench.sweep.study import (
+    check_question,
+    open_study,
+    recover_stale,
+    repair_journal,
+    storage_url,
+)
+from lossbench.urls import mask_url
+
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 HISTORY_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
 SUMMARY_METRICS = ("best_val_loss", "train_seconds", "total_seconds")
@@ -59,8 +69,11 @@ def _list(value) -> list:
 
 
 def make_plan(argv: list[str], registry, plugins_dir: str | None = None):
-    """Check the command and build the Plan (and the base config) before any trial runs."""
-    fixed, cli_space = split_overrides(_sweep_args(argv))
+    """Check the command and build the Plan (and the base config) before any trial runs; the
+    Plan's ``multirun`` attribute holds the config Hydra would save as multirun.yaml."""
+    args = _sweep_args(argv)
+    hydra_args = [a for a in args if a.lstrip("+").startswith("hydra.")]
+    fixed, cli_space = split_overrides([a for a in args if a not in hydra_args])
     base = compose(fixed, registry=registry)
     sw = base.sweep
     preset_fixed = list(sw.overrides)
@@ -78,17 +91,18 @@ def make_plan(argv: list[str], registry, plugins_dir: str | None = None):
     grid = _grid(space) if sw.sampler == "grid" else {}
     metrics, directions = _objectives(sw, base, registry)
     positive_int(sw.n_trials, "sweep.n_trials", 20)
-    positive_int(sw.n_jobs, "sweep.n_jobs", 2)
+    if sw.n_jobs is not None:
+        positive_int(sw.n_jobs, "sweep.n_jobs", 2)
     n_trials = int(sw.n_trials)
     if grid:
         n_trials = min(n_trials, math.prod(len(v) for v in grid.values()))
     study_name = sw.study_name or _default_study_name(sw.name, expressions, fixed, preset_fixed)
-    sweep_dir = (Path("multirun") / study_name).resolve()
+    _check_study_name(study_name)
     plan = Plan(
         study_name=study_name,
-        storage=storage_url(sw.storage, sweep_dir),
-        sweep_dir=str(sweep_dir),
-        # sweep.* settings shape the study, not a trial: they stay out of trial overrides
+        storage="",
+        sweep_dir="",
+        # sweep.* and hydra.* settings shape the study, not a trial: they stay out of trials
         fixed=_trial_fixed([*preset_fixed, *fixed]),
         params=expressions,
         metrics=metrics,
@@ -103,8 +117,47 @@ def make_plan(argv: list[str], registry, plugins_dir: str | None = None):
         tracking=base.tracking.name == "mlflow",
         plugins_dir=plugins_dir,
         grid=grid,
+        storage_password_env=sw.storage_password_env,
+        launcher=str(sw.launcher),
+        n_jobs=sw.n_jobs,
+        ray=OmegaConf.to_container(sw.ray),
     )
+    _layout(plan, args, hydra_args, base, registry)
+    plan.storage = storage_url(sw.storage, Path(plan.sweep_dir))
+    plan.storage_url()  # the password's environment variable is set
     return plan, base, space
+
+
+def _layout(plan: Plan, args: list[str], hydra_args: list[str], base, registry) -> None:
+    """Where the sweep writes: ``hydra.sweep.dir`` (default ``multirun/STUDY``) and, per trial,
+    ``hydra.sweep.subdir`` (default the trial number), as Hydra's sweepers do; and the config
+    Hydra saves as multirun.yaml."""
+    multirun = compose_multirun(args, registry)
+    with open_dict(multirun):
+        multirun.sweep.study_name = plan.study_name
+        multirun.hydra.mode = "MULTIRUN"
+    try:
+        sweep_dir = Path(str(multirun.hydra.sweep.dir))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(
+            f"hydra.sweep.dir cannot be resolved: {exc}. Fix: use a path, ${{now:...}} or "
+            "${sweep.study_name} in it."
+        ) from None
+    plan.workdir = str(Path.cwd())
+    plan.sweep_dir = str(sweep_dir.resolve())
+    plan.subdir = OmegaConf.to_container(multirun.hydra.sweep, resolve=False)["subdir"]
+    plan.hydra_overrides = hydra_args
+    trial_dir(plan, base, 0, plan.fixed)  # the subdir resolves, and stays in the sweep dir
+    plan.multirun = multirun
+
+
+def _check_study_name(name: str) -> None:
+    if not STUDY_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(
+            f"sweep.study_name={name!r} is not allowed: it names the study and its folder "
+            "multirun/NAME, so it must be letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit (no '/', no '..'). Fix: pass e.g. sweep.study_name=lr_study."
+        )
 
 
 def _check_keys(space, base, registry) -> None:
@@ -163,9 +216,10 @@ def _objectives(sw, base, registry) -> tuple[list[str], list[str]]:
 
 
 def _trial_fixed(overrides: list[str]) -> list[str]:
-    """The overrides every trial gets: sweep.* settings shape the study, not a trial, and
-    trials skip the per-run plots (the parent run draws every trial's curves) unless asked."""
-    fixed = [o for o in overrides if not o.lstrip("+~").startswith("sweep")]
+    """The overrides every trial gets, each key once (its last value, as Hydra applies them):
+    sweep.* settings shape the study, not a trial, and trials skip the per-run plots (the
+    parent run draws every trial's curves) unless asked."""
+    fixed = [o for o in dedupe_overrides(overrides) if not o.lstrip("+~").startswith("sweep")]
     if not any(o.startswith("trainer.plots=") for o in fixed):
         fixed.append("trainer.plots=false")
     return fixed
@@ -180,50 +234,84 @@ def _default_study_name(preset, expressions, fixed, preset_fixed) -> str:
 def run_sweep(argv: list[str], plugins_dir: str | None = None) -> int:
     """The coordinator; returns the exit code."""
     plan, base, space = make_plan(argv, get_plugin_manager().registry, plugins_dir)
+    launcher = make_launcher(plan, base)
+    try:
+        launcher.prepare()  # connect to the cluster and check it: errors before any trial
+        repaired = repair_journal(plan.storage_url())
+        if repaired:
+            print(f"lossbench: {repaired}; resuming", file=sys.stderr)
+        study = open_study(plan)
+        check_question(study, plan)
+        ok, parent = _start(study, plan, base, space)
+        if not ok:
+            return 1
+        launcher.start()
+        status = _watch(study, plan, launcher)
+        return finish(study, plan, parent, status, _crashed(study, plan, launcher.codes()))
+    finally:
+        launcher.close()
+
+
+def _start(study, plan: Plan, base, space):
+    """The sweep folder, multirun.yaml, the MLflow parent run, plan.json; returns (False, None)
+    when a write failed (and says why), else (True, the parent run or None)."""
     sweep_dir = Path(plan.sweep_dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    study = open_study(plan)
-    lost = recover_stale(study, plan.grace_seconds)
-    parent = ParentRun.open(plan, base, study) if plan.tracking else None
-    plan.parent_run_id = parent.run_id if parent else None
-    plan_path = sweep_dir / "plan.json"
-    plan.dump(plan_path)
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(plan.multirun))
+        lost = recover_stale(study, plan.grace_seconds)
+        parent = ParentRun.open(plan, base, study) if plan.tracking else None
+        plan.parent_run_id = parent.run_id if parent else None
+        plan.dump(sweep_dir / "plan.json")
+    except OSError as exc:
+        print(
+            f"lossbench: error: the sweep could not start: {exc}. Fix: free space (or make "
+            f"{sweep_dir} writable) and run the same command again.",
+            file=sys.stderr,
+        )
+        return False, None
     print(
         f"sweep {plan.study_name}: {len(space)} parameter(s), {plan.n_trials} trials, "
-        f"{plan.sampler} sampler, {plan.pruner} pruner, storage {plan.storage}, "
+        f"{plan.sampler} sampler, {plan.pruner} pruner, storage {mask_url(plan.storage)}, "
         f"outputs {sweep_dir}" + (f"; retrying lost trials {lost}" if lost else "")
     )
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "lossbench.sweep.worker", str(plan_path), str(i)],
-            stdout=open(sweep_dir / f"worker-{i}.log", "a"),
-            stderr=subprocess.STDOUT,
-        )
-        for i in range(int(base.sweep.n_jobs))
-    ]
-    status = _watch(study, plan, procs)
-    crashed = [i for i, p in enumerate(procs) if p.returncode not in (0, None, 130, -2)]
-    if crashed and status == "finished":
-        status = "failed"
-    return finish(study, plan, parent, status, crashed)
+    return True, parent
 
 
-def _watch(study, plan, procs) -> str:
+def make_launcher(plan: Plan, base):
+    if plan.launcher == "ray":
+        # start-up: Ray (about 2 s to import) loads for sweep.launcher=ray only
+        from lossbench.sweep.ray_launcher import RayLauncher
+
+        return RayLauncher(plan, base)
+    return LocalLauncher(plan)
+
+
+def _crashed(study, plan, codes: list[int | None]) -> dict[int, str]:
+    """Workers that ended badly, by index, with why; their running trials are recovered now
+    (their processes are gone) so none stays RUNNING."""
+    crashed = {}
+    for i, code in enumerate(codes):
+        if code == EXIT_WRITE_FAILED:
+            crashed[i] = "a write failed (see above)"
+        elif code not in (0, None, 130, -2):
+            crashed[i] = f"exit code {code}"
+    if crashed:
+        try:
+            recover_stale(study, plan.grace_seconds)
+        except OSError as exc:
+            print(f"lossbench: could not mark the lost trials in the study: {exc}; the next "
+                  "run marks them", file=sys.stderr)  # fmt: skip
+    return crashed
+def _watch(study, plan, launcher) -> str:
     """Show progress until the workers end; on Ctrl-C make sure they stop."""
     try:
         with Progress(study, plan) as progress:
-            while any(p.poll() is None for p in procs):
+            while launcher.running():
                 progress.update()
                 time.sleep(0.5)
             progress.update()
         return "finished"
     except KeyboardInterrupt:
-        for p in procs:  # they got the SIGINT too; make sure they stop
-            with contextlib.suppress(ProcessLookupError):
-                p.send_signal(signal.SIGINT)
-        for p in procs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        launcher.interrupt()
         return "interrupted"

@@ -1,5 +1,6 @@
 """The ``Plan``: everything a sweep's workers need, checked by the coordinator before any trial
-and handed to each worker as plan.json."""
+and handed to each worker as plan.json (private: it may hold the storage URL's password), or
+with each Ray task; and ``trial_dir``, where a trial writes (``hydra.sweep.subdir``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,17 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lossbench.errors import ConfigError
+from lossbench.sweep.files import atomic_write
+from lossbench.urls import with_password
+
+JOB_NUM = "${hydra.job.num}"
+
+EXIT_WRITE_FAILED = 3  # a worker's exit code: a file or the study storage could not be written
 
 
 @dataclass
@@ -31,10 +43,52 @@ class Plan:
     parent_run_id: str | None = None
     plugins_dir: str | None = None
     grid: dict[str, list] = field(default_factory=dict)
+    storage_password_env: str | None = None  # the storage's password comes from this variable
+    workdir: str = "."  # where the coordinator ran (relative paths in overrides)
+    subdir: str = JOB_NUM  # hydra.sweep.subdir, resolved per trial
+    hydra_overrides: list[str] = field(default_factory=list)
+    launcher: str = "local"
+    n_jobs: int | None = None
+    ray: dict = field(default_factory=dict)
+    plugin_sources: dict[str, str] = field(default_factory=dict)  # for workers on other nodes
+
+    def storage_url(self) -> str:
+        """The storage URL to connect with (the password from the environment if so set)."""
+        return with_password(self.storage, self.storage_password_env, "sweep.storage_password_env")
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def dump(self, path: Path) -> None:
-        path.write_text(json.dumps(dataclasses.asdict(self), indent=2))
+        atomic_write(path, json.dumps(self.to_dict(), indent=2), private=True)
 
     @classmethod
     def load(cls, path: str) -> Plan:
         return cls(**json.loads(Path(path).read_text()))
+
+
+def trial_dir(plan: Plan, cfg, number: int, overrides: list[str]) -> Path:
+    """The trial's output folder: ``hydra.sweep.dir/hydra.sweep.subdir``, the subdir resolved as
+    Hydra resolves it for job ``number`` (``${hydra.job.num}``, ``${hydra.job.override_dirname}``,
+    ``${now:...}`` or any key of the trial's config)."""
+    if plan.subdir == JOB_NUM:
+        return Path(plan.sweep_dir) / str(number)
+    dirname = ",".join(sorted(o for o in overrides if not o.startswith("hydra.")))
+    job = {"num": number, "id": str(number), "name": "lossbench", "override_dirname": dirname}
+    node = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    hydra = {"job": job, "sweep": {"dir": plan.sweep_dir, "subdir": plan.subdir}}
+    OmegaConf.update(node, "hydra", hydra, force_add=True)
+    try:
+        sub = str(node.hydra.sweep.subdir)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(
+            f"hydra.sweep.subdir={plan.subdir} cannot be resolved: {exc}. Fix: use "
+            "${hydra.job.num} (the default), ${hydra.job.override_dirname} or config keys."
+        ) from None
+    path = Path(sub)
+    if path.is_absolute() or ".." in path.parts or not sub.strip():
+        raise ConfigError(
+            f"hydra.sweep.subdir={plan.subdir} gives {sub!r}, which is not a folder inside "
+            "hydra.sweep.dir. Fix: a relative path without '..', e.g. ${hydra.job.num}."
+        )
+    return Path(plan.sweep_dir) / path

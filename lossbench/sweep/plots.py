@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from optuna.trial import TrialState
 
+from lossbench.sweep.files import atomic_save
+
 
 def _plt():
     # start-up: matplotlib (about a second) loads when the figures are drawn, at the end
@@ -59,8 +61,15 @@ def curves_figure(study, plan, path: Path) -> Path | None:
     sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
     fig.colorbar(sm, ax=axes, label="learning rate" if by_lr else "trial")
     fig.suptitle(f"sweep {plan.study_name}: {len(trials)} trials")
-    fig.savefig(path)
-    plt.close(fig)
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path: Path) -> Path:
+    """Save and close a figure; the file is complete or absent."""
+    try:
+        atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -85,9 +94,7 @@ def final_vs_lr_figure(study, plan, path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def optuna_figures(study, plan, folder: Path) -> list[Path]:
@@ -111,9 +118,8 @@ def optuna_figures(study, plan, folder: Path) -> list[Path]:
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
         fig.set_size_inches(7, 4.5)
         fig.tight_layout()
-        fig.savefig(folder / name, dpi=110)
-        plt.close(fig)
-        out.append(folder / name)
+        fig.set_dpi(110)
+        out.append(_save(plt, fig, folder / name))
     return out
 
 

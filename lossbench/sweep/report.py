@@ -14,10 +14,12 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from lossbench.sweep.files import atomic_write
 from lossbench.sweep.plots import sweep_figures
 from lossbench.sweep.study import counted
 from lossbench.tracking.store import precheck, resolve_uri
 from lossbench.tracking.worker import experiment_id
+from lossbench.urls import mask_text, mask_url
 
 RESULTS_FILE = "optimization_results.yaml"
 
@@ -122,14 +124,14 @@ class ParentRun:
                 tags={
                     "lossbench.study": plan.study_name,
                     "lossbench.role": "parent",
-                    "lossbench.storage": plan.storage,
+                    "lossbench.storage": mask_url(plan.storage),
                     "lossbench.sweep_dir": plan.sweep_dir,
                 },
             )
             run_id = run.info.run_id
             study.set_user_attr("mlflow_parent_run_id", run_id)
             params = [Param(f"search.{k}", v) for k, v in plan.params.items()]
-            params += [Param("sweep.fixed", " ".join(plan.fixed) or "-")]
+            params += [Param("sweep.fixed", mask_text(" ".join(plan.fixed)) or "-")]
             for key in ("sampler", "pruner", "n_trials", "seed"):
                 params.append(Param(f"sweep.{key}", str(getattr(plan, key))))
             params.append(Param("sweep.metric", ",".join(plan.metrics)))
@@ -171,7 +173,7 @@ def results_dict(study, plan) -> dict:
     t = tally(study, plan)
     out = {
         "name": plan.study_name,
-        "storage": plan.storage,
+        "storage": mask_url(plan.storage),
         "metric": plan.metrics if len(plan.metrics) > 1 else plan.metrics[0],
         "direction": plan.directions if len(plan.directions) > 1 else plan.directions[0],
         "trials": {k: t[k] for k in ("done", "complete", "pruned", "failed")},
@@ -221,15 +223,20 @@ def trial_table(study, plan):
     return table
 
 
-def finish(study, plan, parent, status: str, crashed: list[int]) -> int:
+def finish(study, plan, parent, status: str, crashed: dict[int, str]) -> int:
     """Results file, table, figures and the parent run's end; returns the exit code."""
     sweep_dir = Path(plan.sweep_dir)
+    t = tally(study, plan)
+    if status == "finished" and (crashed or t["done"] < plan.n_trials):
+        status = "failed"  # never "finished" while trials of the budget did not end
     results = sweep_dir / RESULTS_FILE
     data = results_dict(study, plan)
     data["status"] = status
-    tmp = results.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    tmp.replace(results)
+    try:
+        atomic_write(results, yaml.safe_dump(data, sort_keys=False))
+    except OSError as exc:
+        print(f"lossbench: error: could not write {results}: {exc}", file=sys.stderr)
+        crashed = {**crashed, -1: "the results could not be written"}
     console = Console(soft_wrap=True)
     console.print(trial_table(study, plan))
     figures = []
@@ -244,15 +251,44 @@ def finish(study, plan, parent, status: str, crashed: list[int]) -> int:
             f"best {plan.metrics[0]} {data['best_value']:.6g} (trial {data['best_trial']}); "
             f"rerun it with:\n  python -m lossbench {' '.join(data['best_overrides'])}"
         )
-    console.print(f"results: {results}")
+    if results.is_file():
+        console.print(f"results: {results}")
+    return _exit_code(study, plan, status, crashed, t)
+
+
+def _exit_code(study, plan, status: str, crashed: dict[int, str], t: dict) -> int:
     if status == "interrupted":
         print("lossbench: sweep interrupted; run the same command to resume", file=sys.stderr)
         return 130
-    if crashed:
+    workers = {i: why for i, why in crashed.items() if i >= 0}
+    if workers:
         print(
-            f"lossbench: worker(s) {crashed} ended unexpectedly (see {sweep_dir}/worker-N.log); "
+            f"lossbench: worker(s) {sorted(workers)} ended unexpectedly "
+            f"({'; '.join(sorted(set(workers.values())))}; see {plan.sweep_dir}/worker-N.log); "
             "run the same command to resume",
+            file=sys.stderr,
+        )
+    if crashed:
+        return 1
+    if t["done"] < plan.n_trials:
+        print(f"lossbench: error: {t['done']} of {plan.n_trials} trials ended; run the same "
+              "command to resume", file=sys.stderr)  # fmt: skip
+        return 1
+    if t["failed"] and not t["complete"] and not t["pruned"]:
+        print(
+            f"lossbench: error: every trial failed ({t['failed']} of {t['done']}); the first, "
+            f"{first_failure(study)}. Fix: change what makes it fail (see the trials' "
+            "summary.json), then use a new sweep.study_name.",
             file=sys.stderr,
         )
         return 1
     return 0
+
+
+def first_failure(study) -> str:
+    """``trial N: why it failed``, for the lowest-numbered failed trial that counted."""
+    failed = [x for x in counted(study.get_trials(deepcopy=False)) if x.state == TrialState.FAIL]
+    first = min(failed, key=lambda x: x.number)
+    why = first.user_attrs.get("error") or "no reason recorded"
+    status = first.user_attrs.get("status", "failed")
+    return f"trial {first.number}: {status}: {why}"

@@ -148,3 +148,18 @@ def format_override(key: str, value) -> str:
     if isinstance(value, bool):
         return f"{key}={str(value).lower()}"
     return f"{key}={value}"
+
+
+def dedupe_overrides(overrides: list[str]) -> list[str]:
+    """Each key once, where it first appears, with its last value: what Hydra applies, without
+    ``trainer.epochs=30 ... trainer.epochs=3`` (``+key=`` and ``key=`` set the same key)."""
+    last: dict[str, str] = {}
+    for text in overrides:
+        last[text.partition("=")[0].lstrip("+")] = text
+    seen, out = set(), []
+    for text in overrides:
+        key = text.partition("=")[0].lstrip("+")
+        if key not in seen:
+            seen.add(key)
+            out.append(last[key])
+    return out

@@ -1,13 +1,17 @@
 """The Optuna side of a sweep: storage, sampler, pruner, the study, the budget lock that keeps
-K workers from overshooting ``n_trials``, and lost-trial recovery. Every Optuna internal lossbench
-needs is reached in ``set_trial_attr`` and nowhere else."""
+K workers from overshooting ``n_trials``, lost-trial recovery, the journal file kept whole (a
+failed append is undone; a record torn by a crash is repaired with a backup, or refused), and
+the question a study answers (a study name reused for another search space is refused). Every
+Optuna internal lossbench needs is reached here: ``set_trial_attr`` and ``_JournalFile``."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -15,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import optuna
 import sqlalchemy
-from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 from optuna.trial import TrialState
 
 from lossbench.errors import ConfigError
 from lossbench.sweep.plan import Plan
+from lossbench.urls import mask_text, mask_url
 
 
 def set_trial_attr(study, trial, key: str, value) -> None:
@@ -33,13 +38,86 @@ def storage_url(setting: str | None, sweep_dir: Path) -> str:
     return setting or f"journal:{sweep_dir / 'journal.log'}"
 
 
+class _JournalFile(JournalFileBackend):
+    """Optuna's journal file whose append is all or nothing: a write that fails (a full disk)
+    is cut back to where it started, so the file never ends in half a record. This is Optuna's
+    ``append_logs`` (under its lock) plus the undo."""
+
+    def append_logs(self, logs: list[dict]) -> None:
+        self._lock.acquire()
+        try:
+            data = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
+            with open(self._file_path, "ab") as f:
+                start = f.tell()
+                try:
+                    f.write(data.encode("utf-8"))
+                    f.flush()
+                    os.fsync(f.fileno())
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        f.truncate(start)
+                    raise
+        finally:
+            self._lock.release()
+
+
 def open_storage(url: str):
-    """An Optuna storage: ``journal:PATH`` (the default) or any URL Optuna accepts."""
+    """An Optuna storage: ``journal:PATH`` (the default), ``grpc://HOST:PORT`` (a storage
+    proxy, ``python -m lossbench storage-proxy``) or any database URL Optuna accepts."""
     if url.startswith("journal:"):
         path = Path(url[len("journal:") :])
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        return JournalStorage(_JournalFile(str(path)))
+    if url.startswith("grpc://"):
+        host, _, port = url[len("grpc://") :].rstrip("/").rpartition(":")
+        return optuna.storages.GrpcStorageProxy(host=host or "localhost", port=int(port))
     return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+
+
+def repair_journal(url: str) -> str | None:
+    """Check a journal file before a sweep resumes on it, under Optuna's journal lock. A last
+    record cut short (a crash or a full disk mid-write) is cut off, after a backup of the whole
+    file; returns what was done, for the user. A damaged record with complete ones after it is
+    refused (ConfigError) and the file left as it is."""
+    if not url.startswith("journal:"):
+        return None
+    path = Path(url[len("journal:") :])
+    if not path.is_file():
+        return None
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        lines = data.split(b"\n")  # the last item is what follows the last newline
+        for number, line in enumerate(lines[:-1], start=1):
+            _check_record(path, number, line)
+        if not lines[-1]:
+            return None
+        backup = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.copy2(path, backup)
+        with open(path, "r+b") as f:
+            f.truncate(len(data) - len(lines[-1]))
+            os.fsync(f.fileno())
+    finally:
+        lock.release()
+    return (
+        f"the study journal {path} ended in a torn record ({len(lines[-1])} bytes of a write "
+        f"that never finished: a crash or a full disk); it was cut off, and the file as it was "
+        f"is kept as the backup {backup.name}"
+    )
+
+
+def _check_record(path: Path, number: int, line: bytes) -> None:
+    try:
+        json.loads(line)
+    except ValueError:
+        raise ConfigError(
+            f"the study journal {path} is damaged at line {number}: {line[:80]!r} is not a "
+            "complete record, and complete records follow it (a record torn by a crash, then "
+            "appended to). lossbench leaves the file as it is. Fix: keep a copy, delete that "
+            "line (the records after it are intact) and run the same command again; or start "
+            "a new study with another sweep.study_name."
+        ) from None
 
 
 class _GridSampler(optuna.samplers.GridSampler):
@@ -92,29 +170,31 @@ def make_pruner(plan: Plan):
 
 @contextlib.contextmanager
 def budget_lock(plan: Plan):
-    """Serialise 'count the trials, then ask' across the workers of one study."""
-    if plan.storage.startswith("journal:") or plan.storage.startswith("sqlite"):
+    """Serialise 'count the trials, then ask' across the workers of one study; yields whether
+    a lock is held (none for a gRPC proxy or MySQL: ``in_budget`` checks after asking)."""
+    url = plan.storage_url()
+    if url.startswith("journal:") or url.startswith("sqlite"):
         lock_path = Path(plan.sweep_dir) / ".budget.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         with open(lock_path, "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
-                yield
+                yield True
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
         return
-    if plan.storage.split("+")[0].split(":")[0] in ("postgresql", "postgres"):
+    if url.split("+")[0].split(":")[0] in ("postgresql", "postgres"):
         key = int(hashlib.sha256(plan.study_name.encode()).hexdigest()[:15], 16)
-        engine = sqlalchemy.create_engine(plan.storage, poolclass=sqlalchemy.pool.NullPool)
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
             try:
-                yield
+                yield True
             finally:
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
         engine.dispose()
         return
-    yield  # other databases: no cross-machine lock (K workers may overshoot by K - 1)
+    yield False  # gRPC proxy, other databases: in_budget gives back a trial asked too many
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,11 +225,28 @@ def recover_stale(study, grace_seconds: float) -> list[int]:
         dead = t.user_attrs.get("host") == host and not _pid_alive(t.user_attrs.get("pid", -1))
         if not dead and now - beat < grace_seconds:
             continue
-        set_trial_attr(study, t, "lossbench_lost", True)
-        study.tell(t.number, state=TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        set_trial_attr(study, t, "lossbench_lost", True)  # first: never counted once failed
+        try:
+            study.tell(t.number, state=TrialState.FAIL)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
+            continue  # another worker recovered it first (and retried it)
+        retry(study, t)
         lost.append(t.number)
     return lost
+
+
+def in_budget(trials, number: int, n_trials: int) -> bool:
+    """Whether trial ``number`` is within the budget: fewer than ``n_trials`` trials that count
+    or may count (not lost) were created before it. Where no lock serialises asking (a gRPC
+    proxy, MySQL, a journal on a shared filesystem), two workers may ask at once at the end of
+    the budget; the later trial is then given back."""
+    ahead = [t for t in trials if t.number < number and not t.user_attrs.get("lossbench_lost")]
+    return len(ahead) < n_trials
+
+
+def retry(study, trial) -> None:
+    """Enqueue a lost trial again with the same parameters (it did not count)."""
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
 
 
 def trial_seed(sweep_seed: int, number: int) -> int:
@@ -160,27 +257,79 @@ def trial_seed(sweep_seed: int, number: int) -> int:
 def open_study(plan: Plan):
     """Create or load the study; errors for an unreachable storage or other directions."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = plan.storage_url()
     try:
-        storage = open_storage(plan.storage)
-        study = optuna.create_study(
-            storage=storage,
-            study_name=plan.study_name,
-            directions=plan.directions,
-            sampler=make_sampler(plan),
-            pruner=make_pruner(plan),
-            load_if_exists=True,
-        )
+        storage = open_storage(url)
+        sampler, pruner = make_sampler(plan), make_pruner(plan)
+        try:  # an existing study is only read (create_study would append to a journal)
+            study = optuna.load_study(
+                study_name=plan.study_name, storage=storage, sampler=sampler, pruner=pruner
+            )
+        except KeyError:
+            study = optuna.create_study(
+                storage=storage,
+                study_name=plan.study_name,
+                directions=plan.directions,
+                sampler=sampler,
+                pruner=pruner,
+                load_if_exists=True,
+            )
     except Exception as exc:
+        root = exc.__cause__ or exc.__context__ or exc  # Optuna wraps the driver's error
+        lines = [line.strip() for line in str(root).splitlines() if line.strip()]
+        reason = mask_text(" ".join(lines)[:300])
+        exc = root
         raise ConfigError(
-            f"the Optuna storage {plan.storage} cannot be used: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:300]}. Fix: check sweep.storage (a reachable database "
+            f"the Optuna storage {mask_url(plan.storage)} cannot be used: "
+            f"{type(exc).__name__}: {reason}. Fix: check sweep.storage (a reachable database "
             "URL), or leave it unset for a journal file in the sweep directory."
         ) from None
     have = [d.name.lower() for d in study.directions]
     if have != plan.directions:
         raise ConfigError(
-            f"the study {plan.study_name!r} in {plan.storage} exists with direction(s) {have}, "
-            f"not {plan.directions}. Fix: pass the same sweep.direction, or a new "
+            f"the study {plan.study_name!r} in {mask_url(plan.storage)} exists with direction(s) "
+            f"{have}, not {plan.directions}. Fix: pass the same sweep.direction, or a new "
             "sweep.study_name."
         )
     return study
+
+
+# overrides that change how a trial is shown or recorded, not what it answers
+_NOT_THE_QUESTION = ("tracking", "trainer.progress", "trainer.plots", "hydra")
+
+
+def question(plan: Plan) -> dict:
+    """What a study answers: its search space and the fixed overrides that shape a trial (the
+    last value of a key wins, as in Hydra)."""
+    fixed = {}
+    for o in plan.fixed:
+        key, _, value = o.partition("=")
+        if not key.lstrip("+~").startswith(_NOT_THE_QUESTION):
+            fixed[key] = value
+    return {"search space": dict(sorted(plan.params.items())), "fixed": dict(sorted(fixed.items()))}
+
+
+def check_question(study, plan: Plan) -> None:
+    """Refuse a study name reused for another question (its best trial would be reported as
+    this command's answer); a study without the record (new, or from an older lossbench)
+    gets it."""
+    asked = question(plan)
+    had = study.user_attrs.get("lossbench_question")
+    if had is None:
+        study.set_user_attr("lossbench_question", asked)
+        return
+    if had == asked:
+        return
+    raise ConfigError(
+        f"sweep.study_name={plan.study_name} names a study that answers another question: it "
+        f"was created for {_describe(had)}, this command asks {_describe(asked)}, and its "
+        "trials would be reported as this command's answer. Fix: pass a new sweep.study_name "
+        "(or leave it unset: the default name is made from the search space and the "
+        "overrides), or run the study's own command to resume it."
+    )
+
+
+def _describe(q: dict) -> str:
+    space = ", ".join(f"{k}={v}" for k, v in q["search space"].items())
+    fixed = " ".join(f"{k}={v}" for k, v in q["fixed"].items()) or "none"
+    return mask_text(f"search space {space} with fixed overrides {fixed}")

@@ -4,18 +4,26 @@ An ask/tell loop on the shared study: under the budget lock, recover lost trials
 then compose the trial's config, train it in this process (the fused epoch is loaded from
 numba's cache once per worker, not per trial) with the trial attached through a pruning plugin,
 and tell Optuna the result. A heartbeat thread stamps the running trial so another process can
-tell when this one died.
+tell when this one died. When the budget is covered only by trials still running elsewhere,
+the worker waits for them (one of them may be lost and need retrying) instead of ending.
+
+Started by the coordinator, the worker reads its stdin, a pipe the coordinator holds: when it
+closes (the coordinator died, even by SIGKILL) the worker stops as on Ctrl-C, and its trial is
+retried by the next invocation. A trial whose outputs cannot be written (a full disk) is failed
+and retried later, and the worker stops (exit code 3): every next trial would fail the same.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import shutil
 import signal
 import socket
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -28,19 +36,23 @@ from lossbench.config import GROUPS, compose
 from lossbench.errors import LossbenchError
 from lossbench.hookspecs import hookimpl
 from lossbench.plugins import build_plugin_manager, set_plugin_manager
-from lossbench.sweep.plan import Plan
+from lossbench.sweep.files import atomic_write
+from lossbench.sweep.plan import EXIT_WRITE_FAILED, Plan, trial_dir
 from lossbench.sweep.space import build_space, format_override
 from lossbench.sweep.study import (
     budget_lock,
     counted,
+    in_budget,
     make_sampler,
     open_study,
     recover_stale,
+    retry,
     set_trial_attr,
     trial_seed,
 )
 from lossbench.tracking.plugin import default_run_name
 from lossbench.training import train
+from lossbench.urls import mask_text
 
 STATUS_TO_STATE = {"finished": "COMPLETE", "stopped": "COMPLETE"}
 # Set by Ctrl-C / SIGTERM. The signal can land inside a storage call and surface as another
@@ -49,16 +61,48 @@ STATUS_TO_STATE = {"finished": "COMPLETE", "stopped": "COMPLETE"}
 STOPPING = threading.Event()
 
 
+class WriteFailed(Exception):
+    """A trial's files could not be written; the worker stops."""
+
+
 def _on_signal(signum, frame):
     STOPPING.set()
     raise KeyboardInterrupt
 
 
-def _lose(study, trial) -> None:
-    """Mark an interrupted trial: failed, not counted, retried by the next invocation."""
+def say(text: str, err: bool = False) -> None:
+    """A line to the worker's log (stdout) or stderr; a full disk under the log loses the line,
+    not the worker."""
+    try:
+        print(text, file=sys.stderr if err else sys.stdout, flush=True)
+    except OSError:
+        pass
+
+
+def _lose(study, trial, status: str = "interrupted", error: str | None = None) -> None:
+    """Mark a trial that did not get to its end: failed, not counted, retried with the same
+    parameters by the next worker that asks."""
     set_trial_attr(study, trial, "lossbench_lost", True)
-    trial.set_user_attr("status", "interrupted")
+    trial.set_user_attr("status", status)
+    if error:
+        trial.set_user_attr("error", error[:2000])
     study.tell(trial, state=TrialState.FAIL)
+    retry(study, trial)
+
+
+def watch_parent() -> None:
+    """Stop (as on SIGTERM) when stdin, the coordinator's pipe, closes: the coordinator died."""
+
+    def wait():
+        try:
+            while os.read(0, 1 << 12):  # the raw descriptor: no buffer lock at exit
+                pass
+        except OSError:
+            pass
+        STOPPING.set()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait, daemon=True, name="lossbench-parent-watch").start()
 
 
 class Pruning:
@@ -87,7 +131,10 @@ class Heartbeat:
 
     def _beat(self):
         while not self.stop.wait(self.every):
-            set_trial_attr(self.study, self.trial, "heartbeat", time.time())
+            try:
+                set_trial_attr(self.study, self.trial, "heartbeat", time.time())
+            except Exception as exc:  # a full disk, a lost connection: beat again later
+                say(f"heartbeat of trial {self.trial.number} not recorded: {exc}")
 
     def __enter__(self):
         self.thread.start()
@@ -151,10 +198,11 @@ def objective_values(run, metrics: list[str]) -> list[float]:
 
 
 def write_hydra_files(out: Path, cfg, overrides: list[str]) -> None:
+    """The trial's ``.hydra/`` files, as Hydra writes a job's (private if they hold a URL's
+    password)."""
     hydra_dir = out / ".hydra"
-    hydra_dir.mkdir(parents=True, exist_ok=True)
-    (hydra_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    (hydra_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(overrides)))
+    atomic_write(hydra_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    atomic_write(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
 
 
 def run_trial(study, plan: Plan, space, pm, trial, composer: Composer) -> bool:
@@ -162,26 +210,29 @@ def run_trial(study, plan: Plan, space, pm, trial, composer: Composer) -> bool:
     values = suggest(trial, space)
     seed = trial_seed(plan.seed, trial.number)
     overrides = [*plan.fixed, *(format_override(k, v) for k, v in values.items()), f"seed={seed}"]
-    out = Path(plan.sweep_dir) / str(trial.number)
-    trial.set_user_attr("overrides", overrides)
+    trial.set_user_attr("overrides", [mask_text(o) for o in overrides])
     trial.set_user_attr("seed", seed)
-    trial.set_user_attr("output_dir", str(out))
     try:
         cfg = composer(values, seed)
+        out = trial_dir(plan, cfg, trial.number, overrides)
+        trial.set_user_attr("output_dir", str(out))
     except (LossbenchError, ValueError, KeyError) as exc:
         trial.set_user_attr("status", "failed")
         trial.set_user_attr("error", str(exc))
         study.tell(trial, state=TrialState.FAIL)
         return True
     _tag_child_run(cfg, plan, trial)
-    write_hydra_files(out, cfg, overrides)
+    try:
+        write_hydra_files(out, cfg, overrides)
+    except OSError as exc:
+        _write_failed(study, trial, out, f"its .hydra files: {exc}")
     # Optuna prunes single-objective studies only (trial.report refuses several objectives)
     pruning = Pruning(trial, plan.metrics[0]) if len(plan.directions) == 1 else None
     if pruning is not None:
         pm.register(pruning)
     try:
         with Heartbeat(study, trial, plan.heartbeat_seconds):
-            run = train(cfg, output_dir=out, plugin_manager=pm)
+            run, problems = _train(cfg, out, pm)
     except KeyboardInterrupt:
         _lose(study, trial)  # the run itself is marked interrupted (KILLED in MLflow)
         return False
@@ -196,8 +247,33 @@ def run_trial(study, plan: Plan, space, pm, trial, composer: Composer) -> bool:
     finally:
         if pruning is not None:
             pm.unregister(pruning)
+    if not (out / "summary.json").is_file():  # the outputs plugin writes it last
+        _write_failed(study, trial, out, "its outputs: " + ("; ".join(problems) or "unknown"))
     _tell(study, plan, trial, run, pruned=pruning is not None and pruning.pruned_at is not None)
     return True
+
+
+def _train(cfg, out: Path, pm):
+    """``train``, and the problems on_run_end hooks met (they warn, the run goes on)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = train(cfg, output_dir=out, plugin_manager=pm)
+    problems = []
+    for w in caught:
+        if "on_run_end" in str(w.message):
+            problems.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return run, problems
+
+
+def _write_failed(study, trial, out: Path, what: str) -> None:
+    """The trial's files could not be written: remove what it left (which also frees the
+    space a full disk needs to record this), fail it for a retry, stop the worker."""
+    shutil.rmtree(out, ignore_errors=True)
+    reason = f"trial {trial.number} could not write {what}"
+    _lose(study, trial, status="failed", error=reason)
+    raise WriteFailed(reason)
 
 
 def _tag_child_run(cfg, plan: Plan, trial) -> None:
@@ -234,10 +310,10 @@ def _tell(study, plan: Plan, trial, run, pruned: bool) -> None:
         study.tell(trial, state=TrialState.FAIL)
 
 
-def main(plan_path: str, index: int) -> int:
-    plan = Plan.load(plan_path)
-    os.chdir(Path(plan.sweep_dir).parent.parent)  # where the coordinator ran (relative paths)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+def work(plan: Plan, index: int, quiet: bool = False) -> int:
+    """The ask/tell loop until the budget is used up; returns the exit code. Both launchers run
+    it: a worker process of this machine, or a Ray task (``quiet``: errors only, since Ray
+    sends a task's output to the coordinator's terminal)."""
     study = open_study(plan)
     study.sampler = make_sampler(plan, worker=index)
     pm = build_plugin_manager(plan.plugins_dir)
@@ -245,23 +321,77 @@ def main(plan_path: str, index: int) -> int:
     base = compose(plan.fixed, registry=pm.registry)
     space = build_space(plan.params, base)
     composer = Composer(plan, pm.registry)
-    host, pid = socket.gethostname(), os.getpid()
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        return _loop(study, plan, index, (space, pm, composer), quiet)
+    except WriteFailed as exc:
+        say(f"lossbench: error: worker {index} stopped: {exc}. The trial is marked failed and "
+            "will be retried. Fix: free space (or make the folder writable) and run the same "
+            "command again to resume.", err=True)  # fmt: skip
+    except OSError as exc:
+        say(
+            f"lossbench: error: worker {index} stopped: the study storage could not be written "
+            f"({exc}). Its trial is retried by the next run. Fix: free space (or make the "
+            "storage writable) and run the same command again to resume.",
+            err=True,
+        )
+    return EXIT_WRITE_FAILED
+
+
+def _loop(study, plan: Plan, index: int, parts, quiet: bool) -> int:
+    host, pid, waiting = socket.gethostname(), os.getpid(), False
     while not STOPPING.is_set():
-        with budget_lock(plan):
+        with budget_lock(plan) as locked:
             recover_stale(study, plan.grace_seconds)
             trials = study.get_trials(deepcopy=False)
-            running = [t for t in trials if t.state == TrialState.RUNNING]
-            if len(counted(trials)) + len(running) >= plan.n_trials:
+            running = [t.number for t in trials if t.state == TrialState.RUNNING]
+            done = len(counted(trials))
+            if done >= plan.n_trials:
                 return 0
-            trial = study.ask()
-            for key, value in (("host", host), ("pid", pid), ("heartbeat", time.time())):
-                trial.set_user_attr(key, value)
-        print(f"worker {index}: trial {trial.number}", flush=True)
-        if not run_trial(study, plan, space, pm, trial, composer):
-            return 130
+            trial = None
+            if done + len(running) < plan.n_trials:
+                trial = _ask(study, plan, host, pid, check=not locked)
+        if trial is None:  # the rest of the budget runs elsewhere; one of those may be lost
+            if not waiting:
+                say(f"worker {index}: waiting for trial(s) {running} still running elsewhere")
+            waiting = True
+            STOPPING.wait(min(plan.heartbeat_seconds, 1.0))
+            continue
+        waiting = False
+        if not quiet:
+            say(f"worker {index}: trial {trial.number}")
+        space, pm, composer = parts
+        try:
+            if not run_trial(study, plan, space, pm, trial, composer):
+                return 130
+        except KeyboardInterrupt:  # between asking and training (a Ray cancel lands anywhere)
+            if study.get_trials(deepcopy=False)[trial.number].state == TrialState.RUNNING:
+                _lose(study, trial)
+            raise
     return 130
+
+
+def _ask(study, plan: Plan, host: str, pid: int, check: bool):
+    """A new trial, stamped with its worker; None (and the trial given back) when a worker
+    without the budget lock (``check``) asked one too many."""
+    trial = study.ask()
+    for key, value in (("host", host), ("pid", pid), ("heartbeat", time.time())):
+        trial.set_user_attr(key, value)
+    if not check or in_budget(study.get_trials(deepcopy=False), trial.number, plan.n_trials):
+        return trial
+    set_trial_attr(study, trial, "lossbench_lost", True)
+    trial.set_user_attr("status", "surplus")
+    study.tell(trial, state=TrialState.FAIL)
+    return None
+
+
+def main(plan_path: str, index: int) -> int:
+    plan = Plan.load(plan_path)
+    os.chdir(plan.workdir)  # where the coordinator ran (relative paths)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    watch_parent()
+    return work(plan, index)
 
 
 if __name__ == "__main__":

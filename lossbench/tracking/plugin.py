@@ -36,6 +36,7 @@ from lossbench.hookspecs import hookimpl
 from lossbench.tracking.client import SideProcess
 from lossbench.tracking.store import precheck, resolve_uri
 from lossbench.training import outputs
+from lossbench.urls import mask_text
 
 _KEY = "mlflow"
 STEP_BASE = 0  # metrics use step = epoch, 0-based like history.csv
@@ -132,7 +133,8 @@ class Tracker:
             experiment=tracking.experiment,
             run_name=tracking.run_name or default_run_name(run.config),
             tags=run_tags(run, tracking),
-            params=flatten(OmegaConf.to_container(run.config, resolve=True)),
+            params={k: mask_text(v) for k, v in  # a tracking.uri's password stays out
+                    flatten(OmegaConf.to_container(run.config, resolve=True)).items()},
             flush_seconds=float(tracking.flush_seconds),
         )
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from lossbench.errors import ConfigError
+from lossbench.urls import mask_url
 
 
 def resolve_uri(tracking) -> str | None:
@@ -43,7 +44,7 @@ def precheck(uri: str | None) -> None:
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ConfigError(
-                f"the MLflow tracking server {uri} is not reachable ({reason}). {fix}"
+                f"the MLflow tracking server {mask_url(uri)} is not reachable ({reason}). {fix}"
             ) from None
     elif scheme == "sqlite":
         path = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
@@ -52,8 +53,8 @@ def precheck(uri: str | None) -> None:
             writable = os.access(path, os.W_OK) if path.exists() else os.access(folder, os.W_OK)
             if not folder.is_dir() or not writable:
                 raise ConfigError(
-                    f"the MLflow store {uri} cannot be written ({path} is not writable or its "
-                    f"folder does not exist). {fix}"
+                    f"the MLflow store {mask_url(uri)} cannot be written ({path} is not "
+                    f"writable or its folder does not exist). {fix}"
                 )
     elif scheme in ("postgresql", "postgres", "mysql", "mssql") and parsed.hostname:
         port = parsed.port or {"mysql": 3306, "mssql": 1433}.get(scheme, 5432)

@@ -4,7 +4,8 @@ so a test waits for that (not for a fixed time), and it can hold a run in a phas
 ``LOSSBENCH_PROBE_DIR``: where the marks go (a file per event: ``loading``, ``run_start``,
 ``epoch_0``, ``epoch_1``, ..., ``run_end``). ``LOSSBENCH_PROBE_HOLD``: ``load`` keeps the
 ``probe`` dataset loading until interrupted; ``epoch_1`` holds every run after its second epoch
-until interrupted (or killed); ``run_end`` makes on_run_end take two seconds.
+until interrupted (or killed), or until a file named ``release`` appears in the marks folder;
+``run_end`` makes on_run_end take two seconds.
 """
 
 import os
@@ -51,7 +52,8 @@ def on_run_start(run):
 @hookimpl
 def on_epoch_end(run, epoch, metrics):
     _mark(f"epoch_{epoch}")
-    while os.environ.get("LOSSBENCH_PROBE_HOLD") == f"epoch_{epoch}":
+    release = Path(os.environ.get("LOSSBENCH_PROBE_DIR") or ".", "release")
+    while os.environ.get("LOSSBENCH_PROBE_HOLD") == f"epoch_{epoch}" and not release.exists():
         time.sleep(0.05)
 
 

@@ -1,0 +1,131 @@
+"""Where a sweep's workers run (``sweep.launcher``): ``local``, worker processes on this machine
+(``LocalLauncher``), or ``ray``, Ray tasks on a cluster (``lossbench.sweep.ray_launcher``, same
+interface: prepare, start, running, interrupt, codes, close). Both
+run the same ask/tell loop (``lossbench.sweep.worker.work``). Also the checks a cluster must
+pass before any trial: a study storage and an MLflow store every node can reach
+(``check_reachable``), the same lossbench and plugins on every node (``check_versions``)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+from lossbench.errors import ConfigError
+from lossbench.sweep.plan import Plan
+from lossbench.urls import mask_url
+
+LOOPBACK = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
+
+
+class LocalLauncher:
+    """``sweep.n_jobs`` worker processes (``python -m lossbench.sweep.worker``). Each reads a
+    pipe this process holds on its stdin, so when the coordinator dies they stop."""
+
+    def __init__(self, plan: Plan):
+        self.plan, self.procs = plan, []
+
+    def prepare(self) -> None:
+        """Nothing to check on this machine."""
+
+    def start(self) -> None:
+        folder = Path(self.plan.sweep_dir)
+        for i in range(self.plan.n_jobs or 1):
+            with open(folder / f"worker-{i}.log", "a") as log:
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "lossbench.sweep.worker", str(folder / "plan.json"),
+                     str(i)],
+                    stdin=subprocess.PIPE,  # they stop when it closes: when this process dies
+                    stdout=log,
+                    stderr=None,  # their errors reach the user as the coordinator's would
+                ))  # fmt: skip
+
+    def running(self) -> bool:
+        return any(p.poll() is None for p in self.procs)
+
+    def interrupt(self) -> None:
+        for p in self.procs:  # they got the SIGINT too; make sure they stop
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGINT)
+        for p in self.procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def codes(self) -> list[int | None]:
+        return [p.returncode for p in self.procs]
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.stdin is not None:
+                with contextlib.suppress(OSError):
+                    p.stdin.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# what a cluster must offer
+
+
+def check_reachable(plan: Plan, tracking_uri: str | None, remote_nodes: list[str]) -> None:
+    """With nodes other than this machine (``remote_nodes``: their addresses), the study storage
+    and the MLflow store must be reachable from them: a database or server by a name that is
+    not this machine's loopback; a journal file only on a filesystem the user says is shared;
+    never a local sqlite file."""
+    if not remote_nodes:
+        return
+    nodes = ", ".join(remote_nodes)
+    storage = plan.storage
+    if storage.startswith("journal:") and not plan.ray.get("shared_filesystem"):
+        raise ConfigError(
+            f"the study storage is a journal file on this machine ({storage[8:]}), but the Ray "
+            f"cluster has other nodes ({nodes}) that cannot reach it. Fix: a database every "
+            "node can reach, sweep.storage=postgresql+psycopg2://USER@HOST/DB (or mysql://...), "
+            "or sweep.ray.shared_filesystem=true if that folder is mounted at the same path on "
+            "every node."
+        )
+    if not storage.startswith("journal:"):
+        _check_url("sweep.storage", storage, nodes, "postgresql+psycopg2://USER@HOST/DB")
+    if plan.tracking:
+        if tracking_uri is None:
+            raise ConfigError(
+                f"MLflow would write to ./mlflow.db on each node ({nodes} and this one): the "
+                "runs would be scattered. Fix: an MLflow server every node can reach, "
+                "tracking.uri=http://HOST:5000 (started with --artifacts-destination so "
+                "artifacts go through it), or tracking=none."
+            )
+        _check_url("tracking.uri", tracking_uri, nodes, "http://HOST:5000")
+
+
+def _check_url(setting: str, url: str, nodes: str, example: str) -> None:
+    parsed = urlparse(url)
+    scheme = parsed.scheme.split("+")[0]
+    local = scheme in ("sqlite", "file", "")
+    if not local and (parsed.hostname or "localhost") not in LOOPBACK:
+        return
+    raise ConfigError(
+        f"{setting}={mask_url(url)} is on this machine only, but the Ray cluster has other "
+        f"nodes ({nodes}) that cannot reach it. Fix: {setting}={example}, with a host name "
+        "every node can reach."
+    )
+
+
+def check_versions(here: dict, nodes: dict[str, dict]) -> None:
+    """Every node runs the lossbench, Python and plugins this machine runs (``nodes``: node
+    address -> what it runs, as ``here``)."""
+    for node, there in sorted(nodes.items()):
+        diff = [
+            f"{key} {there.get(key)!r} there, {value!r} here"
+            for key, value in here.items()
+            if there.get(key) != value
+        ]
+        if diff:
+            raise ConfigError(
+                f"the Ray node {node} does not run what this machine runs: {'; '.join(diff)}. "
+                "Fix: install the same lossbench and plugin versions on every node (the same "
+                "`pip install` as here), then run the sweep again."
+            )

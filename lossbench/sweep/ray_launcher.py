@@ -1,0 +1,182 @@
+"""``sweep.launcher=ray``: the sweep's workers as Ray tasks, each running the ask/tell loop of
+``lossbench.sweep.worker`` on the shared study, so no worker waits for another.
+
+``prepare`` connects (``sweep.ray.address``: ``auto``, ``ray://HOST:10001``, ``HOST:PORT``, or
+unset to start a local Ray instance, as ``ray.init`` does) and checks, before any trial, that
+every node can reach the study storage and the MLflow store and runs the same lossbench,
+Python and plugins. ``start`` submits ``sweep.n_jobs`` tasks (default: the cluster's CPUs at
+``sweep.ray.cpus_per_trial``); the plan, single-file plugins included, and the environment
+lossbench and MLflow read (``LOSSBENCH_*``, ``MLFLOW_*``, the storage password's variable)
+travel with them. Ray retries a task whose worker died (a killed process, a lost node); the new
+task finds the dead worker's trial by its pid or its silent heartbeat and retries it with the
+same parameters. Ctrl-C cancels the tasks (each marks its trial for a retry); a coordinator that
+dies takes its tasks with it (Ray ends the tasks of a dead driver).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from lossbench._version import __version__
+from lossbench.errors import ConfigError
+from lossbench.plugins import build_plugin_manager, describe
+from lossbench.sweep.launchers import check_reachable, check_versions
+from lossbench.sweep.plan import Plan
+from lossbench.sweep.worker import work
+from lossbench.tracking.store import resolve_uri
+
+try:
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+except ImportError:  # an optional extra; the error says how to install it
+    ray = None
+
+TASK_RETRIES = 3  # a task whose worker died is run again (its trial is retried) this often
+ENV_PREFIXES = ("LOSSBENCH_", "MLFLOW_", "NUMBA_")
+
+
+def node_info() -> dict:
+    """What a node runs, compared across the cluster: lossbench, Python, installed plugins."""
+    plugins = {  # installed distributions (built-ins come with lossbench, files travel)
+        r["name"]: f"{r['source']} {r['version']}"
+        for r in describe(build_plugin_manager(None))
+        if r["version"] and r["source"] != "lossbench (built-in)"
+    }
+    return {
+        "lossbench": __version__,
+        "python": platform.python_version(),
+        "plugins": dict(sorted(plugins.items())),
+    }
+
+
+def ray_worker(plan_dict: dict, index: int) -> int:
+    """One worker: the same loop as a local worker process, on whichever node Ray chose."""
+    plan = Plan(**plan_dict)
+    with tempfile.TemporaryDirectory(prefix="lossbench-plugins-") as tmp:
+        if plan.plugin_sources:  # single-file plugins travel as source, not as a path
+            for name, source in plan.plugin_sources.items():
+                Path(tmp, name).write_text(source)
+            plan.plugins_dir = tmp
+        if os.path.isdir(plan.workdir):  # the coordinator's folder, where it exists
+            os.chdir(plan.workdir)
+        return work(plan, index, quiet=True)
+
+
+class RayLauncher:
+    def __init__(self, plan: Plan, base):
+        if ray is None:
+            raise ConfigError(
+                "sweep.launcher=ray needs Ray, which is not installed. Fix: pip install "
+                "'lossbench[ray]' (or pass sweep.launcher=local)."
+            )
+        self.plan, self.base, self.refs = plan, base, []
+        self.start_seconds = 0.0
+
+    def prepare(self) -> None:
+        t0 = time.perf_counter()
+        address = self.plan.ray.get("address") or None
+        try:
+            ray.init(
+                address=address,
+                runtime_env={"env_vars": self._env()},
+                log_to_driver=True,
+                logging_level="warning",
+                **({"include_dashboard": False} if address is None else {}),
+            )
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot connect to the Ray cluster at sweep.ray.address={address}: "
+                f"{str(exc).splitlines()[0][:300]}. Fix: check the address (`ray status` on "
+                "the head node shows it; ray://HOST:10001 for Ray Client, auto on a node); a "
+                "cluster with token authentication needs RAY_AUTH_MODE=token and its token "
+                "(RAY_AUTH_TOKEN, or ~/.ray/auth_token) here too."
+            ) from None
+        self.start_seconds = time.perf_counter() - t0
+        nodes = [n for n in ray.nodes() if n["Alive"]]
+        here = _addresses()
+        remote = sorted({n["NodeManagerAddress"] for n in nodes} - here)
+        tracking = resolve_uri(self.base.tracking) if self.plan.tracking else None
+        check_reachable(self.plan, tracking, remote)
+        self._check_versions(nodes)
+        cpus = float(self.plan.ray.get("cpus_per_trial") or 1.0)
+        total = ray.cluster_resources().get("CPU", 1.0)
+        self.n_jobs = self.plan.n_jobs or max(1, int(total // cpus))
+        if self.plan.plugins_dir:
+            folder = Path(self.plan.plugins_dir)
+            self.plan.plugin_sources = {p.name: p.read_text() for p in folder.glob("*.py")}
+        print(
+            f"ray: {len(nodes)} node(s), {total:g} CPUs, {self.n_jobs} worker(s) at "
+            f"{cpus:g} CPU each; connected in {self.start_seconds:.1f} s",
+            file=sys.stderr,
+        )
+
+    def _env(self) -> dict[str, str]:
+        names = [k for k in os.environ if k.startswith(ENV_PREFIXES)]
+        if self.plan.storage_password_env:
+            names.append(self.plan.storage_password_env)
+        return {k: os.environ[k] for k in names if k in os.environ}
+
+    def _check_versions(self, nodes) -> None:
+        probe = ray.remote(node_info)
+        refs = {
+            n["NodeManagerAddress"]: probe.options(
+                num_cpus=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False),
+            ).remote()
+            for n in nodes
+        }
+        seen = dict(zip(refs, ray.get(list(refs.values()), timeout=300), strict=True))
+        check_versions(node_info(), seen)
+
+    def start(self) -> None:
+        cpus = float(self.plan.ray.get("cpus_per_trial") or 1.0)
+        task = ray.remote(ray_worker).options(
+            num_cpus=cpus, max_retries=TASK_RETRIES, retry_exceptions=False
+        )
+        plan = self.plan.to_dict()
+        self.refs = [task.remote(plan, i) for i in range(self.n_jobs)]
+
+    def running(self) -> bool:
+        if not self.refs:
+            return False
+        _, pending = ray.wait(self.refs, num_returns=len(self.refs), timeout=0)
+        return bool(pending)
+
+    def interrupt(self) -> None:
+        for ref in self.refs:  # KeyboardInterrupt in each task: it marks its trial for a retry
+            ray.cancel(ref)
+        _, pending = ray.wait(self.refs, num_returns=len(self.refs), timeout=60)
+        for ref in pending:
+            ray.cancel(ref, force=True)
+
+    def codes(self) -> list[int | None]:
+        out = []
+        for ref in self.refs:
+            try:
+                out.append(int(ray.get(ref, timeout=60)))
+            except ray.exceptions.TaskCancelledError:
+                out.append(130)
+            except ray.exceptions.RayError as exc:
+                print(f"lossbench: a Ray worker failed: {exc}", file=sys.stderr)
+                out.append(-1)
+        return out
+
+    def close(self) -> None:
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def _addresses() -> set[str]:
+    """This machine's addresses, as Ray names nodes."""
+    out = {"127.0.0.1", ray.util.get_node_ip_address()}
+    try:
+        out |= set(socket.gethostbyname_ex(socket.gethostname())[2])
+    except OSError:
+        pass
+    return out
