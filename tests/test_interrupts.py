@@ -40,8 +40,13 @@ def start(tmp_path, *overrides, env=None):
 
 def wait_for(proc, marks, event, timeout=300):
     """Wait until the run leaves the mark ``event`` (it is then in that phase)."""
+    wait_until(proc, lambda: (marks / event).exists(), event, timeout)
+
+
+def wait_until(proc, done, event, timeout=300):
+    """Wait until ``done()`` is true while the run goes on."""
     deadline = time.time() + timeout
-    while not (marks / event).exists():
+    while not done():
         if proc.poll() is not None:
             out, err = proc.communicate()
             pytest.fail(f"the run ended (exit {proc.returncode}) before {event}: {err[-3000:]}")
@@ -103,7 +108,9 @@ def test_ctrl_c_during_the_first_compile_leaves_a_summary_that_says_so(tmp_path)
         tmp_path, "data=probe", f"tracking.uri={store(tmp_path)}",
         env={"NUMBA_CACHE_DIR": str(cold)},
     )  # fmt: skip
-    wait_for(proc, marks, "run_start")  # on_run_start hooks come just before compiling
+    # numba writes a cache index when it has compiled a function: the run is compiling (the
+    # on_run_start mark alone would race with the step into the compile phase on a busy machine)
+    wait_until(proc, lambda: any(cold.rglob("*.nbi")), "the first compiled function")
     interrupt(proc)
     summary = summary_of(tmp_path)
     assert summary["status"] == "interrupted" and summary["phase"] == "compile"
