@@ -19,6 +19,8 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -128,14 +130,54 @@ def _print_summary(run) -> None:
     console.print("\n".join(lines))
 
 
-def _remove_empty_run_dir(output_dir: str) -> None:
-    """Remove a run directory that holds only what Hydra wrote before the run failed to start."""
-    path = Path(output_dir)
-    if not path.is_dir():
+class RunDirGuard(Callback):
+    """Notes what of the run directory exists before Hydra creates it (a Hydra callback, set
+    in conf/config.yaml), so that a run refused as bad input removes only what it created."""
+
+    before: dict | None = None  # {"dir", "created_root", "entries"} of the current run
+
+    def on_run_start(self, config, **kwargs) -> None:
+        RunDirGuard.before = None
+        try:  # the same resolution run_job does next (Hydra caches ${now:...} per config)
+            run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir"))).absolute()
+        except Exception:  # cannot tell: nothing will be removed
+            return
+        created_root = None
+        for path in (run_dir, *run_dir.parents):
+            if path.exists():
+                break
+            created_root = path  # the topmost folder this run will create
+        entries = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+        RunDirGuard.before = {"dir": run_dir, "created_root": created_root, "entries": entries}
+
+
+def _hydras_own(name: str) -> bool:
+    return name == ".hydra" or name.endswith(".log")
+
+
+def remove_created_run_dir(output_dir: str) -> None:
+    """After a run refused as bad input: remove what Hydra created for it (the run directory,
+    the folders above it that it had to create, or in a directory that existed before only the
+    ``.hydra`` folder and log file it added), provided the run wrote nothing else. A path that
+    existed before the run is never removed."""
+    before, path = RunDirGuard.before, Path(output_dir).absolute()
+    if before is None or before["dir"] != path or not path.is_dir():
         return
-    leftovers = {p.name for p in path.iterdir()} - {".hydra"}
-    if all(name.endswith(".log") for name in leftovers):
-        shutil.rmtree(path, ignore_errors=True)
+    added = [p for p in path.iterdir() if p.name not in before["entries"]]
+    if not all(_hydras_own(p.name) for p in added):
+        return  # the run wrote something of its own: keep everything
+    if before["created_root"] is None:
+        for p in added:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    for parent in path.parents:  # the folders above it that this run created, if now empty
+        if not parent.is_relative_to(before["created_root"]):
+            break
+        try:
+            parent.rmdir()
+        except OSError:
+            break
 
 
 def _task(cfg) -> None:
@@ -143,7 +185,7 @@ def _task(cfg) -> None:
     try:
         run = train(cfg, output_dir=output_dir)
     except LossbenchError as exc:
-        _remove_empty_run_dir(output_dir)
+        remove_created_run_dir(output_dir)
         _fail(exc)
     except KeyboardInterrupt:
         print(
