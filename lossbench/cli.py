@@ -13,14 +13,17 @@ Exit codes: 0 finished (or stopped early by a hook), 1 diverged or failed, 2 bad
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.table import Table
 
@@ -234,4 +237,21 @@ def _main(argv: list[str] | None) -> None:
         config_path=str(config_dir()), config_name="config", version_base="1.3"
     )(_task)
     sys.argv = [sys.argv[0], *argv]
-    app()
+    # Hydra prints a traceback for what fails around the task (e.g. writing .hydra/ on a full
+    # disk); raised instead, it gets one paragraph here
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        app()
+    except OSError as exc:
+        before = RunDirGuard.before
+        if before is not None:
+            remove_created_run_dir(str(before["dir"]))
+        where = exc.filename or (before["dir"] if before else "the run directory")
+        print(
+            f"lossbench: error: could not write {where}: {exc.strerror or exc}. The run did not "
+            "start. Fix: free some space, or choose another folder with hydra.run.dir=DIR.",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+    except (HydraException, OmegaConfBaseException) as exc:
+        _fail(LossbenchError(str(exc).strip().replace("\n", " ")))

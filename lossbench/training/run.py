@@ -52,6 +52,13 @@ class Run:
     path: str = "fused"
     phase: str = "setup"
 
+    def output_failed(self, message: str) -> None:
+        """A file of the run could not be written (a full disk, say): the run has failed,
+        unless it was interrupted (it stays interrupted); ``error`` says which file and why."""
+        if self.status != "interrupted":
+            self.status = "failed"
+        self.error = f"{self.error}; {message}" if self.error else message
+
     def predict(self, X: np.ndarray) -> np.ndarray:
         """The model's outputs (logits or values) for the rows of ``X``, already scaled as the
         training data (e.g. ``run.dataset.X_val``), with the current parameters."""
