@@ -1,13 +1,14 @@
 """Command line: ``python -m lossbench [OVERRIDES]``, ``python -m lossbench --multirun ...``
-(an Optuna sweep, see ``lossbench.sweep``), ``python -m lossbench plugins`` and
-``python -m lossbench warmup``.
+(an Optuna sweep, see ``lossbench.sweep``), ``python -m lossbench plugins``,
+``python -m lossbench warmup`` and ``python -m lossbench replay RUN_DIR [--uri URI]``.
 
 Plugins are loaded first (built-ins, entry points, ``--plugins-dir``), so their components are
 config options before Hydra composes. Overrides are checked before Hydra creates a run
 directory; a user mistake prints one paragraph and exits with code 2, never a traceback.
 
-Exit codes: 0 finished (or stopped early by a hook), 1 diverged or failed, 2 bad input,
-130 interrupted.
+Exit codes: 0 finished (or stopped early by a hook), 1 diverged or failed (also: a file of
+the run could not be written, or its MLflow record is incomplete), 2 bad input, 130
+interrupted.
 """
 
 from __future__ import annotations
@@ -98,6 +99,48 @@ def warmup_command(argv: list[str]) -> None:
         _fail(exc)
     for row in rows:
         print(f"{row['dtype']}: ready in {row['seconds']:.1f} s")
+
+
+def replay_command(argv: list[str]) -> None:
+    """``python -m lossbench replay RUN_DIR [--uri URI]``: send a run's spooled MLflow record
+    (what its store did not receive) to its store, or to ``URI``, and end the run there with its
+    true final state. Safe to repeat: only what the store lacks is sent."""
+    usage = "Usage: python -m lossbench replay RUN_DIR [--uri URI]"
+    uri, rest = None, list(argv)
+    if "--uri" in rest:
+        i = rest.index("--uri")
+        if i + 1 >= len(rest):
+            _fail(LossbenchError(f"--uri needs a tracking URI. {usage}"))
+        uri = rest[i + 1]
+        del rest[i : i + 2]
+    if len(rest) != 1 or rest[0].startswith("-"):
+        _fail(LossbenchError(f"replay takes one run directory. {usage}"))
+    from lossbench.tracking.spool import find_spools, replay  # start-up: MLflow for replay only
+
+    spools = find_spools(Path(rest[0]))
+    if not spools:
+        _fail(LossbenchError(
+            f"{rest[0]} holds no MLflow spool (mlflow-spool/*/records.jsonl): its record "
+            f"reached the store complete, or this is not a run directory. {usage}"
+        ))  # fmt: skip
+    failed = 0
+    for folder in spools:
+        try:
+            done = replay(folder, uri)
+        except Exception as exc:  # the store: unreachable, refusing; the spool stays
+            failed += 1
+            where = uri or "its store"
+            print(f"lossbench: error: {folder} could not be replayed into {where}: "
+                  f"{type(exc).__name__}: {exc}", file=sys.stderr)  # fmt: skip
+            continue
+        print(
+            f"{folder}: run {done['run_id']} in {done['uri']} "
+            f"({'created' if done['created'] else 'found'}), {done['metrics_sent']} metric "
+            f"points sent ({done['metrics_present']} already there), {done['artifacts_sent']} "
+            f"artifacts, ended {done['state']}"
+        )
+    if failed:
+        sys.exit(1)
 
 
 def _print_summary(run) -> None:
@@ -198,7 +241,9 @@ def _task(cfg) -> None:
         )
         sys.exit(130)
     _print_summary(run)
-    if run.status in ("diverged", "failed"):
+    for message in run.record_errors:
+        print(f"lossbench: error: {message}", file=sys.stderr)
+    if run.status in ("diverged", "failed") or run.record_errors:
         sys.exit(1)
 
 
@@ -217,6 +262,9 @@ def _main(argv: list[str] | None) -> None:
         return
     if argv[:1] == ["warmup"]:
         warmup_command(argv[1:])
+        return
+    if argv[:1] == ["replay"]:
+        replay_command(argv[1:])
         return
     plugins_dir = _pop_plugins_dir(argv)
     try:

@@ -13,7 +13,7 @@ import pytest
 
 import lossbench
 from conftest import TINY
-from lossbench.data import Dataset, DataOptions
+from lossbench.data import DataOptions, Dataset
 from lossbench.errors import DataError
 from lossbench.specs import DatasetSpec
 

@@ -240,7 +240,9 @@ def read_npz(path: str, key: str, error=DataError) -> dict[str, np.ndarray]:
     try:
         loaded = np.load(path, allow_pickle=False)
     except zipfile.BadZipFile as exc:
-        raise error(f"{what} is not a valid .npz file (a zip archive of arrays): {exc}. {fix}")
+        raise error(
+            f"{what} is not a valid .npz file (a zip archive of arrays): {exc}. {fix}"
+        ) from None
     except ValueError:  # np.load's answer to anything that is neither .npy nor a zip
         raise error(
             f"{what} is not an .npz file: it holds text or pickled Python objects, which "
