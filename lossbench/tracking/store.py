@@ -79,9 +79,10 @@ def _sqlite_writable(path: Path) -> str | None:
     try:
         conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=60)
         try:
-            conn.execute("BEGIN IMMEDIATE")  # the write lock: refused on a read-only file
-            conn.execute("SELECT count(*) FROM sqlite_master")  # refused: not a database
-            conn.rollback()
+            conn.execute("BEGIN IMMEDIATE")  # the write lock
+            (version,) = conn.execute("PRAGMA user_version").fetchone()  # not a database?
+            conn.execute(f"PRAGMA user_version = {int(version)}")  # a write, rolled back:
+            conn.rollback()  # refused on a read-only file or filesystem
         finally:
             conn.close()
     except sqlite3.Error as exc:

@@ -5,6 +5,8 @@ so a test waits for that (not for a fixed time), and it can hold a run in a phas
 ``epoch_0``, ``epoch_1``, ..., ``run_end``). ``LOSSBENCH_PROBE_HOLD``: ``load`` keeps the
 ``probe`` dataset loading until interrupted; ``epoch_1`` holds every run after its second epoch
 until interrupted (or killed); ``run_end`` makes on_run_end take two seconds.
+``LOSSBENCH_PROBE_GATE=epoch_N``: after epoch N the run waits until the test creates the file
+``go`` in the marks folder (so a test can break something, then let the run go on).
 """
 
 import os
@@ -53,6 +55,9 @@ def on_epoch_end(run, epoch, metrics):
     _mark(f"epoch_{epoch}")
     while os.environ.get("LOSSBENCH_PROBE_HOLD") == f"epoch_{epoch}":
         time.sleep(0.05)
+    if os.environ.get("LOSSBENCH_PROBE_GATE") == f"epoch_{epoch}":
+        while not Path(os.environ["LOSSBENCH_PROBE_DIR"], "go").exists():
+            time.sleep(0.05)
 
 
 @hookimpl
