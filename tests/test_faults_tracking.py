@@ -84,7 +84,7 @@ def test_concurrent_runs_on_a_fresh_store_are_all_recorded(tmp_path):
         for i in range(4)
     ]
     results = [(p, *p.communicate(timeout=300)) for p in procs]
-    for p, out, err in results:
+    for p, _out, err in results:
         assert p.returncode == 0, err[-3000:]
         assert "incomplete" not in err, err[-3000:]
     _, runs = runs_in(f"sqlite:///{tmp_path}/mlflow.db")

@@ -156,7 +156,7 @@ class Tracker:
             self.error = self.side.send(**request)
             if self.error is not None:  # gone: the spool gets the rest, from the start
                 self._spool_self(self.start_request)
-        if self.error is not None and request is not self.start_request:
+        if self.error is not None and request["op"] != "start":
             self._spool_self(request)
 
     def _spool_self(self, request: dict) -> None:

@@ -1,0 +1,26 @@
+"""The README's "What lossbench guarantees": every line names a test, and every test it names
+exists in tests/ (a renamed or deleted test breaks this, not the promise silently)."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def guarantees() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## What lossbench guarantees", 1)[1].split("\n## ", 1)[0]
+    return [item.strip() for item in re.split(r"\n- ", section)[1:]]
+
+
+def test_every_guarantee_names_a_test_that_exists():
+    defined = set()
+    for path in (ROOT / "tests").rglob("test_*.py"):
+        defined |= set(re.findall(r"^def (test_\w+)\(", path.read_text(), re.M))
+    items = guarantees()
+    assert len(items) >= 8
+    for item in items:
+        named = re.findall(r"`(test_\w+)`", item)
+        assert named, f"this guarantee names no test: {item[:80]}"
+        missing = [name for name in named if name not in defined]
+        assert not missing, f"{missing} named in the README do not exist"
