@@ -173,9 +173,7 @@ def _state(records: list[dict]) -> tuple[str, dict, int | None]:
 def replay(folder: Path, uri: str | None = None) -> dict:
     """Send a spooled run to ``uri`` (default: the store it was meant for) and end it there;
     returns what was done. Raises on a store that cannot be reached."""
-    from mlflow.entities import Metric, Param, RunTag
-    from mlflow.exceptions import MlflowException
-
+    from mlflow.entities import RunTag  # start-up: MLflow loads only for a replay
 
     records = read_records(folder / RECORDS)
     start = next((r for r in records if r["op"] == "start"), None)
@@ -183,77 +181,90 @@ def replay(folder: Path, uri: str | None = None) -> dict:
         raise ValueError(f"{folder / RECORDS} has no start record: nothing to replay")
     target = uri or start.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or None
     client = open_client(target)
-    resolved = client.tracking_uri
-    run_id = None
-    created = next((r for r in records if r["op"] == "created"), None)
-    if created is not None and created.get("uri") == resolved:
-        try:
-            run_id = client.get_run(created["run_id"]).info.run_id
-        except MlflowException:
-            run_id = None
-    exp_id = experiment_id(client, start["experiment"])
-    if run_id is None:
-        found = client.search_runs(
-            [exp_id], filter_string=f"tags.`{SPOOL_TAG}` = '{start['spool_id']}'"
-        )
-        run_id = found[0].info.run_id if found else None
-    tags = {shorten(k, MAX_KEY): shorten(v, MAX_TAG) for k, v in start["tags"].items()}
-    tags[SPOOL_TAG] = start["spool_id"]
-    made = run_id is None
-    if made:
-        run_id = client.create_run(
-            exp_id, start_time=start.get("start_time"), tags=tags,
-            run_name=shorten(start["run_name"], MAX_NAME),
-        ).info.run_id  # fmt: skip
-    run = client.get_run(run_id)
-    have_params = run.data.params
-    params = [
-        Param(shorten(k, MAX_KEY), shorten(v, MAX_PARAM))
-        for k, v in start["params"].items()
-        if shorten(k, MAX_KEY) not in have_params
-    ]
-    for i in range(0, len(params), PARAMS_PER_BATCH):
-        client.log_batch(run_id, params=params[i : i + PARAMS_PER_BATCH])
-
+    run_id, made = _find_or_create(client, records, start)
+    _send_params(client, run_id, start["params"])
     state, final_tags, end_time = _state(records)
-    items = [item for r in records if r["op"] == "metrics" for item in r["items"]]
     finish = next((r for r in reversed(records) if r["op"] == "finish"), None)
-    if finish is not None:
-        items += finish.get("metrics", [])
-    existing = {}
-    for key in {k for k, *_ in items}:
-        existing[key] = {
-            (m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key)
-        }
-    missing = [
-        Metric(k, float(v), int(ts), int(step))
-        for k, v, ts, step in items
-        if (int(step), int(ts), float(v)) not in existing[k]
-    ]
-    for i in range(0, len(missing), METRICS_PER_BATCH):
-        client.log_batch(run_id, metrics=missing[i : i + METRICS_PER_BATCH])
-    tag_list = [RunTag(shorten(k, MAX_KEY), shorten(v, MAX_TAG)) for k, v in final_tags.items()]
-    for i in range(0, len(tag_list), TAGS_PER_BATCH):
-        client.log_batch(run_id, tags=tag_list[i : i + TAGS_PER_BATCH])
-    uploaded = 0
-    if finish is not None and finish.get("artifacts"):
-        present = {a.path for a in client.list_artifacts(run_id)}
-        for rel in finish["artifacts"]:
-            path = folder / rel
-            if path.name in present or not path.is_file():
-                continue
-            client.log_artifact(run_id, str(path))
-            uploaded += 1
+    items = [item for r in records if r["op"] == "metrics" for item in r["items"]]
+    items += finish.get("metrics", []) if finish else []
+    sent = _send_metrics(client, run_id, items)
+    tags = [RunTag(shorten(k, MAX_KEY), shorten(v, MAX_TAG)) for k, v in final_tags.items()]
+    for i in range(0, len(tags), TAGS_PER_BATCH):
+        client.log_batch(run_id, tags=tags[i : i + TAGS_PER_BATCH])
+    kept = finish.get("artifacts", []) if finish else []
+    uploaded = _send_artifacts(client, run_id, folder, kept)
     client.set_terminated(run_id, state, end_time=end_time)
     with open(folder / RECORDS, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"op": "replayed", "uri": resolved, "run_id": run_id,
+        f.write(json.dumps({"op": "replayed", "uri": client.tracking_uri, "run_id": run_id,
                             "time": now_ms()}) + "\n")  # fmt: skip
     return {
         "run_id": run_id,
-        "uri": resolved,
+        "uri": client.tracking_uri,
         "created": made,
-        "metrics_sent": len(missing),
-        "metrics_present": len(items) - len(missing),
+        "metrics_sent": sent,
+        "metrics_present": len(items) - sent,
         "artifacts_sent": uploaded,
         "state": state,
     }
+
+
+def _find_or_create(client, records: list[dict], start: dict) -> tuple[str, bool]:
+    """The spooled run in the client's store: by its run id where it was created, else by its
+    spool tag; created (with its original start time and tags) when it is in neither."""
+    from mlflow.exceptions import MlflowException  # loaded with the client
+
+    created = next((r for r in records if r["op"] == "created"), None)
+    if created is not None and created.get("uri") == client.tracking_uri:
+        try:
+            return client.get_run(created["run_id"]).info.run_id, False
+        except MlflowException:
+            pass
+    exp_id = experiment_id(client, start["experiment"])
+    spool_id = start["spool_id"]
+    found = client.search_runs([exp_id], filter_string=f"tags.`{SPOOL_TAG}` = '{spool_id}'")
+    if found:
+        return found[0].info.run_id, False
+    tags = {shorten(k, MAX_KEY): shorten(v, MAX_TAG) for k, v in start["tags"].items()}
+    tags[SPOOL_TAG] = start["spool_id"]
+    run = client.create_run(exp_id, start_time=start.get("start_time"), tags=tags,
+                            run_name=shorten(start["run_name"], MAX_NAME))  # fmt: skip
+    return run.info.run_id, True
+
+
+def _send_params(client, run_id: str, params: dict) -> None:
+    from mlflow.entities import Param  # loaded with the client
+
+    have = client.get_run(run_id).data.params
+    missing = [Param(shorten(k, MAX_KEY), shorten(v, MAX_PARAM)) for k, v in params.items()
+               if shorten(k, MAX_KEY) not in have]  # fmt: skip
+    for i in range(0, len(missing), PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=missing[i : i + PARAMS_PER_BATCH])
+
+
+def _send_metrics(client, run_id: str, items: list) -> int:
+    """Send the metric points the run lacks (same key, step, timestamp and value); how many."""
+    from mlflow.entities import Metric  # loaded with the client
+
+    existing = {
+        key: {(m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key)}
+        for key in {k for k, *_ in items}
+    }
+    missing = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in items
+               if (int(step), int(ts), float(v)) not in existing[k]]  # fmt: skip
+    for i in range(0, len(missing), METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=missing[i : i + METRICS_PER_BATCH])
+    return len(missing)
+
+
+def _send_artifacts(client, run_id: str, folder: Path, kept: list[str]) -> int:
+    """Upload the spooled files the run lacks (by name); how many."""
+    if not kept:
+        return 0
+    present = {a.path for a in client.list_artifacts(run_id)}
+    uploaded = 0
+    for rel in kept:
+        path = folder / rel
+        if path.name not in present and path.is_file():
+            client.log_artifact(run_id, str(path))
+            uploaded += 1
+    return uploaded
