@@ -300,12 +300,17 @@ def test_dead_tracking_server_costs_bounded_time_and_exit_1_naming_the_replay(ki
 
 
 def test_dead_tracking_server_run_is_spooled_in_a_documented_line_format(killed_server):
-    (records,) = list((killed_server["goes_on"]["dir"] / "mlflow-spool").glob("*/records.jsonl"))
-    ops = [json.loads(line)["op"] for line in records.read_text().splitlines()]
-    assert ops[:2] == ["start", "created"] and "offline" in ops and ops[-1] == "finish"
-    assert ops.count("metrics") == 8  # every epoch, also those the server got
-    kept = {p.name for p in (records.parent / "artifacts").iterdir()}
-    assert {"history.csv", "model.npz", "config.yaml"} <= kept
+    (spool,) = list((killed_server["goes_on"]["dir"] / "mlflow-spool").iterdir())
+
+    def ops(name):
+        return [json.loads(line)["op"] for line in (spool / name).read_text().splitlines()]
+
+    # the trainer's journal of the run: every epoch, also those the server got, and the end
+    assert ops("records.jsonl") == ["start"] + ["metrics"] * 8 + ["finish"]
+    # the side process's of the store: the run created, then the store gone
+    assert ops("store.jsonl") == ["created", "offline"]
+    kept = {p.name for p in (spool / "artifacts").iterdir()}
+    assert {"history.csv", "model.npz", "config.yaml", "loss_curve.png"} <= kept
 
 
 def test_dead_tracking_server_run_replayed_into_a_fresh_store_has_every_metric(
@@ -354,8 +359,9 @@ def test_side_process_exits_when_its_trainer_is_sigkilled_while_the_store_is_unr
 
 def test_sigkilled_run_on_a_dead_server_replays_as_killed(killed_server, restarted_server):
     run_dir, store = killed_server["sigkilled"]["dir"], restarted_server
-    (records,) = list((run_dir / "mlflow-spool").glob("*/records.jsonl"))
-    assert json.loads(records.read_text().splitlines()[-1])["op"] == "abandoned"
+    (journal,) = list((run_dir / "mlflow-spool").glob("*/store.jsonl"))
+    last = json.loads(journal.read_text().splitlines()[-1])
+    assert last["op"] == "abandoned" and last["sent"] is False
     r = replay_cli(run_dir, store)
     assert r.returncode == 0 and "ended KILLED" in r.stdout, (r.stdout, r.stderr[-3000:])
     client, found = runs_in(store)
@@ -363,3 +369,30 @@ def test_sigkilled_run_on_a_dead_server_replays_as_killed(killed_server, restart
     assert run.info.status == "KILLED"
     assert "ended without finishing" in run.data.tags["lossbench.failure_reason"]
     assert not [x for x in found if x.info.status == "RUNNING"], "a run left RUNNING"
+
+
+def test_side_process_sigkilled_mid_run_loses_nothing(tmp_path):
+    """The MLflow side process dies (SIGKILL) in the middle of a run: the trainer's own
+    journal holds every epoch, and the replay records them all."""
+    marks, tag, uri = tmp_path / "marks", uuid.uuid4().hex, f"sqlite:///{tmp_path}/mlflow.db"
+    marks.mkdir()
+    env = env_for(LOSSBENCH_PROBE_DIR=str(marks), LOSSBENCH_PROBE_GATE="epoch_2",
+                  LOSSBENCH_TEST_TAG=tag)  # fmt: skip
+    proc = start_cli("data=probe", "trainer.epochs=6", f"tracking.uri={uri}",
+                     "hydra.run.dir=run", cwd=tmp_path, env=env)  # fmt: skip
+    try:
+        wait_for(lambda: (marks / "epoch_2").exists() or proc.poll() is not None, 300, "epoch 2")
+        wait_for(lambda: side_processes(tag), 60, "the side process starting")
+        for pid in side_processes(tag):
+            os.kill(pid, signal.SIGKILL)
+        (marks / "go").write_text("")
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1 and "the MLflow process ended unexpectedly" in err, err[-3000:]
+    r = replay_cli(tmp_path / "run", uri)
+    assert r.returncode == 0 and "ended FINISHED" in r.stdout, (r.stdout, r.stderr[-3000:])
+    client, (found,) = runs_in(uri)
+    assert found.info.status == "FINISHED"
+    assert_every_metric_recorded(client, found.info.run_id, history(tmp_path / "run"))

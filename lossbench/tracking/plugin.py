@@ -15,11 +15,11 @@ which imports MLflow and creates the run on the other core while training goes o
 sends one JSON line; the worker sends metrics with ``log_batch`` every ``tracking.flush_seconds``.
 ``on_run_end`` sends the summary and artifact paths and waits for the worker to end the run.
 
-Nothing is lost when the store fails mid-run: the worker journals every request in the run
-directory's spool (``lossbench.tracking.spool``), stops trying a store that failed (after
-retries bounded by ``tracking.retry_seconds``), and the run's end says its record is incomplete
-(exit 1 when ``tracking.required``), naming ``python -m lossbench replay RUN_DIR``. If the side
-process itself dies, the trainer appends the rest of the run to the same spool.
+Nothing is lost when the store fails mid-run: the trainer journals every request in the run
+directory's spool (``lossbench.tracking.spool``; one small write per epoch), the worker stops
+trying a store that failed (after retries bounded by ``tracking.retry_seconds``), and the
+run's end says its record is incomplete (exit 1 when ``tracking.required``), naming ``python
+-m lossbench replay RUN_DIR``; a record that reached the store complete removes the spool.
 """
 
 from __future__ import annotations
@@ -152,26 +152,14 @@ class Tracker:
         self._send(**self.start_request)
 
     def _send(self, **request) -> None:
+        """Journal the request (the source for a replay), then hand it to the side process."""
+        if request["op"] == "start":
+            keys = ("spool_id", "start_time", "uri", "experiment", "run_name", "tags", "params")
+            self.spool.append({"op": "start", **{k: request[k] for k in keys}})
+        elif request["op"] == "metrics":
+            self.spool.append(request)
         if self.error is None:
             self.error = self.side.send(**request)
-            if self.error is not None:  # gone: the spool gets the rest, from the start
-                self._spool_self(self.start_request)
-        if self.error is not None and request["op"] != "start":
-            self._spool_self(request)
-
-    def _spool_self(self, request: dict) -> None:
-        """Journal a request the side process will never see (it died), as it would have."""
-        record = {k: v for k, v in request.items() if k not in ("flush_seconds", "spool_dir")}
-        if record["op"] == "start":
-            record = {"op": "start", "spool_id": request["spool_id"],
-                      **{k: request[k] for k in ("start_time", "uri", "experiment", "run_name",
-                                                 "tags", "params")}}  # fmt: skip
-            if self.spool.path is not None and self.spool.path.exists():
-                return  # the side process journaled the start before it died
-        if record["op"] == "finish":
-            record["artifacts"] = self.spool.keep(record["artifacts"])
-            record["end_time"] = int(time.time() * 1000)
-        self.spool.append(record)
 
     def on_reply(self, reply: dict) -> None:
         """Called from the side process's reader thread."""
@@ -200,17 +188,14 @@ class Tracker:
         why = self.incomplete()
         if why is None:
             return
-        spool = self.result.get("spool") or (
-            str(self.spool.folder) if self.spool.folder is not None and not self.spool.broken
-            else None
-        )  # fmt: skip
-        if spool and Path(spool, "records.jsonl").exists():
+        spool = self.spool.folder
+        if not self.spool.broken and self.spool.path.exists():
             kept = (
                 f"what it did not receive is kept in {spool}; send it with: python -m "
                 f"lossbench replay {run.output_dir} (add --uri URI for another store)"
             )
         else:
-            lost = self.result.get("spool_error") or self.spool.broken or "no spool"
+            lost = self.spool.broken or "no spool"
             kept = f"and it could not be kept for a replay ({lost})"
         message = f"the MLflow record of this run is incomplete ({why}); {kept}."
         if self.tracking.required:
@@ -243,6 +228,8 @@ class Tracker:
         finally:
             self.side.tracker = None
             self.spool.close()
+        if self.incomplete() is None:
+            self.spool.discard()  # the store has the whole record
         self.report(run)
 
     def _finish(self, run, status: str) -> None:
@@ -264,19 +251,26 @@ class Tracker:
             artifacts = []
             if run.history and status != "interrupted":
                 artifacts = self._artifacts(run, Path(tmp))
-            self._send(
+            request = dict(
                 op="finish",
                 state=state.get(status, "FAILED"),
                 tags=tags,
                 metrics=[[k, float(v), ts, 0] for k, v in summary.items()],
                 artifacts=[str(p) for p in artifacts],
             )
+            self._send(**request)
             # the worker may still be importing MLflow: this wait is tracking's one-time cost;
             # a store that does not answer costs at most its retry budget, twice (the send
             # that failed and this end), then the spool has it
             limit = 60 + 3 * self.retry_seconds
             if self.error is None and not self.finished.wait(timeout=limit):
                 self.error = f"the MLflow process did not end the run within {limit:.0f} s"
+            if self.incomplete() is not None:  # keep the end, and the files, for a replay
+                self.spool.append({
+                    "op": "finish", "state": request["state"], "tags": request["tags"],
+                    "metrics": request["metrics"], "end_time": ts,
+                    "artifacts": self.spool.keep(request["artifacts"]),
+                })  # fmt: skip
 
     def _artifacts(self, run, folder: Path) -> list[Path]:
         plots = run.config.trainer.get("plots", True)

@@ -1,28 +1,34 @@
-"""The tracking spool: every MLflow run's record, journaled in its run directory while it is
-sent, so that what a store did not receive (a server gone, a full store) is never lost, and
-``python -m lossbench replay RUN_DIR [--uri URI]`` sends it later.
+"""The tracking spool: every MLflow run's record, journaled in its run directory as it is
+made, so that what a store did not receive (a server gone, a full store, the side process
+killed) is never lost, and ``python -m lossbench replay RUN_DIR [--uri URI]`` sends it later.
 
-Layout: ``RUN_DIR/mlflow-spool/SPOOL_ID/records.jsonl`` and, for files that could not be
-uploaded, ``RUN_DIR/mlflow-spool/SPOOL_ID/artifacts/``. A run whose record reached its store
-completely removes its spool folder (and ``mlflow-spool/`` if it created it and it is empty).
+Layout: ``RUN_DIR/mlflow-spool/SPOOL_ID/`` holds ``records.jsonl`` (the run, written by the
+training process: it is the source, so nothing depends on the side process surviving),
+``store.jsonl`` (what the store did, written by the MLflow side process) and, for a run whose
+record is incomplete, ``artifacts/`` (copies of the files to upload). A run whose record
+reached its store complete removes its spool folder (and ``mlflow-spool/`` if it created it
+and it is empty).
 
-``records.jsonl`` is append-only, one JSON object per line, each line written whole and
-flushed; a torn last line (a crash while writing it) is skipped when read. The records, by
-``op``:
+Both files are append-only, one JSON object per line, each line written whole and flushed; a
+torn last line (a crash while writing it) is skipped when read. The records, by ``op``:
 
-``start``      ``spool_id, uri, experiment, run_name, tags, params, start_time`` (ms)
-``created``    ``run_id, uri``: the run exists in that store
-``metrics``    ``items``: ``[[key, value, timestamp_ms, step], ...]``
-``offline``    ``error``: the store stopped answering; nothing after this record was sent
-``finish``     ``state, tags, metrics, artifacts`` (paths relative to the spool folder),
-               ``end_time``: how the run ended
-``abandoned``  ``reason, end_time``: the training process went away without ending the run
-``replayed``   ``uri, run_id, time``: a replay completed the run's record in that store
+in ``records.jsonl``
+  ``start``      ``spool_id, uri, experiment, run_name, tags, params, start_time`` (ms)
+  ``metrics``    ``items``: ``[[key, value, timestamp_ms, step], ...]``
+  ``finish``     ``state, tags, metrics, artifacts`` (paths relative to the spool folder),
+                 ``end_time``: how the run ended (written only when the record is incomplete)
+  ``replayed``   ``uri, run_id, time``: a replay completed the run's record in that store
+in ``store.jsonl``
+  ``created``    ``run_id, uri``: the run exists in that store
+  ``offline``    ``error``: the store failed; nothing after this was sent
+  ``abandoned``  ``reason, end_time, sent``: the training process went away without ending
+                 the run (``sent``: the store has the run ended as KILLED)
 
 Replaying is idempotent: it finds the run (by its ``run_id`` in the store it was created in,
 else by the tag ``lossbench.spool_id``), creates it if missing, sends only the params, tags,
 metric points and artifacts the store does not have, and ends the run with its true final
-state (``abandoned``, or no end at all, ends it as KILLED with the reason).
+state (``finish``; else KILLED with the reason of ``abandoned``, or with "the record ends
+before the run did" when the training process died with its side process).
 
 This module imports MLflow only inside ``replay``.
 """
@@ -47,7 +53,8 @@ from lossbench.tracking.store import (
 )
 
 SPOOL_DIR = "mlflow-spool"
-RECORDS = "records.jsonl"
+RECORDS = "records.jsonl"  # the run, from the training process
+STORE_RECORDS = "store.jsonl"  # what the store did, from the side process
 SPOOL_TAG = "lossbench.spool_id"
 METRICS_PER_BATCH, PARAMS_PER_BATCH, TAGS_PER_BATCH = 1000, 100, 100
 
@@ -68,15 +75,16 @@ class Spool:
     """The journal of one run (append-only). Never raises: a journal that cannot be written
     (no run directory, a full disk) notes why in ``broken`` and drops further records."""
 
-    def __init__(self, folder: Path | None) -> None:
+    def __init__(self, folder: Path | None, name: str = RECORDS) -> None:
         self.folder = folder
+        self.name = name
         self.broken: str | None = None if folder is not None else "the run has no directory"
         self._file = None
         self._created_parent = False
 
     @property
     def path(self) -> Path | None:
-        return self.folder / RECORDS if self.folder is not None else None
+        return self.folder / self.name if self.folder is not None else None
 
     def append(self, record: dict) -> None:
         if self.broken:
@@ -86,10 +94,9 @@ class Spool:
                 parent = self.folder.parent
                 self._created_parent = not parent.exists()
                 self.folder.mkdir(parents=True, exist_ok=True)
-                self._file = open(self.path, "a", encoding="utf-8")
-            self._file.write(json.dumps(record, default=float) + "\n")
-            self._file.flush()
-        except (OSError, ValueError) as exc:
+                self._file = open(self.path, "ab", buffering=0)  # one write() per line
+            self._file.write((json.dumps(record, default=float) + "\n").encode())
+        except (OSError, ValueError, TypeError) as exc:
             self.broken = f"the spool {self.path} could not be written ({exc})"
 
     def keep(self, paths: list[str]) -> list[str]:
@@ -156,6 +163,12 @@ def find_spools(target: Path) -> list[Path]:
     return sorted(p.parent for p in root.glob(f"*/{RECORDS}"))
 
 
+def read_spool(folder: Path) -> list[dict]:
+    """The run's records followed by the store's (``records.jsonl``, ``store.jsonl``)."""
+    store = folder / STORE_RECORDS
+    return read_records(folder / RECORDS) + (read_records(store) if store.is_file() else [])
+
+
 def _state(records: list[dict]) -> tuple[str, dict, int | None]:
     """The run's true final state, its final tags and end time, from its journal."""
     finish = next((r for r in reversed(records) if r["op"] == "finish"), None)
@@ -175,7 +188,7 @@ def replay(folder: Path, uri: str | None = None) -> dict:
     returns what was done. Raises on a store that cannot be reached."""
     from mlflow.entities import RunTag  # start-up: MLflow loads only for a replay
 
-    records = read_records(folder / RECORDS)
+    records = read_spool(folder)
     start = next((r for r in records if r["op"] == "start"), None)
     if start is None:
         raise ValueError(f"{folder / RECORDS} has no start record: nothing to replay")

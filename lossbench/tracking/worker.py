@@ -14,9 +14,10 @@ replies
     stopped answering: the rest of the run goes to the spool only); ``{"op": "finished",
     "complete", "message", "spool"}``; ``{"op": "error", "message"}`` (a request it cannot read)
 
-Every request of a run is journaled in the run directory's spool (``lossbench.tracking.spool``)
-before it is sent; a run whose record reached the store complete removes its spool. Metrics are
-sent with ``log_batch`` every ``flush_seconds`` and at the end. A store that fails (after
+The training process journals every request of a run in the run directory's spool
+(``lossbench.tracking.spool``); this process journals what the store did (``store.jsonl``:
+the run created, the store failed, the run abandoned). Metrics are sent with ``log_batch``
+every ``flush_seconds`` and at the end. A store that fails (after
 MLflow's HTTP retries, bounded by ``retry_seconds``) is not tried again for that run, so a dead
 server costs bounded time once, not at every epoch; what it did not get stays in the spool for
 ``python -m lossbench replay``.
@@ -40,7 +41,7 @@ import time
 import traceback
 from pathlib import Path
 
-from lossbench.tracking.spool import SPOOL_TAG, Spool, now_ms
+from lossbench.tracking.spool import SPOOL_TAG, STORE_RECORDS, Spool, now_ms
 from lossbench.tracking.store import (  # noqa: F401  (experiment_id: the sweep's report uses it)
     MAX_KEY,
     MAX_NAME,
@@ -135,19 +136,13 @@ class Worker:
         self.offline = shorten(f"{type(exc).__name__}: {exc}", 1000)
         self.pending = []
         self.spool.append({"op": "offline", "error": self.offline})
-        self.reply(op="offline", message=self.offline, spool=self.spool_text())
-
-    def spool_text(self) -> str | None:
-        return None if self.spool.broken else str(self.spool.folder)
+        self.reply(op="offline", message=self.offline)
 
     def start(self, req: dict) -> None:
         bound_http_retries(req.get("retry_seconds", 30.0))
         Watchdog.seconds = 3 * float(req.get("retry_seconds", 30.0)) + 30
         folder = req.get("spool_dir")
-        self.spool = Spool(Path(folder) if folder else None)
-        record = {k: req[k] for k in ("uri", "experiment", "run_name", "tags", "params")}
-        self.spool.append({"op": "start", "spool_id": req.get("spool_id"),
-                           "start_time": req.get("start_time"), **record})  # fmt: skip
+        self.spool = Spool(Path(folder) if folder else None, STORE_RECORDS)
         try:
             self._create(req)
         except Exception as exc:
@@ -177,7 +172,6 @@ class Worker:
             client.log_batch(self.run_id, params=params[i : i + PARAMS_PER_BATCH])
 
     def metrics(self, req: dict) -> None:
-        self.spool.append(req)
         if self.offline is None:
             self.pending.extend(req["items"])
 
@@ -203,15 +197,8 @@ class Worker:
                 self._end(req, end_time)
             except Exception as exc:
                 self.go_offline(exc)
-        if self.offline is None:
-            self.spool.discard()
-            self.reply(op="finished", complete=True)
-            return
-        kept = self.spool.keep(req.get("artifacts", []))
-        self.spool.append({**req, "artifacts": kept, "end_time": end_time})
         self.spool.close()
-        self.reply(op="finished", complete=False, message=self.offline,
-                   spool=self.spool_text(), spool_error=self.spool.broken)  # fmt: skip
+        self.reply(op="finished", complete=self.offline is None, message=self.offline)
 
     def _end(self, req: dict, end_time: int) -> None:
         from mlflow.entities import RunTag  # loaded by start()
@@ -238,11 +225,10 @@ class Worker:
                 self.client.set_terminated(self.run_id, "KILLED", end_time=end_time)
             except Exception as exc:
                 self.go_offline(exc)
-        if self.offline is None:
-            self.spool.discard()
-        else:
-            self.spool.append({"op": "abandoned", "reason": reason, "end_time": end_time})
-            self.spool.close()
+        # the spool stays: the store may lack what the trainer sent just before it died
+        self.spool.append({"op": "abandoned", "reason": reason, "end_time": end_time,
+                           "sent": self.offline is None})  # fmt: skip
+        self.spool.close()
 
 
 def serve_run(worker: Worker, first: dict, inbox: queue.Queue) -> bool:
