@@ -47,6 +47,7 @@ from lossbench.tracking.store import (
     MAX_NAME,
     MAX_PARAM,
     MAX_TAG,
+    bound_http_retries,
     experiment_id,
     open_client,
     shorten,
@@ -188,6 +189,7 @@ def replay(folder: Path, uri: str | None = None) -> dict:
     returns what was done. Raises on a store that cannot be reached."""
     from mlflow.entities import RunTag  # start-up: MLflow loads only for a replay
 
+    bound_http_retries(30.0)  # a store that does not answer: an error in bounded time
     records = read_spool(folder)
     start = next((r for r in records if r["op"] == "start"), None)
     if start is None:

@@ -2,7 +2,8 @@
 ``$MLFLOW_TRACKING_URI``, else MLflow's default (``./mlflow.db``); ``precheck`` fails fast on a
 store that cannot be written, without importing MLflow; ``store_lock`` serialises the first
 open of a sqlite store (MLflow creates and migrates it then: two processes doing so at once
-leave it half-migrated)."""
+leave it half-migrated); ``bound_http_retries`` bounds the time MLflow spends on a server
+that does not answer (its ``MLFLOW_HTTP_REQUEST_*`` variables)."""
 
 from __future__ import annotations
 
@@ -156,3 +157,32 @@ def open_client(uri: str | None):
 
     with store_lock(uri):
         return MlflowClient(uri) if uri else MlflowClient()
+
+
+HTTP_RETRY_VARIABLES = (
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+)
+USER_SET = {k for k in HTTP_RETRY_VARIABLES if k in os.environ}  # the user's own settings win
+
+
+def bound_http_retries(seconds: float) -> None:
+    """Set MLflow's HTTP retry variables (those the user did not set) so that one request,
+    with its retries, takes at most about ``seconds``: each attempt waits at most ``timeout``,
+    and urllib3 sleeps 0, 2, 4, ... s between attempts (backoff factor 1)."""
+    seconds = max(float(seconds), 1.0)
+    timeout = max(1, int(seconds // 5))
+    retries = 0
+    while retries < 10 and (2 ** (retries + 1) - 2) + (retries + 2) * timeout <= seconds:
+        retries += 1
+    values = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": retries,
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": 1,
+        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": 0.2,
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": timeout,
+    }
+    for key, value in values.items():
+        if key not in USER_SET:
+            os.environ[key] = str(value)

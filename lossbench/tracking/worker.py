@@ -47,41 +47,13 @@ from lossbench.tracking.store import (  # noqa: F401  (experiment_id: the sweep'
     MAX_NAME,
     MAX_PARAM,
     MAX_TAG,
+    bound_http_retries,
     experiment_id,
     open_client,
     shorten,
 )
 
 PARAMS_PER_BATCH, METRICS_PER_BATCH = 100, 1000
-
-HTTP_RETRY_VARIABLES = (
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT",
-)
-USER_SET = {k for k in HTTP_RETRY_VARIABLES if k in os.environ}  # the user's own settings win
-
-
-def bound_http_retries(seconds: float) -> None:
-    """Set MLflow's HTTP retry variables (those the user did not set) so that one request,
-    with its retries, takes at most about ``seconds``: each attempt waits at most ``timeout``,
-    and urllib3 sleeps 0, 2, 4, ... s between attempts (backoff factor 1)."""
-    seconds = max(float(seconds), 1.0)
-    timeout = max(1, int(seconds // 5))
-    retries = 0
-    while retries < 10 and (2 ** (retries + 1) - 2) + (retries + 2) * timeout <= seconds:
-        retries += 1
-    values = {
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": retries,
-        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": 1,
-        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": 0.2,
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": timeout,
-    }
-    for key, value in values.items():
-        if key not in USER_SET:
-            os.environ[key] = str(value)
-
 
 class Watchdog:
     """Ends this process ``seconds`` after the trainer's input closed, if it is still there
