@@ -1,25 +1,32 @@
 """Command line: ``python -m lossbench [OVERRIDES]``, ``python -m lossbench --multirun ...``
 (an Optuna sweep, see ``lossbench.sweep``), ``python -m lossbench plugins``,
-``python -m lossbench warmup`` and ``python -m lossbench storage-proxy`` (a sweep's gRPC
-storage proxy, see ``lossbench.sweep.proxy``).
+``python -m lossbench warmup``, ``python -m lossbench replay RUN_DIR [--uri URI]`` and
+``python -m lossbench storage-proxy`` (a sweep's gRPC storage proxy, see
+``lossbench.sweep.proxy``).
 
 Plugins are loaded first (built-ins, entry points, ``--plugins-dir``), so their components are
 config options before Hydra composes. Overrides are checked before Hydra creates a run
 directory; a user mistake prints one paragraph and exits with code 2, never a traceback.
 
-Exit codes: 0 finished (or stopped early by a hook), 1 diverged or failed, 2 bad input,
-130 interrupted.
+Exit codes: 0 finished (or stopped early by a hook), 1 diverged or failed (also: a file of
+the run could not be written, or its MLflow record is incomplete), 2 bad input, 130
+interrupted.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.table import Table
 
@@ -96,6 +103,48 @@ def warmup_command(argv: list[str]) -> None:
         print(f"{row['dtype']}: ready in {row['seconds']:.1f} s")
 
 
+def replay_command(argv: list[str]) -> None:
+    """``python -m lossbench replay RUN_DIR [--uri URI]``: send a run's spooled MLflow record
+    (what its store did not receive) to its store, or to ``URI``, and end the run there with its
+    true final state. Safe to repeat: only what the store lacks is sent."""
+    usage = "Usage: python -m lossbench replay RUN_DIR [--uri URI]"
+    uri, rest = None, list(argv)
+    if "--uri" in rest:
+        i = rest.index("--uri")
+        if i + 1 >= len(rest):
+            _fail(LossbenchError(f"--uri needs a tracking URI. {usage}"))
+        uri = rest[i + 1]
+        del rest[i : i + 2]
+    if len(rest) != 1 or rest[0].startswith("-"):
+        _fail(LossbenchError(f"replay takes one run directory. {usage}"))
+    from lossbench.tracking.spool import find_spools, replay  # start-up: MLflow for replay only
+
+    spools = find_spools(Path(rest[0]))
+    if not spools:
+        _fail(LossbenchError(
+            f"{rest[0]} holds no MLflow spool (mlflow-spool/*/records.jsonl): its record "
+            f"reached the store complete, or this is not a run directory. {usage}"
+        ))  # fmt: skip
+    failed = 0
+    for folder in spools:
+        try:
+            done = replay(folder, uri)
+        except Exception as exc:  # the store: unreachable, refusing; the spool stays
+            failed += 1
+            where = uri or "its store"
+            print(f"lossbench: error: {folder} could not be replayed into {where}: "
+                  f"{type(exc).__name__}: {exc}", file=sys.stderr)  # fmt: skip
+            continue
+        print(
+            f"{folder}: run {done['run_id']} in {done['uri']} "
+            f"({'created' if done['created'] else 'found'}), {done['metrics_sent']} metric "
+            f"points sent ({done['metrics_present']} already there), {done['artifacts_sent']} "
+            f"artifacts, ended {done['state']}"
+        )
+    if failed:
+        sys.exit(1)
+
+
 def _print_summary(run) -> None:
     s = summary(run)
     console = Console(soft_wrap=True)  # paths must stay copy-pasteable
@@ -129,14 +178,54 @@ def _print_summary(run) -> None:
     console.print("\n".join(lines))
 
 
-def _remove_empty_run_dir(output_dir: str) -> None:
-    """Remove a run directory that holds only what Hydra wrote before the run failed to start."""
-    path = Path(output_dir)
-    if not path.is_dir():
+class RunDirGuard(Callback):
+    """Notes what of the run directory exists before Hydra creates it (a Hydra callback, set
+    in conf/config.yaml), so that a run refused as bad input removes only what it created."""
+
+    before: dict | None = None  # {"dir", "created_root", "entries"} of the current run
+
+    def on_run_start(self, config, **kwargs) -> None:
+        RunDirGuard.before = None
+        try:  # the same resolution run_job does next (Hydra caches ${now:...} per config)
+            run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir"))).absolute()
+        except Exception:  # cannot tell: nothing will be removed
+            return
+        created_root = None
+        for path in (run_dir, *run_dir.parents):
+            if path.exists():
+                break
+            created_root = path  # the topmost folder this run will create
+        entries = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+        RunDirGuard.before = {"dir": run_dir, "created_root": created_root, "entries": entries}
+
+
+def _hydras_own(name: str) -> bool:
+    return name == ".hydra" or name.endswith(".log")
+
+
+def remove_created_run_dir(output_dir: str) -> None:
+    """After a run refused as bad input: remove what Hydra created for it (the run directory,
+    the folders above it that it had to create, or in a directory that existed before only the
+    ``.hydra`` folder and log file it added), provided the run wrote nothing else. A path that
+    existed before the run is never removed."""
+    before, path = RunDirGuard.before, Path(output_dir).absolute()
+    if before is None or before["dir"] != path or not path.is_dir():
         return
-    leftovers = {p.name for p in path.iterdir()} - {".hydra"}
-    if all(name.endswith(".log") for name in leftovers):
-        shutil.rmtree(path, ignore_errors=True)
+    added = [p for p in path.iterdir() if p.name not in before["entries"]]
+    if not all(_hydras_own(p.name) for p in added):
+        return  # the run wrote something of its own: keep everything
+    if before["created_root"] is None:
+        for p in added:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    for parent in path.parents:  # the folders above it that this run created, if now empty
+        if not parent.is_relative_to(before["created_root"]):
+            break
+        try:
+            parent.rmdir()
+        except OSError:
+            break
 
 
 def _task(cfg) -> None:
@@ -144,7 +233,7 @@ def _task(cfg) -> None:
     try:
         run = train(cfg, output_dir=output_dir)
     except LossbenchError as exc:
-        _remove_empty_run_dir(output_dir)
+        remove_created_run_dir(output_dir)
         _fail(exc)
     except KeyboardInterrupt:
         print(
@@ -154,7 +243,9 @@ def _task(cfg) -> None:
         )
         sys.exit(130)
     _print_summary(run)
-    if run.status in ("diverged", "failed"):
+    for message in run.record_errors:
+        print(f"lossbench: error: {message}", file=sys.stderr)
+    if run.status in ("diverged", "failed") or run.record_errors:
         sys.exit(1)
 
 
@@ -181,6 +272,9 @@ def _main(argv: list[str] | None) -> None:
             sys.exit(proxy(argv[1:]))
         except LossbenchError as exc:
             _fail(exc)
+    if argv[:1] == ["replay"]:
+        replay_command(argv[1:])
+        return
     plugins_dir = _pop_plugins_dir(argv)
     try:
         pm = build_plugin_manager(plugins_dir)
@@ -200,4 +294,21 @@ def _main(argv: list[str] | None) -> None:
         config_path=str(config_dir()), config_name="config", version_base="1.3"
     )(_task)
     sys.argv = [sys.argv[0], *argv]
-    app()
+    # Hydra prints a traceback for what fails around the task (e.g. writing .hydra/ on a full
+    # disk); raised instead, it gets one paragraph here
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        app()
+    except OSError as exc:
+        before = RunDirGuard.before
+        if before is not None:
+            remove_created_run_dir(str(before["dir"]))
+        where = exc.filename or (before["dir"] if before else "the run directory")
+        print(
+            f"lossbench: error: could not write {where}: {exc.strerror or exc}. The run did not "
+            "start. Fix: free some space, or choose another folder with hydra.run.dir=DIR.",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+    except (HydraException, OmegaConfBaseException) as exc:
+        _fail(LossbenchError(str(exc).strip().replace("\n", " ")))

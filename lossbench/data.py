@@ -23,7 +23,10 @@ class Dataset:
 
     ``X``: (n, d) features; ``y``: (n,) integer class labels for classification, (n,) or (n, k)
     real targets for regression; ``task``: "classification" or "regression"; ``X_val``/``y_val``:
-    an explicit validation set (else the split uses ``val_fraction``)."""
+    an explicit validation set (else the split uses ``val_fraction``); ``feature_names``: the
+    columns' names, for messages; ``task_note``: how the task was chosen, when it was inferred
+    (shown if the loss wants the other task). The engine checks every array before training
+    (``lossbench.training.arrays``)."""
 
     X: np.ndarray
     y: np.ndarray
@@ -31,6 +34,8 @@ class Dataset:
     class_names: list[str] | None = None
     X_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
+    feature_names: list[str] | None = None
+    task_note: str | None = None
 
     @property
     def n_classes(self) -> int:

@@ -3,6 +3,7 @@ user's own CSV and NPZ files."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from lossbench.data import DataOptions, Dataset
 from lossbench.errors import ConfigError, DataError, require
 from lossbench.hookspecs import hookimpl
 from lossbench.specs import DatasetSpec
+from lossbench.training.arrays import check_real, read_npz
 
 # scikit-learn's bundled files, read directly: importing sklearn costs about 0.8 s per process,
 # more than a whole default training run. tests/test_datasets.py holds these readers to
@@ -166,27 +168,47 @@ class NPZOptions(DataOptions):
     task: Task = Task.auto
 
 
-def _infer_task(y: np.ndarray, task: str, where: str) -> tuple[np.ndarray, str, list[str] | None]:
-    """Decide classification vs regression and encode class labels as 0..C-1."""
-    numeric = np.issubdtype(y.dtype, np.number) or y.dtype == bool
+MAX_AUTO_CLASSES = 50  # data.task=auto: integer targets with more distinct values are regression
+
+
+def _infer_task(y: np.ndarray, task: str, where: str):
+    """Decide classification vs regression and encode class labels as 0..C-1; returns
+    (y, task, class names, a note saying how an inferred task was chosen)."""
+    if y.dtype.kind not in "biufUSO":
+        raise DataError(
+            f"{where} is a {y.dtype} array; a target is numbers (regression or integer classes) "
+            "or class names. Fix: convert it before saving, e.g. y.real or y.astype(str)."
+        )
+    numeric = y.dtype.kind in "biuf"
+    note = None
     if task == "auto":
         if not numeric:
             task = "classification"
-        elif (
-            y.ndim == 1
-            and np.all(np.isfinite(y))
-            and np.all(np.mod(y, 1) == 0)
-            and (len(np.unique(y)) <= 50)
-        ):
-            task = "classification"
         else:
-            task = "regression"
+            integers = y.ndim == 1 and np.all(np.isfinite(y)) and np.all(np.mod(y, 1) == 0)
+            distinct = len(np.unique(y)) if integers else 0
+            task = "classification" if integers and distinct <= MAX_AUTO_CLASSES else "regression"
+            if integers and task == "regression":
+                note = (
+                    f"{where} holds {distinct} distinct integer values, more than "
+                    f"{MAX_AUTO_CLASSES}, so data.task=auto took it as a regression target"
+                )
     if task == "regression":
         if not numeric:
-            raise DataError(f"{where} is not numeric, so it cannot be a regression target.")
-        return y.astype(np.float64), task, None
+            raise DataError(
+                f"{where} is not numeric, so it cannot be a regression target. Fix: pass "
+                "data.task=classification to train on its values as classes."
+            )
+        return y.astype(np.float64), task, None, note
+    if y.ndim != 1:
+        raise DataError(
+            f"{where} has shape {y.shape}: class labels are one per row. Fix: pass "
+            "data.task=regression for several continuous targets."
+        )
+    if numeric and not np.all(np.isfinite(y)):
+        raise DataError(f"{where} has missing or infinite values. Fix: fill or drop those rows.")
     classes, codes = np.unique(y, return_inverse=True)
-    return codes.astype(np.int64), task, [str(c) for c in classes]
+    return codes.astype(np.int64), task, [str(c) for c in classes], note
 
 
 def _read_csv(path: str, target: str, role: str):
@@ -206,6 +228,20 @@ def _read_csv(path: str, target: str, role: str):
         frame = pd.read_csv(path)
     except Exception as exc:  # parser errors carry the line number
         raise DataError(f"data.{role}={path!r} could not be read as CSV: {exc}") from None
+    with open(path, newline="") as f:  # pandas renames a repeated column (label, label.1)
+        header = next(csv.reader(f), [])
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise DataError(
+            f"{path}: the header names {', '.join(map(repr, repeated))} more than once, so it "
+            "is unclear which column is meant (a repeated target would also train on itself). "
+            "Fix: rename or drop the repeated columns."
+        )
+    if frame.empty:
+        raise DataError(
+            f"{path} has a header ({', '.join(map(str, frame.columns))}) but no data rows. Fix: "
+            "pass a file with rows of data."
+        )
     if target not in frame.columns:
         raise DataError(
             f"data.target={target!r} is not a column of {path}. Columns: "
@@ -228,21 +264,24 @@ def _read_csv(path: str, target: str, role: str):
         )
     if features.shape[1] == 0:
         raise DataError(f"{path} has no feature columns besides the target {target!r}.")
-    return features.to_numpy(dtype=np.float64), frame[target].to_numpy()
+    names = [str(c) for c in features.columns]
+    return features.to_numpy(dtype=np.float64), frame[target].to_numpy(), names
 
 
 def _load_csv(options: CSVOptions, seed):
-    X, y_raw = _read_csv(options.path, options.target, "path")
+    X, y_raw, features = _read_csv(options.path, options.target, "path")
     X_val = y_val = None
+    where = f"column {options.target!r}"
     if options.val_path:
-        X_val, y_val_raw = _read_csv(options.val_path, options.target, "val_path")
-        both, task, names = _infer_task(
-            np.concatenate([y_raw, y_val_raw]), options.task, f"column {options.target!r}"
+        X_val, y_val_raw, _ = _read_csv(options.val_path, options.target, "val_path")
+        both, task, names, note = _infer_task(
+            np.concatenate([y_raw, y_val_raw]), options.task, where
         )
         y, y_val = both[: len(y_raw)], both[len(y_raw) :]
     else:
-        y, task, names = _infer_task(y_raw, options.task, f"column {options.target!r}")
-    return Dataset(X=X, y=y, task=task, class_names=names, X_val=X_val, y_val=y_val)
+        y, task, names, note = _infer_task(y_raw, options.task, where)
+    return Dataset(X=X, y=y, task=task, class_names=names, X_val=X_val, y_val=y_val,
+                   feature_names=features, task_note=note)  # fmt: skip
 
 
 def _load_npz(options: NPZOptions, seed):
@@ -253,28 +292,29 @@ def _load_npz(options: NPZOptions, seed):
         )
     if not os.path.isfile(options.path):
         raise DataError(f"data.path={options.path!r}: no such file (looked in {os.getcwd()}).")
-    with np.load(options.path, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
+    arrays = read_npz(options.path, "data.path")
     missing = [k for k in ("X", "y") if k not in arrays]
     if missing:
         raise DataError(
             f"{options.path} lacks the arrays {', '.join(missing)} (it has: "
             f"{', '.join(arrays) or 'none'}). Fix: save with np.savez(path, X=..., y=...)."
         )
-    X = np.asarray(arrays["X"], dtype=np.float64)
-    if X.ndim != 2 or len(X) != len(arrays["y"]):
-        raise DataError(
-            f"{options.path}: X must be 2-D with one row per entry of y (X {X.shape}, "
-            f"y {arrays['y'].shape})."
-        )
-    y_all = arrays["y"]
-    n = len(y_all)
-    if "X_val" in arrays and "y_val" in arrays:
-        y_all = np.concatenate([y_all, arrays["y_val"]])
-    y_all, task, names = _infer_task(y_all, options.task, "y")
-    X_val = np.asarray(arrays["X_val"], np.float64) if "X_val" in arrays else None
-    y_val = y_all[n:] if X_val is not None else None
-    return Dataset(X=X, y=y_all[:n], task=task, class_names=names, X_val=X_val, y_val=y_val)
+    X, y, X_val, y_val = (arrays.get(k) for k in ("X", "y", "X_val", "y_val"))
+    for name, a in (("X", X), ("X_val", X_val)):
+        if a is not None:  # before anything converts them: a string or complex X is refused
+            check_real(a, f"the array {name}", f"data.path={options.path!r}")
+    if y_val is not None:  # one encoding of the classes for both parts
+        if y.ndim != y_val.ndim or y.shape[1:] != y_val.shape[1:]:
+            raise DataError(
+                f"{options.path}: y has shape {y.shape} but y_val {y_val.shape}. Fix: give "
+                "them the same layout (one target, or k targets, per row)."
+            )
+        both, task, names, note = _infer_task(np.concatenate([y, y_val]), options.task, "y")
+        y, y_val = both[: len(y)], both[len(y) :]
+    else:
+        y, task, names, note = _infer_task(y, options.task, "y")
+    return Dataset(X=X, y=y, task=task, class_names=names, X_val=X_val, y_val=y_val,
+                   task_note=note)  # fmt: skip
 
 
 DATASETS = [

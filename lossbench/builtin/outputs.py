@@ -19,13 +19,27 @@ from lossbench.training.outputs import (
 @hookimpl
 def on_run_end(run, status):
     """The run's files; summary.json for every run that was not refused as bad input, so a run
-    interrupted before its first epoch still says how and when it ended."""
+    interrupted before its first epoch still says how and when it ended. A file that cannot be
+    written (a full disk, a read-only folder) fails the run, and summary.json, written last,
+    says so when there is room for it; a file is complete or absent, never half-written."""
     if run.output_dir is None or status == "rejected":
         return
     out = Path(run.output_dir)
+    files = []
     if run.history:
-        write_history(out / "history.csv", run.history)
-        write_model(out / "model.npz", run.params)
+        files += [
+            ("history.csv", lambda: write_history(out / "history.csv", run.history)),
+            ("model.npz", lambda: write_model(out / "model.npz", run.params)),
+        ]
         if run.config.trainer.get("plots", True):
-            plot_loss_curve(out / "loss_curve.png", run.history, run_title(run))
-    write_summary(out / "summary.json", run)
+            files.append(("loss_curve.png", lambda: plot_loss_curve(
+                out / "loss_curve.png", run.history, run_title(run))))  # fmt: skip
+    for name, write in files:
+        try:
+            write()
+        except OSError as exc:
+            run.output_failed(f"{out / name} could not be written: {exc.strerror or exc}")
+    try:
+        write_summary(out / "summary.json", run)
+    except OSError as exc:
+        run.output_failed(f"{out / 'summary.json'} could not be written: {exc.strerror or exc}")

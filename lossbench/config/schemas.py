@@ -110,6 +110,7 @@ class MlflowTrackingConfig:
     tags: dict[str, str] = field(default_factory=dict)
     required: bool = True  # False: a tracking failure warns and training goes on
     flush_seconds: float = 2.0
+    retry_seconds: float = 30.0  # at most this long on a store that does not answer, then spool
 
 
 @dataclass

@@ -17,7 +17,7 @@ from rich.table import Table
 from lossbench.sweep.files import atomic_write
 from lossbench.sweep.plots import sweep_figures
 from lossbench.sweep.study import counted
-from lossbench.tracking.store import precheck, resolve_uri
+from lossbench.tracking.store import open_client, precheck, resolve_uri
 from lossbench.tracking.worker import experiment_id
 from lossbench.urls import mask_text, mask_url
 
@@ -104,12 +104,11 @@ class ParentRun:
     def open(cls, plan, base, study):
         # start-up: MLflow (about a second) loads only for a tracked sweep
         from mlflow.entities import Param
-        from mlflow.tracking import MlflowClient
 
         tracking = base.tracking
         uri = resolve_uri(tracking)
         precheck(uri)
-        client = MlflowClient(uri) if uri else MlflowClient()
+        client = open_client(uri)  # under the store's lock: a fresh sqlite store is migrated once
         exp_id = experiment_id(client, tracking.experiment)
         run_id = study.user_attrs.get("mlflow_parent_run_id")
         if run_id is not None:

@@ -1,3 +1,5 @@
 """MLflow tracking: the ``tracking=mlflow`` lifecycle plugin (``plugin``), the side process that
 imports MLflow and writes the runs (``worker``), the trainer's client of that process
-(``client``), and where runs go (``store``). The training process never imports MLflow."""
+(``client``), where runs go and the lock their store is opened under (``store``), and the
+spool that journals every run's record so a store that failed can be sent it later
+(``spool``, ``python -m lossbench replay``). The training process never imports MLflow."""

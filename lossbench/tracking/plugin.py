@@ -14,6 +14,12 @@ is reachable (fast, before training) and starts ``lossbench.tracking.worker`` in
 which imports MLflow and creates the run on the other core while training goes on. Each epoch
 sends one JSON line; the worker sends metrics with ``log_batch`` every ``tracking.flush_seconds``.
 ``on_run_end`` sends the summary and artifact paths and waits for the worker to end the run.
+
+Nothing is lost when the store fails mid-run: the trainer journals every request in the run
+directory's spool (``lossbench.tracking.spool``; one small write per epoch), the worker stops
+trying a store that failed (after retries bounded by ``tracking.retry_seconds``), and the
+run's end says its record is incomplete (exit 1 when ``tracking.required``), naming ``python
+-m lossbench replay RUN_DIR``; a record that reached the store complete removes the spool.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from lossbench._version import __version__
 from lossbench.errors import ConfigError
 from lossbench.hookspecs import hookimpl
 from lossbench.tracking.client import SideProcess
+from lossbench.tracking.spool import Spool, new_spool_id, spool_folder
 from lossbench.tracking.store import precheck, resolve_uri
 from lossbench.training import outputs
 from lossbench.urls import mask_text
@@ -114,10 +121,12 @@ class Tracker:
         self.tracking = tracking
         self.uri = resolve_uri(tracking)
         precheck(self.uri)
-        self.error: str | None = None
-        self.warned = False
+        self.error: str | None = None  # the side process is gone (or never answered)
+        self.offline: str | None = None  # the store failed: the rest goes to the spool only
+        self.result: dict = {}
         self.run_id: str | None = None
         self.finished = threading.Event()
+        self.spool = Spool(spool_folder(run.output_dir, new_spool_id()))
         self.blas_limit = None
         starting = SideProcess._current is None or SideProcess._current.proc.poll() is not None
         if starting and (os.cpu_count() or 1) <= 2:
@@ -127,7 +136,8 @@ class Tracker:
             self.blas_limit = threadpool_limits(limits=1, user_api="blas")
         self.side = SideProcess.get()
         self.side.tracker = self
-        self._send(
+        self.retry_seconds = float(tracking.get("retry_seconds", 30.0))
+        self.start_request = dict(
             op="start",
             uri=self.uri,
             experiment=tracking.experiment,
@@ -136,36 +146,69 @@ class Tracker:
             params={k: mask_text(v) for k, v in  # a tracking.uri's password stays out
                     flatten(OmegaConf.to_container(run.config, resolve=True)).items()},
             flush_seconds=float(tracking.flush_seconds),
+            retry_seconds=self.retry_seconds,
+            spool_dir=str(self.spool.folder) if self.spool.folder is not None else None,
+            spool_id=self.spool.folder.name if self.spool.folder is not None else new_spool_id(),
+            start_time=int(time.time() * 1000),
         )
+        self._send(**self.start_request)
 
     def _send(self, **request) -> None:
+        """Journal the request (the source for a replay), then hand it to the side process."""
+        if request["op"] == "start":
+            keys = ("spool_id", "start_time", "uri", "experiment", "run_name", "tags", "params")
+            self.spool.append({"op": "start", **{k: request[k] for k in keys}})
+        elif request["op"] == "metrics":
+            self.spool.append(request)
         if self.error is None:
             self.error = self.side.send(**request)
 
     def on_reply(self, reply: dict) -> None:
         """Called from the side process's reader thread."""
-        if reply.get("op") == "started":
+        op = reply.get("op")
+        if op == "started":
             self.run_id = reply["run_id"]
-        elif reply.get("op") == "error":
-            self.error = self.error or reply.get("message", "unknown error")
+        elif op == "offline":
+            self.offline = reply.get("message", "the store failed")
+        elif op == "finished":
+            self.result = reply
             self.finished.set()
-        elif reply.get("op") == "finished":
+        elif op == "error":
+            if not self.finished.is_set():
+                self.error = self.error or reply.get("message", "unknown error")
             self.finished.set()
 
-    def check(self) -> bool:
-        """True while tracking works; raises (required) or warns once (not required)."""
-        if self.error is None:
-            return True
-        if self.tracking.required:
-            raise ConfigError(
-                f"MLflow tracking failed ({self.error}). Fix the store (tracking.uri / "
-                "MLFLOW_TRACKING_URI), or train without tracking (tracking=none), or let "
-                "training go on without it (tracking.required=false)."
+    def incomplete(self) -> str | None:
+        """Why the run's MLflow record is incomplete, or None."""
+        if self.result.get("complete"):
+            return None
+        why = self.result.get("message") or self.offline or self.error
+        return why or "the MLflow process did not confirm the run's end"
+
+    def report(self, run) -> None:
+        """Say, honestly, that the record is incomplete and where the rest is kept."""
+        why = self.incomplete()
+        if why is None:
+            return
+        spool = self.spool.folder
+        if not self.spool.broken and self.spool.path.exists():
+            kept = (
+                f"what it did not receive is kept in {spool}; send it with: python -m "
+                f"lossbench replay {run.output_dir} (add --uri URI for another store)"
             )
-        if not self.warned:
-            warnings.warn(f"MLflow tracking is off for this run: {self.error}", stacklevel=3)
-            self.warned = True
-        return False
+        else:
+            lost = self.spool.broken or "no spool"
+            kept = f"and it could not be kept for a replay ({lost})"
+        message = f"the MLflow record of this run is incomplete ({why}); {kept}."
+        if self.tracking.required:
+            run.record_incomplete(message)
+            if run.output_dir is not None and run.status != "rejected":
+                try:  # summary.json was written before the record ended: say it there too
+                    outputs.write_summary(Path(run.output_dir) / "summary.json", run)
+                except OSError:
+                    pass
+        else:
+            warnings.warn(message, stacklevel=3)
 
     def release_blas(self) -> None:
         """Give BLAS its threads back (main thread only: never while a GEMM runs)."""
@@ -174,7 +217,7 @@ class Tracker:
             self.blas_limit = None
 
     def log_epoch(self, epoch: int, metrics: dict) -> None:
-        if self.run_id is not None or self.error is not None:
+        if self.run_id is not None or self.error is not None or self.offline is not None:
             self.release_blas()
         ts = int(time.time() * 1000)
         items = [[k, float(v), ts, epoch + STEP_BASE] for k, v in metrics.items() if k != "epoch"]
@@ -183,11 +226,13 @@ class Tracker:
     def finish(self, run, status: str) -> None:
         self.release_blas()
         try:
-            if self.error is None:
-                self._finish(run, status)
+            self._finish(run, status)
         finally:
             self.side.tracker = None
-        self.check()
+            self.spool.close()
+        if self.incomplete() is None:
+            self.spool.discard()  # the store has the whole record
+        self.report(run)
 
     def _finish(self, run, status: str) -> None:
         ts = int(time.time() * 1000)
@@ -208,16 +253,26 @@ class Tracker:
             artifacts = []
             if run.history and status != "interrupted":
                 artifacts = self._artifacts(run, Path(tmp))
-            self._send(
+            request = dict(
                 op="finish",
                 state=state.get(status, "FAILED"),
                 tags=tags,
                 metrics=[[k, float(v), ts, 0] for k, v in summary.items()],
                 artifacts=[str(p) for p in artifacts],
             )
-            # the worker may still be importing MLflow: this wait is tracking's one-time cost
-            if not self.finished.wait(timeout=300):
-                self.error = self.error or "the MLflow process did not finish within 300 s"
+            self._send(**request)
+            # the worker may still be importing MLflow: this wait is tracking's one-time cost;
+            # a store that does not answer costs at most its retry budget, twice (the send
+            # that failed and this end), then the spool has it
+            limit = 60 + 3 * self.retry_seconds
+            if self.error is None and not self.finished.wait(timeout=limit):
+                self.error = f"the MLflow process did not end the run within {limit:.0f} s"
+            if self.incomplete() is not None:  # keep the end, and the files, for a replay
+                self.spool.append({
+                    "op": "finish", "state": request["state"], "tags": request["tags"],
+                    "metrics": request["metrics"], "end_time": ts,
+                    "artifacts": self.spool.keep(request["artifacts"]),
+                })  # fmt: skip
 
     def _artifacts(self, run, folder: Path) -> list[Path]:
         plots = run.config.trainer.get("plots", True)
@@ -269,7 +324,7 @@ def on_run_start(run):
 @hookimpl
 def on_epoch_end(run, epoch, metrics):
     tracker = _tracker(run)
-    if tracker is not None and tracker.check():
+    if tracker is not None:
         tracker.log_epoch(epoch, metrics)
     return None
 

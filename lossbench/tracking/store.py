@@ -1,11 +1,18 @@
 """Where MLflow runs go, checked before training: ``tracking.uri``, else
 ``$MLFLOW_TRACKING_URI``, else MLflow's default (``./mlflow.db``); ``precheck`` fails fast on a
-store that is obviously unusable, without importing MLflow."""
+store that cannot be written, without importing MLflow; ``store_lock`` serialises the first
+open of a sqlite store (MLflow creates and migrates it then: two processes doing so at once
+leave it half-migrated); ``bound_http_retries`` bounds the time MLflow spends on a server
+that does not answer (its ``MLFLOW_HTTP_REQUEST_*`` variables)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import socket
+import sqlite3
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,6 +27,71 @@ def resolve_uri(tracking) -> str | None:
     return tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or None
 
 
+MAX_KEY, MAX_PARAM, MAX_TAG, MAX_NAME = 250, 6000, 8000, 250  # MLflow's limits
+DEFAULT_SQLITE = "mlflow.db"  # MLflow's default store, in the working directory
+
+
+def sqlite_path(uri: str | None) -> Path | None:
+    """The database file of a sqlite store (MLflow's default when ``uri`` is None), or None."""
+    if uri is None:
+        return Path.cwd() / DEFAULT_SQLITE
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path).absolute()
+
+
+@contextlib.contextmanager
+def store_lock(uri: str | None):
+    """Hold an exclusive lock on a sqlite store's folder (``flock`` on the folder itself, so no
+    lock file is left behind) while MLflow opens it: the first process creates the tables and
+    runs the migrations, the others wait and then find the store complete. Other stores (a
+    server, PostgreSQL) and folders that cannot be locked pass through unlocked."""
+    path = sqlite_path(uri)
+    fd = None
+    if path is not None:
+        try:
+            fd = os.open(path.parent, os.O_RDONLY)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            if fd is not None:
+                os.close(fd)
+            fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the lock
+
+
+def _sqlite_writable(path: Path) -> str | None:
+    """Why the sqlite store at ``path`` cannot be written, or None. Writes nothing: an existing
+    database takes a write lock and rolls back, a new one's folder takes a scratch file."""
+    folder = path.parent
+    if not folder.is_dir():
+        return f"its folder {folder} does not exist"
+    if not path.exists():
+        try:
+            fd, scratch = tempfile.mkstemp(dir=folder, prefix=".lossbench-probe-")
+            os.close(fd)
+            os.unlink(scratch)
+        except OSError as exc:
+            return f"a file cannot be created in {folder} ({exc.strerror or exc})"
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=60)
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # the write lock
+            (version,) = conn.execute("PRAGMA user_version").fetchone()  # not a database?
+            conn.execute(f"PRAGMA user_version = {int(version)}")  # a write, rolled back:
+            conn.rollback()  # refused on a read-only file or filesystem
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return f"{path}: {exc}"
+    return None
+
+
 def precheck(uri: str | None) -> None:
     """Fail fast, before training, when the store is obviously unusable."""
     fix = (
@@ -27,13 +99,12 @@ def precheck(uri: str | None) -> None:
         "tracking (tracking=none), or keep training when tracking fails "
         "(tracking.required=false)."
     )
-    if uri is None:
-        folder = Path.cwd()
-        if not os.access(folder, os.W_OK):
-            raise ConfigError(
-                f"MLflow's default store ./mlflow.db cannot be written: {folder} is not "
-                f"writable. {fix}"
-            )
+    path = sqlite_path(uri)
+    if path is not None:
+        why = _sqlite_writable(path)
+        if why is not None:
+            name = f"the MLflow store {mask_url(uri)}" if uri else "MLflow's default ./mlflow.db"
+            raise ConfigError(f"{name} cannot be written: {why}. {fix}")
         return
     parsed = urlparse(uri)
     scheme = parsed.scheme.split("+")[0]  # postgresql+psycopg2 -> postgresql
@@ -46,16 +117,6 @@ def precheck(uri: str | None) -> None:
             raise ConfigError(
                 f"the MLflow tracking server {mask_url(uri)} is not reachable ({reason}). {fix}"
             ) from None
-    elif scheme == "sqlite":
-        path = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
-        if path is not None and str(path) not in ("", ":memory:"):
-            folder = path.parent if str(path.parent) else Path.cwd()
-            writable = os.access(path, os.W_OK) if path.exists() else os.access(folder, os.W_OK)
-            if not folder.is_dir() or not writable:
-                raise ConfigError(
-                    f"the MLflow store {mask_url(uri)} cannot be written ({path} is not "
-                    f"writable or its folder does not exist). {fix}"
-                )
     elif scheme in ("postgresql", "postgres", "mysql", "mssql") and parsed.hostname:
         port = parsed.port or {"mysql": 3306, "mssql": 1433}.get(scheme, 5432)
         try:
@@ -64,3 +125,65 @@ def precheck(uri: str | None) -> None:
             raise ConfigError(
                 f"the MLflow database {parsed.hostname}:{port} is not reachable ({exc}). {fix}"
             ) from None
+
+
+def shorten(text, limit: int) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def experiment_id(client, name: str) -> str:
+    """The id of the experiment ``name``, created if it does not exist yet. The first call on
+    a client opens its store: for sqlite under ``store_lock``, so concurrent first runs do not
+    race in MLflow's migrations; two processes creating the experiment at once both get it."""
+    from mlflow.exceptions import MlflowException  # loaded with the client
+
+    with store_lock(client.tracking_uri):
+        experiment = client.get_experiment_by_name(name)
+        if experiment:
+            return experiment.experiment_id
+        try:
+            return client.create_experiment(name)
+        except MlflowException:  # created meanwhile by another process (a server's store)
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
+
+
+def open_client(uri: str | None):
+    """An ``MlflowClient`` for ``uri`` (None: MLflow's default), its store opened under
+    ``store_lock``: MLflow creates and migrates a sqlite store when the client is made."""
+    from mlflow.tracking import MlflowClient  # start-up: only the processes that write runs
+
+    with store_lock(uri):
+        return MlflowClient(uri) if uri else MlflowClient()
+
+
+HTTP_RETRY_VARIABLES = (
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+)
+USER_SET = {k for k in HTTP_RETRY_VARIABLES if k in os.environ}  # the user's own settings win
+
+
+def bound_http_retries(seconds: float) -> None:
+    """Set MLflow's HTTP retry variables (those the user did not set) so that one request,
+    with its retries, takes at most about ``seconds``: each attempt waits at most ``timeout``,
+    and urllib3 sleeps 0, 2, 4, ... s between attempts (backoff factor 1)."""
+    seconds = max(float(seconds), 1.0)
+    timeout = max(1, int(seconds // 5))
+    retries = 0
+    while retries < 10 and (2 ** (retries + 1) - 2) + (retries + 2) * timeout <= seconds:
+        retries += 1
+    values = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": retries,
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": 1,
+        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": 0.2,
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": timeout,
+    }
+    for key, value in values.items():
+        if key not in USER_SET:
+            os.environ[key] = str(value)

@@ -5,17 +5,29 @@ that would hold the GIL beside the epoch loop). It starts this process instead a
 in JSON lines: requests on stdin, replies on stdout.
 
 requests
-    ``{"op": "start", "uri", "experiment", "run_name", "tags", "params", "flush_seconds"}``
+    ``{"op": "start", "uri", "experiment", "run_name", "tags", "params", "flush_seconds",
+    "retry_seconds", "spool_dir", "spool_id", "start_time"}``
     ``{"op": "metrics", "items": [[key, value, timestamp_ms, step], ...]}``
     ``{"op": "finish", "state", "tags", "metrics", "artifacts": [path, ...]}``
 replies
-    ``{"op": "started", "run_id"}``, ``{"op": "finished"}``, ``{"op": "error", "message"}``
+    ``{"op": "started", "run_id"}``; ``{"op": "offline", "message", "spool"}`` (the store
+    stopped answering: the rest of the run goes to the spool only); ``{"op": "finished",
+    "complete", "message", "spool"}``; ``{"op": "error", "message"}`` (a request it cannot read)
 
-Metrics are sent with ``log_batch`` every ``flush_seconds`` and at the end. One process serves
-its trainer's runs one after another (a sweep worker pays for ``import mlflow`` once). If stdin
-closes during a run (the training process died, even by SIGKILL), the run is ended as KILLED
-with a reason tag, so no run stays RUNNING. Terminal signals do not reach this process (it runs
-in its own session); the training process ends the run for it.
+The training process journals every request of a run in the run directory's spool
+(``lossbench.tracking.spool``); this process journals what the store did (``store.jsonl``:
+the run created, the store failed, the run abandoned). Metrics are sent with ``log_batch``
+every ``flush_seconds`` and at the end. A store that fails (after
+MLflow's HTTP retries, bounded by ``retry_seconds``) is not tried again for that run, so a dead
+server costs bounded time once, not at every epoch; what it did not get stays in the spool for
+``python -m lossbench replay``.
+
+One process serves its trainer's runs one after another (a sweep worker pays for ``import
+mlflow`` once). If stdin closes during a run (the training process died, even by SIGKILL), the
+run is ended as KILLED with a reason tag, so no run stays RUNNING; and once stdin has closed
+the process exits, whatever else fails (a watchdog ends it if MLflow itself hangs). Terminal
+signals do not reach this process (it runs in its own session); the training process ends the
+run for it.
 """
 
 from __future__ import annotations
@@ -27,29 +39,51 @@ import sys
 import threading
 import time
 import traceback
+from pathlib import Path
 
-MAX_KEY, MAX_PARAM, MAX_TAG, MAX_NAME = 250, 6000, 8000, 250  # MLflow's limits
+from lossbench.tracking.spool import SPOOL_TAG, STORE_RECORDS, Spool, now_ms
+from lossbench.tracking.store import (  # noqa: F401  (experiment_id: the sweep's report uses it)
+    MAX_KEY,
+    MAX_NAME,
+    MAX_PARAM,
+    MAX_TAG,
+    bound_http_retries,
+    experiment_id,
+    open_client,
+    shorten,
+)
+
 PARAMS_PER_BATCH, METRICS_PER_BATCH = 100, 1000
 
+class Watchdog:
+    """Ends this process ``seconds`` after the trainer's input closed, if it is still there
+    (MLflow hanging on a store that neither answers nor refuses)."""
 
-def shorten(text, limit: int) -> str:
-    text = str(text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    seconds = 90.0
 
-
-def experiment_id(client, name: str) -> str:
-    """The id of the experiment ``name``, created if it does not exist yet."""
-    experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name)
+    @classmethod
+    def arm(cls) -> None:
+        timer = threading.Timer(cls.seconds, os._exit, args=(3,))
+        timer.daemon = True
+        timer.start()
 
 
 def _read_requests(stream, inbox: queue.Queue) -> None:
     """Drain stdin at once (even while MLflow imports) so the trainer never blocks writing."""
-    for line in stream:
-        line = line.strip()
-        if line:
-            inbox.put(json.loads(line))
-    inbox.put(None)  # end of input
+    try:
+        for line in stream:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                inbox.put(json.loads(line))
+            except json.JSONDecodeError:
+                inbox.put({"op": "unreadable", "line": line[:200]})
+    except (OSError, ValueError):
+        pass
+    finally:
+        inbox.put(None)  # end of input, however it ended
+        Watchdog.arm()
 
 
 class Worker:
@@ -58,6 +92,8 @@ class Worker:
         self.client = None
         self.run_id = None
         self.pending: list = []
+        self.spool = Spool(None)
+        self.offline: str | None = None  # why the store is no longer written for this run
 
     def reply(self, **message) -> None:
         try:
@@ -66,71 +102,112 @@ class Worker:
         except (BrokenPipeError, OSError, ValueError):
             pass  # the trainer is gone; its input closing will end the run
 
+    def go_offline(self, exc: BaseException) -> None:
+        """The store failed: journal why, tell the trainer, send nothing more for this run."""
+        traceback.print_exc()
+        self.offline = shorten(f"{type(exc).__name__}: {exc}", 1000)
+        self.pending = []
+        self.spool.append({"op": "offline", "error": self.offline})
+        self.reply(op="offline", message=self.offline)
+
     def start(self, req: dict) -> None:
+        bound_http_retries(req.get("retry_seconds", 30.0))
+        Watchdog.seconds = 3 * float(req.get("retry_seconds", 30.0)) + 30
+        folder = req.get("spool_dir")
+        self.spool = Spool(Path(folder) if folder else None, STORE_RECORDS)
+        try:
+            self._create(req)
+        except Exception as exc:
+            self.go_offline(exc)
+
+    def _create(self, req: dict) -> None:
         # start-up: MLflow imports (about a second) while the reader thread already drains
         # the trainer's requests, so the trainer never waits to write
         from mlflow.entities import Param
-        from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(req["uri"]) if req.get("uri") else MlflowClient()
+        client = open_client(req.get("uri"))
         tags = {shorten(k, MAX_KEY): shorten(v, MAX_TAG) for k, v in req["tags"].items()}
+        if req.get("spool_id"):
+            tags[SPOOL_TAG] = req["spool_id"]
         run = client.create_run(
             experiment_id(client, req["experiment"]),
+            start_time=req.get("start_time"),
             tags=tags,
             run_name=shorten(req["run_name"], MAX_NAME),
         )
         self.client, self.run_id = client, run.info.run_id
+        self.spool.append({"op": "created", "run_id": self.run_id, "uri": client.tracking_uri})
         params = [
             Param(shorten(k, MAX_KEY), shorten(v, MAX_PARAM)) for k, v in req["params"].items()
         ]
         for i in range(0, len(params), PARAMS_PER_BATCH):
             client.log_batch(self.run_id, params=params[i : i + PARAMS_PER_BATCH])
 
+    def metrics(self, req: dict) -> None:
+        if self.offline is None:
+            self.pending.extend(req["items"])
+
     def flush(self) -> None:
+        batch, self.pending = self.pending, []
+        if self.offline is not None or not batch:
+            return
         from mlflow.entities import Metric  # loaded by start()
 
-        batch, self.pending = self.pending, []
         metrics = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in batch]
-        for i in range(0, len(metrics), METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=metrics[i : i + METRICS_PER_BATCH])
+        try:
+            for i in range(0, len(metrics), METRICS_PER_BATCH):
+                self.client.log_batch(self.run_id, metrics=metrics[i : i + METRICS_PER_BATCH])
+        except Exception as exc:
+            self.go_offline(exc)
 
     def finish(self, req: dict) -> None:
-        from mlflow.entities import RunTag  # loaded by start()
-
+        end_time = now_ms()
         self.pending.extend(req.get("metrics", []))
         self.flush()
+        if self.offline is None:
+            try:
+                self._end(req, end_time)
+            except Exception as exc:
+                self.go_offline(exc)
+        self.spool.close()
+        self.reply(op="finished", complete=self.offline is None, message=self.offline)
+
+    def _end(self, req: dict, end_time: int) -> None:
+        from mlflow.entities import RunTag  # loaded by start()
+
         tags = [RunTag(shorten(k, MAX_KEY), shorten(v, MAX_TAG)) for k, v in req["tags"].items()]
         if tags:
             self.client.log_batch(self.run_id, tags=tags)
         for path in req.get("artifacts", []):
             self.client.log_artifact(self.run_id, path)
-        self.client.set_terminated(self.run_id, req["state"])
+        self.client.set_terminated(self.run_id, req["state"], end_time=end_time)
 
     def abandon(self, reason: str) -> None:
         """End a run whose training process went away without finishing it."""
-        from mlflow.entities import RunTag  # loaded by start()
+        end_time = now_ms()
+        self.flush()
+        if self.offline is None:
+            from mlflow.entities import RunTag  # loaded by start()
 
-        try:
-            self.flush()
-        finally:
-            self.client.log_batch(
-                self.run_id,
-                tags=[
+            try:
+                self.client.log_batch(self.run_id, tags=[
                     RunTag("lossbench.status", "interrupted"),
                     RunTag("lossbench.failure_reason", reason),
-                ],
-            )
-            self.client.set_terminated(self.run_id, "KILLED")
+                ])  # fmt: skip
+                self.client.set_terminated(self.run_id, "KILLED", end_time=end_time)
+            except Exception as exc:
+                self.go_offline(exc)
+        # the spool stays: the store may lack what the trainer sent just before it died
+        self.spool.append({"op": "abandoned", "reason": reason, "end_time": end_time,
+                           "sent": self.offline is None})  # fmt: skip
+        self.spool.close()
 
 
 def serve_run(worker: Worker, first: dict, inbox: queue.Queue) -> bool:
     """Serve one run from its ``start`` request; False when the input ended."""
-    try:
-        worker.start(first)
-    except Exception as exc:
-        worker.reply(op="error", message=f"{type(exc).__name__}: {exc}")
-        return True
-    worker.reply(op="started", run_id=worker.run_id)
+    worker.start(first)
+    if worker.offline is None:
+        worker.reply(op="started", run_id=worker.run_id)
     flush_every = float(first.get("flush_seconds", 2.0))
     last_flush = time.monotonic()
     while True:
@@ -138,23 +215,27 @@ def serve_run(worker: Worker, first: dict, inbox: queue.Queue) -> bool:
             req = inbox.get(timeout=flush_every)
         except queue.Empty:
             req = {"op": "tick"}
-        try:
-            if req is None:
+        if req is None:
+            try:
                 worker.abandon("the training process ended without finishing the run")
-                return False
+            except Exception:  # whatever fails, the input has ended: this process ends
+                traceback.print_exc()
+            return False
+        try:
             if req["op"] == "metrics":
-                worker.pending.extend(req["items"])
+                worker.metrics(req)
             elif req["op"] == "finish":
                 worker.finish(req)
-                worker.reply(op="finished")
                 return True
+            elif req["op"] == "unreadable":
+                worker.reply(op="error", message=f"unreadable request: {req['line']!r}")
             if worker.pending and time.monotonic() - last_flush >= flush_every:
                 worker.flush()
                 last_flush = time.monotonic()
-        except Exception as exc:
+        except Exception as exc:  # a bug here must not leave the run unended
             traceback.print_exc()
             worker.reply(op="error", message=f"{type(exc).__name__}: {exc}")
-            if req is not None and req.get("op") == "finish":
+            if req.get("op") == "finish":
                 return True
 
 
@@ -171,10 +252,24 @@ def main() -> None:
     inbox: queue.Queue = queue.Queue()
     threading.Thread(target=_read_requests, args=(sys.stdin, inbox), daemon=True).start()
     # one process serves the runs of its trainer one after another (a sweep worker's trials)
-    while True:
-        first = inbox.get()
-        if first is None or not serve_run(Worker(replies), first, inbox):
-            return
+    try:
+        while True:
+            first = inbox.get()
+            if first is None or first.get("op") != "start":
+                if first is None:
+                    return
+                continue  # a stray request between runs: nothing to attach it to
+            if not serve_run(Worker(replies), first, inbox):
+                return
+    finally:
+        # the input has ended (or this loop failed): exit now, without waiting for threads
+        # MLflow may have left running
+        try:
+            sys.stderr.flush()
+            replies.flush()
+        except (OSError, ValueError):
+            pass
+        os._exit(0)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Training one run from a composed config to its history and parameters: ``setup`` resolves
-the specs and options a config names and allocates what the epochs need, ``prepare`` splits and
-scales the data; ``fused`` holds the jitted epoch and evaluation that call the kernels through
-function pointers, ``slow`` the same epoch in Python for components that give only NumPy
-references; ``fit`` runs the loop and the lifecycle hooks; ``schedules`` gives each epoch's
-learning rate; ``outputs`` writes a run's files; ``run`` is the ``Run`` that hooks receive and
-``train`` returns."""
+the specs and options a config names and allocates what the epochs need, ``arrays`` checks
+every array entering the engine, ``prepare`` splits and scales the data; ``fused`` holds the
+jitted epoch and evaluation that call the kernels through function pointers, ``slow`` the same
+epoch in Python for components that give only NumPy references; ``fit`` runs the loop and the
+lifecycle hooks; ``schedules`` gives each epoch's learning rate; ``outputs`` writes a run's
+files; ``run`` is the ``Run`` that hooks receive and ``train`` returns."""
 
 from lossbench.training.fit import train, warm_up
 from lossbench.training.fused import compile_stats, evaluate, train_epoch

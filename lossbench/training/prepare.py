@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from lossbench.data import DataOptions, Dataset
-from lossbench.errors import ConfigError, DataError
+from lossbench.errors import ConfigError
+from lossbench.training.arrays import check_converted, check_dataset, check_split
 
 
 @dataclass
@@ -51,35 +52,25 @@ def split_indices(y: np.ndarray, task: str, val_fraction: float, rng: np.random.
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-def _check_finite(name: str, a: np.ndarray) -> None:
-    if not np.all(np.isfinite(a)):
-        rows = np.flatnonzero(~np.all(np.isfinite(a.reshape(len(a), -1)), axis=1))
-        raise DataError(
-            f"{name} has missing or non-finite values in {len(rows)} rows (first rows: "
-            f"{rows[:5].tolist()}). Fix: fill or drop those rows before training."
-        )
-
-
-def prepare(ds: Dataset, opts: DataOptions, loss_target: str, loss_name: str, dtype, rng):
-    """Split, standardise (statistics from the training part only) and build loss targets."""
-    _check_finite("the features", ds.X)
-    _check_finite("the targets", np.asarray(ds.y, dtype=float))
-    if ds.X_val is not None:
+def prepare(ds: Dataset, opts: DataOptions, loss_target: str, loss_name: str, dtype, rng,
+            source: str = "the dataset"):
+    """Check (``lossbench.training.arrays``), split, standardise (statistics from the training
+    part only) and build loss targets. ``source`` names the data in error messages."""
+    check_dataset(ds, source)
+    explicit_val = ds.X_val is not None
+    if explicit_val:
         X_tr, y_tr, X_va, y_va = ds.X, ds.y, ds.X_val, ds.y_val
-        _check_finite("the validation features", X_va)
     else:
         tr, va = split_indices(ds.y, ds.task, opts.val_fraction, rng)
         X_tr, y_tr, X_va, y_va = ds.X[tr], ds.y[tr], ds.X[va], ds.y[va]
-    if X_tr.shape[1] != X_va.shape[1]:
-        raise DataError(
-            f"the validation data has {X_va.shape[1]} feature columns but the training data has "
-            f"{X_tr.shape[1]}. Fix: give both files the same columns."
-        )
+    check_split(ds, len(X_tr), len(X_va), source, explicit_val)
     X_tr = X_tr.astype(np.float64)
     X_va = X_va.astype(np.float64)
     if opts.standardize:
-        mean = X_tr.mean(axis=0)
-        scale = X_tr.std(axis=0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = X_tr.mean(axis=0)
+            scale = X_tr.std(axis=0)
+        check_converted(np.stack([mean, scale]), "the features", source, np.float64, ds, True)
         scale[scale == 0] = 1.0  # constant features stay constant (as sklearn's StandardScaler)
     else:
         mean = np.zeros(X_tr.shape[1])
@@ -88,18 +79,22 @@ def prepare(ds: Dataset, opts: DataOptions, loss_target: str, loss_name: str, dt
     X_va = (X_va - mean) / scale
 
     n_classes = ds.n_classes
-    Y_tr, Y_va, n_out = loss_targets(ds.task, n_classes, loss_target, loss_name, y_tr, y_va)
+    Y_tr, Y_va, n_out = loss_targets(
+        ds.task, n_classes, loss_target, loss_name, y_tr, y_va, getattr(ds, "task_note", None)
+    )
     if ds.task == "classification":
         lab_tr, lab_va = y_tr.astype(np.int64), y_va.astype(np.int64)
     else:
         lab_tr = lab_va = np.zeros(0, np.int64)
-    c = np.ascontiguousarray
+    with np.errstate(over="ignore"):  # a value the dtype cannot hold becomes inf: refused next
+        out = {k: np.ascontiguousarray(v, dtype=dtype)
+               for k, v in (("X_train", X_tr), ("Y_train", Y_tr), ("X_val", X_va), ("Y_val", Y_va))}
+    for key, what in (("X_train", "the features"), ("X_val", "the validation features"),
+                      ("Y_train", "the targets"), ("Y_val", "the validation targets")):
+        check_converted(out[key], what, source, dtype, ds if key.startswith("X") else None)
     return Prepared(
-        X_train=c(X_tr, dtype=dtype),
-        Y_train=c(Y_tr, dtype=dtype),
+        **out,
         labels_train=lab_tr,
-        X_val=c(X_va, dtype=dtype),
-        Y_val=c(Y_va, dtype=dtype),
         labels_val=lab_va,
         task=ds.task,
         n_classes=n_classes,
@@ -107,14 +102,17 @@ def prepare(ds: Dataset, opts: DataOptions, loss_target: str, loss_name: str, dt
     )
 
 
-def loss_targets(task, n_classes, target_kind, loss_name, y_tr, y_va):
-    """Targets in the layout a loss expects, and the number of model outputs."""
+def loss_targets(task, n_classes, target_kind, loss_name, y_tr, y_va, task_note=None):
+    """Targets in the layout a loss expects, and the number of model outputs. ``task_note``
+    says how the dataset chose its task (e.g. ``data.task=auto`` reading many integers as a
+    regression target), for the message when the loss wants the other one."""
     if target_kind == "class_index":
         if task != "classification":
             raise ConfigError(
                 f"loss={loss_name} needs class labels, but this dataset has a continuous "
-                "(regression) target. Fix: use loss=mse, loss=mae or loss=huber, or a "
-                "classification dataset."
+                f"(regression) target{' (' + task_note + ')' if task_note else ''}. Fix: use "
+                "loss=mse, loss=mae or loss=huber, or a classification dataset"
+                f"{', or pass data.task=classification' if task_note else ''}."
             )
         return y_tr[:, None], y_va[:, None], n_classes
     if target_kind == "binary":

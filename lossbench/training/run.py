@@ -51,6 +51,20 @@ class Run:
     # "fused" (the jitted epoch) or "numpy" (the slow path: a component has no numba kernel)
     path: str = "fused"
     phase: str = "setup"
+    # why a record of the run kept elsewhere (the MLflow run) is incomplete; the run's own
+    # outcome is unchanged, but the command line exits 1 and summary.json says so
+    record_errors: list[str] = field(default_factory=list)
+
+    def output_failed(self, message: str) -> None:
+        """A file of the run could not be written (a full disk, say): the run has failed,
+        unless it was interrupted (it stays interrupted); ``error`` says which file and why."""
+        if self.status != "interrupted":
+            self.status = "failed"
+        self.error = f"{self.error}; {message}" if self.error else message
+
+    def record_incomplete(self, message: str) -> None:
+        """A plugin could not complete its record of the run (see ``record_errors``)."""
+        self.record_errors.append(message)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """The model's outputs (logits or values) for the rows of ``X``, already scaled as the
@@ -102,4 +116,6 @@ def summary(run: Run) -> dict:
         out["error"] = run.error
     if run.stop_reason:
         out["stop_reason"] = run.stop_reason
+    if run.record_errors:
+        out["record_incomplete"] = list(run.record_errors)
     return out

@@ -11,6 +11,7 @@ import numpy as np
 
 from lossbench.config import GROUPS, hparams
 from lossbench.errors import ConfigError, positive_int, require
+from lossbench.training.arrays import check_memory, check_weights, read_npz
 from lossbench.training.prepare import options_from, prepare
 
 
@@ -21,6 +22,8 @@ def resolve(cfg, registry) -> tuple[dict, dict]:
         specs[group] = registry.get(group, cfg[group].name)
         options[group] = hparams(specs[group], cfg[group])
     check_trainer(cfg.trainer)
+    seed = cfg.seed
+    require(seed >= 0, "seed", seed, "it must be >= 0 (NumPy's seeds are non-negative)", 0)
     for group in ("loss", "optimizer"):
         if specs[group].check is not None:
             specs[group].check(options[group])
@@ -72,22 +75,35 @@ def set_up(run) -> Setup:
     loss_spec = specs["loss"]
     prep = prepare(
         dataset, options_from(options["data"]), loss_spec.target, loss_spec.name, dtype,
-        np.random.default_rng(split_ss),
+        np.random.default_rng(split_ss), source=data_source(cfg.data),
     )  # fmt: skip
     run.dataset = prep
     layout = specs["model"].build(options["model"], prep.X_train.shape[1], prep.n_outputs)
+    opt_spec = specs["optimizer"]
+    batch = min(int(cfg.trainer.batch_size), len(prep.X_train))
+    chunk = min(max(batch, 1024), max(len(prep.X_val), 1))
+    # weights (a float64 copy while initialising), gradients, optimizer state, work buffers
+    n_bytes = layout.n_params * (8 + dtype.itemsize * (2 + opt_spec.state_rows)) + (
+        layout.workspace(max(batch, chunk)) + chunk * prep.n_outputs
+    ) * dtype.itemsize
+    check_memory(
+        n_bytes,
+        f"model={cfg.model.name} ({layout.n_params:,} parameters for {prep.X_train.shape[1]} "
+        f"features and {prep.n_outputs} outputs, {opt_spec.name} keeps {opt_spec.state_rows} "
+        f"state rows, in {dtype.name})",
+        "make the model smaller (e.g. model.hidden=[64])"
+        + (", or use trainer.dtype=float32." if dtype.itemsize > 4 else "."),
+    )
     params = np.empty(layout.n_params, dtype=np.float64)
     layout.init(np.random.default_rng(init_ss), params)
     init_from = getattr(options["model"], "init_from", None)
     if init_from:
         load_init(init_from, layout, params)
     run.layout, run.flat_params = layout, params.astype(dtype)
-    opt_spec = specs["optimizer"]
     state = np.zeros((opt_spec.state_rows, layout.n_params), dtype=dtype)
     if opt_spec.init_state is not None:
         opt_spec.init_state(state, options["optimizer"])
     packed = lambda values: np.asarray(values, dtype=dtype).reshape(-1)  # noqa: E731
-    batch = min(int(cfg.trainer.batch_size), len(prep.X_train))
     return Setup(
         dtype=dtype,
         state=state,
@@ -97,10 +113,16 @@ def set_up(run) -> Setup:
         opt_hp=packed(opt_spec.pack(options["optimizer"])),
         base_lr=base_lr(options["optimizer"]),
         batch=batch,
-        chunk=min(max(batch, 1024), max(len(prep.X_val), 1)),
+        chunk=chunk,
         order=np.arange(len(prep.X_train), dtype=np.int64),
         rng=np.random.default_rng(shuffle_ss),
     )
+
+
+def data_source(data_cfg) -> str:
+    """The data as messages name it: ``data=csv (data.path='my.csv')``."""
+    path = data_cfg.get("path")
+    return f"data={data_cfg.name}" + (f" (data.path={path!r})" if path else "")
 
 
 def load_init(path: str, layout, params: np.ndarray) -> None:
@@ -111,24 +133,9 @@ def load_init(path: str, layout, params: np.ndarray) -> None:
             f"model.init_from={path!r}: no such file. Fix: pass the model.npz of an earlier run "
             "or a file saved with np.savez(path, W0=..., b0=..., ...)."
         )
-    with np.load(p, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
+    arrays = read_npz(path, "model.init_from", error=ConfigError)
     expected = {name: shape for name, (_, shape) in layout.tensors.items()}
-    if set(arrays) != set(expected):
-        raise ConfigError(
-            f"model.init_from={path!r} holds {sorted(arrays)}, but this model needs "
-            f"{sorted(expected)}. Fix: use weights saved from a model with the same layers."
-        )
-    bad = [
-        f"{k}: file {arrays[k].shape}, model {shape}"
-        for k, shape in expected.items()
-        if tuple(arrays[k].shape) != tuple(shape)
-    ]
-    if bad:
-        raise ConfigError(
-            f"model.init_from={path!r} has the wrong shapes ({'; '.join(bad)}). Fix: match "
-            "model.hidden and the dataset's features/classes to the saved model."
-        )
+    check_weights(arrays, expected, path)
     views = layout.views(params)
     for k, a in arrays.items():
         views[k][...] = a

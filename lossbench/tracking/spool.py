@@ -1,0 +1,285 @@
+"""The tracking spool: every MLflow run's record, journaled in its run directory as it is
+made, so that what a store did not receive (a server gone, a full store, the side process
+killed) is never lost, and ``python -m lossbench replay RUN_DIR [--uri URI]`` sends it later.
+
+Layout: ``RUN_DIR/mlflow-spool/SPOOL_ID/`` holds ``records.jsonl`` (the run, written by the
+training process: it is the source, so nothing depends on the side process surviving),
+``store.jsonl`` (what the store did, written by the MLflow side process) and, for a run whose
+record is incomplete, ``artifacts/`` (copies of the files to upload). A run whose record
+reached its store complete removes its spool folder (and ``mlflow-spool/`` if it created it
+and it is empty).
+
+Both files are append-only, one JSON object per line, each line written whole and flushed; a
+torn last line (a crash while writing it) is skipped when read. The records, by ``op``:
+
+in ``records.jsonl``
+  ``start``      ``spool_id, uri, experiment, run_name, tags, params, start_time`` (ms)
+  ``metrics``    ``items``: ``[[key, value, timestamp_ms, step], ...]``
+  ``finish``     ``state, tags, metrics, artifacts`` (paths relative to the spool folder),
+                 ``end_time``: how the run ended (written only when the record is incomplete)
+  ``replayed``   ``uri, run_id, time``: a replay completed the run's record in that store
+in ``store.jsonl``
+  ``created``    ``run_id, uri``: the run exists in that store
+  ``offline``    ``error``: the store failed; nothing after this was sent
+  ``abandoned``  ``reason, end_time, sent``: the training process went away without ending
+                 the run (``sent``: the store has the run ended as KILLED)
+
+Replaying is idempotent: it finds the run (by its ``run_id`` in the store it was created in,
+else by the tag ``lossbench.spool_id``), creates it if missing, sends only the params, tags,
+metric points and artifacts the store does not have, and ends the run with its true final
+state (``finish``; else KILLED with the reason of ``abandoned``, or with "the record ends
+before the run did" when the training process died with its side process).
+
+This module imports MLflow only inside ``replay``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from lossbench.tracking.store import (
+    MAX_KEY,
+    MAX_NAME,
+    MAX_PARAM,
+    MAX_TAG,
+    bound_http_retries,
+    experiment_id,
+    open_client,
+    shorten,
+)
+
+SPOOL_DIR = "mlflow-spool"
+RECORDS = "records.jsonl"  # the run, from the training process
+STORE_RECORDS = "store.jsonl"  # what the store did, from the side process
+SPOOL_TAG = "lossbench.spool_id"
+METRICS_PER_BATCH, PARAMS_PER_BATCH, TAGS_PER_BATCH = 1000, 100, 100
+
+
+def new_spool_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def spool_folder(run_dir, spool_id: str) -> Path | None:
+    return Path(run_dir) / SPOOL_DIR / spool_id if run_dir is not None else None
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Spool:
+    """The journal of one run (append-only). Never raises: a journal that cannot be written
+    (no run directory, a full disk) notes why in ``broken`` and drops further records."""
+
+    def __init__(self, folder: Path | None, name: str = RECORDS) -> None:
+        self.folder = folder
+        self.name = name
+        self.broken: str | None = None if folder is not None else "the run has no directory"
+        self._file = None
+        self._created_parent = False
+
+    @property
+    def path(self) -> Path | None:
+        return self.folder / self.name if self.folder is not None else None
+
+    def append(self, record: dict) -> None:
+        if self.broken:
+            return
+        try:
+            if self._file is None:
+                parent = self.folder.parent
+                self._created_parent = not parent.exists()
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.path, "ab", buffering=0)  # one write() per line
+            self._file.write((json.dumps(record, default=float) + "\n").encode())
+        except (OSError, ValueError, TypeError) as exc:
+            self.broken = f"the spool {self.path} could not be written ({exc})"
+
+    def keep(self, paths: list[str]) -> list[str]:
+        """Copy files into the spool (the trainer deletes its temporary copies); returns their
+        paths relative to the spool folder."""
+        kept = []
+        for src in paths:
+            if self.broken:
+                break
+            rel = Path("artifacts") / Path(src).name  # uploaded under this name
+            try:
+                (self.folder / "artifacts").mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, self.folder / rel)
+                kept.append(str(rel))
+            except OSError as exc:
+                self.broken = f"the spool {self.folder} could not be written ({exc})"
+        return kept
+
+    def close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
+
+    def discard(self) -> None:
+        """The record reached the store complete: remove what this spool created."""
+        self.close()
+        if self.folder is None or not self.folder.exists():
+            return
+        shutil.rmtree(self.folder, ignore_errors=True)
+        if self._created_parent:
+            try:
+                self.folder.parent.rmdir()  # only if empty: another run's spool stays
+            except OSError:
+                pass
+
+
+# ---------------------------------------------------------------------------------------------
+# reading and replaying
+
+
+def read_records(path: Path) -> list[dict]:
+    """The records of a journal; a torn or unreadable line (a crash mid-write) is skipped."""
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and "op" in record:
+                records.append(record)
+    return records
+
+
+def find_spools(target: Path) -> list[Path]:
+    """The spool folders under a run directory, an ``mlflow-spool`` folder or one spool."""
+    target = Path(target)
+    if (target / RECORDS).is_file():
+        return [target]
+    root = target / SPOOL_DIR if (target / SPOOL_DIR).is_dir() else target
+    return sorted(p.parent for p in root.glob(f"*/{RECORDS}"))
+
+
+def read_spool(folder: Path) -> list[dict]:
+    """The run's records followed by the store's (``records.jsonl``, ``store.jsonl``)."""
+    store = folder / STORE_RECORDS
+    return read_records(folder / RECORDS) + (read_records(store) if store.is_file() else [])
+
+
+def _state(records: list[dict]) -> tuple[str, dict, int | None]:
+    """The run's true final state, its final tags and end time, from its journal."""
+    finish = next((r for r in reversed(records) if r["op"] == "finish"), None)
+    if finish is not None:
+        return finish["state"], finish.get("tags", {}), finish.get("end_time")
+    abandoned = next((r for r in reversed(records) if r["op"] == "abandoned"), None)
+    reason = (abandoned or {}).get(
+        "reason", "the record ends before the run did (the training process or its MLflow "
+        "process died)"
+    )  # fmt: skip
+    tags = {"lossbench.status": "interrupted", "lossbench.failure_reason": reason}
+    return "KILLED", tags, (abandoned or {}).get("end_time")
+
+
+def replay(folder: Path, uri: str | None = None) -> dict:
+    """Send a spooled run to ``uri`` (default: the store it was meant for) and end it there;
+    returns what was done. Raises on a store that cannot be reached."""
+    from mlflow.entities import RunTag  # start-up: MLflow loads only for a replay
+
+    bound_http_retries(30.0)  # a store that does not answer: an error in bounded time
+    records = read_spool(folder)
+    start = next((r for r in records if r["op"] == "start"), None)
+    if start is None:
+        raise ValueError(f"{folder / RECORDS} has no start record: nothing to replay")
+    target = uri or start.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or None
+    client = open_client(target)
+    run_id, made = _find_or_create(client, records, start)
+    _send_params(client, run_id, start["params"])
+    state, final_tags, end_time = _state(records)
+    finish = next((r for r in reversed(records) if r["op"] == "finish"), None)
+    items = [item for r in records if r["op"] == "metrics" for item in r["items"]]
+    items += finish.get("metrics", []) if finish else []
+    sent = _send_metrics(client, run_id, items)
+    tags = [RunTag(shorten(k, MAX_KEY), shorten(v, MAX_TAG)) for k, v in final_tags.items()]
+    for i in range(0, len(tags), TAGS_PER_BATCH):
+        client.log_batch(run_id, tags=tags[i : i + TAGS_PER_BATCH])
+    kept = finish.get("artifacts", []) if finish else []
+    uploaded = _send_artifacts(client, run_id, folder, kept)
+    client.set_terminated(run_id, state, end_time=end_time)
+    with open(folder / RECORDS, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"op": "replayed", "uri": client.tracking_uri, "run_id": run_id,
+                            "time": now_ms()}) + "\n")  # fmt: skip
+    return {
+        "run_id": run_id,
+        "uri": client.tracking_uri,
+        "created": made,
+        "metrics_sent": sent,
+        "metrics_present": len(items) - sent,
+        "artifacts_sent": uploaded,
+        "state": state,
+    }
+
+
+def _find_or_create(client, records: list[dict], start: dict) -> tuple[str, bool]:
+    """The spooled run in the client's store: by its run id where it was created, else by its
+    spool tag; created (with its original start time and tags) when it is in neither."""
+    from mlflow.exceptions import MlflowException  # loaded with the client
+
+    created = next((r for r in records if r["op"] == "created"), None)
+    if created is not None and created.get("uri") == client.tracking_uri:
+        try:
+            return client.get_run(created["run_id"]).info.run_id, False
+        except MlflowException:
+            pass
+    exp_id = experiment_id(client, start["experiment"])
+    spool_id = start["spool_id"]
+    found = client.search_runs([exp_id], filter_string=f"tags.`{SPOOL_TAG}` = '{spool_id}'")
+    if found:
+        return found[0].info.run_id, False
+    tags = {shorten(k, MAX_KEY): shorten(v, MAX_TAG) for k, v in start["tags"].items()}
+    tags[SPOOL_TAG] = start["spool_id"]
+    run = client.create_run(exp_id, start_time=start.get("start_time"), tags=tags,
+                            run_name=shorten(start["run_name"], MAX_NAME))  # fmt: skip
+    return run.info.run_id, True
+
+
+def _send_params(client, run_id: str, params: dict) -> None:
+    from mlflow.entities import Param  # loaded with the client
+
+    have = client.get_run(run_id).data.params
+    missing = [Param(shorten(k, MAX_KEY), shorten(v, MAX_PARAM)) for k, v in params.items()
+               if shorten(k, MAX_KEY) not in have]  # fmt: skip
+    for i in range(0, len(missing), PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=missing[i : i + PARAMS_PER_BATCH])
+
+
+def _send_metrics(client, run_id: str, items: list) -> int:
+    """Send the metric points the run lacks (same key, step, timestamp and value); how many."""
+    from mlflow.entities import Metric  # loaded with the client
+
+    existing = {
+        key: {(m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key)}
+        for key in {k for k, *_ in items}
+    }
+    missing = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in items
+               if (int(step), int(ts), float(v)) not in existing[k]]  # fmt: skip
+    for i in range(0, len(missing), METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=missing[i : i + METRICS_PER_BATCH])
+    return len(missing)
+
+
+def _send_artifacts(client, run_id: str, folder: Path, kept: list[str]) -> int:
+    """Upload the spooled files the run lacks (by name); how many."""
+    if not kept:
+        return 0
+    present = {a.path for a in client.list_artifacts(run_id)}
+    uploaded = 0
+    for rel in kept:
+        path = folder / rel
+        if path.name not in present and path.is_file():
+            client.log_artifact(run_id, str(path))
+            uploaded += 1
+    return uploaded
