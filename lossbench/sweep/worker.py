@@ -65,8 +65,17 @@ class WriteFailed(Exception):
     """A trial's files could not be written; the worker stops."""
 
 
+_INTERRUPTED = threading.Event()  # the first signal has been raised
+
+
 def _on_signal(signum, frame):
+    """Ctrl-C / SIGTERM: stop. Only the first one raises: the coordinator sends its workers a
+    second SIGINT after a Ctrl-C, and raised inside the clean-up (marking the trial lost) it
+    would leave the trial RUNNING."""
     STOPPING.set()
+    if _INTERRUPTED.is_set():
+        return
+    _INTERRUPTED.set()
     raise KeyboardInterrupt
 
 
