@@ -35,6 +35,7 @@ except ImportError:  # a numba that moved it; numba_internals_problem says so
 
 from lossbench.errors import PluginError
 from lossbench.specs import (
+    API_CHANGES,
     backward_signature,
     forward_signature,
     loss_signature,
@@ -50,7 +51,7 @@ SIGNATURES = {
 # the canonical argument names, for messages (docs/plugins.md, "Kernels")
 PARAMETERS = {
     "loss": ("pred", "target", "hp", "grad"),
-    "optimizer": ("params", "grads", "state", "hp", "t", "lr"),
+    "optimizer": ("params", "grads", "state", "scalars", "hp", "t", "lr"),
     "forward": ("params", "layout", "hp", "x", "work", "out"),
     "backward": ("params", "layout", "hp", "x", "work", "dout", "grads"),
 }
@@ -124,8 +125,12 @@ def kernel_ref(kernel, role: str, dtype: str, *, owner: str) -> KernelRef:
         raise PluginError(
             f"the {role} kernel of {owner} has the wrong signature: it takes {len(params)} "
             f"arguments ({', '.join(params)}), the canonical {role} signature has "
-            f"{len(PARAMETERS[role])}: {wanted}. Fix the kernel's arguments (docs/plugins.md, "
-            "section Kernels)."
+            f"{len(PARAMETERS[role])}: {wanted}. "
+            + (
+                f"It has the signature of plugin interface version 1: {API_CHANGES[1]}."
+                if role == "optimizer" and len(params) == len(PARAMETERS[role]) - 1
+                else "Fix the kernel's arguments (docs/plugins.md, section Kernels)."
+            )
         )
     if kernel.targetoptions.get("forceobj") or kernel.targetoptions.get("nopython") is False:
         raise PluginError(

@@ -90,43 +90,43 @@ def uncompilable(pred, target, hp, grad):
 
 
 @njit
-def ascent(p, g, state, hp, t, lr):
+def ascent(p, g, state, scalars, hp, t, lr):
     for i in range(p.shape[0]):
         p[i] += lr * g[i]
 
 
-def ascent_reference(p, g, state, hp, t, lr):
+def ascent_reference(p, g, state, scalars, hp, t, lr):
     p += lr * g
 
 
 @njit
-def unscaled_decay(p, g, state, hp, t, lr):
+def unscaled_decay(p, g, state, scalars, hp, t, lr):
     for i in range(p.shape[0]):
         p[i] -= 0.01 * p[i] + lr * g[i]  # weight decay not scaled by lr
 
 
-def unscaled_decay_reference(p, g, state, hp, t, lr):
+def unscaled_decay_reference(p, g, state, scalars, hp, t, lr):
     p -= 0.01 * p + lr * g
 
 
 @njit
-def noisy_sgd(p, g, state, hp, t, lr):
+def noisy_sgd(p, g, state, scalars, hp, t, lr):
     for i in range(p.shape[0]):
         p[i] -= lr * g[i] * np.random.random()
 
 
-def noisy_sgd_reference(p, g, state, hp, t, lr):
+def noisy_sgd_reference(p, g, state, scalars, hp, t, lr):
     p -= lr * g * np.random.random(len(p))
 
 
 @njit
-def grad_eating_sgd(p, g, state, hp, t, lr):
+def grad_eating_sgd(p, g, state, scalars, hp, t, lr):
     for i in range(p.shape[0]):
         p[i] -= lr * g[i]
         g[i] = 0.0  # modifies an input
 
 
-def grad_eating_reference(p, g, state, hp, t, lr):
+def grad_eating_reference(p, g, state, scalars, hp, t, lr):
     p -= lr * g
     g[:] = 0.0
 

@@ -104,8 +104,9 @@ def _unchanged(what: str, before: np.ndarray, after: np.ndarray) -> None:
         )
 
 
-def _packed(spec, hp, dtype) -> np.ndarray:
-    return np.asarray(spec.pack(hp), dtype=dtype).reshape(-1)
+def _packed(spec, hp) -> np.ndarray:
+    """``hp`` as the kernels get it: float64 whatever the run's dtype."""
+    return np.asarray(spec.pack(hp), dtype=np.float64).reshape(-1)
 
 
 def _hp_text(hp) -> str:

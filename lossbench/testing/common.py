@@ -104,7 +104,7 @@ class _InitialLoss:
     def on_run_start(self, run):
         spec = run.specs["loss"]
         out = run.predict(run.dataset.X_val).astype(np.float64)
-        hp = _packed(spec, run.hparams["loss"], np.float64)
+        hp = _packed(spec, run.hparams["loss"])
         loss = spec.reference if spec.reference is not None else _loss_fn(spec)
         self.value = float(loss(out, run.dataset.Y_val.astype(np.float64), hp)[0])
 

@@ -15,17 +15,34 @@ from lossbench.testing._base import (
 )
 
 
+class _State:
+    """An optimizer's state rows and scalar state, as a run allocates them."""
+
+    def __init__(self, spec, hp, n, dtype=np.float64):
+        self.rows = np.zeros((spec.state_rows, n), dtype=dtype)
+        if spec.init_state is not None:
+            spec.init_state(self.rows, hp)
+        self.scalars = np.zeros(spec.scalar_slots, dtype=np.float64)
+        if spec.init_scalars is not None:
+            spec.init_scalars(self.scalars, hp)
+
+    def copy(self):
+        new = object.__new__(_State)
+        new.rows, new.scalars = self.rows.copy(), self.scalars.copy()
+        return new
+
+    def values(self) -> np.ndarray:
+        return np.concatenate([self.rows.astype(np.float64).ravel(), self.scalars])
+
+
 def _opt_setup(spec, hp, n, dtype=np.float64):
-    state = np.zeros((spec.state_rows, n), dtype=dtype)
-    if spec.init_state is not None:
-        spec.init_state(state, hp)
-    return state, _packed(spec, hp, dtype)
+    return _State(spec, hp, n, dtype), _packed(spec, hp)
 
 
 def _step_fn(spec):
-    if spec.numpy_only:
-        return spec.reference
-    return lambda p, g, state, hp, t, lr: spec.kernel(p, g, state, hp, t, p.dtype.type(lr))
+    """``step(p, g, state, hp, t, lr)`` with a ``_State``: the kernel, or the reference."""
+    fn = spec.reference if spec.numpy_only else spec.kernel
+    return lambda p, g, s, hp, t, lr: fn(p, g, s.rows, s.scalars, hp, t, float(lr))
 
 
 def _opt_matches_reference(pm, group, spec, cases):
@@ -44,10 +61,13 @@ def _opt_matches_reference(pm, group, spec, cases):
         for t in range(1, 26):
             g = rng.normal(size=n)
             lr = 0.01 * (0.9 ** (t // 5))  # a changing lr, as schedules make it
-            spec.kernel(p_k, g, state_k, hp64, t, lr)
-            spec.reference(p_r, g.copy(), state_r, hp64.copy(), t, lr)
+            spec.kernel(p_k, g, state_k.rows, state_k.scalars, hp64, t, lr)
+            spec.reference(p_r, g.copy(), state_r.rows, state_r.scalars, hp64.copy(), t, lr)
             _compare(f"parameters after step {t} (kernel vs reference)", p_k, p_r, 1e-9, 1e-12)
-            _compare(f"state after step {t} (kernel vs reference)", state_k, state_r, 1e-9, 1e-12)
+            _compare(
+                f"state after step {t} (kernel vs reference)",
+                state_k.values(), state_r.values(), 1e-9, 1e-12,
+            )  # fmt: skip
 
     return lambda: _each_case(cases, body)
 
@@ -100,7 +120,7 @@ def _opt_deterministic(pm, group, spec, cases):
             step = _step_fn(spec)
             for t in range(1, 11):
                 step(p, rng.normal(size=13), state, hp64, t, 0.01)
-            results.append((p, state))
+            results.append((p, state.values()))
         (p1, s1), (p2, s2) = results
         if not (np.array_equal(p1, p2) and np.array_equal(s1, s2)):
             _fail(

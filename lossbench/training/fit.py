@@ -100,7 +100,7 @@ def fit(run: Run, s: Setup, runner: Runner, pm) -> str:
         if trainer.shuffle:
             s.rng.shuffle(s.order)
         t0 = time.perf_counter()
-        total, seen, correct, t = runner.epoch(t, s.dtype.type(lr))
+        total, seen, correct, t = runner.epoch(t, float(lr))
         val_total, val_correct = runner.evaluate()
         metrics = {"epoch": epoch, "train_loss": total / seen, "val_loss": val_total / n_val}
         if prep.task == "classification":
