@@ -277,3 +277,18 @@ def test_linear_kernels_match_torch():
 
 def test_linear_reference_matches_torch():
     _check_reference(LINEAR_SPEC, _linear_layout(), LINEAR, LINEAR)
+
+
+# ---------------------------------------------------------------------------------------------
+# the example plugin with scalar state (plugins/lossbench-nadam) is held to torch.optim.NAdam by
+# its own suite, which runs outside the repository: it reads a copy of tests/data/torch_nadam.json
+
+
+def test_nadam_plugin_reads_the_same_torch_values():
+    repo = Path(__file__).resolve().parents[1]
+    ours = (repo / "tests" / "data" / "torch_nadam.json").read_text()
+    assert (repo / "plugins" / "lossbench-nadam" / "tests" / "torch_nadam.json").read_text() == ours
+    data = json.loads(ours)
+    assert data["torch_version"].startswith("2.13")
+    assert [c["name"] for c in data["float32"]] == [c["name"] for c in data["float64"]]
+    assert all(len(c["params"]) == 30 for c in data["float64"])
