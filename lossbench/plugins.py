@@ -210,7 +210,9 @@ def _check_optimizer(what: str, spec) -> None:
     fields = {f.name: f for f in dataclasses.fields(spec.hparams)}
     lr = fields.get("lr")
     if lr is None or lr.type not in (float, "float"):
-        found = "has no field lr" if lr is None else f"declares lr as {lr.type!r}"
+        declared = getattr(lr, "type", None)
+        declared = getattr(declared, "__name__", declared)  # a class, or the annotation's text
+        found = "has no field lr" if lr is None else f"declares lr as {declared!r}"
         raise PluginError(
             f"{what} whose hyperparameter dataclass {spec.hparams.__name__} {found}. The "
             "engine reads the learning rate from that field (optimizer.lr on the command "

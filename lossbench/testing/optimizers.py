@@ -1,7 +1,11 @@
 """The checks of an optimizer: kernel against its reference over many steps, a convex quadratic
-decreases, a zero learning rate changes nothing, deterministic, inputs left alone."""
+decreases, a zero learning rate changes nothing, deterministic, inputs left alone, a step's cost
+does not grow with the step count."""
 
 from __future__ import annotations
+
+import math
+import time
 
 import numpy as np
 
@@ -142,5 +146,44 @@ def _opt_inputs_unchanged(pm, group, spec, cases):
             _step_fn(spec)(p, g, state, hp_arr, 1, 0.01)
             _unchanged(f"grads ({dtype})", g0, g)
             _unchanged(f"hp ({dtype})", hp0, hp_arr)
+
+    return lambda: _each_case(cases, body)
+
+
+# a step's cost at step T_LATE against T_EARLY: the minimum over REPEATS blocks of BLOCK calls
+# each, interleaved, so a busy machine slows both alike; a step whose cost is O(t) (a running
+# product recomputed from t) costs ~1,000x at t = 10,000 against t = 10, far beyond the factor
+_T_EARLY, _T_LATE, _COST_N, _BLOCK, _REPEATS, _COST_FACTOR = 10, 10_000, 1000, 20, 15, 5.0
+
+
+def _block_seconds(step, p, g, state, hp, t) -> float:
+    start = time.perf_counter()
+    for _ in range(_BLOCK):
+        step(p, g, state, hp, t, 1e-3)
+    return time.perf_counter() - start
+
+
+def _opt_step_cost(pm, group, spec, cases):
+    def body(hp):
+        rng = np.random.default_rng(6)
+        step = _step_fn(spec)
+        state, hp64 = _opt_setup(spec, hp, _COST_N)
+        p, g = rng.normal(size=_COST_N), rng.normal(size=_COST_N)
+        for t in range(1, _T_EARLY):  # warm: a realistic state, compiled code and caches
+            step(p, g, state, hp64, t, 1e-3)
+        best = {_T_EARLY: math.inf, _T_LATE: math.inf}
+        for _ in range(_REPEATS):
+            for t in best:
+                best[t] = min(best[t], _block_seconds(step, p, g, state, hp64, t))
+        early, late = best[_T_EARLY] / _BLOCK, best[_T_LATE] / _BLOCK
+        if late > _COST_FACTOR * early:
+            _fail(
+                f"a step costs {late * 1e6:.1f} us at t={_T_LATE:,} against {early * 1e6:.1f} us "
+                f"at t={_T_EARLY} ({late / early:.0f}x, {_COST_N} parameters, the fastest of "
+                f"{_REPEATS} blocks of {_BLOCK}): the cost grows with t. Fix: keep running "
+                "quantities (a product over past steps) as scalar state, updated once per "
+                "step: OptimizerSpec(scalar_slots=..., init_scalars=...) and the kernel's "
+                "scalars argument (docs/plugins.md, 'Scalar state')"
+            )
 
     return lambda: _each_case(cases, body)

@@ -38,7 +38,8 @@ def run_steps(case, dtype):
 
 @pytest.mark.parametrize("case", TORCH["float64"], ids=lambda c: c["name"])
 def test_float64_matches_torch_nadam(case):
-    for t, (p, expected) in enumerate(zip(run_steps(case, np.float64), case["params"]), 1):
+    steps = zip(run_steps(case, np.float64), case["params"], strict=True)
+    for t, (p, expected) in enumerate(steps, 1):
         np.testing.assert_allclose(p, expected, rtol=1e-12, err_msg=f"step {t}")
 
 
@@ -47,7 +48,8 @@ def test_float32_matches_torch_nadam_float32(case):
     # float32 rounding: 1e-6 of |p| plus the parameters' largest movement so far (a parameter
     # passing near 0 has no meaningful relative error of its own)
     p0 = np.array(case["params0"])
-    for t, (p, expected) in enumerate(zip(run_steps(case, np.float32), case["params"]), 1):
+    steps = zip(run_steps(case, np.float32), case["params"], strict=True)
+    for t, (p, expected) in enumerate(steps, 1):
         assert p.dtype == np.float32
         expected = np.array(expected)
         scale = np.abs(expected) + np.max(np.abs(expected - p0))
