@@ -187,6 +187,27 @@ def recording_compiles():
     names.extend(sorted(started))
 
 
+@contextlib.contextmanager
+def compile_report(dispatchers):
+    """Within the block, note what happens to ``dispatchers`` and whatever else numba compiles;
+    the dict yielded is filled on exit: ``compiled`` (qualified names of every function
+    compiled, helpers included), ``loaded_from_cache`` (those of ``dispatchers`` loaded from the
+    disk cache) and ``in_memory`` (those already loaded in this process)."""
+    before = [(d, cache_counts(d)) for d in dispatchers]
+    report: dict[str, list[str]] = {"compiled": [], "loaded_from_cache": [], "in_memory": []}
+    try:
+        with recording_compiles() as names:
+            yield report
+    finally:
+        report["compiled"] = list(names)
+        for d, counts in before:
+            name, now = d.py_func.__qualname__, cache_counts(d)
+            if now["cache_hits"] > counts["cache_hits"]:
+                report["loaded_from_cache"].append(name)
+            elif now["compiled"] == counts["compiled"] and name not in names:
+                report["in_memory"].append(name)
+
+
 def cache_counts(dispatcher) -> dict[str, int]:
     """How often ``dispatcher`` was loaded from the disk cache and compiled in this process."""
     stats = dispatcher.stats

@@ -50,6 +50,9 @@ class Run:
     sources: dict[str, dict[str, str]] = field(default_factory=dict)
     # "fused" (the jitted epoch) or "numpy" (the slow path: a component has no numba kernel)
     path: str = "fused"
+    # what the compile stage did: "compiled" (every function numba compiled), and of the
+    # epoch functions and kernels, "loaded_from_cache" and "in_memory" (kernels.compile_report)
+    compile: dict[str, list[str]] = field(default_factory=dict)
     phase: str = "setup"
     # why a record of the run kept elsewhere (the MLflow run) is incomplete; the run's own
     # outcome is unchanged, but the command line exits 1 and summary.json says so
@@ -108,6 +111,8 @@ def summary(run: Run) -> dict:
         "best_val_loss": run.history[best]["val_loss"] if best is not None else None,
         "final": {k: v for k, v in last.items() if k != "epoch"},
         "timings": dict(run.timings),
+        "path": run.path,
+        "compile": {k: list(v) for k, v in run.compile.items()},
         "output_dir": str(run.output_dir) if run.output_dir else None,
     }
     if run.status not in ("finished", "stopped"):
