@@ -216,8 +216,8 @@ def _check_optimizer(what: str, spec) -> None:
         raise PluginError(
             f"{what} whose hyperparameter dataclass {spec.hparams.__name__} {found}. The "
             "engine reads the learning rate from that field (optimizer.lr on the command "
-            "line), applies the schedule and passes it to the kernel as lr. Fix: add "
-            "`lr: float = 0.001` (with your default) to the dataclass."
+            "line), applies the schedule and passes it to the kernel as lr. Fix: add the field "
+            "lr: float = 0.001 (with your default) to the dataclass."
         )
     if spec.reference is None:
         return

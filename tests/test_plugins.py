@@ -449,7 +449,7 @@ def test_an_optimizer_without_a_float_lr_field_is_refused(tmp_path, options, fou
         build_plugin_manager(str(tmp_path), entry_points=False)
     text = str(info.value)
     assert f"hyperparameter dataclass Options {found}" in text, text
-    assert "Fix: add `lr: float = 0.001`" in text, text
+    assert "Fix: add the field lr: float = 0.001 (with your default)" in text, text
     # the kit says the same, as its one failing check
     (check,) = lossbench.testing.checks_for(tmp_path / "nolr.py")
     with pytest.raises(lossbench.testing.ConformanceError, match="has no field lr|declares lr"):
