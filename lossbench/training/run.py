@@ -29,8 +29,9 @@ class Run:
     ``train`` raises then). ``hparams`` holds each group's options (its spec's hyperparameter
     dataclass, filled from the config). ``params``
     maps tensor names (W0, b0, ...) to arrays; ``flat_params`` is the flat vector. ``timings``
-    has setup_seconds, compile_seconds, train_seconds, total_seconds. ``phase`` is where the
-    run is, or where it ended (``PHASES``).
+    has setup_seconds, compile_seconds, train_seconds, total_seconds. ``path`` is "fused" or
+    "numpy" (the slow path); ``compile`` what the compile stage compiled, loaded from numba's
+    cache or found in memory. ``phase`` is where the run is, or where it ended (``PHASES``).
     """
 
     config: Any
