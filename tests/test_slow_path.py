@@ -182,3 +182,15 @@ def test_summary_says_the_path_and_what_was_compiled_or_loaded(pm):
     assert {"train_epoch", "evaluate", "adam_kernel", "mlp_forward"} <= set(
         again["compile"]["in_memory"]
     )
+
+
+def test_predict_calls_the_kernels_with_the_canonical_signature(pm):
+    # hp in float64, as the epoch passes it: predicting adds no compiled (or cache-loaded)
+    # version of the model's kernel beyond the one training used
+    from lossbench.kernels import overload_count
+
+    run = lossbench.train(overrides=[*TINY, "data=iris", "trainer.epochs=1"], plugin_manager=pm)
+    forward = run.specs["model"].forward
+    versions = overload_count(forward)
+    run.predict(run.dataset.X_val)
+    assert overload_count(forward) == versions

@@ -75,7 +75,7 @@ class Run:
         training data (e.g. ``run.dataset.X_val``), with the current parameters."""
         model = self.specs["model"]
         X = np.ascontiguousarray(X, dtype=self.flat_params.dtype)
-        hp = np.asarray(self.layout.hp, dtype=X.dtype)
+        hp = np.asarray(self.layout.hp, dtype=np.float64)  # as the kernels take it
         if model.numpy_only:
             return model.reference_forward(self.flat_params, self.layout.layout, hp, X)
         out = np.empty((len(X), self.dataset.n_outputs), dtype=X.dtype)
