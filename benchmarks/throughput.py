@@ -334,10 +334,13 @@ def reference_epoch_fn(run):
     state = np.zeros((opt.state_rows, layout.n_params), dtype=dtype)
     if opt.init_state is not None:
         opt.init_state(state, hps["optimizer"])
-    vec = lambda v: np.asarray(v, dtype=dtype).reshape(-1)  # noqa: E731
+    scalars = np.zeros(opt.scalar_slots)
+    if opt.init_scalars is not None:
+        opt.init_scalars(scalars, hps["optimizer"])
+    vec = lambda v: np.asarray(v, dtype=np.float64).reshape(-1)  # noqa: E731
     model_hp, loss_hp = vec(layout.hp), vec(specs["loss"].pack(hps["loss"]))
     opt_hp = vec(opt.pack(hps["optimizer"]))
-    lr = dtype.type(hps["optimizer"].lr)
+    lr = float(hps["optimizer"].lr)
     batch = int(run.config.trainer.batch_size)
     rng = np.random.default_rng(1)
     order = np.arange(len(prep.X_train), dtype=np.int64)
@@ -348,7 +351,7 @@ def reference_epoch_fn(run):
         t0 = time.perf_counter()
         total, seen, step[0] = reference_epoch(
             specs["model"], specs["loss"], opt, params, layout.layout, model_hp, loss_hp, opt_hp,
-            state, prep.X_train, prep.Y_train, order, batch, step[0], lr,
+            state, scalars, prep.X_train, prep.Y_train, order, batch, step[0], lr,
         )  # fmt: skip
         seconds = time.perf_counter() - t0
         if seen != len(order) or not math.isfinite(total):

@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING
 
 from lossbench._version import __version__
 from lossbench.hookspecs import hookimpl
-from lossbench.specs import DatasetSpec, LossSpec, ModelLayout, ModelSpec, OptimizerSpec
+from lossbench.specs import (
+    PLUGIN_API,
+    DatasetSpec,
+    LossSpec,
+    ModelLayout,
+    ModelSpec,
+    OptimizerSpec,
+)
 
 if TYPE_CHECKING:
     from lossbench.training import Run
@@ -57,4 +64,5 @@ __all__ = [
     "ModelSpec",
     "ModelLayout",
     "DatasetSpec",
+    "PLUGIN_API",
 ]

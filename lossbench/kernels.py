@@ -35,6 +35,7 @@ except ImportError:  # a numba that moved it; numba_internals_problem says so
 
 from lossbench.errors import PluginError
 from lossbench.specs import (
+    API_CHANGES,
     backward_signature,
     forward_signature,
     loss_signature,
@@ -50,7 +51,7 @@ SIGNATURES = {
 # the canonical argument names, for messages (docs/plugins.md, "Kernels")
 PARAMETERS = {
     "loss": ("pred", "target", "hp", "grad"),
-    "optimizer": ("params", "grads", "state", "hp", "t", "lr"),
+    "optimizer": ("params", "grads", "state", "scalars", "hp", "t", "lr"),
     "forward": ("params", "layout", "hp", "x", "work", "out"),
     "backward": ("params", "layout", "hp", "x", "work", "dout", "grads"),
 }
@@ -124,8 +125,12 @@ def kernel_ref(kernel, role: str, dtype: str, *, owner: str) -> KernelRef:
         raise PluginError(
             f"the {role} kernel of {owner} has the wrong signature: it takes {len(params)} "
             f"arguments ({', '.join(params)}), the canonical {role} signature has "
-            f"{len(PARAMETERS[role])}: {wanted}. Fix the kernel's arguments (docs/plugins.md, "
-            "section Kernels)."
+            f"{len(PARAMETERS[role])}: {wanted}. "
+            + (
+                f"It has the signature of plugin interface version 1: {API_CHANGES[1]}."
+                if role == "optimizer" and len(params) == len(PARAMETERS[role]) - 1
+                else "Fix the kernel's arguments (docs/plugins.md, section Kernels)."
+            )
         )
     if kernel.targetoptions.get("forceobj") or kernel.targetoptions.get("nopython") is False:
         raise PluginError(
@@ -180,6 +185,27 @@ def recording_compiles():
         yield names
     started = {e.data["dispatcher"].py_func.__qualname__ for _, e in recorder.buffer if e.is_start}
     names.extend(sorted(started))
+
+
+@contextlib.contextmanager
+def compile_report(dispatchers):
+    """Within the block, note what happens to ``dispatchers`` and whatever else numba compiles;
+    the dict yielded is filled on exit: ``compiled`` (qualified names of every function
+    compiled, helpers included), ``loaded_from_cache`` (those of ``dispatchers`` loaded from the
+    disk cache) and ``in_memory`` (those already loaded in this process)."""
+    before = [(d, cache_counts(d)) for d in dispatchers]
+    report: dict[str, list[str]] = {"compiled": [], "loaded_from_cache": [], "in_memory": []}
+    try:
+        with recording_compiles() as names:
+            yield report
+    finally:
+        report["compiled"] = list(names)
+        for d, counts in before:
+            name, now = d.py_func.__qualname__, cache_counts(d)
+            if now["cache_hits"] > counts["cache_hits"]:
+                report["loaded_from_cache"].append(name)
+            elif now["compiled"] == counts["compiled"] and name not in names:
+                report["in_memory"].append(name)
 
 
 def cache_counts(dispatcher) -> dict[str, int]:

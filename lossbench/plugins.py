@@ -20,6 +20,7 @@ import dataclasses
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import os
 import re
 import sys
@@ -31,7 +32,7 @@ import pluggy
 from lossbench import hookspecs
 from lossbench._version import __version__
 from lossbench.errors import ConfigError, PluginError, choices_text
-from lossbench.specs import KINDS
+from lossbench.specs import API_CHANGES, KINDS, PLUGIN_API
 
 DEFAULT_PLUGINS = (
     "lossbench.builtin.losses",
@@ -166,6 +167,9 @@ def _check_spec(group: str, spec, plugin_name: str) -> None:
             "@dataclass class whose fields (with defaults) are the Hydra options; an empty "
             "@dataclass for none."
         )
+    _check_api(what, spec)
+    if group == "optimizer":
+        _check_optimizer(what, spec)
     if group not in _NEEDS:
         if group == "data" and spec.load is None:
             raise PluginError(f"{what} without load. Fix: pass load=FUNCTION(hp, seed).")
@@ -183,6 +187,50 @@ def _check_spec(group: str, spec, plugin_name: str) -> None:
             f"({', '.join(references)}). Fix: give the references (they train on the slow "
             "path), and kernels with the canonical signatures for the fused path."
         )
+
+
+def _check_api(what: str, spec) -> None:
+    """Refuse a spec written for another plugin interface version, saying what changed."""
+    if spec.api == PLUGIN_API:
+        return
+    if spec.api in API_CHANGES:
+        raise PluginError(
+            f"{what} for plugin interface version {spec.api}; this lossbench implements "
+            f"version {PLUGIN_API}: {API_CHANGES[spec.api]}."
+        )
+    raise PluginError(
+        f"{what} for plugin interface version {spec.api!r}, which this lossbench does not "
+        f"know (it implements version {PLUGIN_API}). Fix: upgrade lossbench, or declare "
+        f"api={PLUGIN_API} after following docs/plugins.md."
+    )
+
+
+def _check_optimizer(what: str, spec) -> None:
+    """An optimizer needs a float ``lr`` field, and a reference with the API-2 arguments."""
+    fields = {f.name: f for f in dataclasses.fields(spec.hparams)}
+    lr = fields.get("lr")
+    if lr is None or lr.type not in (float, "float"):
+        declared = getattr(lr, "type", None)
+        declared = getattr(declared, "__name__", declared)  # a class, or the annotation's text
+        found = "has no field lr" if lr is None else f"declares lr as {declared!r}"
+        raise PluginError(
+            f"{what} whose hyperparameter dataclass {spec.hparams.__name__} {found}. The "
+            "engine reads the learning rate from that field (optimizer.lr on the command "
+            "line), applies the schedule and passes it to the kernel as lr. Fix: add the field "
+            "lr: float = 0.001 (with your default) to the dataclass."
+        )
+    if spec.reference is None:
+        return
+    params = inspect.signature(spec.reference).parameters.values()
+    if any(p.kind is p.VAR_POSITIONAL for p in params) or len(params) == 7:
+        return
+    version_1 = f"the signature of plugin interface version 1: {API_CHANGES[1]}"
+    raise PluginError(
+        f"{what} whose reference takes {len(params)} arguments "
+        f"({', '.join(p.name for p in params)}); it must take 7: (params, grads, state, "
+        "scalars, hp, t, lr). "
+        + (f"That is {version_1}." if len(params) == 6 else "Fix the reference's arguments.")
+    )
 
 
 def _split_env(name: str) -> set[str] | None:

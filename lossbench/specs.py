@@ -5,27 +5,37 @@ Hydra config option), numba kernels with the canonical signatures below, and a p
 reference with the same meaning. The engine passes the kernels to one fused, disk-cached epoch
 as first-class function values, so a new kernel never means recompiling the epoch.
 
-Canonical kernel signatures (``F`` is the run's float dtype, float32 or float64; arrays are
-C-contiguous):
+The plugin interface is versioned: ``PLUGIN_API`` is the version this lossbench implements, and a
+spec's ``api`` field (default: ``PLUGIN_API``) the version its plugin was written for. A spec
+declaring another version is refused at registration with what changed (``API_CHANGES``).
+
+Canonical kernel signatures of interface version 2 (``F`` is the run's float dtype, float32 or
+float64; arrays are C-contiguous). Hyperparameters (``hp``) and the learning rate are float64
+whatever the run's dtype, as PyTorch keeps them in double precision: form derived constants
+(``1 - beta2``, bias corrections) in float64, then cast them to ``F`` where they multiply ``F``
+arrays (``p.dtype.type(1.0 - beta2)``), so a float32 loop stays in float32.
 
 loss kernel
-    ``loss(pred: F[:, ::1], target: F[:, ::1], hp: F[::1], grad: F[:, ::1]) -> float64``
+    ``loss(pred: F[:, ::1], target: F[:, ::1], hp: float64[::1], grad: F[:, ::1]) -> float64``
     Returns the mean loss of the batch and writes dLoss/dpred (the gradient of that mean, so
     already divided by the batch size) into ``grad``.
 
 optimizer kernel
-    ``step(params: F[::1], grads: F[::1], state: F[:, ::1], hp: F[::1], t: int64, lr: F) -> None``
-    Updates ``params`` and ``state`` in place. ``t`` is the 1-based step count, ``lr`` the
+    ``step(params: F[::1], grads: F[::1], state: F[:, ::1], scalars: float64[::1],
+    hp: float64[::1], t: int64, lr: float64) -> None``
+    Updates ``params``, ``state`` and ``scalars`` in place. ``state`` holds per-parameter rows,
+    ``scalars`` the optimizer's scalar state (e.g. NAdam's running product of momentum factors,
+    so a step's cost does not grow with ``t``). ``t`` is the 1-based step count, ``lr`` the
     learning rate of this epoch (schedules live outside the kernel).
 
 model kernels
-    ``forward(params: F[::1], layout: int64[:, ::1], hp: F[::1], x: F[:, ::1], work: F[::1],
+    ``forward(params: F[::1], layout: int64[:, ::1], hp: float64[::1], x: F[:, ::1], work: F[::1],
     out: F[:, ::1]) -> None`` writes the model's output for the batch ``x`` into ``out``, keeping
     whatever backward needs in ``work``.
     ``backward(params, layout, hp, x, work, dout: F[:, ::1], grads: F[::1]) -> None`` overwrites
     ``grads`` with dLoss/dparams given dLoss/dout, using what forward left in ``work``.
 
-Hyperparameters reach kernels as a small float array (``hp``), packed from the component's
+Hyperparameters reach kernels as a small float64 array (``hp``), packed from the component's
 options (an instance of its hyperparameter dataclass) by the spec's ``pack`` function, never as
 closure constants or globals.
 
@@ -45,33 +55,53 @@ from numba import types
 
 FLOAT_DTYPES = {"float32": types.float32, "float64": types.float64}
 
+PLUGIN_API = 2
+"""The plugin interface version this lossbench implements (a spec's ``api`` field)."""
+
+API_CHANGES = {
+    1: (
+        "interface version 2 passes hyperparameters (hp) and the learning rate as float64 "
+        "whatever the run's dtype, and gives optimizer kernels and references a scalars: "
+        "float64[::1] argument after state: step(params, grads, state, scalars, hp, t, lr). "
+        "Fix: add the scalars argument to the optimizer kernel and reference, cast constants "
+        "formed from hp to the parameters' dtype where they multiply them "
+        "(p.dtype.type(1.0 - hp[1])), and declare api=2 (or leave api out) in the spec "
+        "(docs/plugins.md, 'Interface versions')"
+    ),
+}
+"""What changed since each older interface version, and what to do about it."""
+
+
+# hp (and an optimizer's scalars): float64 whatever the run's dtype
+_HP = types.Array(types.float64, 1, "C")
+
 
 def loss_signature(dtype: str) -> types.Signature:
     """Canonical loss kernel signature for ``dtype`` ('float32' or 'float64')."""
     f = FLOAT_DTYPES[dtype]
     m2 = types.Array(f, 2, "C")
-    return types.float64(m2, m2, types.Array(f, 1, "C"), m2)
+    return types.float64(m2, m2, _HP, m2)
 
 
 def optimizer_signature(dtype: str) -> types.Signature:
     """Canonical optimizer kernel signature for ``dtype``."""
     f = FLOAT_DTYPES[dtype]
     v = types.Array(f, 1, "C")
-    return types.none(v, v, types.Array(f, 2, "C"), v, types.int64, f)
+    return types.none(v, v, types.Array(f, 2, "C"), _HP, _HP, types.int64, types.float64)
 
 
 def forward_signature(dtype: str) -> types.Signature:
     """Canonical model forward kernel signature for ``dtype``."""
     f = FLOAT_DTYPES[dtype]
     v, m2 = types.Array(f, 1, "C"), types.Array(f, 2, "C")
-    return types.none(v, types.Array(types.int64, 2, "C"), v, m2, v, m2)
+    return types.none(v, types.Array(types.int64, 2, "C"), _HP, m2, v, m2)
 
 
 def backward_signature(dtype: str) -> types.Signature:
     """Canonical model backward kernel signature for ``dtype``."""
     f = FLOAT_DTYPES[dtype]
     v, m2 = types.Array(f, 1, "C"), types.Array(f, 2, "C")
-    return types.none(v, types.Array(types.int64, 2, "C"), v, m2, v, m2, v)
+    return types.none(v, types.Array(types.int64, 2, "C"), _HP, m2, v, m2, v)
 
 
 def no_hparams(options: Any) -> list[float]:
@@ -84,6 +114,8 @@ class _Spec:
     name: str
     hparams: type
     description: str = ""
+    # the plugin interface version the component was written for (PLUGIN_API)
+    api: int = PLUGIN_API
     # set by the registry: which plugin registered this spec
     plugin: str = dataclasses.field(default="", compare=False)
 
@@ -119,10 +151,14 @@ class LossSpec(_Spec):
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec(_Spec):
     """An optimizer. ``kernel`` has the canonical optimizer signature; ``reference(params, grads,
-    state, hp, t, lr)`` updates NumPy arrays in place with the same meaning. ``state_rows`` rows of
-    state are allocated per parameter, filled by ``init_state(state, options)`` (zeros by default).
-    The learning rate is the ``lr`` field of the hyperparameter dataclass: the engine reads it,
-    applies the schedule, and passes each epoch's value to the kernel as ``lr``."""
+    state, scalars, hp, t, lr)`` updates NumPy arrays in place with the same meaning.
+    ``state_rows`` rows of state are allocated per parameter, filled by ``init_state(state,
+    options)`` (zeros by default); ``scalar_slots`` float64 values of scalar state (the
+    ``scalars`` argument), filled by ``init_scalars(scalars, options)`` (zeros by default).
+    The learning rate is the float field ``lr`` of the hyperparameter dataclass, which every
+    optimizer must have (registration refuses one without it): the engine reads it, applies
+    the schedule, and passes each epoch's value to the kernel as ``lr``; ``pack`` need not
+    include it."""
 
     kernel: Any = None
     reference: Callable[..., None] | None = None
@@ -130,6 +166,8 @@ class OptimizerSpec(_Spec):
     pack: Callable[[Any], list[float]] = no_hparams
     init_state: Callable[[np.ndarray, Any], None] | None = None
     check: Callable[[Any], None] | None = None
+    scalar_slots: int = 0
+    init_scalars: Callable[[np.ndarray, Any], None] | None = None
 
     @property
     def numpy_only(self) -> bool:

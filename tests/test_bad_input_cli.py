@@ -109,6 +109,14 @@ CASES = {
     "init_from_broken_zip": (
         [*INIT, "model.init_from=broken.npz"], "model.init_from='broken.npz' is not a valid"),
     "negative_seed": (["seed=-1"], "seed=-1 is not allowed: it must be >= 0"),
+    "learning_rate_not_a_number": (
+        ["optimizer.lr=fast"],
+        "optimizer.lr=fast is not allowed: optimizer.lr must be a number. Fix: pass e.g. "
+        "optimizer.lr=0.001."),
+    "learning_rate_not_a_number_before_the_optimizer": (
+        ["optimizer.lr=fast", "optimizer=sgd"],
+        "optimizer.lr=fast is not allowed: optimizer.lr must be a number. Fix: pass e.g. "
+        "optimizer.lr=0.01."),
     "model_too_large_for_memory": (
         ["model.hidden=[100000,100000]"],
         "model=mlp (10,007,600,010 parameters for 64 features and 10 outputs"),

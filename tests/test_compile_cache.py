@@ -1,5 +1,6 @@
-"""The fused epoch compiles once per machine: later processes, another learning rate and another
-built-in loss/optimizer pair load it from numba's disk cache instead of compiling it again."""
+"""The fused epoch compiles once per dtype per installation: later processes, another learning
+rate and another built-in loss/optimizer pair load it from numba's disk cache instead of
+compiling it again."""
 
 import json
 import os

@@ -90,45 +90,70 @@ def uncompilable(pred, target, hp, grad):
 
 
 @njit
-def ascent(p, g, state, hp, t, lr):
+def ascent(p, g, state, scalars, hp, t, lr):
     for i in range(p.shape[0]):
         p[i] += lr * g[i]
 
 
-def ascent_reference(p, g, state, hp, t, lr):
+def ascent_reference(p, g, state, scalars, hp, t, lr):
     p += lr * g
 
 
 @njit
-def unscaled_decay(p, g, state, hp, t, lr):
+def unscaled_decay(p, g, state, scalars, hp, t, lr):
     for i in range(p.shape[0]):
         p[i] -= 0.01 * p[i] + lr * g[i]  # weight decay not scaled by lr
 
 
-def unscaled_decay_reference(p, g, state, hp, t, lr):
+def unscaled_decay_reference(p, g, state, scalars, hp, t, lr):
     p -= 0.01 * p + lr * g
 
 
 @njit
-def noisy_sgd(p, g, state, hp, t, lr):
+def noisy_sgd(p, g, state, scalars, hp, t, lr):
     for i in range(p.shape[0]):
         p[i] -= lr * g[i] * np.random.random()
 
 
-def noisy_sgd_reference(p, g, state, hp, t, lr):
+def noisy_sgd_reference(p, g, state, scalars, hp, t, lr):
     p -= lr * g * np.random.random(len(p))
 
 
 @njit
-def grad_eating_sgd(p, g, state, hp, t, lr):
+def grad_eating_sgd(p, g, state, scalars, hp, t, lr):
     for i in range(p.shape[0]):
         p[i] -= lr * g[i]
         g[i] = 0.0  # modifies an input
 
 
-def grad_eating_reference(p, g, state, hp, t, lr):
+def grad_eating_reference(p, g, state, scalars, hp, t, lr):
     p -= lr * g
     g[:] = 0.0
+
+
+@njit
+def recomputing_sgd(p, g, state, scalars, hp, t, lr):
+    product = 1.0
+    for k in range(1, t + 1):  # NAdam's running product recomputed every step: O(t) per step
+        product *= 0.9 * (1.0 - 0.5 * 0.96 ** (k * 0.004))
+    for i in range(p.shape[0]):
+        p[i] -= lr * g[i] * (1.0 + 0.0 * product)
+
+
+def plain_sgd_reference(p, g, state, scalars, hp, t, lr):
+    p -= lr * g
+
+
+@njit
+def decay_eating_sgd(p, g, state, scalars, hp, t, lr):
+    for i in range(p.shape[0]):
+        if hp[3] != 0:
+            g[i] += hp[3] * p[i]  # modifies an input, only when weight_decay > 0
+        p[i] -= lr * g[i]
+
+
+def decay_reference(p, g, state, scalars, hp, t, lr):
+    p -= lr * (g + hp[3] * p)
 
 
 @njit
@@ -185,6 +210,10 @@ class Broken:
             replace(SGD, name="eating", kernel=grad_eating_sgd, reference=grad_eating_reference)
         )
         register(replace(ADAGRAD, name="closure", init_state=init_with_fresh_closure))
+        register(
+            replace(SGD, name="recomputing", kernel=recomputing_sgd, reference=plain_sgd_reference)
+        )
+        register(replace(SGD, name="branchy", kernel=decay_eating_sgd, reference=decay_reference))
 
     @lossbench.hookimpl
     def register_models(self, register):
@@ -222,6 +251,11 @@ MISSES = {  # check id -> what its message must say
     "optimizer-eating-inputs_unchanged": r"it modifies its input grads \(float32\)",
     "optimizer-closure-hyperparameter_change_takes_effect_without_recompiling": r"changing "
     r"\{'lr_decay': 0\.05, .*\} compiled init_with_fresh_closure\.<locals>\.fill again",
+    "optimizer-recomputing-step_cost_does_not_grow_with_t": r"a step costs [\d.]+ us at "
+    r"t=10,000 against [\d.]+ us at t=10 \(\d+x, 1000 parameters.*the cost grows with t\. Fix: "
+    r"keep running quantities",
+    "optimizer-branchy-inputs_unchanged": r"with SGDOptions\(lr=0\.01, momentum=0\.0, "
+    r"dampening=0\.0, nesterov=False, weight_decay=0\.1\): it modifies its input grads",
     "model-half-gradient_matches_finite_differences": r"d sum\(forward \* dout\) / d params",
     "model-half-kernel_matches_reference": r"float64 gradients \(kernel vs reference\) differ",
     "data-unseeded-loads": r"two loads with the same seed give different X: seed it",
@@ -246,8 +280,64 @@ def test_broken_components_pass_what_they_do_not_break(broken):
         "optimizer-noisy-zero_lr_changes_nothing",
         "model-half-inputs_unchanged",
         "loss-numpy_wrong-trains_small_mlp",  # a wrong gradient can still descend
+        "optimizer-recomputing-kernel_matches_reference",
+        "optimizer-branchy-zero_lr_changes_nothing",
+        "optimizer-eating-step_cost_does_not_grow_with_t",
     ):
         broken[check_id]()
+
+
+def test_options_are_checked_each_on_its_own_by_default():
+    # SGD: momentum, dampening, weight_decay default to 0 and nesterov to False; nesterov=True
+    # alone is refused by SGD's check (it needs momentum), so it is left out
+    (check,) = [c for c in checks_for(Broken()) if c.id == "optimizer-branchy-inputs_unchanged"]
+    with pytest.raises(ConformanceError, match="weight_decay=0.1"):
+        check()
+    cases = lossbench.testing.option_cases(SGD)
+    assert [(c.momentum, c.dampening, c.nesterov, c.weight_decay) for c in cases] == [
+        (0.1, 0.0, False, 0.0), (0.0, 0.1, False, 0.0), (0.0, 0.0, False, 0.1),
+    ]  # fmt: skip
+
+
+def test_an_uncompilable_kernel_is_one_failure_and_its_other_checks_are_skipped(broken):
+    skipped = [
+        c for c in broken.values() if c.component == "uncompilable" and c.requires is not None
+    ]
+    assert {c.name for c in skipped} >= {"kernel_matches_reference", "trains_small_mlp"}
+    for check in skipped:
+        with pytest.raises(pytest.skip.Exception, match="kernel_compiles fails and says why"):
+            check()
+
+    class Uncompilable:
+        @lossbench.hookimpl
+        def register_losses(self, register):
+            register(dataclasses.replace(MSE, name="uncompilable", kernel=uncompilable))
+
+    with pytest.raises(ConformanceError) as info:
+        check_plugin(Uncompilable())
+    text = str(info.value)
+    assert text.startswith("1 of 7 checks fail (4 more skipped: "), text
+    assert text.count("Traceback") == 0 and text.count("no_such_attribute") == 1, text
+
+
+def test_the_kit_names_an_installed_plugin_by_its_entry_point(tmp_path, monkeypatch):
+    # a distribution whose entry point `sq` loads the module kit_ep_probe, as pip installs it
+    (tmp_path / "kit_ep_probe.py").write_text(
+        "import dataclasses, lossbench\n"
+        "from lossbench.builtin.losses import LOSSES\n"
+        "@lossbench.hookimpl\n"
+        "def register_losses(register):\n"
+        "    register(dataclasses.replace(LOSSES[0], name='sq'))\n"
+    )
+    info = tmp_path / "kit_ep_probe-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kit-ep-probe\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[lossbench]\nsq = kit_ep_probe\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("kit_ep_probe")
+    checks = checks_for(module)
+    assert {c.plugin for c in checks} == {"sq"}
+    assert checks[0].subject == "plugin 'sq'" and checks[1].subject == "loss 'sq' from plugin 'sq'"
 
 
 def test_numpy_only_components_skip_the_kernel_checks(broken):

@@ -69,3 +69,33 @@ def test_plugin_guide_failure_example_is_what_the_kit_says():
     with pytest.raises(ConformanceError) as info:
         checks["loss-steep-gradient_matches_finite_differences"]()
     assert str(info.value) == shown
+
+
+def test_plugin_guide_nadam_is_the_example_plugin_and_trains_with_scalar_state(tmp_path):
+    shown = block_after("An optimizer with scalar state: NAdam", "python")
+    source = ROOT / "plugins" / "lossbench-nadam" / "lossbench_nadam.py"
+    assert shown == source.read_text()
+    (tmp_path / "nadam_from_docs.py").write_text(shown)
+    pm = build_plugin_manager(str(tmp_path), entry_points=False)
+    spec = pm.registry.get("optimizer", "nadam")
+    assert (spec.scalar_slots, spec.api) == (1, lossbench.PLUGIN_API)
+    run = lossbench.train(
+        overrides=[*TINY, "data=iris", "optimizer=nadam", "trainer.epochs=8"], plugin_manager=pm
+    )
+    assert run.status == "finished" and run.path == "fused"
+    assert run.history[-1]["val_loss"] < run.history[0]["val_loss"]
+    checks = checks_for(tmp_path / "nadam_from_docs.py")
+    assert "optimizer-nadam-step_cost_does_not_grow_with_t" in {c.id for c in checks}
+    for check in checks:
+        check()
+
+
+def test_plugin_guide_states_the_interface_version_and_the_signatures():
+    from lossbench.kernels import signature_text
+
+    text = (ROOT / "docs" / "plugins.md").read_text()
+    assert f"`lossbench.PLUGIN_API` ({lossbench.PLUGIN_API})" in text
+    for role, name in (("loss", "loss"), ("optimizer", "step"), ("forward", "forward")):
+        expected = name + signature_text(role, "float32").replace("float32", "F")
+        assert f"`{expected}" in text, expected
+    assert "once per dtype per installation" in text and "per machine" not in text

@@ -77,6 +77,7 @@ def test_fused_epoch_matches_numpy_reference(loss_name, opt_name, rng):
             loss_hp,
             opt_hp,
             state,
+            np.zeros(opt.scalar_slots),
             np.empty(ml.n_params),
             X,
             Y,
@@ -101,6 +102,7 @@ def test_fused_epoch_matches_numpy_reference(loss_name, opt_name, rng):
             loss_hp,
             opt_hp,
             s_ref,
+            np.zeros(opt.scalar_slots),
             X,
             Y,
             order,
@@ -296,7 +298,7 @@ def fused_epoch_fn(loss, opt, layout, n_out, batch, n_in, n_targets):
     def epoch(params, state, opt_hp, X, Y, labels, order, t, lr):
         return train_epoch(
             *k, params, layout.layout, model_hp, loss_hp, opt_hp, state,
-            np.empty(layout.n_params), X, Y, labels, order, batch,
+            np.zeros(opt.scalar_slots), np.empty(layout.n_params), X, Y, labels, order, batch,
             np.empty(layout.workspace(batch)), np.empty((batch, n_in)),
             np.empty((batch, n_targets)), np.empty((batch, n_out)), np.empty((batch, n_out)), t, lr,
         )  # fmt: skip

@@ -30,12 +30,15 @@ def cases():
     return [pytest.param(n, hp, id=f"{n}-{hp}") for n, hps in CASES.items() for hp in hps]
 
 
+NO_SCALARS = np.zeros(0)  # no built-in optimizer keeps scalar state
+
+
 def setup(spec, hp, n, dtype, rng):
     hparams = spec.hparams(**hp)
     state = np.zeros((spec.state_rows, n), dtype=dtype)
     if spec.init_state:
         spec.init_state(state, hparams)
-    return hparams, np.asarray(spec.pack(hparams), dtype=dtype), state
+    return hparams, np.asarray(spec.pack(hparams), dtype=np.float64), state
 
 
 def test_every_builtin_optimizer_is_covered():
@@ -53,8 +56,8 @@ def test_kernel_matches_reference_over_steps(name, hp, rng):
     for t in range(1, 26):
         g = rng.normal(size=n)
         lr = hparams.lr * (0.9 ** (t // 5))  # a changing lr, as schedules make it
-        spec.kernel(p_k, g, state_k, packed, t, lr)
-        spec.reference(p_r, g.copy(), state_r, packed, t, lr)
+        spec.kernel(p_k, g, state_k, NO_SCALARS, packed, t, lr)
+        spec.reference(p_r, g.copy(), state_r, NO_SCALARS, packed, t, lr)
         np.testing.assert_allclose(p_k, p_r, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(state_k, state_r, rtol=1e-12, atol=1e-14)
 
@@ -65,7 +68,7 @@ def test_grads_are_not_modified(name, hp, rng):
     hparams, packed, state = setup(spec, hp, 9, np.float64, rng)
     p, g = rng.normal(size=9), rng.normal(size=9)
     g0 = g.copy()
-    spec.kernel(p, g, state, packed, 1, hparams.lr)
+    spec.kernel(p, g, state, NO_SCALARS, packed, 1, hparams.lr)
     np.testing.assert_array_equal(g, g0)
 
 
@@ -78,7 +81,7 @@ def test_decreases_a_convex_quadratic(name, rng):
     f0 = 0.5 * np.sum(a * p * p)
     lr = 0.05
     for t in range(1, 200):
-        spec.kernel(p, a * p, state, packed, t, lr)
+        spec.kernel(p, a * p, state, NO_SCALARS, packed, t, lr)
     assert 0.5 * np.sum(a * p * p) < 0.25 * f0
 
 
@@ -88,7 +91,7 @@ def test_zero_lr_changes_nothing(name, rng):
     hparams, packed, state = setup(spec, {}, 6, np.float64, rng)
     p = rng.normal(size=6)
     p0 = p.copy()
-    spec.kernel(p, rng.normal(size=6), state, packed, 1, 0.0)
+    spec.kernel(p, rng.normal(size=6), state, NO_SCALARS, packed, 1, 0.0)
     np.testing.assert_array_equal(p, p0)
 
 
@@ -101,8 +104,8 @@ def test_float32_kernel_tracks_float64(name, rng):
     p32 = p64.astype(np.float32)
     for t in range(1, 6):
         g = rng.normal(size=11)
-        spec.kernel(p64, g, state64, packed, t, 0.01)
-        spec.kernel(p32, g.astype(np.float32), state32, packed32, t, np.float32(0.01))
+        spec.kernel(p64, g, state64, NO_SCALARS, packed, t, 0.01)
+        spec.kernel(p32, g.astype(np.float32), state32, NO_SCALARS, packed32, t, 0.01)
     np.testing.assert_allclose(p32, p64, rtol=1e-5, atol=1e-6)
 
 
@@ -111,5 +114,5 @@ def test_adam_first_step_moves_every_weight_by_lr():
     spec = SPECS["adam"]
     _, packed, state = setup(spec, {}, 4, np.float64, None)
     p = np.zeros(4)
-    spec.kernel(p, np.array([3.0, -0.2, 1e-3, -50.0]), state, packed, 1, 0.1)
+    spec.kernel(p, np.array([3.0, -0.2, 1e-3, -50.0]), state, NO_SCALARS, packed, 1, 0.1)
     np.testing.assert_allclose(p, [-0.1, 0.1, -0.1, 0.1], rtol=1e-4)

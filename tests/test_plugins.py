@@ -6,6 +6,7 @@ import textwrap
 import pytest
 
 import lossbench
+import lossbench.testing
 from conftest import TINY
 from lossbench.errors import ConfigError, PluginError
 from lossbench.plugins import build_plugin_manager, describe
@@ -18,6 +19,7 @@ import numpy as np
 from numba import njit
 
 import lossbench
+import lossbench.testing
 
 
 @dataclass
@@ -317,6 +319,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import lossbench
+import lossbench.testing
 from lossbench.builtin.losses import LOSSES
 
 
@@ -357,3 +360,97 @@ def test_a_distribution_can_be_disabled_by_its_distribution_name(tmp_path, monke
     monkeypatch.delenv("LOSSBENCH_LOAD_PLUGINS", raising=False)
     monkeypatch.setenv("LOSSBENCH_DISABLE_PLUGINS", "lossbench-sqhinge")  # pip's spelling
     assert "sqhinge" not in build_plugin_manager().registry.names("loss")
+
+
+# ---------------------------------------------------------------------------------------------
+# the plugin interface version (lossbench.specs.PLUGIN_API) and what an optimizer must give
+
+OLD_OPTIMIZER = """
+from dataclasses import dataclass
+from numba import njit
+import lossbench
+import lossbench.testing
+
+@dataclass
+class Options:
+    lr: float = 0.01
+
+@njit(cache=True)
+def kernel(p, g, state, hp, t, lr):  # interface version 1: no scalars
+    for i in range(p.shape[0]):
+        p[i] -= lr * g[i]
+
+def reference(p, g, state, hp, t, lr):
+    p -= lr * g
+
+@lossbench.hookimpl
+def register_optimizers(register):
+    register(lossbench.OptimizerSpec(name="old", hparams=Options, {fields}))
+"""
+
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ("kernel=kernel, reference=reference, api=1", "for plugin interface version 1"),
+        ("kernel=kernel, reference=reference", "whose reference takes 6 arguments"),
+        ("kernel=kernel, reference=reference, api=3", "plugin interface version 3, which"),
+    ],
+)
+def test_a_plugin_for_interface_version_1_is_refused_with_what_to_change(
+    tmp_path, fields, message
+):
+    write_plugin(tmp_path, "oldopt", OLD_OPTIMIZER.format(fields=fields))
+    with pytest.raises(PluginError) as info:
+        build_plugin_manager(str(tmp_path), entry_points=False)
+    text = str(info.value)
+    assert message in text and "plugin 'oldopt' registers optimizer 'old'" in text, text
+    if "version 3" not in message:
+        assert "step(params, grads, state, scalars, hp, t, lr)" in text, text
+        assert "float64" in text and "api=2" in text, text
+
+
+def test_an_optimizer_kernel_with_the_version_1_signature_says_what_changed(tmp_path):
+    write_plugin(tmp_path, "oldkernel", OLD_OPTIMIZER.format(fields="kernel=kernel"))
+    pm = build_plugin_manager(str(tmp_path), entry_points=False)
+    with pytest.raises(PluginError) as info:
+        lossbench.train(overrides=[*TINY, "data=iris", "optimizer=old"], plugin_manager=pm)
+    text = str(info.value)
+    assert "takes 6 arguments (p, g, state, hp, t, lr)" in text, text
+    assert "signature of plugin interface version 1" in text, text
+    assert "add the scalars argument to the optimizer kernel" in text, text
+
+
+def test_a_version_1_plugin_on_the_command_line_exits_2_without_a_traceback(tmp_path):
+    import subprocess  # only this test runs the command line
+    import sys
+
+    old = OLD_OPTIMIZER.format(fields="kernel=kernel, reference=reference")
+    write_plugin(tmp_path, "oldopt", old)
+    r = subprocess.run(
+        [sys.executable, "-m", "lossbench", "--plugins-dir", str(tmp_path), "optimizer=old",
+         *TINY, "data=iris", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and "plugin interface version 1" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    "options,found",
+    [("learning_rate: float = 0.01", "has no field lr"), ("lr: int = 1", "declares lr as 'int'")],
+)
+def test_an_optimizer_without_a_float_lr_field_is_refused(tmp_path, options, found):
+    source = OLD_OPTIMIZER.replace("lr: float = 0.01", options).replace(
+        "def kernel(p, g, state, hp, t, lr)", "def kernel(p, g, state, scalars, hp, t, lr)"
+    )
+    write_plugin(tmp_path, "nolr", source.format(fields="kernel=kernel"))
+    with pytest.raises(PluginError) as info:
+        build_plugin_manager(str(tmp_path), entry_points=False)
+    text = str(info.value)
+    assert f"hyperparameter dataclass Options {found}" in text, text
+    assert "Fix: add the field lr: float = 0.001 (with your default)" in text, text
+    # the kit says the same, as its one failing check
+    (check,) = lossbench.testing.checks_for(tmp_path / "nolr.py")
+    with pytest.raises(lossbench.testing.ConformanceError, match="has no field lr|declares lr"):
+        check()

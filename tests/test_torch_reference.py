@@ -90,13 +90,16 @@ def _opt_setup(case):
     return spec, hparams, packed, p, state
 
 
+NO_SCALARS = np.zeros(0)  # no built-in optimizer keeps scalar state
+
+
 @pytest.mark.parametrize("impl", ["kernel", "reference"])
 @pytest.mark.parametrize("case", DATA["optimizers"], ids=_ids(DATA["optimizers"]))
 def test_optimizer_matches_torch(case, impl):
     spec, hparams, packed, p, state = _opt_setup(case)
     step = spec.kernel if impl == "kernel" else spec.reference
     for t, (g, expected) in enumerate(zip(case["grads"], case["params"], strict=True), start=1):
-        step(p, np.array(g, dtype=np.float64), state, packed, t, float(hparams.lr))
+        step(p, np.array(g, dtype=np.float64), state, NO_SCALARS, packed, t, float(hparams.lr))
         np.testing.assert_allclose(
             p, expected, rtol=OPT_RTOL, atol=ATOL, err_msg=f"{case['torch']}, after step {t}"
         )
@@ -108,15 +111,10 @@ def test_optimizer_matches_torch(case, impl):
 # float32)
 
 F32 = DATA["float32"]
-# Relative tolerances just above the worst relative error measured today (in the comments: over
-# the value and every gradient entry of a loss, over the parameters after every step of an
-# optimizer), never below 1.2e-7 (one float32 ulp). Losses: lossbench accumulates in float64,
-# so the gaps are torch's own float32 rounding (lossbench is within 3e-8 of torch's float64
-# values). Optimizers: lossbench packs hyperparameters into the run's dtype (beta2=0.999 becomes
-# 0.99900001), which moves Adam/AdamW ~1e-5 relative from torch float32 while torch float32 is
-# within 4e-7 of torch float64; rmsprop_centered cancels in p - lr * update where p ~ -1e-4
-# after step 3 (torch float32 is itself 9e-5 from float64 there). Tighten these once the
-# hyperparameters reach the kernels in float64.
+# Losses: relative tolerances just above the worst relative error measured (in the comments: over
+# the value and every gradient entry), never below 1.2e-7 (one float32 ulp). lossbench
+# accumulates in float64, so the gaps are torch's own float32 rounding (lossbench is within 3e-8
+# of torch's float64 values).
 F32_LOSS_RTOL = {
     "mse": 1.2e-07,  # 7.5e-08
     "l1": 1.2e-07,  # 1.6e-08
@@ -127,47 +125,27 @@ F32_LOSS_RTOL = {
     "cross_entropy_ls0.0": 2.1e-06,  # 1.7e-06 (a softmax entry of 2e-36)
     "cross_entropy_ls0.1": 1.3e-06,  # 9.8e-07
 }
-F32_OPT_RTOL = {
-    "sgd": 1.2e-07,  # 7.8e-08
-    "sgd_momentum": 1.5e-07,  # 1.1e-07
-    "sgd_momentum_dampening": 1.9e-07,  # 1.4e-07
-    "sgd_nesterov": 4.7e-07,  # 3.7e-07
-    "sgd_weight_decay": 1.2e-07,  # 8.0e-08
-    "sgd_momentum_weight_decay": 2.0e-07,  # 1.6e-07
-    "sgd_momentum_dampening_weight_decay": 1.7e-07,  # 1.3e-07
-    "sgd_nesterov_weight_decay": 1.5e-07,  # 1.2e-07
-    "adam": 1.1e-05,  # 8.4e-06
-    "adam_weight_decay": 1.1e-05,  # 8.6e-06
-    "adam_amsgrad_betas": 6.0e-07,  # 4.8e-07
-    "adam_eps": 3.6e-05,  # 2.9e-05
-    "adamw": 1.1e-05,  # 8.4e-06
-    "adamw_amsgrad": 1.1e-05,  # 8.5e-06
-    "adamw_eps": 3.6e-05,  # 2.9e-05
-    "rmsprop": 8.2e-07,  # 6.5e-07
-    "rmsprop_centered": 9.8e-05,  # 7.8e-05
-    "rmsprop_momentum": 7.0e-07,  # 5.6e-07
-    "rmsprop_weight_decay_centered_momentum": 3.7e-07,  # 3.0e-07
-    "rmsprop_eps": 1.1e-06,  # 8.2e-07
-    "adagrad": 1.2e-07,  # 0 (bit-identical)
-    "adagrad_lr_decay": 1.2e-07,  # 0
-    "adagrad_initial_accumulator": 2.5e-07,  # 2.0e-07
-    "adagrad_weight_decay": 1.2e-07,  # 0
-    "adagrad_lr_decay_weight_decay": 1.3e-07,  # 9.9e-08
-    "adagrad_eps": 1.2e-07,  # 0
-}
+# Optimizers: one float32 tolerance for every case, 1e-6 relative after every step (worst
+# measured with hyperparameters and lr in float64, interface version 2: 4.2e-7, adam_weight_decay;
+# Adam 2.1e-7 where version 1, with them in the run's dtype, missed by 8.4e-6). rmsprop_centered
+# is measured against |torch| + the largest parameter movement so far instead (1.5e-7 there):
+# a parameter passes near 0 after a cancelling sqrt(s - g_avg^2), where torch float32 is itself
+# 9e-5 from torch float64, so |torch| alone says nothing about float32 rounding.
+F32_OPT_RTOL = 1e-6
+F32_MOVEMENT_SCALED = {"rmsprop_centered"}
 
 
 def test_float32_cases_mirror_the_float64_ones_and_have_tolerances():
-    for kind, rtols in (("losses", F32_LOSS_RTOL), ("optimizers", F32_OPT_RTOL)):
-        names = _ids(F32[kind])
-        assert names == _ids(DATA[kind]), f"float32 {kind} cases differ from the float64 ones"
-        assert set(rtols) == set(names), f"float32 {kind} cases without a tolerance (or extra)"
+    assert _ids(F32["optimizers"]) == _ids(DATA["optimizers"])
+    names = _ids(F32["losses"])
+    assert names == _ids(DATA["losses"]), "float32 loss cases differ from the float64 ones"
+    assert set(F32_LOSS_RTOL) == set(names), "float32 loss cases without a tolerance (or extra)"
 
 
 @pytest.mark.parametrize("case", F32["losses"], ids=_ids(F32["losses"]))
 def test_loss_kernel_float32_matches_torch_float32(case):
     spec = LOSS_SPECS[case["loss"]]
-    hp = np.asarray(spec.pack(spec.hparams(**case["hparams"])), dtype=np.float32)
+    hp = np.asarray(spec.pack(spec.hparams(**case["hparams"])), dtype=np.float64)  # as runs
     pred = np.array(case["pred"], dtype=np.float32)
     target = np.array(case["target"], dtype=np.float32)
     grad = np.full_like(pred, np.nan)
@@ -177,23 +155,35 @@ def test_loss_kernel_float32_matches_torch_float32(case):
     np.testing.assert_allclose(grad, case["grad"], rtol=rtol, atol=ATOL, err_msg="gradient")
 
 
-@pytest.mark.parametrize("case", F32["optimizers"], ids=_ids(F32["optimizers"]))
-def test_optimizer_kernel_float32_matches_torch_float32(case):
+def float32_drift(case) -> float:
+    """The worst relative miss of lossbench's float32 kernel against torch float32 over the
+    case's steps (relative to |torch| + the largest parameter movement so far for the cases in
+    ``F32_MOVEMENT_SCALED``)."""
     spec = OPT_SPECS[case["optimizer"]]
     hparams = spec.hparams(**case["hparams"])
-    packed = np.asarray(spec.pack(hparams), dtype=np.float32)  # as a float32 run packs them
+    packed = np.asarray(spec.pack(hparams), dtype=np.float64)  # float64 in every run
     p = np.array(case["params0"], dtype=np.float32)
+    p0 = p.astype(np.float64)
     state = np.zeros((spec.state_rows, p.size), dtype=np.float32)
     if spec.init_state is not None:
         spec.init_state(state, hparams)
-    lr = np.float32(hparams.lr)  # the fit loop passes lr in the run's dtype
-    rtol = F32_OPT_RTOL[case["name"]]
+    lr = float(hparams.lr)  # the fit loop passes lr in float64
+    worst = 0.0
     for t, (g, expected) in enumerate(zip(case["grads"], case["params"], strict=True), start=1):
-        spec.kernel(p, np.array(g, dtype=np.float32), state, packed, t, lr)
+        spec.kernel(p, np.array(g, dtype=np.float32), state, NO_SCALARS, packed, t, lr)
         assert p.dtype == np.float32
-        np.testing.assert_allclose(
-            p, expected, rtol=rtol, atol=ATOL, err_msg=f"float32 {case['torch']}, after step {t}"
-        )
+        expected = np.array(expected)
+        scale = np.abs(expected)
+        if case["name"] in F32_MOVEMENT_SCALED:
+            scale = scale + np.max(np.abs(expected - p0))
+        worst = max(worst, float(np.max(np.abs(p - expected) / scale)))
+    return worst
+
+
+@pytest.mark.parametrize("case", F32["optimizers"], ids=_ids(F32["optimizers"]))
+def test_optimizer_kernel_float32_matches_torch_float32(case):
+    drift = float32_drift(case)
+    assert drift <= F32_OPT_RTOL, f"float32 {case['torch']}: drift {drift:.2e} from torch float32"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,3 +277,18 @@ def test_linear_kernels_match_torch():
 
 def test_linear_reference_matches_torch():
     _check_reference(LINEAR_SPEC, _linear_layout(), LINEAR, LINEAR)
+
+
+# ---------------------------------------------------------------------------------------------
+# the example plugin with scalar state (plugins/lossbench-nadam) is held to torch.optim.NAdam by
+# its own suite, which runs outside the repository: it reads a copy of tests/data/torch_nadam.json
+
+
+def test_nadam_plugin_reads_the_same_torch_values():
+    repo = Path(__file__).resolve().parents[1]
+    ours = (repo / "tests" / "data" / "torch_nadam.json").read_text()
+    assert (repo / "plugins" / "lossbench-nadam" / "tests" / "torch_nadam.json").read_text() == ours
+    data = json.loads(ours)
+    assert data["torch_version"].startswith("2.13")
+    assert [c["name"] for c in data["float32"]] == [c["name"] for c in data["float64"]]
+    assert all(len(c["params"]) == 30 for c in data["float64"])

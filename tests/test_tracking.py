@@ -59,6 +59,9 @@ def test_finished_run_has_params_tags_curves_and_artifacts(pm, store, tmp_path):
     assert t["lossbench.dtype"] == "float32" and t["lossbench.numba_version"]
     assert t["lossbench.cpu"] and t["team"] == "ml" and t["lossbench.status"] == "finished"
     assert t["lossbench.output_dir"] == str((tmp_path / "o").resolve())
+    assert t["lossbench.path"] == "fused"
+    assert t["lossbench.compiled"] == str(len(run.compile["compiled"]))
+    assert t["lossbench.loaded_from_cache"] == str(len(run.compile["loaded_from_cache"]))
     for key in EPOCH_KEYS:
         history = client.get_metric_history(r.info.run_id, key)
         assert [m.step for m in history] == [0, 1, 2, 3], key

@@ -137,7 +137,7 @@ def mlp_forward(params, layout, hp, x, work, out):
     """Forward pass: z_l = a_{l-1} W_l + b_l, a_l = act(z_l); out = z of the last layer."""
     m = x.shape[0]
     n_layers = layout.shape[0]
-    slope = hp[0]
+    slope = params.dtype.type(hp[0])  # hp is float64; the loops stay in the run's dtype
     off = 0
     a_prev = x
     for l in range(n_layers):
@@ -172,7 +172,7 @@ def mlp_backward(params, layout, hp, x, work, dout, grads):
     """Backward pass (chain rule above); overwrites grads with dLoss/dparams."""
     m = x.shape[0]
     n_layers = layout.shape[0]
-    slope = hp[0]
+    slope = params.dtype.type(hp[0])  # hp is float64; the loops stay in the run's dtype
     # offsets of z_l and a_l inside work, and where the scratch blocks start
     z_off = np.empty(n_layers, np.int64)
     off = 0

@@ -1,7 +1,10 @@
 """Built-in optimizers: sgd, adam, adamw, rmsprop, adagrad, with torch.optim's update rules.
 
 Each optimizer is one loop over the flat parameter vector ``p`` with gradient ``g``; its state is
-a few rows of the same length. ``t`` is the 1-based step count, ``lr`` this epoch's learning rate.
+a few rows of the same length (none needs scalar state: ``scalars`` is empty). ``t`` is the
+1-based step count, ``lr`` this epoch's learning rate. ``hp`` and ``lr`` arrive in float64; as
+torch.optim does, constants such as ``1 - beta2`` and the bias corrections are formed in float64
+and rounded once to the parameters' dtype, so float32 runs follow PyTorch's float32 runs.
 The pseudocode in each kernel's docstring is torch.optim's (PyTorch 2.x documentation of SGD,
 Adam, AdamW, RMSprop and Adagrad; Kingma & Ba 2015; Loshchilov & Hutter 2019; Hinton's RMSprop
 lecture 6e; Duchi et al. 2011). Betas are split into ``beta1`` and ``beta2``.
@@ -57,7 +60,7 @@ def _check_sgd(options) -> None:
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def sgd_kernel(p, g, state, hp, t, lr):
+def sgd_kernel(p, g, state, scalars, hp, t, lr):
     """SGD with momentum, dampening, Nesterov and L2 weight decay (torch.optim.SGD).
 
     hp = [momentum mu, dampening tau, nesterov, weight_decay lambda]; state[0] = buffer b.
@@ -67,13 +70,13 @@ def sgd_kernel(p, g, state, hp, t, lr):
         p <- p - lr g
     The options are tested once, outside the loops, so each loop vectorises.
     """
-    mu, tau, nesterov, wd = hp[0], hp[1], hp[2] != 0, hp[3]
-    one_tau = p.dtype.type(1.0) - tau  # keep float32 runs in float32
+    f = p.dtype.type  # constants in the parameters' dtype, formed in float64 (as torch.optim)
+    mu, one_tau, nesterov, wd, lr_f = f(hp[0]), f(1.0 - hp[1]), hp[2] != 0, f(hp[3]), f(lr)
     buf = state[0]
     n = p.shape[0]
     if mu == 0:
         for i in range(n):
-            p[i] -= lr * (g[i] + wd * p[i])
+            p[i] -= lr_f * (g[i] + wd * p[i])
         return
     if t == 1:
         for i in range(n):
@@ -83,13 +86,13 @@ def sgd_kernel(p, g, state, hp, t, lr):
             buf[i] = mu * buf[i] + one_tau * (g[i] + wd * p[i])
     if nesterov:
         for i in range(n):
-            p[i] -= lr * (g[i] + wd * p[i] + mu * buf[i])
+            p[i] -= lr_f * (g[i] + wd * p[i] + mu * buf[i])
     else:
         for i in range(n):
-            p[i] -= lr * buf[i]
+            p[i] -= lr_f * buf[i]
 
 
-def sgd_reference(p, g, state, hp, t, lr):
+def sgd_reference(p, g, state, scalars, hp, t, lr):
     mu, tau, nesterov, wd = hp[0], hp[1], hp[2] != 0, hp[3]
     g = g + wd * p
     if mu != 0:
@@ -135,23 +138,20 @@ def _adam_update(p, g, state, hp, t, lr, decoupled):
     The options are resolved before the loops, and numpy's error model drops the division
     check: with branches inside it, the loop stayed scalar (1.1 ms against 0.09 ms per step for
     535k float32 parameters, measured in the benchmark)."""
-    b1, b2, eps, wd, amsgrad = hp[0], hp[1], hp[2], hp[3], hp[4] != 0
-    bc1 = 1.0 - b1**t
-    bc2_sqrt = math.sqrt(1.0 - b2**t)
-    # bias corrections in the dtype of p so the loop stays in float32 for float32 runs
-    step_size = p.dtype.type(lr / bc1)
-    inv_bc2 = p.dtype.type(1.0 / bc2_sqrt)
-    one = p.dtype.type(1.0)
-    one_b1 = one - b1
-    one_b2 = one - b2
+    f = p.dtype.type  # the loop's constants: formed in float64, rounded once to p's dtype
+    b1_64, b2_64, amsgrad = hp[0], hp[1], hp[4] != 0
+    step_size = f(lr / (1.0 - b1_64**t))
+    inv_bc2 = f(1.0 / math.sqrt(1.0 - b2_64**t))
+    b1, b2, eps, wd = f(b1_64), f(b2_64), f(hp[2]), f(hp[3])
+    one_b1, one_b2 = f(1.0 - b1_64), f(1.0 - b2_64)
     m = state[0]
     v = state[1]
     vmax = state[2]
     n = p.shape[0]
-    l2 = p.dtype.type(0.0)
+    l2 = f(0.0)
     if decoupled:
         if wd != 0:
-            decay = one - lr * wd
+            decay = f(1.0 - lr * hp[3])
             for i in range(n):
                 p[i] *= decay
     else:
@@ -177,7 +177,7 @@ def _adam_update(p, g, state, hp, t, lr, decoupled):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def adam_kernel(p, g, state, hp, t, lr):
+def adam_kernel(p, g, state, scalars, hp, t, lr):
     """Adam (torch.optim.Adam), L2 weight decay added to the gradient.
 
     hp = [beta1, beta2, eps, weight_decay lambda, amsgrad]; state = [m, v, v_max].
@@ -190,7 +190,7 @@ def adam_kernel(p, g, state, hp, t, lr):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def adamw_kernel(p, g, state, hp, t, lr):
+def adamw_kernel(p, g, state, scalars, hp, t, lr):
     """AdamW (torch.optim.AdamW): Adam with decoupled weight decay.
 
     As Adam without the L2 term, after first shrinking the weights: p <- p (1 - lr lambda).
@@ -214,11 +214,11 @@ def _adam_reference(p, g, state, hp, t, lr, decoupled):
     p -= lr / (1 - b1**t) * state[0] / denom
 
 
-def adam_reference(p, g, state, hp, t, lr):
+def adam_reference(p, g, state, scalars, hp, t, lr):
     _adam_reference(p, g, state, hp, t, lr, False)
 
 
-def adamw_reference(p, g, state, hp, t, lr):
+def adamw_reference(p, g, state, scalars, hp, t, lr):
     _adam_reference(p, g, state, hp, t, lr, True)
 
 
@@ -243,7 +243,7 @@ def _check_rmsprop(options) -> None:
 
 
 @njit(cache=True, nogil=True, error_model="numpy")  # no division check: vectorisable
-def rmsprop_kernel(p, g, state, hp, t, lr):
+def rmsprop_kernel(p, g, state, scalars, hp, t, lr):
     """RMSprop (torch.optim.RMSprop).
 
     hp = [alpha, eps, weight_decay lambda, momentum mu, centered]; state = [s, g_avg, b].
@@ -254,8 +254,9 @@ def rmsprop_kernel(p, g, state, hp, t, lr):
         if mu > 0: b <- mu b + g / d;  p <- p - lr b
         else: p <- p - lr g / d
     """
-    alpha, eps, wd, mu, centered = hp[0], hp[1], hp[2], hp[3], hp[4] != 0
-    one_alpha = p.dtype.type(1.0) - alpha
+    f = p.dtype.type  # constants in the parameters' dtype, formed in float64 (as torch.optim)
+    alpha, eps, wd, mu, centered = f(hp[0]), f(hp[1]), f(hp[2]), f(hp[3]), hp[4] != 0
+    one_alpha, lr_f = f(1.0 - hp[0]), f(lr)
     sq = state[0]
     gavg = state[1]
     buf = state[2]
@@ -272,12 +273,12 @@ def rmsprop_kernel(p, g, state, hp, t, lr):
         if mu > 0:
             b = mu * buf[i] + gi / d
             buf[i] = b
-            p[i] -= lr * b
+            p[i] -= lr_f * b
         else:
-            p[i] -= lr * gi / d
+            p[i] -= lr_f * gi / d
 
 
-def rmsprop_reference(p, g, state, hp, t, lr):
+def rmsprop_reference(p, g, state, scalars, hp, t, lr):
     alpha, eps, wd, mu, centered = hp[0], hp[1], hp[2], hp[3], hp[4] != 0
     g = g + wd * p
     state[0] = alpha * state[0] + (1 - alpha) * g * g
@@ -323,7 +324,7 @@ def _init_adagrad(state, options) -> None:
 
 
 @njit(cache=True, nogil=True, error_model="numpy")  # no division check: vectorisable
-def adagrad_kernel(p, g, state, hp, t, lr):
+def adagrad_kernel(p, g, state, scalars, hp, t, lr):
     """Adagrad (torch.optim.Adagrad).
 
     hp = [lr_decay eta, weight_decay lambda, eps]; state[0] = sum of squares S, initialised to
@@ -333,8 +334,9 @@ def adagrad_kernel(p, g, state, hp, t, lr):
         S <- S + g^2
         p <- p - lr_t g / (sqrt(S) + eps)
     """
-    eta, wd, eps = hp[0], hp[1], hp[2]
-    clr = p.dtype.type(lr / (1 + (t - 1) * eta))
+    f = p.dtype.type  # constants in the parameters' dtype, formed in float64 (as torch.optim)
+    wd, eps = f(hp[1]), f(hp[2])
+    clr = f(lr / (1 + (t - 1) * hp[0]))
     acc = state[0]
     for i in range(p.shape[0]):
         gi = g[i] + wd * p[i]
@@ -343,7 +345,7 @@ def adagrad_kernel(p, g, state, hp, t, lr):
         p[i] -= clr * gi / (math.sqrt(s) + eps)
 
 
-def adagrad_reference(p, g, state, hp, t, lr):
+def adagrad_reference(p, g, state, scalars, hp, t, lr):
     eta, wd, eps = hp[0], hp[1], hp[2]
     g = g + wd * p
     clr = lr / (1 + (t - 1) * eta)

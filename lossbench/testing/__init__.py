@@ -13,9 +13,13 @@ In a plugin's own test suite (in the spirit of scikit-learn's ``parametrize_with
 
 ``parametrize_with_checks(*plugins, hparams=None)`` takes plugin modules or objects (what the
 entry point names), or paths of single-file plugins, and makes one pytest case per (component,
-property), with ids like ``loss-focal-gradient_matches_finite_differences``. ``hparams`` adds
-hyperparameter cases per component name (or ``group.name``), e.g. ``{"focal": [{"gamma": 0.0},
-{"gamma": 2.0, "alpha": 0.5}]}``; without it each component is checked with its defaults.
+property), with ids like ``loss-focal-gradient_matches_finite_differences``. A plugin is named
+as the command line names it: an installed module by its entry-point name, a file by its stem.
+Each component is checked with its defaults (or the cases ``hparams`` gives per component name
+or ``group.name``, e.g. ``{"focal": [{"gamma": 0.0}, {"gamma": 2.0, "alpha": 0.5}]}``), and, for
+losses, optimizers and models, with each boolean option flipped and each option whose default
+is 0 set to 0.1 (1 for an int) on its own (``option_cases``), so a bug on a branch only a
+non-default option reaches is found; a case the component's ``check`` refuses is left out.
 ``check_plugin(*plugins)`` runs every check at once and raises one error listing all failures.
 
 What is checked (``CHECKS``), for every component the plugins register:
@@ -29,8 +33,9 @@ What is checked (``CHECKS``), for every component the plugins register:
   changed hyperparameter takes effect without a recompile; two epochs of a small MLP lower the
   validation loss;
 - optimizer: compiles; kernel == reference over many steps; decreases a convex quadratic; a zero
-  learning rate changes no parameter; deterministic; grads and hp not modified; hyperparameter
-  change without a recompile; trains a small MLP;
+  learning rate changes no parameter; deterministic; grads and hp not modified; a step costs
+  the same at t = 10 and t = 10,000; hyperparameter change without a recompile; trains a small
+  MLP;
 - model: builds a consistent layout; forward/backward compile; kernels == references; backward
   == finite differences of forward; inputs not modified; hyperparameter change without a
   recompile; trains;
@@ -38,22 +43,39 @@ What is checked (``CHECKS``), for every component the plugins register:
 
 A component with only NumPy references (no kernels) gets the same checks on its references and
 trains on the slow path. A failure raises ``ConformanceError`` naming the component, the plugin,
-the property and by how much it is missed.
+the property and by how much it is missed. A kernel numba cannot compile fails
+``kernel_compiles`` once, with numba's reason; the component's checks that run its kernels are
+then skipped, naming that check.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.metadata
 from collections.abc import Callable
 from pathlib import Path
 
-from lossbench.plugins import DEFAULT_PLUGINS, build_plugin_manager, load_plugin_file
-from lossbench.testing._base import Check, ConformanceError, _fail, central_difference
+from lossbench.plugins import (
+    DEFAULT_PLUGINS,
+    ENTRY_POINT_GROUP,
+    build_plugin_manager,
+    load_plugin_file,
+)
+from lossbench.testing._base import (
+    Check,
+    CheckSkipped,
+    ConformanceError,
+    _fail,
+    central_difference,
+    option_cases,
+)
 from lossbench.testing.common import (
     _hydra_options,
     _hyperparameter_change,
     _kernel_compiles,
     _trains,
+    compile_problem,
 )
 from lossbench.testing.data import _data_loads
 from lossbench.testing.losses import _loss_gradient, _loss_inputs_unchanged, _loss_matches_reference
@@ -68,6 +90,7 @@ from lossbench.testing.optimizers import (
     _opt_inputs_unchanged,
     _opt_matches_reference,
     _opt_quadratic,
+    _opt_step_cost,
     _opt_zero_lr,
 )
 
@@ -90,6 +113,7 @@ CHECKS = {
         "zero_lr_changes_nothing",
         "deterministic",
         "inputs_unchanged",
+        "step_cost_does_not_grow_with_t",
         "hyperparameter_change_takes_effect_without_recompiling",
         "trains_small_mlp",
     ),
@@ -122,16 +146,19 @@ def parametrize_with_checks(*plugins, hparams: dict | None = None):
 def check_plugin(*plugins, hparams: dict | None = None) -> int:
     """Run every check; raise one ``ConformanceError`` listing all failures, else return how
     many checks passed."""
-    failures = []
+    failures, skipped = [], []
     checks = checks_for(*plugins, hparams=hparams)
     for check in checks:
         try:
-            check()
+            check.run()
         except ConformanceError as exc:
             failures.append(str(exc))
+        except CheckSkipped:
+            skipped.append(check.id)
     if failures:
+        more = f" ({len(skipped)} more skipped: {', '.join(skipped)})" if skipped else ""
         raise ConformanceError(
-            f"{len(failures)} of {len(checks)} checks fail:\n- " + "\n- ".join(failures)
+            f"{len(failures)} of {len(checks)} checks fail{more}:\n- " + "\n- ".join(failures)
         )
     return len(checks)
 
@@ -151,7 +178,8 @@ def checks_for(*plugins, hparams: dict | None = None) -> list[Check]:
         if _is_file(plugin):
             extra.append((Path(plugin).stem, obj))  # the name --plugins-dir gives it
         elif getattr(obj, "__name__", None) not in DEFAULT_PLUGINS:
-            extra.append(obj)
+            name = _entry_point_name(obj)  # the name the command line gives it
+            extra.append((name, obj) if name else obj)
 
     def manager():
         return build_plugin_manager(entry_points=False, extra=extra)
@@ -170,8 +198,26 @@ def checks_for(*plugins, hparams: dict | None = None) -> list[Check]:
                 for check_name in CHECKS[group]:
                     function = _CHECK_FUNCTIONS[group, check_name](pm, group, spec, cases)
                     if function is not None:  # None: the property does not apply
-                        checks.append(Check(group, spec.name, name, check_name, function))
+                        requires = None
+                        if check_name not in _WITHOUT_KERNELS:
+                            requires = functools.partial(compile_problem, group, spec)
+                        checks.append(
+                            Check(group, spec.name, name, check_name, function, requires)
+                        )
     return checks
+
+
+# checks that do not run a component's kernels: they run even when the kernels do not compile
+_WITHOUT_KERNELS = {"hydra_options", "kernel_compiles", "builds_layout", "loads"}
+
+
+def _entry_point_name(obj) -> str | None:
+    """The name of the entry point (group ``lossbench``) that loads module ``obj``, if any."""
+    module = getattr(obj, "__name__", None)
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.value == module:
+            return ep.name
+    return None
 
 
 def _name(spec) -> str:
@@ -203,11 +249,16 @@ def _broken(label: str, exc: Exception) -> Check:
 
 
 def _cases(hparams: dict, group: str, spec) -> list:
+    """The given cases (or the defaults), then each option on its own (``option_cases``)."""
     given = hparams.get(f"{group}.{spec.name}", hparams.get(spec.name))
     if given is None:
-        return [spec.hparams()]
-    given = [given] if isinstance(given, dict) else list(given)
-    return [spec.hparams(**values) for values in given]
+        cases = [spec.hparams()]
+    else:
+        given = [given] if isinstance(given, dict) else list(given)
+        cases = [spec.hparams(**values) for values in given]
+    if group in ("loss", "optimizer", "model"):
+        cases += [c for c in option_cases(spec) if c not in cases]
+    return cases
 
 
 def _registers(manager, obj):
@@ -243,6 +294,7 @@ _CHECK_FUNCTIONS: dict[tuple[str, str], Callable[..., Callable[[], None] | None]
     ("optimizer", "zero_lr_changes_nothing"): _opt_zero_lr,
     ("optimizer", "deterministic"): _opt_deterministic,
     ("optimizer", "inputs_unchanged"): _opt_inputs_unchanged,
+    ("optimizer", "step_cost_does_not_grow_with_t"): _opt_step_cost,
     ("model", "builds_layout"): _model_builds,
     ("model", "kernel_matches_reference"): _model_matches_reference,
     ("model", "gradient_matches_finite_differences"): _model_gradient,
@@ -254,9 +306,11 @@ _CHECK_FUNCTIONS: dict[tuple[str, str], Callable[..., Callable[[], None] | None]
 __all__ = [
     "CHECKS",
     "Check",
+    "CheckSkipped",
     "ConformanceError",
     "central_difference",
     "check_plugin",
     "checks_for",
+    "option_cases",
     "parametrize_with_checks",
 ]

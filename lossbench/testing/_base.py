@@ -4,6 +4,7 @@ by how much they miss, and the small constants of the kit."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -27,6 +28,10 @@ class ConformanceError(AssertionError):
     """A component misses a property; the message names component, plugin, property, amount."""
 
 
+class CheckSkipped(Exception):
+    """A check that cannot run (``Check.run``; calling the check under pytest skips the test)."""
+
+
 class _Miss(Exception):
     """Raised inside a check; ``Check`` adds which component and property."""
 
@@ -44,6 +49,10 @@ class Check:
     plugin: str
     name: str
     function: Callable[[], None] = dataclasses.field(repr=False, compare=False)
+    # None, or what must hold first: returns why the check cannot run (it is then skipped)
+    requires: Callable[[], str | None] | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def id(self) -> str:
@@ -56,6 +65,20 @@ class Check:
         return f"{self.group} {self.component!r} from plugin {self.plugin!r}"
 
     def __call__(self) -> None:
+        """Run the check; under pytest, a check that cannot run is a skipped test."""
+        try:
+            self.run()
+        except CheckSkipped as exc:
+            pytest = sys.modules.get("pytest")
+            if pytest is None:
+                raise
+            pytest.skip(str(exc))
+
+    def run(self) -> None:
+        """Run the check: ``ConformanceError`` on a miss, ``CheckSkipped`` if it cannot run."""
+        reason = self.requires() if self.requires is not None else None
+        if reason:
+            raise CheckSkipped(f"{self.subject}: {self.name} skipped: {reason}")
         try:
             self.function()
         except _Miss as miss:
@@ -104,8 +127,9 @@ def _unchanged(what: str, before: np.ndarray, after: np.ndarray) -> None:
         )
 
 
-def _packed(spec, hp, dtype) -> np.ndarray:
-    return np.asarray(spec.pack(hp), dtype=dtype).reshape(-1)
+def _packed(spec, hp) -> np.ndarray:
+    """``hp`` as the kernels get it: float64 whatever the run's dtype."""
+    return np.asarray(spec.pack(hp), dtype=np.float64).reshape(-1)
 
 
 def _hp_text(hp) -> str:
@@ -136,6 +160,30 @@ def central_difference(f: Callable[[], float], x: np.ndarray, eps: float = 1e-6)
         flat[i] = old
         g[i] = (up - down) / (2 * eps)
     return grad
+
+
+def option_cases(spec) -> list:
+    """The component's defaults with one option changed, for each boolean option (flipped) and
+    each numeric option whose default is 0 (set to 0.1, or 1 for an int), leaving out the
+    changes the component's ``check`` refuses (e.g. SGD's nesterov without momentum)."""
+    defaults = spec.hparams()
+    cases = []
+    for f in dataclasses.fields(defaults):
+        value = getattr(defaults, f.name)
+        if isinstance(value, bool):
+            new = not value
+        elif type(value) in (int, float) and value == 0:
+            new = type(value)(1) if type(value) is int else 0.1
+        else:
+            continue
+        case = dataclasses.replace(defaults, **{f.name: new})
+        try:
+            if getattr(spec, "check", None) is not None:
+                spec.check(case)
+        except ConfigError:
+            continue
+        cases.append(case)
+    return cases
 
 
 def _plain(value):

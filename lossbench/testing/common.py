@@ -69,23 +69,46 @@ def _hydra_options(pm, group, spec, cases):
 # kernels compile
 
 
+_ROLES = {"loss": ("kernel",), "optimizer": ("kernel",), "model": ("forward", "backward")}
+_COMPILE_PROBLEMS: dict[int, tuple[object, str | None]] = {}
+
+
+def _first_compile_problem(group, spec) -> str | None:
+    owner = f"{group} {spec.name!r} from plugin {spec.plugin!r}"
+    for attr in _ROLES.get(group, ()):
+        kernel = getattr(spec, attr)
+        role = group if attr == "kernel" else attr
+        for dtype in DTYPES:
+            try:
+                kernel_ref(kernel, role, dtype, owner=owner)
+            except LossbenchError as exc:
+                return str(exc)
+            if compiled_in_object_mode(kernel, role, dtype):
+                return f"the {role} kernel compiled in object mode for {dtype}; use @njit"
+    return None
+
+
+def compile_problem(group, spec) -> str | None:
+    """None when the component's kernels compile in both dtypes (or it has none); else why not,
+    pointing at ``kernel_compiles`` (checked once per component and remembered)."""
+    if spec.numpy_only:
+        return None
+    if id(spec) not in _COMPILE_PROBLEMS:  # the spec is kept with its result: ids stay unique
+        problem = _first_compile_problem(group, spec)
+        _COMPILE_PROBLEMS[id(spec)] = (spec, problem)
+    problem = _COMPILE_PROBLEMS[id(spec)][1]
+    return problem and "its kernels do not compile (kernel_compiles fails and says why)"
+
+
 def _kernel_compiles(pm, group, spec, cases):
-    roles = {"loss": ("kernel",), "optimizer": ("kernel",), "model": ("forward", "backward")}
     if spec.numpy_only:
         return None
 
     def check():
-        owner = f"{group} {spec.name!r} from plugin {spec.plugin!r}"
-        for attr in roles[group]:
-            kernel = getattr(spec, attr)
-            role = group if attr == "kernel" else attr
-            for dtype in DTYPES:
-                try:
-                    kernel_ref(kernel, role, dtype, owner=owner)
-                except LossbenchError as exc:
-                    _fail(str(exc))
-                if compiled_in_object_mode(kernel, role, dtype):
-                    _fail(f"the {role} kernel compiled in object mode for {dtype}; use @njit")
+        compile_problem(group, spec)
+        problem = _COMPILE_PROBLEMS[id(spec)][1]
+        if problem:
+            _fail(problem)
 
     return check
 
@@ -104,7 +127,7 @@ class _InitialLoss:
     def on_run_start(self, run):
         spec = run.specs["loss"]
         out = run.predict(run.dataset.X_val).astype(np.float64)
-        hp = _packed(spec, run.hparams["loss"], np.float64)
+        hp = _packed(spec, run.hparams["loss"])
         loss = spec.reference if spec.reference is not None else _loss_fn(spec)
         self.value = float(loss(out, run.dataset.Y_val.astype(np.float64), hp)[0])
 

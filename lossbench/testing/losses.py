@@ -51,13 +51,13 @@ def _loss_matches_reference(pm, group, spec, cases):
         rng = np.random.default_rng(0)
         for _ in range(4):
             pred, target = _loss_batch(spec, rng, np.float64)
-            hp64 = _packed(spec, hp, np.float64)
+            hp64 = _packed(spec, hp)
             ref_value, ref_grad = spec.reference(pred.copy(), target.copy(), hp64.copy())
             value, grad = _loss_fn(spec)(pred, target, hp64)
             _compare("float64 loss values (kernel vs reference)", value, ref_value, 1e-9, 1e-12)
             _compare("float64 gradients (kernel vs reference)", grad, ref_grad, 1e-9, 1e-12)
             p32, t32 = pred.astype(np.float32), target.astype(np.float32)
-            value, grad = _loss_fn(spec)(p32, t32, _packed(spec, hp, np.float32))
+            value, grad = _loss_fn(spec)(p32, t32, _packed(spec, hp))
             scale = max(1.0, abs(ref_value))
             _compare(
                 "float32 loss values (kernel vs reference)", value, ref_value, 1e-4, 1e-6 * scale
@@ -72,7 +72,7 @@ def _loss_gradient(pm, group, spec, cases):
     def body(hp):
         rng = np.random.default_rng(1)
         pred, target = _loss_batch(spec, rng, np.float64)
-        hp64 = _packed(spec, hp, np.float64)
+        hp64 = _packed(spec, hp)
         loss = _loss_fn(spec)
         _, grad = loss(pred, target, hp64)
         numeric = central_difference(lambda: float(loss(pred, target, hp64)[0]), pred)
@@ -86,7 +86,7 @@ def _loss_inputs_unchanged(pm, group, spec, cases):
         rng = np.random.default_rng(2)
         for dtype in DTYPES if not spec.numpy_only else ("float64",):
             pred, target = _loss_batch(spec, rng, dtype)
-            hp_arr = _packed(spec, hp, dtype)
+            hp_arr = _packed(spec, hp)
             before = [a.copy() for a in (pred, target, hp_arr)]
             functions = [_loss_fn(spec)]
             if not spec.numpy_only and spec.reference is not None:

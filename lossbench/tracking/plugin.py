@@ -241,7 +241,10 @@ class Tracker:
         if best is not None:
             summary["best_epoch"] = best
             summary["best_val_loss"] = run.history[best]["val_loss"]
-        tags = {"lossbench.status": status}
+        tags = {"lossbench.status": status, "lossbench.path": run.path}
+        if run.compile:  # how many functions the run compiled, and how many it loaded
+            tags["lossbench.compiled"] = str(len(run.compile["compiled"]))
+            tags["lossbench.loaded_from_cache"] = str(len(run.compile["loaded_from_cache"]))
         if status not in ("finished", "stopped"):
             tags["lossbench.phase"] = run.phase
         if run.error:

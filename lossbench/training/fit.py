@@ -14,8 +14,9 @@ from pathlib import Path
 
 from lossbench.config import GROUPS, compose
 from lossbench.errors import LossbenchError
+from lossbench.kernels import compile_report
 from lossbench.plugins import get_plugin_manager
-from lossbench.training.fused import ROLES, bind, fused_runner
+from lossbench.training.fused import ROLES, bind, evaluate, fused_runner, train_epoch
 from lossbench.training.run import PHASES, Run
 from lossbench.training.schedules import lr_at
 from lossbench.training.setup import Runner, Setup, resolve, set_up
@@ -83,7 +84,19 @@ def _stages(run: Run, pm, t_start: float, interrupts: _KeepInterrupts) -> str:
     pm.hook.on_run_start(run=run)
     run.phase = "compile"
     t_compile = time.perf_counter()
-    runner = slow_runner(run, setup) if run.path == "numpy" else fused_runner(run, setup)
+    kernels = [
+        getattr(run.specs[g], attr) for g in ROLES for attr, _ in ROLES[g]
+        if getattr(run.specs[g], attr) is not None
+    ]  # fmt: skip
+    epoch_functions = [train_epoch, evaluate] if run.path == "fused" else []
+    with compile_report(epoch_functions + kernels) as run.compile:
+        if run.path == "numpy":
+            for group in ROLES:  # the kernels the slow path calls: compiled here, not in epoch 0
+                if not run.specs[group].numpy_only:
+                    bind(group, run.specs[group], str(setup.dtype))
+            runner = slow_runner(run, setup)
+        else:
+            runner = fused_runner(run, setup)
     interrupts.raise_pending()  # one that numba's compiler callbacks dropped
     run.timings["compile_seconds"] = time.perf_counter() - t_compile
     run.phase = "train"
@@ -100,7 +113,7 @@ def fit(run: Run, s: Setup, runner: Runner, pm) -> str:
         if trainer.shuffle:
             s.rng.shuffle(s.order)
         t0 = time.perf_counter()
-        total, seen, correct, t = runner.epoch(t, s.dtype.type(lr))
+        total, seen, correct, t = runner.epoch(t, float(lr))
         val_total, val_correct = runner.evaluate()
         metrics = {"epoch": epoch, "train_loss": total / seen, "val_loss": val_total / n_val}
         if prep.task == "classification":

@@ -46,8 +46,8 @@ def _count_correct(out, labels, start, order, use_order):
 
 @njit(cache=True, nogil=True)
 def train_epoch(
-    forward, backward, loss, step, params, layout, model_hp, loss_hp, opt_hp, state, grads,
-    X, Y, labels, order, batch_size, work, xb, yb, out, dout, t, lr,
+    forward, backward, loss, step, params, layout, model_hp, loss_hp, opt_hp, state, scalars,
+    grads, X, Y, labels, order, batch_size, work, xb, yb, out, dout, t, lr,
 ):  # fmt: skip
     """One epoch of minibatch training; returns (sum of batch loss x batch size, samples seen,
     correct predictions, step count). Stops at the first non-finite batch loss."""
@@ -76,7 +76,7 @@ def train_epoch(
             correct += _count_correct(om, labels, start, order, True)
         backward(params, layout, model_hp, xm, work, dm, grads)
         t += 1
-        step(params, grads, state, opt_hp, t, lr)
+        step(params, grads, state, scalars, opt_hp, t, lr)
     return total, seen, correct, t
 
 
@@ -128,7 +128,7 @@ def fused_runner(run, s: Setup) -> Runner:
 
     epoch_args = (
         k["forward"], k["backward"], k["loss"], k["optimizer"], params, layout.layout,
-        s.model_hp, s.loss_hp, s.opt_hp, s.state, s.grads, prep.X_train, prep.Y_train,
+        s.model_hp, s.loss_hp, s.opt_hp, s.state, s.scalars, s.grads, prep.X_train, prep.Y_train,
         prep.labels_train, s.order, s.batch, np.empty(layout.workspace(s.batch), dtype=dtype),
         buf(s.batch, prep.X_train.shape[1]), buf(s.batch, prep.Y_train.shape[1]),
         buf(s.batch, n_out), buf(s.batch, n_out),
@@ -138,7 +138,7 @@ def fused_runner(run, s: Setup) -> Runner:
         prep.Y_val, prep.labels_val, s.chunk, np.empty(layout.workspace(s.chunk), dtype=dtype),
         buf(s.chunk, n_out), buf(s.chunk, n_out),
     )  # fmt: skip
-    ensure_compiled(train_epoch, (*epoch_args, 0, dtype.type(s.base_lr)))
+    ensure_compiled(train_epoch, (*epoch_args, 0, float(s.base_lr)))
     ensure_compiled(evaluate, eval_args)
     return Runner(
         epoch=lambda t, lr: train_epoch(*epoch_args, t, lr), evaluate=lambda: evaluate(*eval_args)

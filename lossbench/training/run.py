@@ -29,8 +29,9 @@ class Run:
     ``train`` raises then). ``hparams`` holds each group's options (its spec's hyperparameter
     dataclass, filled from the config). ``params``
     maps tensor names (W0, b0, ...) to arrays; ``flat_params`` is the flat vector. ``timings``
-    has setup_seconds, compile_seconds, train_seconds, total_seconds. ``phase`` is where the
-    run is, or where it ended (``PHASES``).
+    has setup_seconds, compile_seconds, train_seconds, total_seconds. ``path`` is "fused" or
+    "numpy" (the slow path); ``compile`` what the compile stage compiled, loaded from numba's
+    cache or found in memory. ``phase`` is where the run is, or where it ended (``PHASES``).
     """
 
     config: Any
@@ -50,6 +51,9 @@ class Run:
     sources: dict[str, dict[str, str]] = field(default_factory=dict)
     # "fused" (the jitted epoch) or "numpy" (the slow path: a component has no numba kernel)
     path: str = "fused"
+    # what the compile stage did: "compiled" (every function numba compiled), and of the
+    # epoch functions and kernels, "loaded_from_cache" and "in_memory" (kernels.compile_report)
+    compile: dict[str, list[str]] = field(default_factory=dict)
     phase: str = "setup"
     # why a record of the run kept elsewhere (the MLflow run) is incomplete; the run's own
     # outcome is unchanged, but the command line exits 1 and summary.json says so
@@ -71,7 +75,7 @@ class Run:
         training data (e.g. ``run.dataset.X_val``), with the current parameters."""
         model = self.specs["model"]
         X = np.ascontiguousarray(X, dtype=self.flat_params.dtype)
-        hp = np.asarray(self.layout.hp, dtype=X.dtype)
+        hp = np.asarray(self.layout.hp, dtype=np.float64)  # as the kernels take it
         if model.numpy_only:
             return model.reference_forward(self.flat_params, self.layout.layout, hp, X)
         out = np.empty((len(X), self.dataset.n_outputs), dtype=X.dtype)
@@ -108,6 +112,8 @@ def summary(run: Run) -> dict:
         "best_val_loss": run.history[best]["val_loss"] if best is not None else None,
         "final": {k: v for k, v in last.items() if k != "epoch"},
         "timings": dict(run.timings),
+        "path": run.path,
+        "compile": {k: list(v) for k, v in run.compile.items()},
         "output_dir": str(run.output_dir) if run.output_dir else None,
     }
     if run.status not in ("finished", "stopped"):

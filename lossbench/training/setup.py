@@ -43,17 +43,19 @@ def check_trainer(trainer) -> None:
 
 
 def base_lr(options) -> float:
-    """The optimizer's learning rate (its ``lr`` field)."""
-    return float(options.lr) if hasattr(options, "lr") else 1.0
+    """The optimizer's learning rate (its ``lr`` field, which registration requires)."""
+    return float(options.lr)
 
 
 @dataclass
 class Setup:
     """What the epochs need besides the kernels; the ``*_hp`` arrays are the packed
-    hyperparameters the kernels read."""
+    hyperparameters the kernels read (float64 whatever the run's dtype), ``scalars`` the
+    optimizer's scalar state (float64)."""
 
     dtype: np.dtype
     state: np.ndarray
+    scalars: np.ndarray
     grads: np.ndarray
     model_hp: np.ndarray
     loss_hp: np.ndarray
@@ -103,10 +105,14 @@ def set_up(run) -> Setup:
     state = np.zeros((opt_spec.state_rows, layout.n_params), dtype=dtype)
     if opt_spec.init_state is not None:
         opt_spec.init_state(state, options["optimizer"])
-    packed = lambda values: np.asarray(values, dtype=dtype).reshape(-1)  # noqa: E731
+    scalars = np.zeros(opt_spec.scalar_slots, dtype=np.float64)
+    if opt_spec.init_scalars is not None:
+        opt_spec.init_scalars(scalars, options["optimizer"])
+    packed = lambda values: np.asarray(values, dtype=np.float64).reshape(-1)  # noqa: E731
     return Setup(
         dtype=dtype,
         state=state,
+        scalars=scalars,
         grads=np.zeros(layout.n_params, dtype=dtype),
         model_hp=packed(layout.hp),
         loss_hp=packed(loss_spec.pack(options["loss"])),

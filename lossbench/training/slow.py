@@ -26,8 +26,8 @@ from lossbench.training.setup import Runner, Setup
 class PythonParts:
     """A run's components as Python callables with the references' signatures:
     ``forward(params, layout, hp, x) -> out``, ``backward(params, layout, hp, x, dout) ->
-    grads``, ``loss(pred, target, hp) -> (value, grad)``, ``step(params, grads, state, hp, t,
-    lr)`` (in place)."""
+    grads``, ``loss(pred, target, hp) -> (value, grad)``, ``step(params, grads, state, scalars,
+    hp, t, lr)`` (in place)."""
 
     forward: Callable
     backward: Callable
@@ -73,8 +73,8 @@ def python_parts(specs: dict, model_layout, n_out: int) -> PythonParts:
         step = opt.reference
     else:
 
-        def step(params, grads, state, hp, t, lr):
-            opt.kernel(params, np.ascontiguousarray(grads), state, hp, t, params.dtype.type(lr))
+        def step(params, grads, state, scalars, hp, t, lr):
+            opt.kernel(params, np.ascontiguousarray(grads), state, scalars, hp, t, float(lr))
 
     return PythonParts(forward, backward, loss_fn, step)
 
@@ -91,8 +91,8 @@ def count_correct(out: np.ndarray, labels: np.ndarray) -> int:
 
 
 def python_epoch(
-    parts, params, layout, model_hp, loss_hp, opt_hp, state, X, Y, labels, order, batch_size,
-    t, lr,
+    parts, params, layout, model_hp, loss_hp, opt_hp, state, scalars, X, Y, labels, order,
+    batch_size, t, lr,
 ):  # fmt: skip
     """One epoch over minibatches of ``order``; updates ``params``/``state`` in place.
 
@@ -114,7 +114,7 @@ def python_epoch(
             correct += count_correct(out, labels[idx])
         grads = parts.backward(params, layout, model_hp, xb, dout.astype(params.dtype))
         t += 1
-        parts.step(params, grads.astype(params.dtype), state, opt_hp, t, lr)
+        parts.step(params, grads.astype(params.dtype), state, scalars, opt_hp, t, lr)
     return total, seen, correct, t
 
 
@@ -131,8 +131,8 @@ def python_evaluate(parts, params, layout, model_hp, loss_hp, X, Y, labels, chun
 
 
 def reference_epoch(
-    model, loss, optimizer, params, layout, model_hp, loss_hp, opt_hp, state, X, Y, order,
-    batch_size, t, lr,
+    model, loss, optimizer, params, layout, model_hp, loss_hp, opt_hp, state, scalars, X, Y,
+    order, batch_size, t, lr,
 ):  # fmt: skip
     """One epoch on the NumPy references only; updates ``params``/``state`` in place.
 
@@ -143,8 +143,8 @@ def reference_epoch(
     )
     no_labels = np.empty(0, np.int64)
     total, seen, _, t = python_epoch(
-        parts, params, layout, model_hp, loss_hp, opt_hp, state, X, Y, no_labels, order,
-        batch_size, t, lr,
+        parts, params, layout, model_hp, loss_hp, opt_hp, state, scalars, X, Y, no_labels,
+        order, batch_size, t, lr,
     )  # fmt: skip
     return total, seen, t
 
@@ -156,7 +156,7 @@ def slow_runner(run, s: Setup) -> Runner:
 
     def epoch(t, lr):
         return python_epoch(
-            parts, params, layout.layout, s.model_hp, s.loss_hp, s.opt_hp, s.state,
+            parts, params, layout.layout, s.model_hp, s.loss_hp, s.opt_hp, s.state, s.scalars,
             prep.X_train, prep.Y_train, prep.labels_train, s.order, s.batch, t, lr,
         )  # fmt: skip
 

@@ -43,32 +43,31 @@ def _check_lion(hp: LionOptions) -> None:
 
 
 @njit(cache=True, nogil=True)
-def lion_kernel(p, g, state, hp, t, lr):
+def lion_kernel(p, g, state, scalars, hp, t, lr):
     """Lion (Chen et al. 2023, Algorithm 2); hp = [beta1, beta2, weight_decay lambda];
-    state[0] = momentum m (zeros at the start).
+    state[0] = momentum m (zeros at the start); no scalar state.
 
         c <- beta1 m + (1 - beta1) g          (update direction, interpolated)
         p <- p (1 - lr lambda) - lr sign(c)   (decoupled weight decay, then a step of size lr)
         m <- beta2 m + (1 - beta2) g          (momentum, updated after the step)
 
-    sign(0) = 0, as torch.sign. Computed in the dtype of p.
+    sign(0) = 0, as torch.sign. hp and lr arrive in float64: the constants are formed in float64
+    and rounded once to the dtype of p, in which the loop runs.
     """
-    b1, b2, wd = hp[0], hp[1], hp[2]
-    one = p.dtype.type(1.0)
-    zero = p.dtype.type(0.0)
-    one_b1 = one - b1
-    one_b2 = one - b2
-    decay = one - lr * wd
+    f = p.dtype.type
+    b1, b2, zero, step_size = f(hp[0]), f(hp[1]), f(0.0), f(lr)
+    one_b1, one_b2 = f(1.0 - hp[0]), f(1.0 - hp[1])
+    decay = f(1.0 - lr * hp[2])
     m = state[0]
     for i in range(p.shape[0]):
         gi = g[i]
         c = b1 * m[i] + one_b1 * gi
-        step = lr if c > 0 else (-lr if c < 0 else zero)
+        step = step_size if c > 0 else (-step_size if c < 0 else zero)
         p[i] = p[i] * decay - step
         m[i] = b2 * m[i] + one_b2 * gi
 
 
-def lion_reference(p, g, state, hp, t, lr):
+def lion_reference(p, g, state, scalars, hp, t, lr):
     """Lion in NumPy (same update, vectorised)."""
     b1, b2, wd = hp[0], hp[1], hp[2]
     c = b1 * state[0] + (1 - b1) * g
@@ -86,6 +85,7 @@ LION = lossbench.OptimizerSpec(
     state_rows=1,
     pack=lambda hp: [hp.beta1, hp.beta2, hp.weight_decay],
     check=_check_lion,
+    api=2,  # the plugin interface version (lossbench.specs.PLUGIN_API) this is written for
 )
 
 
