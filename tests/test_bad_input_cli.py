@@ -117,6 +117,9 @@ CASES = {
         ["optimizer.lr=fast", "optimizer=sgd"],
         "optimizer.lr=fast is not allowed: optimizer.lr must be a number. Fix: pass e.g. "
         "optimizer.lr=0.01."),
+    "interpolation_of_a_missing_key": (
+        ["optimizer.lr=${x}"],
+        "optimizer.lr does not resolve: Interpolation key 'x' not found. Fix: an interpolation"),
     "model_too_large_for_memory": (
         ["model.hidden=[100000,100000]"],
         "model=mlp (10,007,600,010 parameters for 64 features and 10 outputs"),

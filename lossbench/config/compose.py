@@ -12,7 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from lossbench.config.errors import check_known_keys, translate
+from lossbench.config.errors import check_interpolations, check_known_keys, translate
 from lossbench.config.store import CONFIG_GROUPS, GROUPS, config_dir, store_configs
 from lossbench.errors import ConfigError
 from lossbench.plugins import get_plugin_manager
@@ -78,6 +78,7 @@ def compose(overrides=(), registry=None):
         cfg = run(overrides)
     except (HydraException, OmegaConfBaseException) as exc:
         raise translate(exc, overrides, default) from None
+    check_interpolations(cfg)
     check_known_keys(cfg, default)
     return cfg
 

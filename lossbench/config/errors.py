@@ -10,7 +10,12 @@ import re
 
 from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    InterpolationResolutionError,
+    ValidationError,
+)
 
 from lossbench.errors import ConfigError
 
@@ -124,6 +129,26 @@ def _unknown_key(key: str, default) -> ConfigError:
         f"{_suggest(key, full)} Fix: use one of those (`python -m lossbench --cfg job` shows "
         "the whole config)."
     )
+
+
+def check_interpolations(cfg) -> None:
+    """Raise for a ``${...}`` in the config that does not resolve (``optimizer.lr=${x}``): found
+    now, in one paragraph, rather than as a traceback wherever the value is first read."""
+    for key in cfg:
+        if key == "hydra":
+            continue  # Hydra's own node resolves at run time (${now:...}, ${hydra.job.num})
+        try:
+            node = cfg[key]
+            if OmegaConf.is_config(node):
+                OmegaConf.to_container(node, resolve=True)
+        except InterpolationResolutionError as exc:
+            where = str(getattr(exc, "full_key", "") or key)
+            reason = str(exc).splitlines()[0]
+            raise ConfigError(
+                f"{where} does not resolve: {reason}. Fix: an interpolation must name a key "
+                "of the config, e.g. data.val_path=${data.path}; write the value itself "
+                "otherwise (optimizer.lr=0.01)."
+            ) from None
 
 
 def check_known_keys(cfg, default) -> None:
