@@ -40,6 +40,7 @@ from lossbench._version import __version__
 from lossbench.errors import ConfigError
 from lossbench.hookspecs import hookimpl
 from lossbench.tracking.client import SideProcess
+from lossbench.tracking.models import check_model_name, describe_datasets, describe_model
 from lossbench.tracking.spool import Spool, new_spool_id, spool_folder
 from lossbench.tracking.store import precheck, resolve_uri
 from lossbench.training import outputs
@@ -150,13 +151,15 @@ class Tracker:
             spool_dir=str(self.spool.folder) if self.spool.folder is not None else None,
             spool_id=self.spool.folder.name if self.spool.folder is not None else new_spool_id(),
             start_time=int(time.time() * 1000),
+            datasets=describe_datasets(run),
         )
         self._send(**self.start_request)
 
     def _send(self, **request) -> None:
         """Journal the request (the source for a replay), then hand it to the side process."""
         if request["op"] == "start":
-            keys = ("spool_id", "start_time", "uri", "experiment", "run_name", "tags", "params")
+            keys = ("spool_id", "start_time", "uri", "experiment", "run_name", "tags", "params",
+                    "datasets")
             self.spool.append({"op": "start", **{k: request[k] for k in keys}})
         elif request["op"] == "metrics":
             self.spool.append(request)
@@ -250,15 +253,18 @@ class Tracker:
             tags["lossbench.stop_reason"] = run.stop_reason
         state = {"finished": "FINISHED", "stopped": "FINISHED", "interrupted": "KILLED"}
         with tempfile.TemporaryDirectory(prefix="lossbench-mlflow-") as tmp:
-            artifacts = []
+            artifacts, model = [], None
             if run.history and status != "interrupted":
                 artifacts = self._artifacts(run, Path(tmp))
+            if run.history and status in ("finished", "stopped"):
+                model = self._model(run, Path(tmp) / "model-data")
             request = dict(
                 op="finish",
                 state=state.get(status, "FAILED"),
                 tags=tags,
                 metrics=[[k, float(v), ts, 0] for k, v in summary.items()],
                 artifacts=[str(p) for p in artifacts],
+                model=model,
             )
             self._send(**request)
             # the worker may still be importing MLflow: this wait is tracking's one-time cost;
@@ -268,11 +274,22 @@ class Tracker:
             if self.error is None and not self.finished.wait(timeout=limit):
                 self.error = f"the MLflow process did not end the run within {limit:.0f} s"
             if self.incomplete() is not None:  # keep the end, and the files, for a replay
+                if model is not None:  # its data folder, relative to the spool folder
+                    model = {**model, "data": self.spool.keep_folder(model["data"])}
                 self.spool.append({
                     "op": "finish", "state": request["state"], "tags": request["tags"],
                     "metrics": request["metrics"], "end_time": ts,
-                    "artifacts": self.spool.keep(request["artifacts"]),
+                    "artifacts": self.spool.keep(request["artifacts"]), "model": model,
                 })  # fmt: skip
+
+    def _model(self, run, folder: Path) -> dict:
+        """The run's model request: its predictor's folder, registered if asked to."""
+        tags = {"lossbench.source": "run", "lossbench.data": str(run.config.data.name),
+                "lossbench.model": str(run.config.model.name)}  # fmt: skip
+        tags.update({k: v for k, v in (self.tracking.tags or {}).items()
+                     if str(k) in ("lossbench.study", "lossbench.trial")})  # fmt: skip
+        register = self.tracking.get("register_model")
+        return describe_model(run, folder, register, tags)
 
     def _artifacts(self, run, folder: Path) -> list[Path]:
         plots = run.config.trainer.get("plots", True)
@@ -306,6 +323,7 @@ def _enabled(run):
 
 def _start(run, tracking) -> None:
     run.plugin_state[_KEY + ".tried"] = True
+    check_model_name("tracking.register_model", tracking.get("register_model"))  # bad input
     try:
         run.plugin_state[_KEY] = Tracker(run, tracking)
     except ConfigError as exc:
