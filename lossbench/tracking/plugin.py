@@ -24,6 +24,7 @@ run's end says its record is incomplete (exit 1 when ``tracking.required``), nam
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import subprocess
@@ -226,10 +227,18 @@ class Tracker:
         items = [[k, float(v), ts, epoch + STEP_BASE] for k, v in metrics.items() if k != "epoch"]
         self._send(op="metrics", items=items)
 
-    def finish(self, run, status: str) -> None:
+    def log_steps(self, key_values: dict[str, list[float]]) -> None:
+        """Per-step series (``step`` = index) in one request: the lr range test's curves."""
+        ts = int(time.time() * 1000)
+        items = [[k, float(v), ts, i] for k, vs in key_values.items()
+                 for i, v in enumerate(vs) if math.isfinite(v)]  # fmt: skip
+        self._send(op="metrics", items=items)
+
+    def finish(self, run, status: str, extra: tuple = (), metrics: dict | None = None) -> None:
+        """End the MLflow run; ``extra`` files and ``metrics`` join the run's own."""
         self.release_blas()
         try:
-            self._finish(run, status)
+            self._finish(run, status, list(extra), metrics or {})
         finally:
             self.side.tracker = None
             self.spool.close()
@@ -237,10 +246,11 @@ class Tracker:
             self.spool.discard()  # the store has the whole record
         self.report(run)
 
-    def _finish(self, run, status: str) -> None:
+    def _finish(self, run, status: str, extra: list, metrics: dict) -> None:
         ts = int(time.time() * 1000)
         best = run.best_epoch
         summary = {k: run.timings[k] for k in SUMMARY_KEYS if k in run.timings}
+        summary.update(metrics)
         if best is not None:
             summary["best_epoch"] = best
             summary["best_val_loss"] = run.history[best]["val_loss"]
@@ -253,9 +263,9 @@ class Tracker:
             tags["lossbench.stop_reason"] = run.stop_reason
         state = {"finished": "FINISHED", "stopped": "FINISHED", "interrupted": "KILLED"}
         with tempfile.TemporaryDirectory(prefix="lossbench-mlflow-") as tmp:
-            artifacts, model = [], None
+            artifacts, model = list(extra), None
             if run.history and status != "interrupted":
-                artifacts = self._artifacts(run, Path(tmp))
+                artifacts += self._artifacts(run, Path(tmp))
             if run.history and status in ("finished", "stopped"):
                 model = self._model(run, Path(tmp) / "model-data")
             request = dict(
@@ -330,6 +340,22 @@ def _start(run, tracking) -> None:
         if tracking.required:
             raise
         warnings.warn(f"MLflow tracking is off for this run: {exc}", stacklevel=3)
+
+
+def record_lr_find(run, result, files: list) -> None:
+    """The lr range test (``lossbench.training.lr_find``) as an MLflow run when
+    ``tracking=mlflow``: the config as params, ``lr_find_loss``, ``lr_find_smoothed_loss`` and
+    ``lr_find_lr`` by step, ``suggested_lr``, the plot, table and result as artifacts. No model:
+    the ramp's weights are not a trained model. An incomplete record is noted in
+    ``run.record_errors`` (spooled for ``python -m lossbench replay``, as a run's)."""
+    tracking = _enabled(run)
+    if tracking is None:
+        return
+    tracker = Tracker(run, tracking)
+    tracker.log_steps({"lr_find_lr": result.lrs.tolist(), "lr_find_loss": result.losses.tolist(),
+                       "lr_find_smoothed_loss": result.smoothed.tolist()})  # fmt: skip
+    summary = {"suggested_lr": result.suggestion} if result.suggestion is not None else {}
+    tracker.finish(run, "finished", extra=[str(f) for f in files], metrics=summary)
 
 
 @hookimpl
