@@ -142,10 +142,11 @@ def test_lr_find_writes_its_plot_and_records_an_mlflow_run(tmp_path):
 
 @pytest.mark.slow
 def test_lr_find_suggests_within_3x_of_the_best_lr_a_sweep_finds_on_digits(tmp_path):
-    grid = ",".join(f"{x:.3g}" for x in np.logspace(-4, -1, 10))
+    # the preset a user runs (TPE, 40 trials, lr log-uniform in [1e-4, 1], 30 epochs); a grid
+    # was noisier: every trial has its own seed, so its own validation split
     sweep = subprocess.run(
-        [sys.executable, "-m", "lossbench", "--multirun", f"optimizer.lr=choice({grid})",
-         "sweep.sampler=grid", "sweep.pruner=none", "tracking=none", "hydra.sweep.dir=sweep"],
+        [sys.executable, "-m", "lossbench", "--multirun", "sweep=lr", "tracking=none",
+         "hydra.sweep.dir=sweep"],
         cwd=tmp_path, env=env_for(), capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert sweep.returncode == 0, sweep.stderr[-3000:]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 import lossbench
 from lossbench.errors import ConfigError
@@ -236,3 +237,58 @@ def test_mlflow_models_serve_answers_rest_predictions(store):
     rows = answer["predictions"]
     frame = {k: [r[k] for r in rows] for k in rows[0]}
     check_frame(frame, expected(run, X), run)
+
+
+def sweep_cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "lossbench", "--multirun", "trainer.epochs=3",
+         "optimizer.lr=choice(1e-5,1e-4,1e-2)", "sweep.sampler=grid", "sweep.pruner=none",
+         # seed 3: the grid hands out 1e-4 and 1e-5 first, 1e-2 (the best) in the resume
+         "sweep.seed=3", "sweep.study_name=reg", "hydra.sweep.dir=sweep", *args],
+        cwd=cwd, env=env_for(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def test_sweep_register_best_registers_the_best_trial_and_a_resume_moves_it(tmp_path):
+    """Two trials, then the resumed study's third: the best trial's model is a version tagged
+    with the study and the trial, the alias ``best`` points at it, and a better trial in the
+    resume gets a new version and the alias."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+
+    def state():
+        versions = client.search_model_versions("name = 'digits-best'")
+        best = client.get_model_version_by_alias("digits-best", "best")
+        return {int(v.version): v for v in versions}, best
+
+    def best_trial():
+        results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+        return results["best_trial"], results["best_params"]["optimizer.lr"]
+
+    seen = []
+    for n_trials in (2, 3):
+        r = sweep_cli(f"sweep.n_trials={n_trials}", "sweep.register_best=digits-best",
+                      f"tracking.uri={uri}", cwd=tmp_path)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-3000:]
+        trial, lr = best_trial()
+        versions, best = state()
+        assert best.tags["lossbench.study"] == "reg"
+        assert best.tags["lossbench.trial"] == str(trial)
+        run = client.get_run(best.run_id)
+        assert run.data.tags["lossbench.trial"] == str(trial)
+        assert float(run.data.params["optimizer.lr"]) == float(lr)
+        seen.append((trial, len(versions)))
+        assert "models:/digits-best@best" in r.stdout
+    (first, one), (second, two) = seen
+    assert first != second and (one, two) == (1, 2), seen  # the resume found a better trial
+
+
+def test_bad_sweep_register_best_is_refused_before_any_trial(tmp_path):
+    for args, says in [(["sweep.register_best=a/b"], "sweep.register_best='a/b'"),
+                       (["sweep.register_best=m", "tracking=none"], "tracking=none")]:
+        r = sweep_cli("sweep.n_trials=1", *args, cwd=tmp_path)
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert says in r.stderr and "Traceback" not in r.stderr
+        assert not (tmp_path / "sweep").exists()
