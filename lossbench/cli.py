@@ -146,6 +146,10 @@ def replay_command(argv: list[str]) -> None:
         sys.exit(1)
 
 
+LR_FIND_USAGE = (
+    "Usage: python -m lossbench lr_find [--start-lr 1e-6] [--end-lr 1] [--steps 200] "
+    "[--divergence 4] [--beta 0.9] [--output-dir DIR] [--plugins-dir DIR] [OVERRIDES]"
+)
 LR_FIND_FLAGS = {"--start-lr": ("start_lr", float), "--end-lr": ("end_lr", float),
                  "--steps": ("steps", int), "--divergence": ("divergence", float),
                  "--beta": ("beta", float), "--output-dir": ("output_dir", str)}  # fmt: skip
@@ -153,8 +157,7 @@ LR_FIND_FLAGS = {"--start-lr": ("start_lr", float), "--end-lr": ("end_lr", float
 
 def _lr_find_args(argv: list[str]) -> tuple[dict, list[str]]:
     """lr_find's flags (``--steps 200`` or ``--steps=200``) and the config overrides."""
-    usage = ("Usage: python -m lossbench lr_find [--start-lr 1e-6] [--end-lr 1] [--steps 200] "
-             "[--divergence 4] [--beta 0.9] [--output-dir DIR] [OVERRIDES]")  # fmt: skip
+    usage = LR_FIND_USAGE
     flags, overrides, rest = {}, [], list(argv)
     while rest:
         arg = rest.pop(0)
@@ -187,6 +190,11 @@ def lr_find_command(argv: list[str]) -> None:
     from lossbench.tracking.plugin import default_run_name, record_lr_find
     from lossbench.training.lr_find import LRFindOptions, find_lr
 
+    if argv[:1] in (["--help"], ["-h"]):
+        print(f"{LR_FIND_USAGE}\nThe learning-rate range test: an exponential lr ramp, the "
+              "smoothed loss against lr (lr_find.png), a suggested lr and the command to train "
+              "with it. See the README, 'Finding a learning rate'.")  # fmt: skip
+        return
     plugins_dir = _pop_plugins_dir(argv)
     flags, overrides = _lr_find_args(argv)
     out = flags.pop("output_dir", None) or str(
