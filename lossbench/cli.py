@@ -1,6 +1,7 @@
 """Command line: ``python -m lossbench [OVERRIDES]``, ``python -m lossbench --multirun ...``
 (an Optuna sweep, see ``lossbench.sweep``), ``python -m lossbench plugins``,
-``python -m lossbench warmup``, ``python -m lossbench replay RUN_DIR [--uri URI]`` and
+``python -m lossbench warmup``, ``python -m lossbench replay RUN_DIR [--uri URI]``,
+``python -m lossbench lr_find [OPTIONS] [OVERRIDES]`` (the learning-rate range test) and
 ``python -m lossbench storage-proxy`` (a sweep's gRPC storage proxy, see
 ``lossbench.sweep.proxy``).
 
@@ -145,6 +146,93 @@ def replay_command(argv: list[str]) -> None:
         sys.exit(1)
 
 
+LR_FIND_USAGE = (
+    "Usage: python -m lossbench lr_find [--start-lr 1e-6] [--end-lr 1] [--steps 200] "
+    "[--divergence 4] [--beta 0.9] [--output-dir DIR] [--plugins-dir DIR] [OVERRIDES]"
+)
+LR_FIND_FLAGS = {"--start-lr": ("start_lr", float), "--end-lr": ("end_lr", float),
+                 "--steps": ("steps", int), "--divergence": ("divergence", float),
+                 "--beta": ("beta", float), "--output-dir": ("output_dir", str)}  # fmt: skip
+
+
+def _lr_find_args(argv: list[str]) -> tuple[dict, list[str]]:
+    """lr_find's flags (``--steps 200`` or ``--steps=200``) and the config overrides."""
+    usage = LR_FIND_USAGE
+    flags, overrides, rest = {}, [], list(argv)
+    while rest:
+        arg = rest.pop(0)
+        if not arg.startswith("-"):
+            overrides.append(arg)
+            continue
+        flag, _, value = arg.partition("=")
+        if flag not in LR_FIND_FLAGS:
+            _fail(LossbenchError(f"lr_find does not take {arg!r}; its options are "
+                                 f"{', '.join(LR_FIND_FLAGS)}. {usage}"))  # fmt: skip
+        if not value:
+            if not rest:
+                _fail(LossbenchError(f"lr_find {flag} needs a value. {usage}"))
+            value = rest.pop(0)
+        name, kind = LR_FIND_FLAGS[flag]
+        try:
+            flags[name] = kind(value)
+        except ValueError:
+            _fail(LossbenchError(f"lr_find {flag} {value!r} is not a valid {kind.__name__}. "
+                                 f"{usage}"))  # fmt: skip
+    return flags, overrides
+
+
+def lr_find_command(argv: list[str]) -> None:
+    """``python -m lossbench lr_find [OPTIONS] [OVERRIDES]``: the learning-rate range test
+    (``lossbench.training.lr_find``); prints the suggestion, its rule and the command to train
+    with it. Exit 2 for bad input, 1 when its MLflow record is incomplete."""
+    from datetime import datetime  # start-up: the lr_find modules load for lr_find only
+
+    from lossbench.tracking.plugin import default_run_name, record_lr_find
+    from lossbench.training.lr_find import LRFindOptions, find_lr
+
+    if argv[:1] in (["--help"], ["-h"]):
+        print(f"{LR_FIND_USAGE}\nThe learning-rate range test: an exponential lr ramp, the "
+              "smoothed loss against lr (lr_find.png), a suggested lr and the command to train "
+              "with it. See the README, 'Finding a learning rate'.")  # fmt: skip
+        return
+    plugins_dir = _pop_plugins_dir(argv)
+    flags, overrides = _lr_find_args(argv)
+    out = flags.pop("output_dir", None) or str(
+        Path("outputs") / "lr_find" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
+    try:
+        pm = build_plugin_manager(plugins_dir)
+        set_plugin_manager(pm)
+        cfg = compose(overrides, registry=pm.registry)
+        if cfg.tracking.get("name") == "mlflow" and not cfg.tracking.get("run_name"):
+            cfg.tracking.run_name = f"lr_find-{default_run_name(cfg)}"
+        run, result, files = find_lr(cfg, LRFindOptions(**flags), out, pm)
+        record_lr_find(run, result, files)
+    except LossbenchError as exc:
+        _fail(exc)
+    _print_lr_find(run, result, overrides, files)
+    for message in run.record_errors:
+        print(f"lossbench: error: {message}", file=sys.stderr)
+    if run.record_errors:
+        sys.exit(1)
+
+
+def _print_lr_find(run, result, overrides: list[str], files: list) -> None:
+    console = Console(soft_wrap=True)  # the command line must stay copy-pasteable
+    end = "diverged, stopped early" if result.diverged else "ran every step"
+    console.print(f"lr range test: {len(result.lrs)} steps from lr {result.lrs[0]:.3g} to "
+                  f"{result.lrs[-1]:.3g} ({end}); plot: {files[-1]}")  # fmt: skip
+    if result.suggestion is None:
+        console.print("[red]no suggestion: the loss did not fall over the range[/red]; try "
+                      "another --start-lr/--end-lr or more --steps")  # fmt: skip
+        return
+    console.print(f"suggested lr [bold]{result.suggestion:.3g}[/bold]: the {result.rule} "
+                  f"(a tenth of the lr of the minimum, the other usual rule: "
+                  f"{result.min_over_10:.3g})")  # fmt: skip
+    keep = [o for o in overrides if not o.lstrip("+").startswith("optimizer.lr=")]
+    console.print("train with it:\n  python -m lossbench "
+                  + " ".join([*keep, f"optimizer.lr={result.suggestion:.3g}"]))
+
+
 def _print_summary(run) -> None:
     s = summary(run)
     console = Console(soft_wrap=True)  # paths must stay copy-pasteable
@@ -274,6 +362,9 @@ def _main(argv: list[str] | None) -> None:
             _fail(exc)
     if argv[:1] == ["replay"]:
         replay_command(argv[1:])
+        return
+    if argv[:1] == ["lr_find"]:
+        lr_find_command(argv[1:])
         return
     plugins_dir = _pop_plugins_dir(argv)
     try:

@@ -123,6 +123,9 @@ CASES = {
     "model_too_large_for_memory": (
         ["model.hidden=[100000,100000]"],
         "model=mlp (10,007,600,010 parameters for 64 features and 10 outputs"),
+    "register_model_name_with_a_slash": (
+        ["tracking.register_model=team/digits"],
+        "tracking.register_model='team/digits' is not a registered model name"),
 }  # fmt: skip
 
 

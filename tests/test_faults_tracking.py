@@ -331,6 +331,37 @@ def test_dead_tracking_server_run_replayed_into_a_fresh_store_has_every_metric(
     assert {"history.csv", "model.npz", "config.yaml", "loss_curve.png"} <= names
 
 
+def test_dead_tracking_server_run_replay_sends_its_model_and_datasets_once(
+    killed_server, tmp_path
+):
+    """The model and the dataset inputs go through the spool like the rest of the record."""
+    import mlflow
+    import numpy as np
+
+    from lossbench.tracking.pyfunc import load
+
+    run_dir = killed_server["goes_on"]["dir"]
+    (spool,) = list((run_dir / "mlflow-spool").iterdir())
+    fresh = f"sqlite:///{tmp_path}/fresh.db"
+    for _ in range(2):
+        r = replay_cli(run_dir, fresh)
+        assert r.returncode == 0, r.stderr[-3000:]
+    client, (found,) = runs_in(fresh)
+    run_id = found.info.run_id
+    models = client.search_logged_models([found.info.experiment_id])
+    assert [(m.name, m.source_run_id) for m in models] == [("model", run_id)]
+    contexts = sorted(i.tags[0].value for i in client.get_run(run_id).inputs.dataset_inputs)
+    assert contexts == ["training", "validation"]
+    mlflow.set_tracking_uri(fresh)
+    try:
+        model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    finally:
+        mlflow.set_tracking_uri(None)
+    kept = load(next((spool / "model").iterdir()))
+    X = np.random.default_rng(0).normal(size=(5, len(kept.predictor.mean)))
+    assert model.predict(X).equals(kept.predict(X))
+
+
 def test_dead_tracking_server_run_replayed_into_its_store_ends_finished_not_running(
     killed_server, restarted_server
 ):

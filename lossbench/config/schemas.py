@@ -111,6 +111,7 @@ class MlflowTrackingConfig:
     required: bool = True  # False: a tracking failure warns and training goes on
     flush_seconds: float = 2.0
     retry_seconds: float = 30.0  # at most this long on a store that does not answer, then spool
+    register_model: str | None = None  # register the run's MLflow model under this name
 
 
 @dataclass
@@ -136,6 +137,7 @@ class SweepConfig:
     pruner_warmup_epochs: int = 3  # epochs a trial always runs before it can be pruned
     heartbeat_seconds: float = 5.0
     grace_seconds: float = 60.0  # a RUNNING trial silent this long is failed and retried
+    register_best: str | None = None  # register the best trial's MLflow model under this name
 
 
 @dataclass

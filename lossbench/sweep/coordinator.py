@@ -42,6 +42,7 @@ from lossbench.sweep.study import (
     repair_journal,
     storage_url,
 )
+from lossbench.tracking.models import check_model_name
 from lossbench.urls import mask_url
 
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -122,10 +123,29 @@ def make_plan(argv: list[str], registry, plugins_dir: str | None = None):
         n_jobs=sw.n_jobs,
         ray=OmegaConf.to_container(sw.ray),
     )
+    plan.register_best = _register_best(sw, plan)
     _layout(plan, args, hydra_args, base, registry)
     plan.storage = storage_url(sw.storage, Path(plan.sweep_dir))
     plan.storage_url()  # the password's environment variable is set
     return plan, base, space
+
+
+def _register_best(sw, plan: Plan) -> str | None:
+    """``sweep.register_best``, checked: a model name, a tracked single-objective sweep."""
+    name = check_model_name("sweep.register_best", sw.get("register_best"))
+    if name is not None and not plan.tracking:
+        raise ConfigError(
+            f"sweep.register_best={name!r} registers the best trial's MLflow model, but this "
+            "sweep has tracking=none. Fix: drop tracking=none, or drop sweep.register_best."
+        )
+    if name is not None and len(plan.metrics) > 1:
+        raise ConfigError(
+            f"sweep.register_best={name!r} needs one best trial, but this study has "
+            f"{len(plan.metrics)} objectives ({', '.join(plan.metrics)}) and a Pareto front. "
+            "Fix: sweep on one sweep.metric, or register a trial's run with "
+            "tracking.register_model."
+        )
+    return name
 
 
 def _layout(plan: Plan, args: list[str], hydra_args: list[str], base, registry) -> None:

@@ -51,6 +51,7 @@ class Plan:
     n_jobs: int | None = None
     ray: dict = field(default_factory=dict)
     plugin_sources: dict[str, str] = field(default_factory=dict)  # for workers on other nodes
+    register_best: str | None = None  # the registered model the best trial's model goes to
 
     def storage_url(self) -> str:
         """The storage URL to connect with (the password from the environment if so set)."""

@@ -17,6 +17,7 @@ from rich.table import Table
 from lossbench.sweep.files import atomic_write
 from lossbench.sweep.plots import sweep_figures
 from lossbench.sweep.study import counted
+from lossbench.tracking.models import register, registered_by
 from lossbench.tracking.store import open_client, precheck, resolve_uri
 from lossbench.tracking.worker import experiment_id
 from lossbench.urls import mask_text, mask_url
@@ -160,8 +161,42 @@ class ParentRun:
         for path in [*figures, results]:
             if path.is_file():
                 self.client.log_artifact(self.run_id, str(path))
+        if plan.register_best and t["best"] is not None:
+            self.register_best(plan, t["best"])
         state = {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
         self.client.set_terminated(self.run_id, state)
+
+
+    def register_best(self, plan, best) -> None:
+        """The best trial's model as a version of ``plan.register_best`` with the alias
+        ``best``, tagged with the study and the trial; a resumed study whose best trial is
+        already registered keeps that version, a better trial gets a new one and the alias."""
+        from mlflow.entities import RunTag  # loaded by open() already
+
+        name, client = plan.register_best, self.client
+        exp_id = client.get_run(self.run_id).info.experiment_id
+        found = client.search_runs(
+            [exp_id],
+            filter_string=f"tags.`lossbench.study` = '{plan.study_name}' AND "
+            f"tags.`lossbench.trial` = '{best.number}' AND attributes.status = 'FINISHED'",
+        )
+        if not found:
+            print(f"lossbench: warning: sweep.register_best={name}: trial {best.number} has no "
+                  "finished MLflow run; nothing registered", file=sys.stderr)  # fmt: skip
+            return
+        run_id = found[0].info.run_id
+        version = registered_by(client, name, run_id)
+        if version is None:
+            tags = {"lossbench.study": plan.study_name, "lossbench.trial": str(best.number),
+                    f"lossbench.{plan.metrics[0]}": f"{best.value:.6g}",
+                    "lossbench.source": "sweep"}  # fmt: skip
+            version = register(client, name, run_id, tags, alias="best")
+        else:
+            client.set_registered_model_alias(name, "best", version.version)
+        client.log_batch(self.run_id, tags=[
+            RunTag("lossbench.registered_model", f"{name}/{version.version}")])
+        print(f"registered the best trial ({best.number}) as model {name!r} version "
+              f"{version.version} (alias best): models:/{name}@best")
 
 
 # ---------------------------------------------------------------------------------------------

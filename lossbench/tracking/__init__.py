@@ -2,4 +2,6 @@
 imports MLflow and writes the runs (``worker``), the trainer's client of that process
 (``client``), where runs go and the lock their store is opened under (``store``), and the
 spool that journals every run's record so a store that failed can be sent it later
-(``spool``, ``python -m lossbench replay``). The training process never imports MLflow."""
+(``spool``, ``python -m lossbench replay``), the run's MLflow model, dataset inputs and
+registered versions (``models``) and the model's loader module (``pyfunc``). The training
+process never imports MLflow."""

@@ -24,6 +24,7 @@ run's end says its record is incomplete (exit 1 when ``tracking.required``), nam
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import subprocess
@@ -40,6 +41,7 @@ from lossbench._version import __version__
 from lossbench.errors import ConfigError
 from lossbench.hookspecs import hookimpl
 from lossbench.tracking.client import SideProcess
+from lossbench.tracking.models import check_model_name, describe_datasets, describe_model
 from lossbench.tracking.spool import Spool, new_spool_id, spool_folder
 from lossbench.tracking.store import precheck, resolve_uri
 from lossbench.training import outputs
@@ -150,13 +152,15 @@ class Tracker:
             spool_dir=str(self.spool.folder) if self.spool.folder is not None else None,
             spool_id=self.spool.folder.name if self.spool.folder is not None else new_spool_id(),
             start_time=int(time.time() * 1000),
+            datasets=describe_datasets(run),
         )
         self._send(**self.start_request)
 
     def _send(self, **request) -> None:
         """Journal the request (the source for a replay), then hand it to the side process."""
         if request["op"] == "start":
-            keys = ("spool_id", "start_time", "uri", "experiment", "run_name", "tags", "params")
+            keys = ("spool_id", "start_time", "uri", "experiment", "run_name", "tags", "params",
+                    "datasets")
             self.spool.append({"op": "start", **{k: request[k] for k in keys}})
         elif request["op"] == "metrics":
             self.spool.append(request)
@@ -223,10 +227,18 @@ class Tracker:
         items = [[k, float(v), ts, epoch + STEP_BASE] for k, v in metrics.items() if k != "epoch"]
         self._send(op="metrics", items=items)
 
-    def finish(self, run, status: str) -> None:
+    def log_steps(self, key_values: dict[str, list[float]]) -> None:
+        """Per-step series (``step`` = index) in one request: the lr range test's curves."""
+        ts = int(time.time() * 1000)
+        items = [[k, float(v), ts, i] for k, vs in key_values.items()
+                 for i, v in enumerate(vs) if math.isfinite(v)]  # fmt: skip
+        self._send(op="metrics", items=items)
+
+    def finish(self, run, status: str, extra: tuple = (), metrics: dict | None = None) -> None:
+        """End the MLflow run; ``extra`` files and ``metrics`` join the run's own."""
         self.release_blas()
         try:
-            self._finish(run, status)
+            self._finish(run, status, list(extra), metrics or {})
         finally:
             self.side.tracker = None
             self.spool.close()
@@ -234,10 +246,11 @@ class Tracker:
             self.spool.discard()  # the store has the whole record
         self.report(run)
 
-    def _finish(self, run, status: str) -> None:
+    def _finish(self, run, status: str, extra: list, metrics: dict) -> None:
         ts = int(time.time() * 1000)
         best = run.best_epoch
         summary = {k: run.timings[k] for k in SUMMARY_KEYS if k in run.timings}
+        summary.update(metrics)
         if best is not None:
             summary["best_epoch"] = best
             summary["best_val_loss"] = run.history[best]["val_loss"]
@@ -253,15 +266,18 @@ class Tracker:
             tags["lossbench.stop_reason"] = run.stop_reason
         state = {"finished": "FINISHED", "stopped": "FINISHED", "interrupted": "KILLED"}
         with tempfile.TemporaryDirectory(prefix="lossbench-mlflow-") as tmp:
-            artifacts = []
+            artifacts, model = list(extra), None
             if run.history and status != "interrupted":
-                artifacts = self._artifacts(run, Path(tmp))
+                artifacts += self._artifacts(run, Path(tmp))
+            if run.history and status in ("finished", "stopped"):
+                model = self._model(run, Path(tmp) / "model-data")
             request = dict(
                 op="finish",
                 state=state.get(status, "FAILED"),
                 tags=tags,
                 metrics=[[k, float(v), ts, 0] for k, v in summary.items()],
                 artifacts=[str(p) for p in artifacts],
+                model=model,
             )
             self._send(**request)
             # the worker may still be importing MLflow: this wait is tracking's one-time cost;
@@ -271,11 +287,22 @@ class Tracker:
             if self.error is None and not self.finished.wait(timeout=limit):
                 self.error = f"the MLflow process did not end the run within {limit:.0f} s"
             if self.incomplete() is not None:  # keep the end, and the files, for a replay
+                if model is not None:  # its data folder, relative to the spool folder
+                    model = {**model, "data": self.spool.keep_folder(model["data"])}
                 self.spool.append({
                     "op": "finish", "state": request["state"], "tags": request["tags"],
                     "metrics": request["metrics"], "end_time": ts,
-                    "artifacts": self.spool.keep(request["artifacts"]),
+                    "artifacts": self.spool.keep(request["artifacts"]), "model": model,
                 })  # fmt: skip
+
+    def _model(self, run, folder: Path) -> dict:
+        """The run's model request: its predictor's folder, registered if asked to."""
+        tags = {"lossbench.source": "run", "lossbench.data": str(run.config.data.name),
+                "lossbench.model": str(run.config.model.name)}  # fmt: skip
+        tags.update({k: v for k, v in (self.tracking.tags or {}).items()
+                     if str(k) in ("lossbench.study", "lossbench.trial")})  # fmt: skip
+        register = self.tracking.get("register_model")
+        return describe_model(run, folder, register, tags)
 
     def _artifacts(self, run, folder: Path) -> list[Path]:
         plots = run.config.trainer.get("plots", True)
@@ -309,12 +336,29 @@ def _enabled(run):
 
 def _start(run, tracking) -> None:
     run.plugin_state[_KEY + ".tried"] = True
+    check_model_name("tracking.register_model", tracking.get("register_model"))  # bad input
     try:
         run.plugin_state[_KEY] = Tracker(run, tracking)
     except ConfigError as exc:
         if tracking.required:
             raise
         warnings.warn(f"MLflow tracking is off for this run: {exc}", stacklevel=3)
+
+
+def record_lr_find(run, result, files: list) -> None:
+    """The lr range test (``lossbench.training.lr_find``) as an MLflow run when
+    ``tracking=mlflow``: the config as params, ``lr_find_loss``, ``lr_find_smoothed_loss`` and
+    ``lr_find_lr`` by step, ``suggested_lr``, the plot, table and result as artifacts. No model:
+    the ramp's weights are not a trained model. An incomplete record is noted in
+    ``run.record_errors`` (spooled for ``python -m lossbench replay``, as a run's)."""
+    tracking = _enabled(run)
+    if tracking is None:
+        return
+    tracker = Tracker(run, tracking)
+    tracker.log_steps({"lr_find_lr": result.lrs.tolist(), "lr_find_loss": result.losses.tolist(),
+                       "lr_find_smoothed_loss": result.smoothed.tolist()})  # fmt: skip
+    summary = {"suggested_lr": result.suggestion} if result.suggestion is not None else {}
+    tracker.finish(run, "finished", extra=[str(f) for f in files], metrics=summary)
 
 
 @hookimpl

@@ -5,7 +5,8 @@ killed) is never lost, and ``python -m lossbench replay RUN_DIR [--uri URI]`` se
 Layout: ``RUN_DIR/mlflow-spool/SPOOL_ID/`` holds ``records.jsonl`` (the run, written by the
 training process: it is the source, so nothing depends on the side process surviving),
 ``store.jsonl`` (what the store did, written by the MLflow side process) and, for a run whose
-record is incomplete, ``artifacts/`` (copies of the files to upload). A run whose record
+record is incomplete, ``artifacts/`` (copies of the files to upload) and ``model/`` (the
+model's data). A run whose record
 reached its store complete removes its spool folder (and ``mlflow-spool/`` if it created it
 and it is empty).
 
@@ -13,10 +14,13 @@ Both files are append-only, one JSON object per line, each line written whole an
 torn last line (a crash while writing it) is skipped when read. The records, by ``op``:
 
 in ``records.jsonl``
-  ``start``      ``spool_id, uri, experiment, run_name, tags, params, start_time`` (ms)
+  ``start``      ``spool_id, uri, experiment, run_name, tags, params, start_time`` (ms),
+                 ``datasets`` (the run's dataset inputs, ``lossbench.tracking.models``)
   ``metrics``    ``items``: ``[[key, value, timestamp_ms, step], ...]``
   ``finish``     ``state, tags, metrics, artifacts`` (paths relative to the spool folder),
-                 ``end_time``: how the run ended (written only when the record is incomplete)
+                 ``end_time``: how the run ended (written only when the record is incomplete);
+                 ``model``: the run's MLflow model (its data folder relative to the spool
+                 folder, under ``model/``), or null
   ``replayed``   ``uri, run_id, time``: a replay completed the run's record in that store
 in ``store.jsonl``
   ``created``    ``run_id, uri``: the run exists in that store
@@ -42,6 +46,7 @@ import time
 import uuid
 from pathlib import Path
 
+from lossbench.tracking.models import log_datasets, log_run_model
 from lossbench.tracking.store import (
     MAX_KEY,
     MAX_NAME,
@@ -115,6 +120,19 @@ class Spool:
             except OSError as exc:
                 self.broken = f"the spool {self.folder} could not be written ({exc})"
         return kept
+
+    def keep_folder(self, src: str) -> str | None:
+        """Copy a folder (the run's model data) into the spool; its path relative to the
+        spool folder, or None when the spool cannot be written."""
+        rel = Path("model") / Path(src).name
+        if self.broken:
+            return None
+        try:
+            shutil.copytree(src, self.folder / rel, dirs_exist_ok=True)
+        except OSError as exc:
+            self.broken = f"the spool {self.folder} could not be written ({exc})"
+            return None
+        return str(rel)
 
     def close(self) -> None:
         if self._file is not None:
@@ -198,6 +216,7 @@ def replay(folder: Path, uri: str | None = None) -> dict:
     client = open_client(target)
     run_id, made = _find_or_create(client, records, start)
     _send_params(client, run_id, start["params"])
+    log_datasets(client, run_id, start.get("datasets") or [])  # MLflow keeps each one once
     state, final_tags, end_time = _state(records)
     finish = next((r for r in reversed(records) if r["op"] == "finish"), None)
     items = [item for r in records if r["op"] == "metrics" for item in r["items"]]
@@ -208,6 +227,9 @@ def replay(folder: Path, uri: str | None = None) -> dict:
         client.log_batch(run_id, tags=tags[i : i + TAGS_PER_BATCH])
     kept = finish.get("artifacts", []) if finish else []
     uploaded = _send_artifacts(client, run_id, folder, kept)
+    model = (finish or {}).get("model")
+    if model and model.get("data"):  # logged and registered once, whatever was sent before
+        log_run_model(client, run_id, {**model, "data": str(folder / model["data"])})
     client.set_terminated(run_id, state, end_time=end_time)
     with open(folder / RECORDS, "a", encoding="utf-8") as f:
         f.write(json.dumps({"op": "replayed", "uri": client.tracking_uri, "run_id": run_id,

@@ -6,13 +6,15 @@ in JSON lines: requests on stdin, replies on stdout.
 
 requests
     ``{"op": "start", "uri", "experiment", "run_name", "tags", "params", "flush_seconds",
-    "retry_seconds", "spool_dir", "spool_id", "start_time"}``
+    "retry_seconds", "spool_dir", "spool_id", "start_time", "datasets"}``
     ``{"op": "metrics", "items": [[key, value, timestamp_ms, step], ...]}``
-    ``{"op": "finish", "state", "tags", "metrics", "artifacts": [path, ...]}``
+    ``{"op": "finish", "state", "tags", "metrics", "artifacts": [path, ...], "model"}``
+    (``datasets`` and ``model`` are described in ``lossbench.tracking.models``)
 replies
     ``{"op": "started", "run_id"}``; ``{"op": "offline", "message", "spool"}`` (the store
     stopped answering: the rest of the run goes to the spool only); ``{"op": "finished",
-    "complete", "message", "spool"}``; ``{"op": "error", "message"}`` (a request it cannot read)
+    "complete", "message", "spool", "model_uri", "model_version"}``; ``{"op": "error",
+    "message"}`` (a request it cannot read)
 
 The training process journals every request of a run in the run directory's spool
 (``lossbench.tracking.spool``); this process journals what the store did (``store.jsonl``:
@@ -41,6 +43,7 @@ import time
 import traceback
 from pathlib import Path
 
+from lossbench.tracking.models import log_datasets, log_run_model
 from lossbench.tracking.spool import SPOOL_TAG, STORE_RECORDS, Spool, now_ms
 from lossbench.tracking.store import (  # noqa: F401  (experiment_id: the sweep's report uses it)
     MAX_KEY,
@@ -94,6 +97,7 @@ class Worker:
         self.pending: list = []
         self.spool = Spool(None)
         self.offline: str | None = None  # why the store is no longer written for this run
+        self.model: dict = {}  # model_uri, model_version of the run's model
 
     def reply(self, **message) -> None:
         try:
@@ -142,6 +146,7 @@ class Worker:
         ]
         for i in range(0, len(params), PARAMS_PER_BATCH):
             client.log_batch(self.run_id, params=params[i : i + PARAMS_PER_BATCH])
+        log_datasets(client, self.run_id, req.get("datasets") or [])
 
     def metrics(self, req: dict) -> None:
         if self.offline is None:
@@ -170,7 +175,8 @@ class Worker:
             except Exception as exc:
                 self.go_offline(exc)
         self.spool.close()
-        self.reply(op="finished", complete=self.offline is None, message=self.offline)
+        self.reply(op="finished", complete=self.offline is None, message=self.offline,
+                   **self.model)
 
     def _end(self, req: dict, end_time: int) -> None:
         from mlflow.entities import RunTag  # loaded by start()
@@ -180,6 +186,8 @@ class Worker:
             self.client.log_batch(self.run_id, tags=tags)
         for path in req.get("artifacts", []):
             self.client.log_artifact(self.run_id, path)
+        if req.get("model"):
+            self.model = log_run_model(self.client, self.run_id, req["model"])
         self.client.set_terminated(self.run_id, req["state"], end_time=end_time)
 
     def abandon(self, reason: str) -> None:

@@ -4,7 +4,9 @@ every array entering the engine, ``prepare`` splits and scales the data; ``fused
 jitted epoch and evaluation that call the kernels through function pointers, ``slow`` the same
 epoch in Python for components that give only NumPy references; ``fit`` runs the loop and the
 lifecycle hooks; ``schedules`` gives each epoch's learning rate; ``outputs`` writes a run's
-files; ``run`` is the ``Run`` that hooks receive and ``train`` returns."""
+files; ``run`` is the ``Run`` that hooks receive and ``train`` returns; ``predict`` is a
+run's model and preprocessing as plain NumPy (its MLflow model's data); ``lr_find`` is the
+learning-rate range test, a jitted ramp beside the epoch."""
 
 from lossbench.training.fit import train, warm_up
 from lossbench.training.fused import compile_stats, evaluate, train_epoch

@@ -1,10 +1,13 @@
 """A dataset made ready for one run: validation split (stratified for classes), standardisation
 fitted on the training part only, and the targets in the layout the run's loss expects, all in
-the run's dtype."""
+the run's dtype. ``Prepared`` keeps what was fitted (the standardisation's mean and scale, the
+class and feature names) for the run's MLflow model (``lossbench.training.predict``), and a
+digest of the training and validation rows for its dataset inputs."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +30,25 @@ class Prepared:
     task: str
     n_classes: int
     n_outputs: int
+    # fitted on the training part: model inputs are (x - mean) / scale (float64, per feature)
+    mean: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    class_names: list[str] | None = None  # by label, for classification
+    feature_names: list[str] | None = None
+    # sha256 of the training and of the validation rows as the dataset gave them (features and
+    # targets, float64, before scaling): the run's dataset inputs in MLflow
+    digests: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def rows_digest(X: np.ndarray, y: np.ndarray) -> str:
+    """sha256 over the shapes and the float64 bytes of ``X`` and ``y``: the same rows give the
+    same digest whatever the run's dtype."""
+    h = hashlib.sha256()
+    for a in (X, y):
+        a = np.ascontiguousarray(a, dtype=np.float64)
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def split_indices(y: np.ndarray, task: str, val_fraction: float, rng: np.random.Generator):
@@ -64,6 +86,7 @@ def prepare(ds: Dataset, opts: DataOptions, loss_target: str, loss_name: str, dt
         tr, va = split_indices(ds.y, ds.task, opts.val_fraction, rng)
         X_tr, y_tr, X_va, y_va = ds.X[tr], ds.y[tr], ds.X[va], ds.y[va]
     check_split(ds, len(X_tr), len(X_va), source, explicit_val)
+    digests = {"training": rows_digest(X_tr, y_tr), "validation": rows_digest(X_va, y_va)}
     X_tr = X_tr.astype(np.float64)
     X_va = X_va.astype(np.float64)
     if opts.standardize:
@@ -99,7 +122,19 @@ def prepare(ds: Dataset, opts: DataOptions, loss_target: str, loss_name: str, dt
         task=ds.task,
         n_classes=n_classes,
         n_outputs=n_out,
+        mean=mean,
+        scale=scale,
+        class_names=_class_names(ds) if ds.task == "classification" else None,
+        feature_names=list(ds.feature_names) if ds.feature_names else None,
+        digests=digests,
     )
+
+
+def _class_names(ds: Dataset) -> list[str]:
+    """The classes by label: the dataset's names, else the labels as text."""
+    if ds.class_names:
+        return [str(c) for c in ds.class_names]
+    return [str(c) for c in range(ds.n_classes)]
 
 
 def loss_targets(task, n_classes, target_kind, loss_name, y_tr, y_va, task_note=None):

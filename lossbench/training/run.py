@@ -72,7 +72,9 @@ class Run:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """The model's outputs (logits or values) for the rows of ``X``, already scaled as the
-        training data (e.g. ``run.dataset.X_val``), with the current parameters."""
+        training data (e.g. ``run.dataset.X_val``), with the current parameters. For raw rows,
+        probabilities and class names (what the run's MLflow model answers), see
+        ``lossbench.training.predict.Predictor.from_run(run)``."""
         model = self.specs["model"]
         X = np.ascontiguousarray(X, dtype=self.flat_params.dtype)
         hp = np.asarray(self.layout.hp, dtype=np.float64)  # as the kernels take it
