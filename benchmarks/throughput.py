@@ -505,7 +505,8 @@ def jax_epoch_fn(run, optimizer):
         def update(params, state, g):
             return jax.tree.map(lambda p, g: p - h.lr * g, params, g), state
     else:
-        opt_state = (jnp.zeros((), jnp.int32), *(jax.tree.map(jnp.zeros_like, params) for _ in "mv"))
+        m0, v0 = (jax.tree.map(jnp.zeros_like, params) for _ in "mv")  # two buffers (donated)
+        opt_state = (jnp.zeros((), jnp.int32), m0, v0)
         b1, b2, eps = h.beta1, h.beta2, h.eps
 
         def update(params, state, g):
