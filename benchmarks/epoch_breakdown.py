@@ -213,8 +213,10 @@ def gemm_rows(widths, m, dtype, reps):
     rng = np.random.default_rng(0)
     rows = []
     for l, (k, n) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-        shapes = [(f"fwd  z{l} = a{l - 1}({m}x{k}) W{l}({k}x{n})", (m, k), (k, n), (m, n), 0),
-                  (f"bwd dW{l} = a{l - 1}.T dz{l} ({k}x{m}x{n})", (m, k), (m, n), (k, n), 1)]  # fmt: skip
+        shapes = [
+            (f"fwd  z{l} = a{l - 1}({m}x{k}) W{l}({k}x{n})", (m, k), (k, n), (m, n), 0),
+            (f"bwd dW{l} = a{l - 1}.T dz{l} ({k}x{m}x{n})", (m, k), (m, n), (k, n), 1),
+        ]
         if l > 0:
             shapes.append(
                 (f"bwd da{l - 1} = dz{l} W{l}.T ({m}x{n}x{k})", (m, n), (k, n), (m, k), 2)

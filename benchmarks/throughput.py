@@ -911,6 +911,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="lossbench vs PyTorch vs NumPy training throughput")
     ap.add_argument("--quick", action="store_true", help="few repetitions: a smoke run")
     ap.add_argument("--cases", default="all", help="comma-separated case labels' first token")
+    ap.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated: float32,float64")
     ap.add_argument("--no-startup", action="store_true", help="skip the start-up measurement")
     ap.add_argument("--json", help="also write raw epoch times and results to this file")
     ap.add_argument(
@@ -962,7 +963,7 @@ def main(argv=None):
         rounds = 1 if args.quick else c.rounds
         block = 2 if args.quick else c.reps // c.rounds
         ref_block = 2 if args.quick else c.ref_reps // c.rounds
-        for dtype in DTYPES:
+        for dtype in args.dtypes.split(","):
             for opt in OPTIMIZERS:
                 overrides = [*COMMON, *c.overrides, f"optimizer={opt}", f"trainer.dtype={dtype}",
                              f"trainer.batch_size={c.batch}"]  # fmt: skip
