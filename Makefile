@@ -30,7 +30,7 @@ lint: $(TEST_STAMP)
 	$(BIN)/ruff check lossbench tests benchmarks plugins
 	$(BIN)/lint-imports
 
-# the PyTorch comparison: installs the optional `bench` extra (torch==2.13.0, CPU)
+# the PyTorch and JAX comparison: installs the optional `bench` extra (torch==2.13.0, jax[cpu])
 bench: $(STAMP)
 	$(BIN)/pip install -e '.[bench]'
 	$(BIN)/python benchmarks/throughput.py

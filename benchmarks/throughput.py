@@ -1,20 +1,23 @@
-"""Training throughput: lossbench's fused epoch vs PyTorch CPU eager vs lossbench's NumPy
-reference epoch, plus the time from process start to the first finished epoch.
+"""Training throughput: lossbench's fused epoch vs a jitted JAX epoch vs PyTorch CPU eager vs
+lossbench's NumPy reference epoch, plus the time from process start to the first finished epoch.
 
-    pip install -e '.[bench]'                  # torch==2.13.0, threadpoolctl
-    python benchmarks/throughput.py            # full run, a few minutes on 2 cores
+    pip install -e '.[bench]'                  # torch==2.13.0, jax[cpu]
+    python benchmarks/throughput.py            # full run, several minutes on 2 cores
     python benchmarks/throughput.py --quick    # smoke run
 
 What is timed, for every implementation alike: one pass over the training set in minibatches
-(gather the rows, forward, cross-entropy, backward, optimizer step). The per-epoch permutation is
-drawn just before the timer in all three (lossbench.train does the same around its own
-``epoch_seconds``). The first epoch is a warm-up and is discarded; each row reports the median of
-the timed epochs.
+(gather the rows, forward, cross-entropy, backward, optimizer step), and the same followed by one
+pass over the validation set (loss and accuracy), as a run's ``epoch_seconds`` measures it. The
+per-epoch permutation is drawn just before the timer in all of them (lossbench.train does the same
+around its own ``epoch_seconds``). The first epoch is a warm-up and is discarded; each row reports
+the median of the timed epochs.
 
 - lossbench: ``lossbench.train`` itself runs (same config composition, data preparation, buffers,
-  kernels bound with ``kernel_ref``), with ``lossbench.training.fused.train_epoch`` wrapped by a
-  timer for the length of the run, so only the fused epoch is timed and not the validation pass
-  that ``train`` runs after it.
+  kernels bound with ``kernel_ref``), with ``lossbench.training.fused.train_epoch`` and
+  ``evaluate`` wrapped by a timer for the length of the run: the fused epoch alone, and from its
+  start to the end of the validation pass ``train`` runs after it.
+- JAX: the whole epoch jitted (``lax.scan`` over the minibatches of the permutation, Adam with
+  ``jax.tree.map``), the validation pass jitted separately (see ``jax_epoch_fn``).
 - PyTorch: a torch.nn.Sequential MLP of the same widths and dtype, torch.optim.SGD / Adam with the
   same hyperparameters, F.cross_entropy, manual minibatching over a per-epoch torch.randperm
   (no DataLoader), torch's default thread count.
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import glob
 import json
 import math
@@ -59,8 +63,7 @@ class Case:
     overrides: list[str]
     batch: int
     widths_hidden: list[int]
-    target_ratio: float  # lossbench / PyTorch, float32
-    target_peak: float | None = None  # fraction of the matmul peak, float32
+    target_ratio: float  # lossbench / JAX jitted epoch, float32 (epoch alone and with validation)
     reps: int = 20  # timed epochs per implementation (full run), in `rounds` blocks
     ref_reps: int = 10
     rounds: int = 5
@@ -70,61 +73,60 @@ class Case:
 CASES = [
     Case(
         "20-32-3",
-        # 2222 blobs, 10% validation (stratified per class) -> exactly 2000 training rows
+        # 1999 blobs, 20% validation (stratified per class) -> 1600 training rows
         [
             "data=blobs",
             "data.n_features=20",
             "data.centers=3",
-            "data.n_samples=2222",
+            "data.n_samples=1999",
             "data.cluster_std=15",
-            "data.val_fraction=0.1",
             "model.hidden=[32]",
         ],
         batch=32,
         widths_hidden=[32],
-        target_ratio=10.0,
+        target_ratio=2.0,
         reps=40,
         ref_reps=10,
-        n_train=2000,
+        n_train=1600,
     ),
     Case(
         "64-128-10 digits",
         ["data=digits", "model.hidden=[128]"],
         batch=64,
         widths_hidden=[128],
-        target_ratio=3.0,
+        target_ratio=1.5,
         reps=30,
         ref_reps=10,
+        n_train=1438,
     ),
     Case(
         "784-512-256-10",
-        # 12500 blobs in 784 dimensions, 20% validation -> exactly 10000 training rows
+        # 10000 blobs in 784 dimensions, 20% validation -> 8000 training rows
         [
             "data=blobs",
             "data.n_features=784",
             "data.centers=10",
-            "data.n_samples=12500",
+            "data.n_samples=10000",
             "data.cluster_std=100",
             "model.hidden=[512,256]",
         ],
         batch=128,
         widths_hidden=[512, 256],
-        target_ratio=1.3,
-        target_peak=0.60,
+        target_ratio=1.0,
         reps=6,
         ref_reps=3,
         rounds=3,
-        n_train=10000,
+        n_train=8000,
     ),
 ]
 # Blobs with the default cluster_std=1 are separated after one epoch (784-D, Adam: train loss
-# 7.5e-10 in epoch 2), so the timed epochs would describe a degenerate regime (vanishing
-# gradients, ReLU patterns fixed per class). The wider clusters above keep the loss away from 0
-# for the whole measurement.
+# 7.5e-10 in epoch 2), so the timed epochs would describe a degenerate regime. The wider
+# clusters above keep the loss away from 0 for the whole measurement.
 OPTIMIZERS = ("sgd", "adam")
 DTYPES = ("float32", "float64")
 COMMON = ["loss=cross_entropy", "model=mlp", "model.activation=relu", "trainer.progress=false",
           "trainer.shuffle=true", "tracking=none", "seed=0"]  # fmt: skip
+KINDS = ("lossbench", "jax", "torch", "reference")
 
 
 @dataclass
@@ -134,15 +136,14 @@ class Result:
     dtype: str
     n_train: int
     widths: list[int]
-    lossbench: list[float] = field(default_factory=list)  # epoch seconds (timed epochs)
-    torch: list[float] = field(default_factory=list)
-    reference: list[float] = field(default_factory=list)
+    seconds: dict = field(default_factory=dict)  # kind -> epoch seconds (timed epochs)
+    with_val: dict = field(default_factory=dict)  # kind -> epoch + validation pass seconds
     other_cores: float = 0.0  # CPU other processes used during the row's measurements
     peak: float = 0.0  # numpy 2048^3 @ GFLOP/s in this dtype, measured just before the row
     other_mean: float = 0.0
 
-    def rate(self, which):
-        times = getattr(self, which)
+    def rate(self, which, val=False):
+        times = (self.with_val if val else self.seconds).get(which)
         return self.n_train / statistics.median(times) if times else float("nan")
 
     @property
@@ -217,42 +218,66 @@ class _Stop(Exception):
 
 
 class _TimedEpoch:
-    """Stands in for lossbench.training.fused.train_epoch during one ``train`` call: calls the real
-    dispatcher and records the seconds of every epoch; ``gate`` (if given) runs before each
-    epoch, outside the timer. Attribute access (``overloads``, ``compile``) goes to the
-    dispatcher, so ``train``'s compile step is unchanged."""
+    """Stands in for lossbench.training.fused.train_epoch and .evaluate during one ``train``
+    call: calls the real dispatchers and records, per epoch, the seconds of the epoch alone
+    (``seconds``) and from the start of the epoch to the end of the validation pass that
+    follows it (``with_val``); ``gate`` (if given) runs before each epoch, outside the timer.
+    Attribute access (``overloads``, ``compile``) goes to the epoch's dispatcher, so ``train``'s
+    compile step is unchanged."""
 
-    def __init__(self, dispatcher, gate=None):
+    def __init__(self, dispatcher, evaluate, gate=None):
         self._dispatcher = dispatcher
+        self._evaluate = evaluate
         self._gate = gate
+        self._t0 = 0.0
         self.seconds: list[float] = []
+        self.with_val: list[float] = []
         self.seen: list[int] = []
 
     def __call__(self, *args):
         if self._gate is not None:
             self._gate(self)
-        t0 = time.perf_counter()
+        self._t0 = t0 = time.perf_counter()
         result = self._dispatcher(*args)
         self.seconds.append(time.perf_counter() - t0)
         self.seen.append(int(result[1]))
+        return result
+
+    def evaluate(self, *args):
+        result = self._evaluate(*args)
+        self.with_val.append(time.perf_counter() - self._t0)
         return result
 
     def __getattr__(self, name):
         return getattr(self._dispatcher, name)
 
 
+class _TimedEvaluate:
+    """Stands in for lossbench.training.fused.evaluate (see _TimedEpoch)."""
+
+    def __init__(self, timed):
+        self._timed = timed
+
+    def __call__(self, *args):
+        return self._timed.evaluate(*args)
+
+    def __getattr__(self, name):
+        return getattr(self._timed._evaluate, name)
+
+
 def lossbench_train_timed(overrides, epochs, gate=None):
-    """``lossbench.train`` with every fused epoch timed; returns (run, timer)."""
+    """``lossbench.train`` with every fused epoch (and epoch + validation) timed; returns
+    (run, timer)."""
     import lossbench
     from lossbench.training import fused
 
-    real = fused.train_epoch
-    timed = _TimedEpoch(real, gate)
-    fused.train_epoch = timed
+    real, real_eval = fused.train_epoch, fused.evaluate
+    timed = _TimedEpoch(real, real_eval, gate)
+    fused.train_epoch, fused.evaluate = timed, _TimedEvaluate(timed)
     try:
         run = lossbench.train(overrides=[*overrides, f"trainer.epochs={epochs}"])
     finally:
-        fused.train_epoch = real
+        fused.train_epoch, fused.evaluate = real, real_eval
     return run, timed
 
 
@@ -269,7 +294,7 @@ def serve_lossbench(overrides, send, receive):
                 block = timed.seconds[state["start"] :]
                 if len(set(timed.seen)) != 1:
                     raise RuntimeError(f"epochs saw different sample counts: {timed.seen}")
-                send({"seconds": block})
+                send({"seconds": block, "with_val": timed.with_val[state["start"] :]})
             n = receive()
             if n is None:
                 raise _Stop
@@ -323,7 +348,7 @@ def prepare_like_train(overrides):
 
 def reference_epoch_fn(run):
     """A function running one timed NumPy reference epoch; returns its seconds."""
-    from lossbench.training.slow import reference_epoch
+    from lossbench.training.slow import PythonParts, python_evaluate, reference_epoch
 
     prep, layout, specs, hps = run.dataset, run.layout, run.specs, run.hparams
     dtype = prep.X_train.dtype
@@ -346,6 +371,11 @@ def reference_epoch_fn(run):
     order = np.arange(len(prep.X_train), dtype=np.int64)
     step = [0]
 
+    parts = PythonParts(
+        specs["model"].reference_forward, specs["model"].reference_backward,
+        specs["loss"].reference, opt.reference,
+    )  # fmt: skip
+
     def epoch():
         rng.shuffle(order)
         t0 = time.perf_counter()
@@ -354,9 +384,14 @@ def reference_epoch_fn(run):
             state, scalars, prep.X_train, prep.Y_train, order, batch, step[0], lr,
         )  # fmt: skip
         seconds = time.perf_counter() - t0
+        python_evaluate(
+            parts, params, layout.layout, model_hp, loss_hp, prep.X_val, prep.Y_val,
+            prep.labels_val, max(batch, 1024),
+        )  # fmt: skip
+        with_val = time.perf_counter() - t0
         if seen != len(order) or not math.isfinite(total):
             raise RuntimeError(f"reference epoch saw {seen} rows, loss {total}")
-        return seconds
+        return seconds, with_val
 
     return epoch
 
@@ -395,6 +430,8 @@ def torch_epoch_fn(run, optimizer):
         )  # fmt: skip
     batch = int(run.config.trainer.batch_size)
     n = X.shape[0]
+    X_val = torch.from_numpy(prep.X_val)
+    y_val = torch.from_numpy(prep.labels_val)
 
     def epoch():
         perm = torch.randperm(n)
@@ -407,9 +444,123 @@ def torch_epoch_fn(run, optimizer):
             loss.backward()
             opt.step()
         seconds = time.perf_counter() - t0
-        if not math.isfinite(loss.item()):
+        with torch.no_grad():
+            out = model(X_val)
+            val_loss = F.cross_entropy(out, y_val).item()
+            (out.argmax(dim=1) == y_val).sum().item()
+        with_val = time.perf_counter() - t0
+        if not (math.isfinite(loss.item()) and math.isfinite(val_loss)):
             raise RuntimeError("torch loss is not finite")
-        return seconds
+        return seconds, with_val
+
+    return epoch
+
+
+# ---------------------------------------------------------------------------------------------
+# JAX: the whole epoch jitted
+
+
+def jax_epoch_fn(run, optimizer):
+    """A function running one timed JAX epoch (and its validation pass); returns their seconds.
+
+    Idiomatic JAX: the whole epoch is one jitted function, ``lax.scan`` over the minibatches of
+    a per-epoch permutation (the partial last batch as one more step inside the same jitted
+    function, so every row is trained on as in the other implementations), gradients by
+    ``jax.value_and_grad``, SGD and Adam written with ``jax.tree.map`` (torch.optim's update
+    rules), parameters and optimizer state donated to the call. float64 turns on x64."""
+    import jax
+
+    prep, hps = run.dataset, run.hparams
+    if str(prep.X_train.dtype) == "float64":
+        jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    from jax import lax
+
+    dtype = prep.X_train.dtype
+    X, y = jnp.asarray(prep.X_train), jnp.asarray(prep.labels_train.astype(np.int32))
+    X_val, y_val = jnp.asarray(prep.X_val), jnp.asarray(prep.labels_val.astype(np.int32))
+    widths = [X.shape[1], *run.config.model.hidden, prep.n_outputs]
+    rng = np.random.default_rng(0)
+    params = []
+    for a, b in zip(widths[:-1], widths[1:], strict=True):  # torch.nn.Linear's default init
+        k = 1.0 / math.sqrt(a)
+        params.append((jnp.asarray(rng.uniform(-k, k, (a, b)).astype(dtype)),
+                       jnp.asarray(rng.uniform(-k, k, b).astype(dtype))))  # fmt: skip
+    h = hps["optimizer"]
+    if h.weight_decay or getattr(h, "amsgrad", False) or getattr(h, "momentum", 0):
+        raise ValueError("the JAX epoch implements plain SGD and Adam (the benchmark's settings)")
+    batch, n = int(run.config.trainer.batch_size), X.shape[0]
+
+    def forward(params, x):
+        for W, b in params[:-1]:
+            x = jax.nn.relu(x @ W + b)
+        W, b = params[-1]
+        return x @ W + b
+
+    def loss_fn(params, x, labels):
+        logp = jax.nn.log_softmax(forward(params, x))
+        return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1))
+
+    grad_fn = jax.value_and_grad(loss_fn)
+    if optimizer == "sgd":
+        opt_state = jnp.zeros((), jnp.int32)
+
+        def update(params, state, g):
+            return jax.tree.map(lambda p, g: p - h.lr * g, params, g), state
+    else:
+        m0, v0 = (jax.tree.map(jnp.zeros_like, params) for _ in "mv")  # two buffers (donated)
+        opt_state = (jnp.zeros((), jnp.int32), m0, v0)
+        b1, b2, eps = h.beta1, h.beta2, h.eps
+
+        def update(params, state, g):
+            t, m, v = state
+            t = t + 1
+            m = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, m, g)
+            v = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, v, g)
+            step = h.lr / (1 - b1 ** t.astype(dtype))
+            bc2 = jnp.sqrt(1 - b2 ** t.astype(dtype))
+            new = jax.tree.map(lambda p, m, v: p - step * m / (jnp.sqrt(v) / bc2 + eps),
+                               params, m, v)  # fmt: skip
+            return new, (t, m, v)
+
+    def step(carry, idx, X, y):
+        params, state = carry
+        loss, g = grad_fn(params, X[idx], y[idx])
+        return update(params, state, g), loss * idx.shape[0]
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def epoch_fn(params, state, perm, X, y):
+        full = n // batch
+        body = functools.partial(step, X=X, y=y)
+        carry, losses = lax.scan(body, (params, state), perm[: full * batch].reshape(full, batch))
+        total = losses.sum()
+        if n % batch:  # the partial last batch (static shapes: known when tracing)
+            carry, last = body(carry, perm[full * batch :])
+            total = total + last
+        return carry[0], carry[1], total
+
+    @jax.jit
+    def validate(params, X, labels):
+        out = forward(params, X)
+        logp = jax.nn.log_softmax(out)
+        loss = -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1))
+        return loss, jnp.sum(jnp.argmax(out, axis=1) == labels)
+
+    perm_rng = np.random.default_rng(1)
+    box = {"params": params, "state": opt_state}
+
+    def epoch():
+        perm = jax.device_put(perm_rng.permutation(n).astype(np.int32))
+        t0 = time.perf_counter()
+        p, st, total = epoch_fn(box["params"], box["state"], perm, X, y)
+        total = float(jax.block_until_ready(total))
+        seconds = time.perf_counter() - t0
+        val_loss, _correct = jax.block_until_ready(validate(p, X_val, y_val))
+        with_val = time.perf_counter() - t0
+        box["params"], box["state"] = p, st
+        if not (math.isfinite(total) and math.isfinite(float(val_loss))):
+            raise RuntimeError("jax loss is not finite")
+        return seconds, with_val
 
     return epoch
 
@@ -511,6 +662,7 @@ def fmt_rate(x):
 
 
 def header(args, peaks):
+    import jax
     import numba
     import scipy
     import torch
@@ -523,7 +675,8 @@ def header(args, peaks):
         f"machine: {cpu_model()}, {os.cpu_count()} cores, load average at start "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}",
         f"python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}, "
-        f"numba {numba.__version__}, torch {torch.__version__}, lossbench {lossbench.__version__}",
+        f"numba {numba.__version__}, torch {torch.__version__}, jax {jax.__version__} "
+        f"(devices {jax.devices()}), lossbench {lossbench.__version__}",
         f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')} "
         f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '(unset)')}",
         "BLAS/threading libraries loaded (threadpoolctl):",
@@ -552,34 +705,31 @@ def header(args, peaks):
     return lines
 
 
-def table(results, cases, peaks):
+def table(results, cases, peaks, val=False):
+    """The rows as text: samples/s of the epoch alone (or, ``val``, of the epoch followed by
+    its validation pass), ratios, GFLOP/s and the float32 target against JAX."""
     by_label = {c.label: c for c in cases}
-    cols = ["model (n_train, batch)", "opt", "dtype", "lossbench/s", "pytorch/s", "numpy-ref/s",
-            "lb/torch", "lb GFLOP/s", "peak", "%peak", "target", "result", "other"]  # fmt: skip
+    cols = ["model (n_train, batch)", "opt", "dtype", "lossbench/s", "jax/s", "pytorch/s",
+            "numpy-ref/s", "lb/jax", "lb/torch", "lb GFLOP/s", "peak", "%peak", "target",
+            "result", "other"]  # fmt: skip
     rows = []
     for r in results:
         c = by_label[r.case]
-        lb, pt, ref = r.rate("lossbench"), r.rate("torch"), r.rate("reference")
-        ratio = lb / pt
+        lb, jx, pt, ref = (r.rate(k, val) for k in KINDS)
         gflops = lb * r.flops_per_sample / 1e9
         peak = r.peak or peaks[r.dtype]["numpy"]
-        pct = gflops / peak
         target, result = "-", "-"
         if r.dtype == "float32":
-            target = f">={c.target_ratio:g}x"
-            ok = ratio >= c.target_ratio
-            if c.target_peak is not None:
-                target += f", >={c.target_peak:.0%}"
-                ok = ok and pct >= c.target_peak
-            result = "PASS" if ok else "MISS"
+            target = f">={c.target_ratio:g}x jax"
+            result = "PASS" if lb / jx >= c.target_ratio else "MISS"
         rows.append(
             [f"{r.case} ({r.n_train}, {c.batch})", r.optimizer, r.dtype, fmt_rate(lb),
-             fmt_rate(pt), fmt_rate(ref), f"{ratio:.2f}x", f"{gflops:.1f}", f"{peak:.0f}",
-             f"{pct:.1%}", target, result,
+             fmt_rate(jx), fmt_rate(pt), fmt_rate(ref), f"{lb / jx:.2f}x", f"{lb / pt:.2f}x",
+             f"{gflops:.1f}", f"{peak:.0f}", f"{gflops / peak:.1%}", target, result,
              f"{r.other_mean:.2f}/{r.other_cores:.2f}".replace("nan", "-")]
         )  # fmt: skip
     widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows, strict=True)]
-    right = {3, 4, 5, 6, 7, 8, 9, 12}
+    right = {3, 4, 5, 6, 7, 8, 9, 10, 11, 14}
     out = []
     for row in [cols, ["-" * w for w in widths], *rows]:
         cells = [str(x).rjust(w) if i in right else str(x).ljust(w)
@@ -607,6 +757,8 @@ def serve(job):
     prep = prepare_like_train(job["overrides"])
     if kind == "torch":
         epoch = torch_epoch_fn(prep, job["optimizer"])
+    elif kind == "jax":
+        epoch = jax_epoch_fn(prep, job["optimizer"])
     elif kind == "reference":
         epoch = reference_epoch_fn(prep)
     else:
@@ -619,7 +771,8 @@ def serve(job):
         }
     )
     while (n := receive()) is not None:
-        send({"seconds": [epoch() for _ in range(n)]})
+        times = [epoch() for _ in range(n)]
+        send({"seconds": [a for a, _ in times], "with_val": [b for _, b in times]})
 
 
 def proc_cpu_seconds(pid):
@@ -643,6 +796,7 @@ class Worker:
         )
         self.info = None
         self.seconds: list[float] = []
+        self.with_val: list[float] = []  # epoch + validation pass
         self.other: list[tuple[float, float]] = []  # per block: (other processes' CPU s, wall s)
 
     def _read(self):
@@ -661,13 +815,14 @@ class Worker:
         b0, c0, t0 = busy_cpu_seconds(), proc_cpu_seconds(self.proc.pid), time.perf_counter()
         self.proc.stdin.write(f"{n}\n")
         self.proc.stdin.flush()
-        seconds = self._read()["seconds"]
+        answer = self._read()
         wall = time.perf_counter() - t0
         other = busy_cpu_seconds() - b0 - (proc_cpu_seconds(self.proc.pid) - c0)
         if keep:
-            self.seconds += seconds
+            self.seconds += answer["seconds"]
+            self.with_val += answer["with_val"]
             self.other.append((other, wall))
-        return seconds
+        return answer["seconds"]
 
     def disturbed(self):
         """Did other processes use > 2 * IDLE_CORES during the last block? (Judged only for
@@ -725,11 +880,11 @@ def one_shot(job, max_wait=0.0):
 
 
 def measure_row(job, rounds, block, ref_block, max_wait):
-    """Time one row: three worker processes (lossbench, torch, reference) set up side by side,
-    one warm-up epoch each, then ``rounds`` rounds in which each runs a block of epochs in turn
-    (rotating the order), so that slow drifts of the machine's speed hit all three alike. A
+    """Time one row: four worker processes (lossbench, jax, torch, reference) set up side by
+    side, one warm-up epoch each, then ``rounds`` rounds in which each runs a block of epochs in
+    turn (rotating the order), so that slow drifts of the machine's speed hit all alike. A
     block during which other processes used > 2 * IDLE_CORES is discarded and run again once."""
-    workers = {k: Worker({**job, "kind": k}) for k in ("lossbench", "torch", "reference")}
+    workers = {k: Worker({**job, "kind": k}) for k in KINDS}
     try:
         for w in workers.values():
             w.ready()
@@ -737,7 +892,7 @@ def measure_row(job, rounds, block, ref_block, max_wait):
             w.run(1, keep=False)  # warm-up
         kinds = list(workers)
         for r in range(rounds):
-            for k in kinds[r % 3 :] + kinds[: r % 3]:
+            for k in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
                 w = workers[k]
                 n = ref_block if k == "reference" else block
                 for attempt in range(2):
@@ -748,7 +903,7 @@ def measure_row(job, rounds, block, ref_block, max_wait):
                     w.run(n)
                     if not w.disturbed() or attempt == 1:
                         break
-                    del w.seconds[kept:], w.other[-1]  # disturbed: measure this block again
+                    del w.seconds[kept:], w.with_val[kept:], w.other[-1]  # disturbed: again
     finally:
         for w in workers.values():
             w.close()
@@ -759,6 +914,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="lossbench vs PyTorch vs NumPy training throughput")
     ap.add_argument("--quick", action="store_true", help="few repetitions: a smoke run")
     ap.add_argument("--cases", default="all", help="comma-separated case labels' first token")
+    ap.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated: float32,float64")
     ap.add_argument("--no-startup", action="store_true", help="skip the start-up measurement")
     ap.add_argument("--json", help="also write raw epoch times and results to this file")
     ap.add_argument(
@@ -810,7 +966,7 @@ def main(argv=None):
         rounds = 1 if args.quick else c.rounds
         block = 2 if args.quick else c.reps // c.rounds
         ref_block = 2 if args.quick else c.ref_reps // c.rounds
-        for dtype in DTYPES:
+        for dtype in args.dtypes.split(","):
             for opt in OPTIMIZERS:
                 overrides = [*COMMON, *c.overrides, f"optimizer={opt}", f"trainer.dtype={dtype}",
                              f"trainer.batch_size={c.batch}"]  # fmt: skip
@@ -823,8 +979,8 @@ def main(argv=None):
                 if c.n_train is not None and info["n_train"] != c.n_train:
                     raise RuntimeError(f"{c.label}: {info['n_train']} rows, not {c.n_train}")
                 r = Result(
-                    c.label, opt, dtype, info["n_train"], info["widths"], w["lossbench"].seconds,
-                    w["torch"].seconds, w["reference"].seconds,
+                    c.label, opt, dtype, info["n_train"], info["widths"],
+                    {k: w[k].seconds for k in KINDS}, {k: w[k].with_val for k in KINDS},
                 )  # fmt: skip
                 blocks = [x for k in w for x in w[k].other]
                 r.other_mean = max(0.0, sum(c for c, _ in blocks) / sum(t for _, t in blocks))
@@ -833,9 +989,9 @@ def main(argv=None):
                 r.peak = peak["gflops"]
                 results.append(r)
                 print(
-                    f"  measured {c.label} {opt} {dtype}: lossbench {fmt_rate(r.rate('lossbench'))}"
-                    f" pytorch {fmt_rate(r.rate('torch'))} numpy-ref "
-                    f"{fmt_rate(r.rate('reference'))} samples/s",
+                    f"  measured {c.label} {opt} {dtype}: "
+                    + ", ".join(f"{k} {fmt_rate(r.rate(k))}" for k in KINDS)
+                    + " samples/s",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -859,7 +1015,11 @@ def main(argv=None):
         "just before the row (best of 3), %peak against it; other = CPU (cores) used by other "
         "processes while the row's blocks ran: over all blocks / worst block of >= 0.1 s"
     )
+    print("\nthe epoch alone:")
     for line in table(results, cases, peaks):
+        print(line)
+    print("\nthe epoch followed by its validation pass (as a run's epoch_seconds):")
+    for line in table(results, cases, peaks, val=True):
         print(line)
     print(f"(throughput rows took {bench_seconds:.0f} s, of which {WAITED[0]:.0f} s waiting for "
           f"other processes to go idle; load average now "

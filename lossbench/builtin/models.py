@@ -173,22 +173,22 @@ def mlp_backward(params, layout, hp, x, work, dout, grads):
     m = x.shape[0]
     n_layers = layout.shape[0]
     slope = params.dtype.type(hp[0])  # hp is float64; the loops stay in the run's dtype
-    # offsets of z_l and a_l inside work, and where the scratch blocks start
-    z_off = np.empty(n_layers, np.int64)
-    off = 0
+    # where the scratch blocks start: after z_l and a_l of every hidden layer. Going down,
+    # ``top`` is where the block of layer l - 1 ends (no offsets array: no allocation per batch)
+    top = 0
     max_w = 0
     for l in range(n_layers - 1):
-        z_off[l] = off
-        off += 2 * m * layout[l, 1]
+        top += 2 * m * layout[l, 1]
         max_w = max(max_w, layout[l, 1])
-    scratch = (off, off + m * max_w)
+    scratch = (top, top + m * max_w)
     dz = dout
     for l in range(n_layers - 1, -1, -1):
         n_in, n_out, wo, bo = layout[l, 0], layout[l, 1], layout[l, 2], layout[l, 3]
         if l == 0:
             a_prev = x
         else:
-            ao = z_off[l - 1] + m * n_in
+            zo = top - 2 * m * n_in  # z_{l-1}, then a_{l-1}
+            ao = zo + m * n_in
             a_prev = work[ao : ao + m * n_in].reshape(m, n_in)
         dW = grads[wo : wo + n_in * n_out].reshape(n_in, n_out)
         np.dot(a_prev.T, dz, dW)
@@ -202,7 +202,7 @@ def mlp_backward(params, layout, hp, x, work, dout, grads):
             so = scratch[(n_layers - 1 - l) % 2]
             da = work[so : so + m * n_in].reshape(m, n_in)
             np.dot(dz, W.T, da)
-            zo = z_off[l - 1]
+            top = zo
             code = layout[l - 1, 4]
             z_prev = work[zo : zo + m * n_in].reshape(m, n_in)
             _act_backward(da, z_prev, a_prev, code, slope)

@@ -11,6 +11,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 from lossbench.config import GROUPS, compose
 from lossbench.errors import LossbenchError
@@ -103,20 +104,28 @@ def _stages(run: Run, pm, t_start: float, interrupts: _KeepInterrupts) -> str:
     return fit(run, setup, runner, pm)
 
 
+# the trainer options lr_at reads
+_SCHEDULE_KEYS = ("epochs", "lr_schedule", "warmup_epochs", "step_size", "gamma", "min_lr")
+
+
 def fit(run: Run, s: Setup, runner: Runner, pm) -> str:
     """The epoch loop: one epoch (forward, loss, backward, step for every minibatch), one
     validation pass, the metrics into the history, the on_epoch_end hooks; returns the status."""
     trainer, prep = run.config.trainer, run.dataset
     n_val, t = len(prep.X_val), 0
+    # the options read every epoch, read once: an OmegaConf attribute read costs ~5 us, and
+    # they were most of the Python work between two epochs (benchmarks/epoch_breakdown.py)
+    schedule = SimpleNamespace(**{k: trainer[k] for k in _SCHEDULE_KEYS})
+    shuffle, classification = bool(trainer.shuffle), prep.task == "classification"
     for epoch in range(int(trainer.epochs)):
-        lr = lr_at(epoch, s.base_lr, trainer)
-        if trainer.shuffle:
+        lr = lr_at(epoch, s.base_lr, schedule)
+        if shuffle:
             s.rng.shuffle(s.order)
         t0 = time.perf_counter()
         total, seen, correct, t = runner.epoch(t, float(lr))
         val_total, val_correct = runner.evaluate()
         metrics = {"epoch": epoch, "train_loss": total / seen, "val_loss": val_total / n_val}
-        if prep.task == "classification":
+        if classification:
             metrics["train_accuracy"] = correct / seen
             metrics["val_accuracy"] = val_correct / n_val
         metrics["lr"] = lr
