@@ -343,9 +343,12 @@ def _watch(study, plan, launcher) -> str:
     """Show progress until the workers end; on Ctrl-C make sure they stop."""
     try:
         with Progress(study, plan) as progress:
+            shown = 0.0
             while launcher.running():
-                progress.update()
-                time.sleep(0.5)
+                if time.monotonic() - shown >= 0.5:  # the study is read twice a second
+                    progress.update()
+                    shown = time.monotonic()
+                time.sleep(0.05)  # but the workers' end is noticed at once
             progress.update()
         return "finished"
     except KeyboardInterrupt:
