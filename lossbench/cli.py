@@ -16,6 +16,7 @@ interrupted.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -253,6 +254,32 @@ def _task(cfg) -> None:
         print(f"lossbench: error: {message}", file=sys.stderr)
     if run.status in ("diverged", "failed") or run.record_errors:
         sys.exit(1)
+
+
+def entry() -> None:
+    """``python -m lossbench`` and the ``lossbench`` script: ``main``, then exit without the
+    interpreter's teardown, which took 0.35 s after a run (numba, matplotlib, Hydra) and 0.9 s
+    after a sweep (MLflow and SQLAlchemy too) once everything was done: the logs and the output
+    streams are flushed first, and every file of the run or sweep is written by then. An error
+    that is not the user's (a traceback) leaves the usual way."""
+    try:
+        main()
+    except SystemExit as exc:
+        _exit(exc.code)
+    _exit(0)
+
+
+def _exit(code) -> None:
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    logging.shutdown()  # Hydra's job log file
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code or 0)
 
 
 def main(argv: list[str] | None = None) -> None:
