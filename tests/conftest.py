@@ -1,5 +1,7 @@
+import fcntl
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +20,14 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 os.environ.setdefault("LOSSBENCH_LOAD_PLUGINS", "")
 
 TINY = ["trainer.progress=false", "trainer.epochs=3", "tracking=none"]
+
+
+def wait_for_summaries(root) -> None:
+    """Wait until the background summary process of every sweep under ``root`` has ended (it
+    holds SWEEP_DIR/.summary.lock until the figures are logged and the parent run has ended)."""
+    for lock in Path(root).rglob(".summary.lock"):
+        with open(lock) as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
 
 
 @pytest.fixture(scope="session")

@@ -130,3 +130,52 @@ def test_wheel_install_outside_the_repo(tmp_path):
         text=True,
     )
     assert str(venv) in where.stdout, "configs must come from the installed wheel"
+
+
+COUNT_COMPOSES = """
+import sys
+from hydra._internal.hydra import Hydra
+calls = []
+compose_config = Hydra.compose_config
+def counted(self, *args, **kwargs):
+    calls.append(kwargs.get("run_mode"))
+    return compose_config(self, *args, **kwargs)
+Hydra.compose_config = counted
+from lossbench.cli import main
+try:
+    main(sys.argv[1:])
+finally:
+    print("composed", len(calls), file=sys.stderr)
+"""
+
+
+def test_a_run_composes_its_config_once(tmp_path):
+    """hydra.main composed three times for one run (the check, the mode, the run)."""
+    r = subprocess.run(
+        [sys.executable, "-c", COUNT_COMPOSES, "tracking=none", "trainer.epochs=1", "data=iris",
+         "trainer.plots=false", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, env={**os.environ, "LOSSBENCH_LOAD_PLUGINS": ""}, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "composed 1" in r.stderr, r.stderr
+    assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_composing_once_writes_what_hydra_main_writes(tmp_path):
+    """The one-compose path and hydra.main's (taken with any flag, here --config-name) leave
+    the same .hydra/ files and log, apart from the run directory's own name."""
+    common = ["tracking=none", "trainer.epochs=1", "data=iris", "trainer.plots=false",
+              "optimizer.lr=0.01"]  # fmt: skip
+    runs = {}
+    for name, extra in (("once", []), ("main", ["--config-name=config"])):
+        r = lossbench(*extra, *common, f"hydra.run.dir={tmp_path / name}", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        runs[name] = tmp_path / name
+    for f in ("config.yaml", "overrides.yaml", "hydra.yaml"):
+        once = (runs["once"] / ".hydra" / f).read_text().replace(str(runs["once"]), "DIR")
+        main = (runs["main"] / ".hydra" / f).read_text().replace(str(runs["main"]), "DIR")
+        assert once == main, f
+    assert sorted(p.name for p in runs["once"].iterdir()) == sorted(
+        p.name for p in runs["main"].iterdir()
+    )

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 import lossbench
+from conftest import wait_for_summaries
 from lossbench.sweep.space import build_space, split_overrides
 
 pytestmark = pytest.mark.slow
@@ -28,6 +29,7 @@ def sweep(*args, cwd, check=True, timeout=300):
         text=True,
         timeout=timeout,
     )
+    wait_for_summaries(cwd)  # the figures and the parent run's end, drawn in the background
     if check:
         assert r.returncode == 0, r.stdout + r.stderr
     return r
@@ -348,3 +350,40 @@ def load_from(root, name):
 
     storage = open_storage(f"journal:{root}/journal.log")
     return optuna.load_study(study_name=name, storage=storage)
+
+
+def test_without_a_pruner_trials_report_no_epochs_but_keep_their_curves(tmp_path):
+    """sweep.pruner=none: nothing can prune, so no per-epoch report (each was an fsynced
+    journal append); the curves are still the trial's, and a pruner gets every epoch."""
+    for pruner in ("none", "median"):
+        sweep("optimizer.lr=tag(log, interval(1e-3, 0.1))", *BASE, "sweep.n_trials=2",
+              f"sweep.pruner={pruner}", f"sweep.study_name=p{pruner}", cwd=tmp_path)  # fmt: skip
+    for t in load(tmp_path, "pnone").trials:
+        assert t.state.name == "COMPLETE" and t.intermediate_values == {}
+        assert len(t.user_attrs["val_loss"]) == 6 and t.value == t.user_attrs["val_loss"][-1]
+    for t in load(tmp_path, "pmedian").trials:
+        assert sorted(t.intermediate_values) == list(range(6))
+
+
+def test_a_worker_started_before_the_parent_run_waits_for_its_id(tmp_path):
+    """Local workers start while the coordinator opens the MLflow parent run; its id reaches
+    them in SWEEP_DIR/parent_run.json, and a stopping worker does not wait for it."""
+    import json
+    import threading
+
+    from lossbench.sweep.plan import PARENT_FILE, Plan, parent_run_id
+
+    plan = Plan(study_name="s", storage="", sweep_dir=str(tmp_path), fixed=[], params={},
+                metrics=["val_loss"], directions=["minimize"], n_trials=1, seed=0,
+                sampler="tpe", pruner="none", pruner_warmup_epochs=0, heartbeat_seconds=1.0,
+                grace_seconds=1.0, tracking=True, parent_pending=True)  # fmt: skip
+    stop = threading.Event()
+    stop.set()
+    assert parent_run_id(plan, stop) is None and plan.parent_pending  # stopping: no wait
+    writer = threading.Timer(0.3, lambda: (tmp_path / PARENT_FILE).write_text(
+        json.dumps({"run_id": "abc"})))  # fmt: skip
+    writer.start()
+    assert parent_run_id(plan, threading.Event()) == "abc"
+    assert plan.parent_run_id == "abc" and not plan.parent_pending
+    (tmp_path / PARENT_FILE).write_text(json.dumps({"run_id": "other"}))
+    assert parent_run_id(plan, threading.Event()) == "abc"  # read once

@@ -21,7 +21,7 @@ import pytest
 from test_sweep import BASE, PROBE, sweep
 from test_sweep_faults import LR, start, wait_for
 
-from conftest import PG, postgres_or_skip
+from conftest import PG, postgres_or_skip, wait_for_summaries
 from lossbench.errors import ConfigError
 from lossbench.sweep.launchers import check_reachable, check_versions
 from lossbench.sweep.plan import Plan
@@ -202,6 +202,7 @@ def test_ray_sweep_with_a_killed_worker_completes_exactly_n_trials(
     (marks / "release").touch()
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    wait_for_summaries(tmp_path)
     study, runs = no_running(study_db, "raykill", mlflow_url)
     counted = [t for t in study.trials if not t.user_attrs.get("lossbench_lost")]
     assert sorted(t.state.name for t in counted) == ["COMPLETE"] * 2

@@ -4,7 +4,13 @@ registered component's schema (``store``), composing a config as ``python -m los
 OVERRIDES`` would and as ``--multirun`` starts from (``compose``), and Hydra's errors said in
 one paragraph (``errors``)."""
 
-from lossbench.config.compose import check_choices, compose, compose_multirun, hparams
+from lossbench.config.compose import (
+    check_choices,
+    compose,
+    compose_multirun,
+    compose_run,
+    hparams,
+)
 from lossbench.config.schemas import (
     DTYPES,
     LR_SCHEDULES,
@@ -30,6 +36,7 @@ __all__ = [
     "check_choices",
     "compose",
     "compose_multirun",
+    "compose_run",
     "config_dir",
     "hparams",
     "node_class",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 from hydra import compose as hydra_compose
@@ -9,7 +10,7 @@ from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from lossbench.config.errors import check_interpolations, check_known_keys, translate
@@ -57,19 +58,26 @@ def compose(overrides=(), registry=None):
     overrides = list(overrides)
     check_choices(overrides, registry)
     store_configs(registry)
+    return _checked(overrides, _compose_task, lambda cfg: cfg)
 
-    def run(overrides):
-        if GlobalHydra.instance().is_initialized():
-            return hydra_compose(config_name="config", overrides=overrides)
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=overrides)
+
+def _compose_task(overrides):
+    if GlobalHydra.instance().is_initialized():
+        return hydra_compose(config_name="config", overrides=overrides)
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def _checked(overrides: list[str], run, task_of):
+    """``run(overrides)`` with Hydra's and OmegaConf's errors said in one paragraph, and the
+    keys of the composed task config (``task_of(cfg)``) checked against the schemas."""
 
     def default(key: str):
         """The value ``key`` has with the same group choices but no other override (None
         when even those do not compose)."""
         choices = [o for o in overrides if o.partition("=")[0] in CONFIG_GROUPS]
         try:
-            base = run(choices)
+            base = _compose_task(choices)
         except (HydraException, OmegaConfBaseException):
             return None
         return OmegaConf.select(base, key) if key else base
@@ -78,9 +86,38 @@ def compose(overrides=(), registry=None):
         cfg = run(overrides)
     except (HydraException, OmegaConfBaseException) as exc:
         raise translate(exc, overrides, default) from None
-    check_interpolations(cfg)
-    check_known_keys(cfg, default)
+    task = task_of(cfg)
+    check_interpolations(task)
+    check_known_keys(task, default)
     return cfg
+
+
+def compose_run(overrides, registry=None) -> DictConfig:
+    """The config ``python -m lossbench OVERRIDES`` runs with, ``hydra`` node included (mode
+    RUN), composed once and checked as ``compose`` checks it. ``hydra.main`` composes three
+    times for one run (the check before it, once to read the mode, once to run: about 0.1 s
+    each); the CLI composes with this and hands the result to Hydra's ``run_job`` itself.
+    Call it inside an initialized GlobalHydra (``initialize_config_dir``)."""
+    registry = registry or get_plugin_manager().registry
+    overrides = list(overrides)
+    check_choices(overrides, registry)
+    store_configs(registry)
+    if not any(o.partition("=")[0] == "hydra.mode" for o in overrides):
+        overrides.append("hydra.mode=RUN")  # what hydra.main adds when the config sets none
+
+    def run(overrides):
+        return GlobalHydra.instance().hydra.compose_config(
+            "config", overrides=overrides, run_mode=RunMode.RUN, from_shell=True,
+            with_log_configuration=True,
+        )  # fmt: skip
+
+    def task_of(cfg):
+        task = copy.deepcopy(cfg)
+        with open_dict(task):
+            del task["hydra"]
+        return task
+
+    return _checked(overrides, run, task_of)
 
 
 def compose_multirun(overrides, registry=None) -> DictConfig:

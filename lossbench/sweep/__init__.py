@@ -6,7 +6,8 @@ database to very many workers through Optuna's gRPC proxy; ``space`` turns Hydra
 grammar into Optuna distributions, ``study`` holds storage, sampler, pruner, budget lock,
 lost-trial recovery and the journal's repair, ``plan`` what workers are handed, ``files`` writes
 the sweep's files whole (and private when they hold credentials), ``report`` and ``plots`` what
-a sweep shows and leaves."""
+a sweep shows and leaves, ``summary`` the background process that draws the figures and ends
+the MLflow parent run after the command has returned."""
 
 from lossbench.sweep.coordinator import run_sweep
 

@@ -16,6 +16,7 @@ process), marked failed, and retried with the same parameters: it does not count
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -31,8 +32,8 @@ from lossbench.config import GROUPS, compose, compose_multirun, hparams
 from lossbench.errors import ConfigError, positive_int
 from lossbench.plugins import get_plugin_manager
 from lossbench.sweep.files import atomic_write
-from lossbench.sweep.launchers import LocalLauncher
-from lossbench.sweep.plan import EXIT_WRITE_FAILED, Plan, trial_dir
+from lossbench.sweep.launchers import LocalLauncher, summary_lock
+from lossbench.sweep.plan import EXIT_WRITE_FAILED, PARENT_FILE, Plan, trial_dir
 from lossbench.sweep.report import ParentRun, Progress, finish
 from lossbench.sweep.space import build_space, dedupe_overrides, split_overrides
 from lossbench.sweep.study import (
@@ -43,6 +44,7 @@ from lossbench.sweep.study import (
     storage_url,
 )
 from lossbench.tracking.models import check_model_name
+from lossbench.tracking.store import precheck, resolve_uri
 from lossbench.urls import mask_url
 
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -262,25 +264,37 @@ def run_sweep(argv: list[str], plugins_dir: str | None = None) -> int:
             print(f"lossbench: {repaired}; resuming", file=sys.stderr)
         study = open_study(plan)
         check_question(study, plan)
-        ok, parent = _start(study, plan, base, space)
+        ok, parent = _start(study, plan, base, space, defer=isinstance(launcher, LocalLauncher))
         if not ok:
             return 1
         launcher.start()
+        if plan.parent_pending:  # MLflow imports here while the workers start
+            parent = _open_parent(study, plan, base, launcher)
+            if parent is None:
+                return 1
         status = _watch(study, plan, launcher)
         return finish(study, plan, parent, status, _crashed(study, plan, launcher.codes()))
     finally:
         launcher.close()
 
 
-def _start(study, plan: Plan, base, space):
-    """The sweep folder, multirun.yaml, the MLflow parent run, plan.json; returns (False, None)
-    when a write failed (and says why), else (True, the parent run or None)."""
+def _start(study, plan: Plan, base, space, defer: bool):
+    """The sweep folder, multirun.yaml, the MLflow parent run (``defer``: only its store
+    checked, the run is opened once the workers are starting), plan.json; returns (False,
+    None) when a write failed (and says why), else (True, the parent run or None)."""
     sweep_dir = Path(plan.sweep_dir)
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(plan.multirun))
         lost = recover_stale(study, plan.grace_seconds)
-        parent = ParentRun.open(plan, base, study) if plan.tracking else None
+        (sweep_dir / PARENT_FILE).unlink(missing_ok=True)  # an earlier invocation's
+        parent = None
+        with summary_lock(sweep_dir):  # an earlier invocation's summary process has ended
+            if plan.tracking and defer:
+                precheck(resolve_uri(base.tracking))  # a store that cannot be written: exit 2
+                plan.parent_pending = True
+            elif plan.tracking:
+                parent = ParentRun.open(plan, base, study)
         plan.parent_run_id = parent.run_id if parent else None
         plan.dump(sweep_dir / "plan.json")
     except OSError as exc:
@@ -296,6 +310,28 @@ def _start(study, plan: Plan, base, space):
         f"outputs {sweep_dir}" + (f"; retrying lost trials {lost}" if lost else "")
     )
     return True, parent
+
+
+def _open_parent(study, plan: Plan, base, launcher):
+    """Open the MLflow parent run while the workers start (importing MLflow here took a second
+    or more before the first trial), and hand its id to them in SWEEP_DIR/parent_run.json;
+    None (the workers stopped, the reason said) when it cannot be opened."""
+    path = Path(plan.sweep_dir) / PARENT_FILE
+    try:
+        parent = ParentRun.open(plan, base, study)
+    except KeyboardInterrupt:
+        launcher.interrupt()
+        raise
+    except Exception as exc:  # the store refused, or a write failed: no trial may run
+        with contextlib.suppress(OSError):
+            atomic_write(path, json.dumps({"run_id": None, "error": str(exc)}))
+        launcher.interrupt()
+        print(f"lossbench: error: the sweep could not open its MLflow parent run: {exc}. "
+              "Fix the store (see above) and run the same command again.",
+              file=sys.stderr)  # fmt: skip
+        return None
+    atomic_write(path, json.dumps({"run_id": parent.run_id}))
+    return parent
 
 
 def make_launcher(plan: Plan, base):
@@ -327,9 +363,12 @@ def _watch(study, plan, launcher) -> str:
     """Show progress until the workers end; on Ctrl-C make sure they stop."""
     try:
         with Progress(study, plan) as progress:
+            shown = 0.0
             while launcher.running():
-                progress.update()
-                time.sleep(0.5)
+                if time.monotonic() - shown >= 0.5:  # the study is read twice a second
+                    progress.update()
+                    shown = time.monotonic()
+                time.sleep(0.05)  # but the workers' end is noticed at once
             progress.update()
         return "finished"
     except KeyboardInterrupt:

@@ -3,11 +3,14 @@
 interface: prepare, start, running, interrupt, codes, close). Both
 run the same ask/tell loop (``lossbench.sweep.worker.work``). Also the checks a cluster must
 pass before any trial: a study storage and an MLflow store every node can reach
-(``check_reachable``), the same lossbench and plugins on every node (``check_versions``)."""
+(``check_reachable``), the same lossbench and plugins on every node (``check_versions``). And the
+background summary process (``lossbench.sweep.summary``) with its lock."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import signal
 import subprocess
 import sys
@@ -129,3 +132,34 @@ def check_versions(here: dict, nodes: dict[str, dict]) -> None:
                 "Fix: install the same lossbench and plugin versions on every node (the same "
                 "`pip install` as here), then run the sweep again."
             )
+
+
+SUMMARY_LOCK = ".summary.lock"  # held by the summary process until it has ended
+
+
+@contextlib.contextmanager
+def summary_lock(sweep_dir: Path):
+    """Hold the sweep's summary lock: waits while the summary process of an earlier invocation
+    is still drawing and ending the parent run. Yields the open lock file."""
+    path = Path(sweep_dir) / SUMMARY_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield f
+
+
+def start_summary(
+    plan_path: Path, sweep_dir: Path, status: str, uri: str | None, run_id: str | None
+) -> None:
+    """Start ``python -m lossbench.sweep.summary`` (the figures and the parent run's end) in
+    its own session and return without waiting; it inherits the held lock, so the lock is free
+    once it has ended. Its output goes to SWEEP_DIR/summary.log."""
+    request = json.dumps({"plan": str(plan_path), "status": status, "uri": uri, "run_id": run_id})
+    with summary_lock(sweep_dir) as lock, open(Path(sweep_dir) / "summary.log", "a") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lossbench.sweep.summary"], stdin=subprocess.PIPE,
+            stdout=log, stderr=log, text=True, start_new_session=True,  # Ctrl-C: not it
+            pass_fds=(lock.fileno(),),
+        )  # fmt: skip
+        proc.stdin.write(request)
+        proc.stdin.close()

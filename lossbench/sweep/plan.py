@@ -19,6 +19,7 @@ from lossbench.urls import with_password
 JOB_NUM = "${hydra.job.num}"
 
 EXIT_WRITE_FAILED = 3  # a worker's exit code: a file or the study storage could not be written
+PARENT_FILE = "parent_run.json"  # {"run_id": ID or null, "error": why it is null}
 
 
 @dataclass
@@ -41,6 +42,9 @@ class Plan:
     grace_seconds: float
     tracking: bool
     parent_run_id: str | None = None
+    # local workers start before the coordinator has the parent run: its id follows in
+    # SWEEP_DIR/parent_run.json (``parent_run_id`` below)
+    parent_pending: bool = False
     plugins_dir: str | None = None
     grid: dict[str, list] = field(default_factory=dict)
     storage_password_env: str | None = None  # the storage's password comes from this variable
@@ -93,3 +97,19 @@ def trial_dir(plan: Plan, cfg, number: int, overrides: list[str]) -> Path:
             "hydra.sweep.dir. Fix: a relative path without '..', e.g. ${hydra.job.num}."
         )
     return Path(plan.sweep_dir) / path
+
+
+def parent_run_id(plan: Plan, stop) -> str | None:
+    """The MLflow parent run's id: the plan's, or, when the workers were started before the
+    coordinator had opened it (``plan.parent_pending``), the one the coordinator writes to
+    SWEEP_DIR/parent_run.json, waited for (``stop``: a ``threading.Event`` that ends the
+    wait). None when the coordinator could not open it (it then stops the workers)."""
+    if plan.parent_run_id or not plan.parent_pending:
+        return plan.parent_run_id
+    path = Path(plan.sweep_dir) / PARENT_FILE
+    while not path.is_file():
+        if stop.wait(0.02):
+            return None
+    plan.parent_run_id = json.loads(path.read_text()).get("run_id")
+    plan.parent_pending = False
+    return plan.parent_run_id

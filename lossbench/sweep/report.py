@@ -15,6 +15,7 @@ from rich.live import Live
 from rich.table import Table
 
 from lossbench.sweep.files import atomic_write
+from lossbench.sweep.launchers import start_summary
 from lossbench.sweep.plots import sweep_figures
 from lossbench.sweep.study import counted
 from lossbench.tracking.models import register, registered_by
@@ -100,6 +101,7 @@ class ParentRun:
 
     def __init__(self, client, run_id: str):
         self.client, self.run_id = client, run_id
+        self.uri = None  # the store's URI, for the summary process
 
     @classmethod
     def open(cls, plan, base, study):
@@ -139,7 +141,14 @@ class ParentRun:
             client.log_batch(run_id, params=params[:100])
         else:
             client.update_run(run_id, status="RUNNING")  # a resumed sweep
-        return cls(client, run_id)
+        parent = cls(client, run_id)
+        parent.uri = uri
+        return parent
+
+    @classmethod
+    def connect(cls, uri: str | None, run_id: str):
+        """The parent run ``run_id`` in the store at ``uri`` (the summary process's end)."""
+        return cls(open_client(uri), run_id)
 
     def end(self, study, plan, status: str, figures: list[Path], results: Path) -> None:
         from mlflow.entities import Metric, Param, RunTag  # loaded by open() already
@@ -273,13 +282,7 @@ def finish(study, plan, parent, status: str, crashed: dict[int, str]) -> int:
         crashed = {**crashed, -1: "the results could not be written"}
     console = Console(soft_wrap=True)
     console.print(trial_table(study, plan))
-    figures = []
-    try:
-        figures = sweep_figures(study, plan, sweep_dir)
-    except Exception as exc:  # figures are a summary; never lose the results over them
-        print(f"lossbench: could not draw the sweep figures: {exc}", file=sys.stderr)
-    if parent is not None:
-        parent.end(study, plan, status, figures, results)
+    _summarize(study, plan, parent, status)
     if "best_overrides" in data:
         console.print(
             f"best {plan.metrics[0]} {data['best_value']:.6g} (trial {data['best_trial']}); "
@@ -288,6 +291,28 @@ def finish(study, plan, parent, status: str, crashed: dict[int, str]) -> int:
     if results.is_file():
         console.print(f"results: {results}")
     return _exit_code(study, plan, status, crashed, t)
+
+
+def _summarize(study, plan, parent, status: str) -> None:
+    """The figures and the parent run's end: by the background summary process (the command
+    does not wait for it), or here when the sweep was interrupted (the parent run is KILLED at
+    once, without figures) or the process cannot be started."""
+    sweep_dir = Path(plan.sweep_dir)
+    if status != "interrupted":
+        try:
+            start_summary(sweep_dir / "plan.json", sweep_dir, status,
+                          *((parent.uri, parent.run_id) if parent else (None, None)))  # fmt: skip
+            return
+        except OSError as exc:  # e.g. no process or file can be made: do it here
+            print(f"lossbench: drawing the figures here ({exc})", file=sys.stderr)
+    figures = []
+    try:
+        if status != "interrupted":
+            figures = sweep_figures(study, plan, sweep_dir)
+    except Exception as exc:  # figures are a summary; never lose the results over them
+        print(f"lossbench: could not draw the sweep figures: {exc}", file=sys.stderr)
+    if parent is not None:
+        parent.end(study, plan, status, figures, sweep_dir / RESULTS_FILE)
 
 
 def _exit_code(study, plan, status: str, crashed: dict[int, str], t: dict) -> int:

@@ -37,7 +37,7 @@ from lossbench.errors import LossbenchError
 from lossbench.hookspecs import hookimpl
 from lossbench.plugins import build_plugin_manager, set_plugin_manager
 from lossbench.sweep.files import atomic_write
-from lossbench.sweep.plan import EXIT_WRITE_FAILED, Plan, trial_dir
+from lossbench.sweep.plan import EXIT_WRITE_FAILED, Plan, parent_run_id, trial_dir
 from lossbench.sweep.space import build_space, format_override
 from lossbench.sweep.study import (
     budget_lock,
@@ -235,8 +235,12 @@ def run_trial(study, plan: Plan, space, pm, trial, composer: Composer) -> bool:
         write_hydra_files(out, cfg, overrides)
     except OSError as exc:
         _write_failed(study, trial, out, f"its .hydra files: {exc}")
-    # Optuna prunes single-objective studies only (trial.report refuses several objectives)
-    pruning = Pruning(trial, plan.metrics[0]) if len(plan.directions) == 1 else None
+    # Optuna prunes single-objective studies only (trial.report refuses several objectives),
+    # and with sweep.pruner=none nothing can prune: no per-epoch report (each one an fsynced
+    # append to a journal file, 30 of them were most of a short trial's overhead)
+    pruning = None
+    if len(plan.directions) == 1 and plan.pruner != "none":
+        pruning = Pruning(trial, plan.metrics[0])
     if pruning is not None:
         pm.register(pruning)
     try:
@@ -257,7 +261,8 @@ def run_trial(study, plan: Plan, space, pm, trial, composer: Composer) -> bool:
         if pruning is not None:
             pm.unregister(pruning)
     if not (out / "summary.json").is_file():  # the outputs plugin writes it last
-        _write_failed(study, trial, out, "its outputs: " + ("; ".join(problems) or "unknown"))
+        why = "; ".join(problems) or run.error or "unknown"  # run.error: which file, and why
+        _write_failed(study, trial, out, f"its outputs: {why}")
     _tell(study, plan, trial, run, pruned=pruning is not None and pruning.pruned_at is not None)
     return True
 
@@ -293,8 +298,9 @@ def _tag_child_run(cfg, plan: Plan, trial) -> None:
             tags["lossbench.study"] = plan.study_name
             tags["lossbench.trial"] = str(trial.number)
             tags["lossbench.role"] = "trial"
-            if plan.parent_run_id:
-                tags["mlflow.parentRunId"] = plan.parent_run_id
+            parent = parent_run_id(plan, STOPPING)  # waits while the coordinator opens it
+            if parent:
+                tags["mlflow.parentRunId"] = parent
             cfg.tracking.run_name = f"{trial.number}: {default_run_name(cfg)}"
 
 
@@ -403,8 +409,20 @@ def main(plan_path: str, index: int) -> int:
     return work(plan, index)
 
 
+def _exit(code: int) -> None:
+    """Exit without the interpreter's teardown (numba's and MLflow's modules took a large
+    part of a second after the last trial, which the coordinator waits for): every trial
+    is told and every file written by now; closing stdin ends the MLflow side process."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
     try:
-        sys.exit(main(sys.argv[1], int(sys.argv[2])))
+        _exit(main(sys.argv[1], int(sys.argv[2])))
     except KeyboardInterrupt:
-        sys.exit(130)
+        _exit(130)

@@ -28,6 +28,7 @@ class SideProcess:
             start_new_session=True,  # Ctrl-C reaches the trainer only; it ends the run
         )
         self.tracker = None  # the run being served
+        self.served = False  # it has answered a run: MLflow is imported, the store is open
         threading.Thread(target=self._read_replies, name="lossbench-mlflow", daemon=True).start()
 
     @classmethod
@@ -36,6 +37,12 @@ class SideProcess:
             cls._current = SideProcess()
             atexit.register(cls._current.close)
         return cls._current
+
+    @classmethod
+    def warm(cls) -> bool:
+        """True when this process's side process is alive and has already served a run."""
+        side = cls._current
+        return side is not None and side.proc.poll() is None and side.served
 
     def send(self, **request) -> str | None:
         """Send a request; the error text if the process is gone."""
@@ -57,6 +64,8 @@ class SideProcess:
                 reply = json.loads(line)
             except json.JSONDecodeError:
                 continue  # not a reply (the worker keeps stdout for replies; be safe anyway)
+            if reply.get("op") in ("started", "offline", "finished"):
+                self.served = True
             tracker = self.tracker
             if tracker is not None:
                 tracker.on_reply(reply)
@@ -71,3 +80,11 @@ class SideProcess:
             self.proc.stdin.close()
         except (OSError, ValueError):
             pass
+
+
+def prestart_side_process() -> None:
+    """Start the side process now, before the run's set-up, so that its ``import mlflow``
+    (about a second, on the other core) overlaps composing, loading the data and the kernels
+    rather than the epochs; the run's tracker then finds it running. Unused (a run that turns
+    out not to track), it exits when this process does."""
+    SideProcess.get()

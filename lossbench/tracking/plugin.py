@@ -130,8 +130,7 @@ class Tracker:
         self.finished = threading.Event()
         self.spool = Spool(spool_folder(run.output_dir, new_spool_id()))
         self.blas_limit = None
-        starting = SideProcess._current is None or SideProcess._current.proc.poll() is not None
-        if starting and (os.cpu_count() or 1) <= 2:
+        if not SideProcess.warm() and (os.cpu_count() or 1) <= 2:
             # While the side process imports MLflow (about 1.4 s of CPU), a 2-thread BLAS in the
             # trainer fights it for 2 cores: measured, a 200-epoch digits run's epochs took 4x
             # longer. One BLAS thread until the run exists costs nothing on small models.

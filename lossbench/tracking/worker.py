@@ -247,6 +247,16 @@ def serve_run(worker: Worker, first: dict, inbox: queue.Queue) -> bool:
                 return True
 
 
+def _import_mlflow() -> None:
+    """Import MLflow now, not at the first run's start: this process is started early (the CLI
+    starts it right after composing), so the import overlaps the trainer's set-up."""
+    try:
+        import mlflow.entities  # noqa: F401  start-up: the reason this process exists
+        import mlflow.tracking  # noqa: F401
+    except Exception:  # a broken MLflow says so at the run's start, where it is reported
+        traceback.print_exc()
+
+
 def main() -> None:
     try:  # background work: on a busy machine the scheduler favours the training process
         os.nice(10)
@@ -259,6 +269,7 @@ def main() -> None:
     sys.stdout = sys.stderr
     inbox: queue.Queue = queue.Queue()
     threading.Thread(target=_read_requests, args=(sys.stdin, inbox), daemon=True).start()
+    _import_mlflow()
     # one process serves the runs of its trainer one after another (a sweep worker's trials)
     try:
         while True:
