@@ -292,3 +292,34 @@ def test_bad_sweep_register_best_is_refused_before_any_trial(tmp_path):
         assert r.returncode == 2, r.stderr[-2000:]
         assert says in r.stderr and "Traceback" not in r.stderr
         assert not (tmp_path / "sweep").exists()
+
+
+class _PruneAtOnce:
+    """The trial side of the sweep's ``Pruning`` hook: it reports, and the pruner says stop."""
+
+    def report(self, value, epoch):
+        pass
+
+    def should_prune(self):
+        return True
+
+
+def test_a_pruned_trial_logs_no_model_but_a_finished_run_does(store, tmp_path):
+    from lossbench.plugins import build_plugin_manager
+    from lossbench.sweep.worker import Pruning
+
+    pm = build_plugin_manager()
+    pm.register(Pruning(_PruneAtOnce(), "val_loss"), name="pruning")
+    run = lossbench.train(
+        overrides=["data=iris", "trainer.epochs=5", "trainer.progress=false",
+                   f"tracking.uri={store['uri']}", "tracking.run_name=pruned"],
+        output_dir=tmp_path / "pruned", plugin_manager=pm,
+    )  # fmt: skip
+    assert run.status == "stopped" and "pruned" in run.stop_reason and len(run.history) == 1
+    client = store["client"]
+    exp = client.get_experiment_by_name("lossbench")
+    pruned = client.search_runs([exp.experiment_id], "attributes.run_name = 'pruned'")[0]
+    assert pruned.info.status == "FINISHED"
+    models = {m.source_run_id for m in client.search_logged_models([exp.experiment_id])}
+    assert pruned.info.run_id not in models
+    assert store["ids"]["digits"] in models  # the same store, a run that was not pruned

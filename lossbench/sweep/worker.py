@@ -128,6 +128,9 @@ class Pruning:
         self.trial.report(float(value), epoch)
         if self.trial.should_prune():
             self.pruned_at = epoch
+            # tracking logs no model for it (lossbench.tracking.plugin.NO_MODEL): a model
+            # costs the trial ~0.5 s in the MLflow process, and a pruned one is never the best
+            run.plugin_state["tracking.no_model"] = "pruned"
             return f"pruned by Optuna after epoch {epoch} ({self.metric}={value:.6g})"
         return None
 

@@ -47,6 +47,9 @@ from lossbench.tracking.store import precheck, resolve_uri
 from lossbench.training import outputs
 from lossbench.urls import mask_text
 
+# a plugin that sets ``run.plugin_state[NO_MODEL]`` (to its reason) keeps that run's model out of
+# MLflow: the sweep's pruner does, for pruned trials
+NO_MODEL = "tracking.no_model"
 _KEY = "mlflow"
 STEP_BASE = 0  # metrics use step = epoch, 0-based like history.csv
 SUMMARY_KEYS = ("compile_seconds", "train_seconds")
@@ -268,7 +271,9 @@ class Tracker:
             artifacts, model = list(extra), None
             if run.history and status != "interrupted":
                 artifacts += self._artifacts(run, Path(tmp))
-            if run.history and status in ("finished", "stopped"):
+            if run.history and status in ("finished", "stopped") and not run.plugin_state.get(
+                NO_MODEL
+            ):
                 model = self._model(run, Path(tmp) / "model-data")
             request = dict(
                 op="finish",
