@@ -24,12 +24,13 @@ optuna_dashboard = pytest.importorskip(
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """A three-trial sweep, tracked nowhere; its folder and its trials' val_loss curves."""
+    """A three-trial sweep with the default pruner (which is what reports each epoch), tracked
+    nowhere; its folder and its trials' val_loss curves."""
     root = tmp_path_factory.mktemp("dashboard")
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     r = subprocess.run(
         [sys.executable, "-m", "lossbench", "--multirun", "data=iris", "trainer.epochs=4",
-         "optimizer.lr=tag(log, interval(1e-3, 1e-1))", "sweep.n_trials=3", "sweep.pruner=none",
+         "optimizer.lr=tag(log, interval(1e-3, 1e-1))", "sweep.n_trials=3", "sweep.pruner=median",
          "sweep.study_name=dash", "tracking=none", "hydra.sweep.dir=sweep"],
         cwd=root, env={**env, "LOSSBENCH_LOAD_PLUGINS": ""}, capture_output=True, text=True,
         timeout=600,

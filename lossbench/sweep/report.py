@@ -170,8 +170,6 @@ class ParentRun:
         for path in [*figures, results]:
             if path.is_file():
                 self.client.log_artifact(self.run_id, str(path))
-        if plan.register_best and t["best"] is not None:
-            self.register_best(plan, t["best"])
         state = {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
         self.client.set_terminated(self.run_id, state)
 
@@ -282,6 +280,8 @@ def finish(study, plan, parent, status: str, crashed: dict[int, str]) -> int:
         crashed = {**crashed, -1: "the results could not be written"}
     console = Console(soft_wrap=True)
     console.print(trial_table(study, plan))
+    if parent is not None and plan.register_best and t["best"] is not None:
+        _register(parent, plan, t["best"])
     _summarize(study, plan, parent, status)
     if "best_overrides" in data:
         console.print(
@@ -291,6 +291,18 @@ def finish(study, plan, parent, status: str, crashed: dict[int, str]) -> int:
     if results.is_file():
         console.print(f"results: {results}")
     return _exit_code(study, plan, status, crashed, t)
+
+
+def _register(parent, plan, best) -> None:
+    """``sweep.register_best``, here rather than in the summary process: the registered version
+    exists when the command returns (a script may serve ``models:/NAME@best`` next)."""
+    try:
+        parent.register_best(plan, best)
+    except Exception as exc:  # the trials' records are complete; say what is missing
+        print(f"lossbench: warning: could not register the best trial's model as "
+              f"{plan.register_best!r}: {exc}. Fix the store and run the same command again "
+              "(a finished study registers its best trial without training).",
+              file=sys.stderr)  # fmt: skip
 
 
 def _summarize(study, plan, parent, status: str) -> None:

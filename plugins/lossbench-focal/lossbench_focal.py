@@ -87,6 +87,7 @@ def focal_kernel(pred, target, hp, grad):
     rows, cols = pred.shape
     scale = 1.0 / rows
     total = 0.0
+    e = np.empty(cols, np.float64)  # exp(x_c - m), once per element: p_c = e_c / s
     for i in range(rows):
         m = -np.inf
         for j in range(cols):
@@ -94,21 +95,24 @@ def focal_kernel(pred, target, hp, grad):
                 m = float(pred[i, j])
         s = 0.0
         for j in range(cols):
-            s += math.exp(pred[i, j] - m)
+            ej = math.exp(pred[i, j] - m)
+            e[j] = ej
+            s += ej
         lse = m + math.log(s)
+        inv_s = 1.0 / s
         k = int(target[i, 0])
         log_pk = pred[i, k] - lse
         q = 0.0
         for j in range(cols):
             if j != k:
-                q += math.exp(pred[i, j] - lse)
+                q += e[j] * inv_s
         qg = q**gamma
         total += alpha * qg * (lse - pred[i, k])
         w = qg
         if gamma != 0 and q > 0:
-            w -= gamma * math.exp(log_pk) * q ** (gamma - 1.0) * log_pk
+            w -= gamma * (e[k] * inv_s) * q ** (gamma - 1.0) * log_pk
         for j in range(cols):
-            g = math.exp(pred[i, j] - lse)
+            g = e[j] * inv_s
             if j == k:
                 g -= 1.0
             grad[i, j] = scale * (alpha * w * g)
