@@ -86,7 +86,8 @@ def populate(url: str, workdir: Path, n_trials: int = 6) -> None:
         [sys.executable, "-m", "lossbench", "--multirun",
          "optimizer.lr=tag(log, interval(1e-3, 3e-2))", "trainer.epochs=15",
          f"sweep.n_trials={n_trials}", "sweep.pruner=none", "sweep.study_name=digits-lr",
-         f"sweep.register_best={MODEL}", f"tracking.uri={url}", "hydra.sweep.dir=sweep"],
+         f"sweep.register_best={MODEL}", "sweep.log_models=all", f"tracking.uri={url}",
+         "hydra.sweep.dir=sweep"],
         cwd=workdir, env=clean_env(), capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     if r.returncode != 0:

@@ -283,6 +283,33 @@ def test_sweep_register_best_registers_the_best_trial_and_a_resume_moves_it(tmp_
         assert "models:/digits-best@best" in r.stdout
     (first, one), (second, two) = seen
     assert first != second and (one, two) == (1, 2), seen  # the resume found a better trial
+    # sweep.log_models=best (the default): only trials as good as every trial completed before
+    # them logged a model, so the best trial of each invocation has one and the others not
+    values = {int(r.data.tags["lossbench.trial"]): (r.info.run_id, r.data.metrics["val_loss"])
+              for r in client.search_runs([run.info.experiment_id],
+                                          "tags.`lossbench.role` = 'trial'")}  # fmt: skip
+    with_model = {m.source_run_id for m in client.search_logged_models([run.info.experiment_id])}
+    best_so_far, expect = float("inf"), set()
+    for n in sorted(values):
+        run_id, value = values[n]
+        if value <= best_so_far:
+            expect.add(run_id)
+        best_so_far = min(best_so_far, value)
+    assert with_model == expect and len(expect) < len(values), (with_model, values)
+
+
+def test_sweep_log_models_all_logs_every_trials_model(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    r = sweep_cli("sweep.n_trials=3", "sweep.log_models=all", f"tracking.uri={uri}",
+                  cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("lossbench").experiment_id
+    trials = client.search_runs([exp], "tags.`lossbench.role` = 'trial'")
+    models = {m.source_run_id for m in client.search_logged_models([exp])}
+    assert len(trials) == 3 and models == {t.info.run_id for t in trials}
 
 
 def test_bad_sweep_register_best_is_refused_before_any_trial(tmp_path):

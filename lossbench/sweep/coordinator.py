@@ -124,6 +124,7 @@ def make_plan(argv: list[str], registry, plugins_dir: str | None = None):
         launcher=str(sw.launcher),
         n_jobs=sw.n_jobs,
         ray=OmegaConf.to_container(sw.ray),
+        log_models=str(sw.log_models),
     )
     plan.register_best = _register_best(sw, plan)
     _layout(plan, args, hydra_args, base, registry)

@@ -56,6 +56,7 @@ class Plan:
     ray: dict = field(default_factory=dict)
     plugin_sources: dict[str, str] = field(default_factory=dict)  # for workers on other nodes
     register_best: str | None = None  # the registered model the best trial's model goes to
+    log_models: str = "best"  # best: trials that beat every completed trial log a model; all
 
     def storage_url(self) -> str:
         """The storage URL to connect with (the password from the environment if so set)."""

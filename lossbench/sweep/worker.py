@@ -135,6 +135,29 @@ class Pruning:
         return None
 
 
+class BestModelsOnly:
+    """``sweep.log_models=best``: a trial's run logs its MLflow model only when its objective is
+    at least as good as every trial completed so far (``tracking.no_model`` otherwise). The
+    study's best trial always has one: when it ended, no completed trial was better. Logging a
+    model costs a trial about half a second, several times a short trial's training."""
+
+    def __init__(self, study, plan: Plan):
+        self.study, self.plan = study, plan
+
+    @hookimpl(tryfirst=True)  # before the tracking plugin ends the run
+    def on_run_end(self, run, status):
+        if status not in ("finished", "stopped") or not run.history:
+            return
+        try:
+            value = objective_values(run, self.plan.metrics)[0]
+            best = self.study.best_value  # over the completed trials
+        except (ValueError, KeyError, IndexError):  # none completed yet, or no such metric
+            return
+        minimize = self.plan.directions[0] == "minimize"
+        if not (value <= best if minimize else value >= best):
+            run.plugin_state["tracking.no_model"] = "not the best trial so far"
+
+
 class Heartbeat:
     def __init__(self, study, trial, every: float):
         self.study, self.trial, self.every = study, trial, every
@@ -246,6 +269,10 @@ def run_trial(study, plan: Plan, space, pm, trial, composer: Composer) -> bool:
         pruning = Pruning(trial, plan.metrics[0])
     if pruning is not None:
         pm.register(pruning)
+    models = None
+    if plan.tracking and plan.log_models == "best" and len(plan.directions) == 1:
+        models = BestModelsOnly(study, plan)
+        pm.register(models)
     try:
         with Heartbeat(study, trial, plan.heartbeat_seconds):
             run, problems = _train(cfg, out, pm)
@@ -261,8 +288,9 @@ def run_trial(study, plan: Plan, space, pm, trial, composer: Composer) -> bool:
         study.tell(trial, state=TrialState.FAIL)
         return True
     finally:
-        if pruning is not None:
-            pm.unregister(pruning)
+        for hook in (pruning, models):
+            if hook is not None:
+                pm.unregister(hook)
     if not (out / "summary.json").is_file():  # the outputs plugin writes it last
         why = "; ".join(problems) or run.error or "unknown"  # run.error: which file, and why
         _write_failed(study, trial, out, f"its outputs: {why}")
