@@ -350,3 +350,34 @@ def test_a_pruned_trial_logs_no_model_but_a_finished_run_does(store, tmp_path):
     models = {m.source_run_id for m in client.search_logged_models([exp.experiment_id])}
     assert pruned.info.run_id not in models
     assert store["ids"]["digits"] in models  # the same store, a run that was not pruned
+
+
+class _RacingClient:
+    """A store where another run created the same dataset between MLflow's lookup and insert
+    ``races`` times (what four runs starting at once on a fresh store met)."""
+
+    def __init__(self, races: int, error: str = "(sqlite3.IntegrityError) UNIQUE constraint "
+                 "failed: datasets.experiment_id, datasets.name, datasets.digest"):  # fmt: skip
+        self.races, self.error, self.calls = races, error, 0
+
+    def log_inputs(self, run_id, datasets):
+        from mlflow.exceptions import MlflowException
+
+        self.calls += 1
+        if self.calls <= self.races:
+            raise MlflowException(self.error)
+
+
+def test_dataset_inputs_survive_two_runs_creating_the_same_dataset_at_once(store):
+    from mlflow.exceptions import MlflowException
+
+    from lossbench.tracking.models import describe_datasets, log_datasets
+
+    specs = describe_datasets(store["runs"]["digits"])
+    client = _RacingClient(races=2)
+    log_datasets(client, "run", specs)
+    assert client.calls == 3
+    other = _RacingClient(races=1, error="RESOURCE_DOES_NOT_EXIST: run 'run' not found")
+    with pytest.raises(MlflowException):
+        log_datasets(other, "run", specs)  # any other failure is not retried
+    assert other.calls == 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -233,7 +234,22 @@ def dataset_inputs(specs: list[dict]) -> list:
 
 
 def log_datasets(client, run_id: str, specs: list[dict]) -> None:
-    """Record the run's dataset inputs (MLflow keeps one row per dataset and run)."""
-    if specs:
-        client.log_inputs(run_id, datasets=dataset_inputs(specs))
+    """Record the run's dataset inputs (MLflow keeps one row per dataset and run).
+
+    MLflow finds or creates each dataset of an experiment by (name, digest) without a lock:
+    two runs on the same rows starting at once both insert it, and the second fails on the
+    unique constraint (its whole request rolled back). Trying again finds the dataset."""
+    if not specs:
+        return
+    from mlflow.exceptions import MlflowException  # loaded with the client
+
+    for attempt in range(5):
+        try:
+            client.log_inputs(run_id, datasets=dataset_inputs(specs))
+            return
+        except MlflowException as exc:
+            text = str(exc).lower()
+            if attempt == 4 or ("unique constraint" not in text and "integrityerror" not in text):
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
