@@ -5,6 +5,9 @@ without importing torch.
     pip install torch==2.13.0        # or: pip install -e '.[bench]'
     python benchmarks/make_torch_reference.py
 
+NAdam's torch values are the example plugin's own golden file, written by
+plugins/lossbench-nadam/tests/make_golden.py with lossbench.testing.golden.
+
 Everything here is deterministic (fixed inputs written out literally or drawn from a seeded NumPy
 generator), so re-running it with the same torch version reproduces the file.
 
@@ -20,10 +23,6 @@ Contents:
   linear      one torch.nn.Linear(3, 2) (lossbench's `linear` model): output and gradients.
   float32     the losses and optimizers cases computed by torch in float32 (inputs rounded to
               float32, results stored as the float64 values of the float32 numbers).
-  nadam       (written to tests/data/torch_nadam.json and, for the plugin's own suite, to
-              plugins/lossbench-nadam/tests/torch_nadam.json) torch.optim.NAdam on the same
-              parameters for 30 steps, in float64 and float32, for the example plugin with
-              scalar state.
   schedules   every epoch's learning rate from torch.optim.lr_scheduler (StepLR,
               CosineAnnealingLR, LinearLR warm-up chained by SequentialLR) for trainer options
               named as lossbench names them.
@@ -41,10 +40,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "data" / "torch_reference.json"
-NADAM_OUT = (
-    ROOT / "tests" / "data" / "torch_nadam.json",
-    ROOT / "plugins" / "lossbench-nadam" / "tests" / "torch_nadam.json",
-)
 
 torch.set_default_dtype(torch.float64)
 
@@ -236,39 +231,6 @@ def optimizers(dtype=torch.float64):
     return cases
 
 
-# NAdam (plugins/lossbench-nadam): 30 steps, so the running product of momentum factors (its
-# scalar state) is exercised well past the first steps
-NADAM_CASES = [
-    ("nadam", {"lr": 0.01}),
-    ("nadam_weight_decay", {"lr": 0.01, "weight_decay": 0.1}),
-    ("nadam_decoupled_weight_decay",
-     {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}),
-    ("nadam_momentum_decay_betas", {"lr": 0.01, "momentum_decay": 0.05, "beta1": 0.8,
-                                    "beta2": 0.99}),
-    ("nadam_eps", {"lr": 0.01, "eps": 0.1}),
-]  # fmt: skip
-
-
-def nadam(dtype=torch.float64):
-    """torch.optim.NAdam on P0 for 30 seeded gradients, in ``dtype``."""
-    grads = np.random.default_rng(20261202).normal(scale=1.5, size=(30, len(P0))).round(6)
-    cases = []
-    for name, hp in NADAM_CASES:
-        kwargs = torch_kwargs(hp)
-        p = torch.nn.Parameter(t64(P0, dtype))
-        opt = torch.optim.NAdam([p], **kwargs)
-        steps = []
-        for g in grads:
-            p.grad = t64(g, dtype)
-            opt.step()
-            steps.append(tolist(p))
-        args = ", ".join(f"{k}={v}" for k, v in kwargs.items())
-        cases.append({"name": name, "optimizer": "nadam", "hparams": hp,
-                      "torch": f"torch.optim.NAdam({args})", "params0": P0,
-                      "grads": grads.tolist(), "params": steps})  # fmt: skip
-    return cases
-
-
 # ---------------------------------------------------------------------------------------------
 # models
 
@@ -449,23 +411,8 @@ def main() -> None:
         "linear": linear_model(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=1)
-    # one line per innermost list (a row of numbers), to keep the file short and readable
-    text = re.sub(
-        r"\[\s*([^\[\]{}\"]*?)\s*\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text
-    )
-    args.out.write_text(text + "\n")
+    args.out.write_text(_compact(json.dumps(data, indent=1)) + "\n")
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes) with torch {torch.__version__}")
-    nadam_data = {
-        "generator": "benchmarks/make_torch_reference.py",
-        "torch_version": torch.__version__,
-        "float64": nadam(),
-        "float32": nadam(torch.float32),
-    }
-    nadam_text = _compact(json.dumps(nadam_data, indent=1))
-    for out in NADAM_OUT:
-        out.write_text(nadam_text + "\n")
-        print(f"wrote {out} ({out.stat().st_size} bytes)")
 
 
 def _compact(text: str) -> str:

@@ -26,20 +26,17 @@ def pip_install(py: Path, *paths: Path) -> None:
     assert r.returncode == 0, r.stderr
 
 
-@pytest.fixture(scope="module")
-def user(tmp_path_factory):
-    """A fresh venv with lossbench and the three example distributions installed (not
+def fresh_venv(root: Path, *distributions: Path):
+    """A fresh venv under ``root`` with lossbench and ``distributions`` installed (not
     editable), reusing this environment's dependencies through a .pth file; returns a command
-    runner that works in a directory outside the repo, with installed plugins loaded (no
-    LOSSBENCH_LOAD_PLUGINS)."""
-    root = tmp_path_factory.mktemp("plugin-user")
+    runner that works in ``root / "elsewhere"``, outside the repo, with installed plugins loaded
+    (no LOSSBENCH_LOAD_PLUGINS)."""
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     site = next(p for p in sys.path if p.endswith("site-packages"))
     (next((venv / "lib").glob("python*/site-packages")) / "deps.pth").write_text(site + "\n")
     py = venv / "bin" / "python"
-    distributions = ("lossbench-focal", "lossbench-lion", "lossbench-nadam")
-    pip_install(py, REPO, *(PLUGINS / name for name in distributions))
+    pip_install(py, REPO, *distributions)
     work = root / "elsewhere"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOSSBENCH_")}
@@ -55,8 +52,16 @@ def user(tmp_path_factory):
             timeout=timeout,
         )
 
-    run.venv = venv
+    run.venv, run.python, run.cwd = venv, py, work
     return run
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory):
+    """A fresh venv with lossbench and the three example distributions (``fresh_venv``)."""
+    distributions = ("lossbench-focal", "lossbench-lion", "lossbench-nadam")
+    return fresh_venv(tmp_path_factory.mktemp("plugin-user"),
+                      *(PLUGINS / name for name in distributions))  # fmt: skip
 
 
 def test_plugins_are_installed_outside_the_repo(user):

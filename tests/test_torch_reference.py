@@ -14,11 +14,13 @@ import pytest
 from lossbench.builtin.losses import LOSSES
 from lossbench.builtin.models import MODELS, build_mlp_layout, mlp_backward, mlp_forward
 from lossbench.builtin.optimizers import OPTIMIZERS
+from lossbench.testing import golden
 
 DATA = json.loads((Path(__file__).parent / "data" / "torch_reference.json").read_text())
 LOSS_SPECS = {s.name: s for s in LOSSES}
 OPT_SPECS = {s.name: s for s in OPTIMIZERS}
 MLP = next(s for s in MODELS if s.name == "mlp")
+DTYPES = ("float64", "float32")
 
 # Relative tolerances only (no absolute floor): tiny entries such as sigmoid(-40) / 15 must
 # come out tiny, not zero.
@@ -281,14 +283,14 @@ def test_linear_reference_matches_torch():
 
 # ---------------------------------------------------------------------------------------------
 # the example plugin with scalar state (plugins/lossbench-nadam) is held to torch.optim.NAdam by
-# its own suite, which runs outside the repository: it reads a copy of tests/data/torch_nadam.json
+# its own suite, which runs outside the repository, through lossbench.testing.golden: its golden
+# file is written by its tests/make_golden.py with torch 2.13
 
 
-def test_nadam_plugin_reads_the_same_torch_values():
+def test_nadam_plugin_golden_values_are_torch_2_13_over_30_steps():
     repo = Path(__file__).resolve().parents[1]
-    ours = (repo / "tests" / "data" / "torch_nadam.json").read_text()
-    assert (repo / "plugins" / "lossbench-nadam" / "tests" / "torch_nadam.json").read_text() == ours
-    data = json.loads(ours)
-    assert data["torch_version"].startswith("2.13")
-    assert [c["name"] for c in data["float32"]] == [c["name"] for c in data["float64"]]
-    assert all(len(c["params"]) == 30 for c in data["float64"])
+    data = golden.load(repo / "plugins" / "lossbench-nadam" / "tests" / "golden_nadam.json")
+    assert data["source"].startswith("torch 2.13") and data["component"] == "optimizer.nadam"
+    by_dtype = {d: [c["name"] for c in data["cases"] if c["dtype"] == d] for d in DTYPES}
+    assert by_dtype["float32"] == by_dtype["float64"] and len(by_dtype["float64"]) == 5
+    assert all(len(c["expected"]["params"]) == 30 for c in data["cases"])

@@ -1,6 +1,7 @@
 """The conformance kit: every property lossbench expects of a component, checked in one call;
-the checks every component gets are in ``common``, those of each kind in ``losses``,
-``optimizers``, ``models`` and ``data``.
+the checks every component gets are in ``common``, those that hyperparameters reach the kernels
+as values in ``hyperparameters``, those of each kind in ``losses``, ``optimizers``, ``models``
+and ``data``; ``golden`` holds a component to stored values (from PyTorch or any callable).
 
 In a plugin's own test suite (in the spirit of scikit-learn's ``parametrize_with_checks``)::
 
@@ -11,16 +12,18 @@ In a plugin's own test suite (in the spirit of scikit-learn's ``parametrize_with
     def test_lossbench_conformance(check):
         check()
 
-``parametrize_with_checks(*plugins, hparams=None)`` takes plugin modules or objects (what the
-entry point names), or paths of single-file plugins, and makes one pytest case per (component,
-property), with ids like ``loss-focal-gradient_matches_finite_differences``. A plugin is named
-as the command line names it: an installed module by its entry-point name, a file by its stem.
-Each component is checked with its defaults (or the cases ``hparams`` gives per component name
-or ``group.name``, e.g. ``{"focal": [{"gamma": 0.0}, {"gamma": 2.0, "alpha": 0.5}]}``), and, for
-losses, optimizers and models, with each boolean option flipped and each option whose default
-is 0 set to 0.1 (1 for an int) on its own (``option_cases``), so a bug on a branch only a
-non-default option reaches is found; a case the component's ``check`` refuses is left out.
-``check_plugin(*plugins)`` runs every check at once and raises one error listing all failures.
+``parametrize_with_checks(*plugins, hparams=None, fast=None)`` takes plugin modules or objects
+(what the entry point names), or paths of single-file plugins, and makes one pytest case per
+(component, property), with ids like ``loss-focal-gradient_matches_finite_differences``. A
+plugin is named as the command line names it: an installed module by its entry-point name, a
+file by its stem. Each component is checked with its defaults (or the cases ``hparams`` gives
+per component name or ``group.name``, e.g. ``{"focal": [{"gamma": 0.0}, {"gamma": 2.0}]}``),
+and, for losses, optimizers and models, with each boolean option flipped and each option whose
+default is 0 set to 0.1 (1 for an int) on its own (``option_cases``), so a bug on a branch only
+a non-default option reaches is found; a case the component's ``check`` refuses is left out.
+``check_plugin(*plugins)`` runs every check at once and raises one error listing all failures;
+``run_checks(checks)`` gives one ``Result`` per check (``python -m lossbench check`` prints
+them).
 
 What is checked (``CHECKS``), for every component the plugins register:
 
@@ -29,17 +32,28 @@ What is checked (``CHECKS``), for every component the plugins register:
 - every component: ``hydra_options``: its hyperparameter dataclass is stored as a Hydra option,
   ``GROUP=NAME`` composes to the defaults, and a non-number for a number field is rejected;
 - loss: kernel compiles in nopython mode for float32 and float64 with the canonical signature;
-  kernel == NumPy reference; gradient == central finite differences; inputs not modified; a
-  changed hyperparameter takes effect without a recompile; two epochs of a small MLP lower the
-  validation loss;
-- optimizer: compiles; kernel == reference over many steps; decreases a convex quadratic; a zero
-  learning rate changes no parameter; deterministic; grads and hp not modified; a step costs
-  the same at t = 10 and t = 10,000; hyperparameter change without a recompile; trains a small
-  MLP;
+  kernel == NumPy reference; gradient == central finite differences; inputs not modified; each
+  option on its own changes the result; a changed hyperparameter takes effect without a
+  recompile; two epochs of a small MLP lower the validation loss;
+- optimizer: compiles; kernel == reference over 25 steps (inputs checked after every step, state
+  slots named: ``scalars[1]``, ``state[row 2, 75]``); decreases a convex quadratic; a zero
+  learning rate changes no parameter; deterministic; grads and hp not modified; a step costs the
+  same at t = 10 and t = 10,000; each option on its own; hyperparameter change without a
+  recompile; trains a small MLP;
 - model: builds a consistent layout; forward/backward compile; kernels == references; backward
-  == finite differences of forward; inputs not modified; hyperparameter change without a
-  recompile; trains;
+  == finite differences of forward (a miss named by tensor: ``W1[3, 0]``); inputs not modified;
+  each option on its own; hyperparameter change without a recompile; trains;
 - data: loads a consistent ``Dataset``, the same for the same seed; a small MLP trains on it.
+
+Every kernel call goes through one harness (``_harness``): guard rows around every buffer the
+kit hands out, the kernel compiled with numba's boundscheck for float64 calls (a copy with its
+own cache entry), inputs checked unchanged, outputs the kit filled with NaN checked written,
+and NaN or inf from finite inputs named with its likely cause. A check that does not apply is
+listed and skipped with the reason (a component without hyperparameters, a NumPy-only
+component's kernel checks).
+Fast mode (``fast=True`` or ``LOSSBENCH_KIT_FAST=1``), for the edit-run loop: float64 only and
+no bounds-checked compile (guard rows stay), so an edited kernel compiles once, not three times
+(the bounds-checked copy runs the float64 calls only: indices do not depend on the dtype).
 
 A component with only NumPy references (no kernels) gets the same checks on its references and
 trains on the slow path. A failure raises ``ConformanceError`` naming the component, the plugin,
@@ -50,9 +64,11 @@ then skipped, naming that check.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import importlib.metadata
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,21 +79,19 @@ from lossbench.plugins import (
     load_plugin_file,
 )
 from lossbench.testing._base import (
+    FAST_ENV,
     Check,
     CheckSkipped,
     ConformanceError,
     _fail,
     central_difference,
+    fast_from_env,
     option_cases,
 )
-from lossbench.testing.common import (
-    _hydra_options,
-    _hyperparameter_change,
-    _kernel_compiles,
-    _trains,
-    compile_problem,
-)
+from lossbench.testing._toy import TOY_PLUGIN
+from lossbench.testing.common import _hydra_options, _kernel_compiles, _trains, compile_problem
 from lossbench.testing.data import _data_loads
+from lossbench.testing.hyperparameters import _each_hyperparameter, _hyperparameter_change
 from lossbench.testing.losses import _loss_gradient, _loss_inputs_unchanged, _loss_matches_reference
 from lossbench.testing.models import (
     _model_builds,
@@ -102,6 +116,7 @@ CHECKS = {
         "kernel_matches_reference",
         "gradient_matches_finite_differences",
         "inputs_unchanged",
+        "each_hyperparameter_takes_effect",
         "hyperparameter_change_takes_effect_without_recompiling",
         "trains_small_mlp",
     ),
@@ -114,6 +129,7 @@ CHECKS = {
         "deterministic",
         "inputs_unchanged",
         "step_cost_does_not_grow_with_t",
+        "each_hyperparameter_takes_effect",
         "hyperparameter_change_takes_effect_without_recompiling",
         "trains_small_mlp",
     ),
@@ -124,6 +140,7 @@ CHECKS = {
         "kernel_matches_reference",
         "gradient_matches_finite_differences",
         "inputs_unchanged",
+        "each_hyperparameter_takes_effect",
         "hyperparameter_change_takes_effect_without_recompiling",
         "trains_small_mlp",
     ),
@@ -134,39 +151,62 @@ CHECKS = {
 # entry points
 
 
-def parametrize_with_checks(*plugins, hparams: dict | None = None):
+def parametrize_with_checks(*plugins, hparams: dict | None = None, fast: bool | None = None):
     """A ``pytest.mark.parametrize("check", ...)`` over every check of every component the
-    ``plugins`` register; the test body calls ``check()``."""
+    ``plugins`` register; the test body calls ``check()``. ``fast`` (default: the environment
+    variable ``LOSSBENCH_KIT_FAST``) runs each check in fast mode."""
     import pytest  # the kit's users have pytest; check_plugin works without it
 
-    checks = checks_for(*plugins, hparams=hparams)
+    checks = checks_for(*plugins, hparams=hparams, fast=fast)
     return pytest.mark.parametrize("check", checks, ids=[c.id for c in checks])
 
 
-def check_plugin(*plugins, hparams: dict | None = None) -> int:
-    """Run every check; raise one ``ConformanceError`` listing all failures, else return how
-    many checks passed."""
-    failures, skipped = [], []
-    checks = checks_for(*plugins, hparams=hparams)
+@dataclasses.dataclass
+class Result:
+    """What running one check gave: ``status`` is passed, failed or skipped; ``message`` the
+    failure or the reason it was skipped."""
+
+    check: Check
+    status: str
+    message: str = ""
+    seconds: float = 0.0
+
+
+def run_checks(checks: list[Check]) -> list[Result]:
+    """Run ``checks`` one after the other; one ``Result`` each."""
+    results = []
     for check in checks:
+        start = time.perf_counter()
         try:
             check.run()
+            status, message = "passed", ""
         except ConformanceError as exc:
-            failures.append(str(exc))
-        except CheckSkipped:
-            skipped.append(check.id)
+            status, message = "failed", str(exc)
+        except CheckSkipped as exc:
+            status, message = "skipped", str(exc)
+        results.append(Result(check, status, message, time.perf_counter() - start))
+    return results
+
+
+def check_plugin(*plugins, hparams: dict | None = None, fast: bool | None = None) -> int:
+    """Run every check; raise one ``ConformanceError`` listing all failures (and what was
+    skipped, with the reason), else return how many checks passed."""
+    results = run_checks(checks_for(*plugins, hparams=hparams, fast=fast))
+    failures = [r.message for r in results if r.status == "failed"]
+    skipped = [r.message for r in results if r.status == "skipped"]
     if failures:
-        more = f" ({len(skipped)} more skipped: {', '.join(skipped)})" if skipped else ""
+        more = f" ({len(skipped)} more skipped)" if skipped else ""
         raise ConformanceError(
-            f"{len(failures)} of {len(checks)} checks fail{more}:\n- " + "\n- ".join(failures)
+            f"{len(failures)} of {len(results)} checks fail{more}:\n- "
+            + "\n- ".join(failures + [f"skipped: {m}" for m in skipped])
         )
-    return len(checks)
+    return sum(r.status == "passed" for r in results)
 
 
-def checks_for(*plugins, hparams: dict | None = None) -> list[Check]:
-    """The ``Check`` objects for ``plugins`` (modules, objects or single-file paths)."""
-
-    hparams = hparams or {}
+def checks_for(*plugins, hparams: dict | None = None, fast: bool | None = None) -> list[Check]:
+    """The ``Check`` objects for ``plugins`` (modules, objects or single-file paths). A check
+    that does not apply to a component is there, and skips with the reason."""
+    fast = fast_from_env() if fast is None else fast
     objects, extra = [], []
     for plugin in plugins:
         label = str(plugin) if isinstance(plugin, str | Path) else _plugin_label(plugin)
@@ -182,7 +222,7 @@ def checks_for(*plugins, hparams: dict | None = None) -> list[Check]:
             extra.append((name, obj) if name else obj)
 
     def manager():
-        return build_plugin_manager(entry_points=False, extra=extra)
+        return build_plugin_manager(entry_points=False, extra=[TOY_PLUGIN, *extra])
 
     try:
         pm = manager()
@@ -194,16 +234,19 @@ def checks_for(*plugins, hparams: dict | None = None) -> list[Check]:
         checks.append(Check("plugin", name, name, "registers", _registers(manager, obj)))
         for group, table in pm.registry.components.items():
             for spec in sorted((s for s in table.values() if s.plugin == name), key=_name):
-                cases = _cases(hparams, group, spec)
-                for check_name in CHECKS[group]:
-                    function = _CHECK_FUNCTIONS[group, check_name](pm, group, spec, cases)
-                    if function is not None:  # None: the property does not apply
-                        requires = None
-                        if check_name not in _WITHOUT_KERNELS:
-                            requires = functools.partial(compile_problem, group, spec)
-                        checks.append(
-                            Check(group, spec.name, name, check_name, function, requires)
-                        )
+                checks += _component_checks(pm, group, spec, name, _cases(hparams or {}, group,
+                                                                          spec))  # fmt: skip
+    return [dataclasses.replace(c, fast=fast) for c in checks]
+
+
+def _component_checks(pm, group, spec, plugin, cases) -> list[Check]:
+    checks = []
+    for check_name in CHECKS[group]:
+        function = _CHECK_FUNCTIONS[group, check_name](pm, group, spec, cases)
+        requires = None
+        if check_name not in _WITHOUT_KERNELS:
+            requires = functools.partial(compile_problem, group, spec)
+        checks.append(Check(group, spec.name, plugin, check_name, function, requires))
     return checks
 
 
@@ -286,6 +329,8 @@ _CHECK_FUNCTIONS: dict[tuple[str, str], Callable[..., Callable[[], None] | None]
         (g, "hyperparameter_change_takes_effect_without_recompiling"): _hyperparameter_change
         for g in ("loss", "optimizer", "model")
     },
+    **{(g, "each_hyperparameter_takes_effect"): _each_hyperparameter
+       for g in ("loss", "optimizer", "model")},  # fmt: skip
     ("loss", "kernel_matches_reference"): _loss_matches_reference,
     ("loss", "gradient_matches_finite_differences"): _loss_gradient,
     ("loss", "inputs_unchanged"): _loss_inputs_unchanged,
@@ -305,12 +350,15 @@ _CHECK_FUNCTIONS: dict[tuple[str, str], Callable[..., Callable[[], None] | None]
 
 __all__ = [
     "CHECKS",
+    "FAST_ENV",
     "Check",
     "CheckSkipped",
     "ConformanceError",
+    "Result",
     "central_difference",
     "check_plugin",
     "checks_for",
     "option_cases",
     "parametrize_with_checks",
+    "run_checks",
 ]

@@ -1,5 +1,7 @@
 """The checks of a model: a consistent layout, kernels against references, backward against finite
-differences of forward, inputs left alone."""
+differences of forward, inputs left alone. Forward gets ``work`` filled with NaN (it is not
+zeroed in a run either) and backward ``grads`` filled with NaN, so reading what was never written
+shows; a gradient that misses is named by tensor (``W1[3, 0]``)."""
 
 from __future__ import annotations
 
@@ -9,13 +11,14 @@ from lossbench.testing._base import (
     _N_IN,
     _N_OUT,
     _ROWS,
-    DTYPES,
     _compare,
     _each_case,
     _fail,
-    _unchanged,
     central_difference,
+    dtypes,
+    not_applicable,
 )
+from lossbench.testing._harness import Arg, call
 
 
 def _model_setup(spec, hp, dtype=np.float64, seed=0):
@@ -28,27 +31,46 @@ def _model_setup(spec, hp, dtype=np.float64, seed=0):
     return layout, c(params, dtype=dtype), c(x, dtype=dtype), np.asarray(layout.hp, np.float64)
 
 
+def tensor_slot(layout):
+    """Names an index of the flat parameter vector by its tensor: ``W1[3, 0] (params[19])``."""
+    spans = sorted((off, name, shape) for name, (off, shape) in layout.tensors.items())
+
+    def name(i: tuple[int, ...]) -> str:
+        k = i[0]
+        for off, tensor, shape in spans:
+            size = int(np.prod(shape))
+            if off <= k < off + size:
+                where = np.unravel_index(k - off, shape) if shape else ()
+                return f"{tensor}[{', '.join(str(int(j)) for j in where)}] (params[{k}])"
+        return f"params[{k}] (in no tensor of the layout)"
+
+    return name
+
+
 def _model_fns(spec, layout):
     """forward(params, hp, x) -> out and backward(params, hp, x, dout) -> grads through the
-    kernels, or the references if the model has none."""
+    kernels (in the harness), or the references if the model has none."""
     if spec.numpy_only:
         return (
             lambda p, hp, x: spec.reference_forward(p, layout.layout, hp, x),
             lambda p, hp, x, d: spec.reference_backward(p, layout.layout, hp, x, d),
         )
 
-    def forward(p, hp, x, work=None):
-        work = np.empty(layout.workspace(len(x)), p.dtype) if work is None else work
+    def forward(p, hp, x, keep_work=False):
+        work = np.full(layout.workspace(len(x)), np.nan, p.dtype)  # not zeroed, as in a run
         out = np.empty((len(x), _N_OUT), p.dtype)
-        spec.forward(p, layout.layout, hp, x, work, out)
-        return out
+        args = [Arg("params", p), Arg("layout", layout.layout), Arg("hp", hp), Arg("x", x),
+                Arg("work", work, "work"), Arg("out", out, "out")]  # fmt: skip
+        _, arrays = call(spec.forward, "forward", args)
+        return (arrays["out"], arrays["work"]) if keep_work else arrays["out"]
 
     def backward(p, hp, x, dout):
-        work = np.empty(layout.workspace(len(x)), p.dtype)
-        forward(p, hp, x, work)
-        grads = np.full(len(p), np.nan, p.dtype)
-        spec.backward(p, layout.layout, hp, x, work, dout, grads)
-        return grads
+        _, work = forward(p, hp, x, keep_work=True)
+        args = [Arg("params", p), Arg("layout", layout.layout), Arg("hp", hp), Arg("x", x),
+                Arg("work", work, "work"), Arg("dout", dout),
+                Arg("grads", np.empty(len(p), p.dtype), "out")]  # fmt: skip
+        _, arrays = call(spec.backward, "backward", args)
+        return arrays["grads"]
 
     return forward, backward
 
@@ -78,45 +100,36 @@ def _model_builds(pm, group, spec, cases):
 
 def _model_matches_reference(pm, group, spec, cases):
     if spec.numpy_only:
-        return None
+        return not_applicable("it has no kernels (numpy only): its references are what is checked")
 
     def body(hp):
         if spec.reference_forward is None or spec.reference_backward is None:
             _fail("it has no NumPy reference_forward/reference_backward. Fix: pass both")
         layout, params, x, mhp = _model_setup(spec, hp)
-        forward, backward = _model_fns(spec, layout)
         dout = np.random.default_rng(1).normal(size=(_ROWS, _N_OUT))
         ref_out = spec.reference_forward(params, layout.layout, mhp, x)
         ref_grads = spec.reference_backward(params, layout.layout, mhp, x, dout)
-        _compare(
-            "float64 forward outputs (kernel vs reference)",
-            forward(params, mhp, x),
-            ref_out,
-            1e-9,
-            1e-12,
-        )
-        _compare(
-            "float64 gradients (kernel vs reference)",
-            backward(params, mhp, x, dout),
-            ref_grads,
-            1e-9,
-            1e-12,
-        )
-        f32 = np.float32
-        p32, x32, h32 = params.astype(f32), x.astype(f32), mhp.astype(f32)
-        scale = max(1.0, float(np.max(np.abs(ref_out))))
-        _compare(
-            "float32 forward outputs (kernel vs reference)",
-            forward(p32, h32, x32),
-            ref_out,
-            1e-3,
-            1e-4 * scale,
-        )
-        gscale = max(1.0, float(np.max(np.abs(ref_grads))))
-        grads32 = backward(p32, h32, x32, dout.astype(f32))
-        _compare("float32 gradients (kernel vs reference)", grads32, ref_grads, 1e-3, 1e-4 * gscale)
+        for dtype in dtypes():
+            _compare_model(spec, layout, (params, x, mhp, dout), (ref_out, ref_grads), dtype)
 
     return lambda: _each_case(cases, body)
+
+
+def _compare_model(spec, layout, inputs, expected, dtype):
+    forward, backward = _model_fns(spec, layout)
+    params, x, mhp, dout = inputs
+    params, x, dout = params.astype(dtype), x.astype(dtype), dout.astype(dtype)  # hp: float64
+    ref_out, ref_grads = expected
+    if dtype == "float64":
+        rtol, atol_out, atol_grads = 1e-9, 1e-12, 1e-12
+    else:
+        rtol = 1e-3
+        atol_out = 1e-4 * max(1.0, float(np.max(np.abs(ref_out))))
+        atol_grads = 1e-4 * max(1.0, float(np.max(np.abs(ref_grads))))
+    _compare(f"{dtype} forward outputs (kernel vs reference)", forward(params, mhp, x),
+             ref_out, rtol, atol_out)  # fmt: skip
+    _compare(f"{dtype} gradients (kernel vs reference)", backward(params, mhp, x, dout),
+             ref_grads, rtol, atol_grads, slot=tensor_slot(layout))  # fmt: skip
 
 
 def _model_gradient(pm, group, spec, cases):
@@ -128,7 +141,7 @@ def _model_gradient(pm, group, spec, cases):
         numeric = central_difference(lambda: float(np.sum(forward(params, mhp, x) * dout)), params)
         _compare(
             "d sum(forward * dout) / d params (backward vs central differences, eps 1e-6)",
-            grads, numeric, 1e-5, 1e-7,
+            grads, numeric, 1e-5, 1e-7, slot=tensor_slot(layout),
         )  # fmt: skip
 
     return lambda: _each_case(cases, body)
@@ -136,15 +149,16 @@ def _model_gradient(pm, group, spec, cases):
 
 def _model_inputs_unchanged(pm, group, spec, cases):
     def body(hp):
-        for dtype in DTYPES if not spec.numpy_only else ("float64",):
+        for dtype in dtypes() if not spec.numpy_only else ("float64",):
             layout, params, x, mhp = _model_setup(spec, hp, np.dtype(dtype))
             forward, backward = _model_fns(spec, layout)
             dout = np.random.default_rng(1).normal(size=(_ROWS, _N_OUT)).astype(dtype)
             inputs = {"params": params, "x": x, "hp": mhp, "layout": layout.layout, "dout": dout}
             before = {k: v.copy() for k, v in inputs.items()}
-            forward(params, mhp, x)
+            forward(params, mhp, x)  # the harness checks the kernels' inputs
             backward(params, mhp, x, dout)
-            for k, v in inputs.items():
-                _unchanged(f"{k} ({dtype})", before[k], v)
+            for k, v in inputs.items():  # and these the references'
+                if not np.array_equal(before[k], v, equal_nan=True):
+                    _fail(f"it modifies its input {k} ({dtype}). Fix: write only to its outputs")
 
     return lambda: _each_case(cases, body)

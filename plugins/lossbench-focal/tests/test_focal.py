@@ -1,7 +1,9 @@
-"""lossbench-focal: the conformance kit, the reductions to cross-entropy and BCE, and the
-focal-loss formula of Lin et al. 2017 / torchvision.ops.sigmoid_focal_loss."""
+"""lossbench-focal: the conformance kit, the reductions to cross-entropy and BCE, the
+focal-loss formula of Lin et al. 2017 / torchvision.ops.sigmoid_focal_loss, and values and
+gradients held to torch's (golden_*.json, from make_golden.py)."""
 
 import math
+from pathlib import Path
 
 import lossbench
 import numpy as np
@@ -10,6 +12,7 @@ from lossbench.builtin.losses import bce_kernel, cross_entropy_kernel
 from lossbench.errors import ConfigError
 from lossbench.plugins import build_plugin_manager
 from lossbench.testing import parametrize_with_checks
+from lossbench.testing.golden import parametrize_golden
 
 import lossbench_focal
 
@@ -23,6 +26,19 @@ CASES = {
 @parametrize_with_checks(lossbench_focal, hparams=CASES)
 def test_lossbench_conformance(check):
     check()
+
+
+HERE = Path(__file__).resolve().parent
+
+
+@parametrize_golden(FOCAL["focal"], HERE / "golden_focal.json")
+def test_focal_matches_torch(case):
+    case()
+
+
+@parametrize_golden(FOCAL["binary_focal"], HERE / "golden_binary_focal.json")
+def test_binary_focal_matches_torch(case):
+    case()
 
 
 def logits(rng, rows, cols, dtype):

@@ -1,4 +1,7 @@
-"""lossbench-lion: the conformance kit and Lion's update rule (Chen et al. 2023, Algorithm 2)."""
+"""lossbench-lion: the conformance kit, Lion's update rule (Chen et al. 2023, Algorithm 2), and
+30 steps held to Lion written in torch ops (golden_lion.json, from make_golden.py)."""
+
+from pathlib import Path
 
 import lossbench
 import numpy as np
@@ -6,6 +9,7 @@ import pytest
 from lossbench.errors import ConfigError
 from lossbench.plugins import build_plugin_manager
 from lossbench.testing import parametrize_with_checks
+from lossbench.testing.golden import parametrize_golden
 
 import lossbench_lion
 
@@ -15,6 +19,11 @@ CASES = {"lion": [{}, {"weight_decay": 0.1}, {"beta1": 0.5, "beta2": 0.9}]}
 @parametrize_with_checks(lossbench_lion, hparams=CASES)
 def test_lossbench_conformance(check):
     check()
+
+
+@parametrize_golden(lossbench_lion.LION, Path(__file__).with_name("golden_lion.json"))
+def test_matches_lion_in_torch(case):
+    case()
 
 
 def step(p, g, m, lr, beta1=0.9, beta2=0.99, wd=0.0, dtype=np.float64):

@@ -1,5 +1,6 @@
-"""The single-file plugins of this directory: the conformance kit, the --plugins-dir route, and
-the NumPy-only slow path."""
+"""The single-file plugins of this directory: the conformance kit, the --plugins-dir route, the
+NumPy-only slow path, and the residual MLP (the guide's model example) held to torch's values
+(golden_residual_mlp.json, written by make_golden.py)."""
 
 from pathlib import Path
 
@@ -7,8 +8,10 @@ import numpy as np
 import pytest
 
 import lossbench
-from lossbench.plugins import build_plugin_manager, describe
+import lossbench.errors
+from lossbench.plugins import build_plugin_manager, describe, load_plugin_file
 from lossbench.testing import parametrize_with_checks
+from lossbench.testing.golden import parametrize_golden
 
 HERE = Path(__file__).resolve().parents[1]
 
@@ -16,10 +19,20 @@ HERE = Path(__file__).resolve().parents[1]
 @parametrize_with_checks(
     HERE / "pseudo_huber.py",
     HERE / "poly1.py",
-    hparams={"pseudo_huber": [{}, {"delta": 0.3}], "poly1": [{}, {"epsilon": -0.5}]},
-)
+    HERE / "residual_mlp.py",
+    hparams={"pseudo_huber": [{}, {"delta": 0.3}], "poly1": [{}, {"epsilon": -0.5}],
+             "residual_mlp": [{}, {"width": 5, "blocks": 3, "residual_scale": 0.5}]},
+)  # fmt: skip
 def test_lossbench_conformance(check):
     check()
+
+
+RESIDUAL_MLP = load_plugin_file(HERE / "residual_mlp.py").RESIDUAL_MLP
+
+
+@parametrize_golden(RESIDUAL_MLP, HERE / "tests" / "golden_residual_mlp.json")
+def test_residual_mlp_matches_torch(case):
+    case()
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +48,17 @@ def test_plugins_dir_route_lists_both_and_marks_the_numpy_only_one(pm):
     assert rows["pseudo_huber"]["components"] == {"loss": ["pseudo_huber"]}
     assert rows["pseudo_huber"]["numpy_only"] == {}
     assert rows["poly1"]["numpy_only"] == {"loss": ["poly1"]}
+    assert rows["residual_mlp"]["components"] == {"model": ["residual_mlp"]}
+
+
+def test_residual_mlp_trains_and_refuses_what_it_cannot_build(pm):
+    run = lossbench.train(overrides=[*TINY, "model=residual_mlp", "model.blocks=3"],
+                          plugin_manager=pm)  # fmt: skip
+    assert run.status == "finished" and run.path == "fused"
+    assert run.history[-1]["val_loss"] < run.history[0]["val_loss"]
+    with pytest.raises(lossbench.errors.ConfigError, match="model.width=0 model.blocks=2 is not"):
+        lossbench.train(overrides=[*TINY, "model=residual_mlp", "model.width=0"],
+                        plugin_manager=pm)  # fmt: skip
 
 
 def test_numpy_only_loss_trains_on_the_slow_path(pm):
