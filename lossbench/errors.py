@@ -1,4 +1,5 @@
-"""Errors a user can cause. The CLI prints them as one paragraph and exits with code 2."""
+"""Errors a user can cause (``LossbenchError``: the CLI prints them as one paragraph and exits
+with code 2), and ``PluginFailure``: a plugin's own code raised while a run used it (exit 1)."""
 
 
 class LossbenchError(Exception):
@@ -17,6 +18,15 @@ class DataError(LossbenchError):
 
 class PluginError(LossbenchError):
     """A plugin failed to load or registered something invalid."""
+
+
+class PluginFailure(Exception):
+    """A plugin's code (a kernel, a NumPy reference, a lifecycle hook) raised while a run used
+    it: a bug in the plugin, not bad input. The run ends ``failed`` with this message as its
+    error (the plugin, the function and the exception named), ``train`` raises it after every
+    ``on_run_end`` hook ran, and the CLI prints it as one paragraph and exits 1."""
+
+    exit_code = 1
 
 
 def choices_text(choices) -> str:

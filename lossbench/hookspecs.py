@@ -53,7 +53,8 @@ def on_run_start(run):
 def on_epoch_end(run, epoch, metrics):
     """Called after every epoch with its 0-based ``epoch`` and ``metrics`` (a dict with
     ``train_loss``, ``val_loss``, ``lr``, ``epoch_seconds`` and, for classification,
-    ``train_accuracy`` and ``val_accuracy``); ``metrics`` is already in ``run.history``.
+    ``train_accuracy``, ``val_accuracy`` and ``val_macro_f1``, for regression ``val_mse``,
+    ``val_mae`` and ``val_r2``); ``metrics`` is already in ``run.history``.
 
     Return a non-empty string to stop the run after this epoch; the string is the reason
     (e.g. ``"early stopping: val_loss has not improved for 10 epochs"``). Return None to go on.

@@ -6,12 +6,13 @@ kernel would compile a new epoch, in every process. Wrapped in ``KernelRef`` the
 *signature* only (``numba.types.FunctionType``): the epoch compiles once per dtype, is cached on
 disk, and any kernel with the canonical signature (built-in or plugin) runs in it through an
 indirect call. A kernel is compiled (or loaded from its own module's cache) the first time it is
-wrapped; editing a plugin's kernel recompiles that kernel only.
+wrapped; editing a plugin's file recompiles every kernel in that file (numba's cache entries
+record the file's modification time and size; benchmarks/kernel_cache.py), never the epoch.
 
 This module is also the one door to numba's internals (``_get_wrapper_address``, a dispatcher's
-``overloads`` and cache ``stats``): nothing else in lossbench touches them, pyproject.toml pins
-numba to the tested range, and ``numba_internals_problem`` says what changed if a new numba
-moves them (tests/test_kernels.py runs it).
+``overloads``, ``_cache`` and cache ``stats``): nothing else in lossbench touches them,
+pyproject.toml pins numba to the tested range, and ``numba_internals_problem`` says what changed
+if a new numba moves them (tests/test_kernels.py runs it).
 """
 
 from __future__ import annotations
@@ -20,9 +21,14 @@ import contextlib
 import functools
 import inspect
 import re
+import sys
+import threading
+import traceback
+import types
 from pathlib import Path
 
 import numba
+import numpy as np
 from numba import typeof
 from numba.core import event
 from numba.core.registry import CPUDispatcher
@@ -34,7 +40,7 @@ try:  # private to numba: see numba_internals_problem
 except ImportError:  # a numba that moved it; numba_internals_problem says so
     _get_wrapper_address = None
 
-from lossbench.errors import PluginError
+from lossbench.errors import PluginError, PluginFailure
 from lossbench.specs import (
     API_CHANGES,
     backward_signature,
@@ -164,6 +170,79 @@ def kernel_ref(kernel, role: str, dtype: str, *, owner: str) -> KernelRef:
 
 
 # ---------------------------------------------------------------------------------------------
+# a kernel that raises
+
+
+# the codes the fused epoch writes into ``KernelWatch.flag[1]``: which call raised
+FAILED_CALLS = {1: "forward", 2: "loss", 3: "backward", 4: "optimizer"}
+_WATCHING = threading.local()  # the KernelWatch of this thread's compiled call, if any
+
+
+def failure_text(role: str, kind: str, function, owner: str, plugin: str, exc) -> str:
+    """One paragraph for a plugin function that raised: which one, of which plugin, the
+    exception and where it was raised, and the fix."""
+    name = getattr(getattr(function, "py_func", function), "__qualname__", repr(function))
+    where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    at = f" (line {where[0].lineno} of {Path(where[0].filename).name})" if where else ""
+    return (
+        f"the {role} {kind} {name} of {owner} raised {type(exc).__name__}: {exc}{at}; the run "
+        f"failed. This is a bug in the plugin {plugin!r}, not in the config. Fix: correct the "
+        f"{kind} (`python -m lossbench check {plugin}` runs the conformance kit on it), or train "
+        f"without it (another component, or LOSSBENCH_DISABLE_PLUGINS={plugin})."
+    )
+
+
+class KernelWatch:
+    """Catches an exception raised by a kernel inside a compiled call (the fused epoch, the
+    evaluation). numba calls a kernel given as a function pointer through its C wrapper, which
+    cannot return an error: it hands the exception to ``sys.unraisablehook`` ("Exception
+    ignored in: ...") and returns garbage. ``call`` installs a hook that records the exception
+    and sets ``flag[0]``; the compiled loop reads that flag after each kernel call, writes which
+    call it was into ``flag[1]`` (``FAILED_CALLS``) and returns at once; ``call`` then raises
+    ``PluginFailure`` naming the kernel and its plugin. Costs a load and a branch per call.
+    ``kernels``: role -> (the kernel, its owner text, its plugin)."""
+
+    def __init__(self, kernels: dict[str, tuple]):
+        self.kernels = kernels
+        self.flag = np.zeros(2, np.int64)
+        self.error: BaseException | None = None
+
+    def call(self, compiled, *args):
+        self.flag[0] = self.flag[1] = 0
+        previous, _WATCHING.watch = sys.unraisablehook, self
+        sys.unraisablehook = functools.partial(_unraisable, previous)
+        try:
+            result = compiled(*args)
+        finally:
+            sys.unraisablehook, _WATCHING.watch = previous, None
+        if self.flag[0]:
+            raise self.failure()
+        return result
+
+    def failure(self) -> PluginFailure:
+        role = FAILED_CALLS.get(int(self.flag[1]))
+        if role not in self.kernels:  # the loop did not say: the kernel in the traceback
+            tb = traceback.extract_tb(getattr(self.error, "__traceback__", None))
+            names = {frame.name for frame in tb}
+            role = next((r for r, (k, *_) in self.kernels.items()
+                         if getattr(k, "py_func", k).__name__ in names), next(iter(self.kernels)))
+        kernel, owner, plugin = self.kernels[role]
+        return PluginFailure(failure_text(role, "kernel", kernel, owner, plugin, self.error))
+
+
+def _unraisable(previous, unraisable) -> None:
+    """numba's kernel wrapper reports with a string as the object (``repr`` of its context);
+    anything else, or another thread's, goes to the hook that was there."""
+    watch = getattr(_WATCHING, "watch", None)
+    if watch is None or not isinstance(unraisable.object, str):
+        previous(unraisable)
+        return
+    if not watch.flag[0]:
+        watch.error = unraisable.exc_value
+    watch.flag[0] = 1
+
+
+# ---------------------------------------------------------------------------------------------
 # numba internals, behind this one door
 
 
@@ -228,6 +307,33 @@ def cache_counts(dispatcher) -> dict[str, int]:
     }
 
 
+_BOUNDS_CHECKED: dict[int, tuple[object, object]] = {}
+# compile options a bounds-checked copy keeps from its kernel
+_KEPT_OPTIONS = ("nogil", "error_model", "fastmath")
+
+
+def bounds_checked_copy(dispatcher):
+    """The same kernel compiled with numba's ``boundscheck`` (an index out of bounds raises
+    IndexError instead of reading or writing memory that is not the array's), for the
+    conformance kit. Its Python function is a copy with its own qualified name: numba's cache
+    key ignores compile options, so a copy under the kernel's own name would share (and
+    poison) the kernel's cache entry. Cached on disk beside the kernel's when the kernel is."""
+    if id(dispatcher) in _BOUNDS_CHECKED:
+        return _BOUNDS_CHECKED[id(dispatcher)][1]
+    f = dispatcher.py_func
+    copy = types.FunctionType(f.__code__, f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+    copy.__qualname__ = f"{f.__qualname__}__boundscheck"
+    copy.__module__, copy.__doc__ = f.__module__, f.__doc__
+    options = {k: v for k, v in dispatcher.targetoptions.items() if k in _KEPT_OPTIONS}
+    cached = type(dispatcher._cache).__name__ != "NullCache"
+    try:
+        checked = numba.njit(boundscheck=True, cache=cached, **options)(copy)
+    except RuntimeError:  # no cache locator for its file (a function made by exec)
+        checked = numba.njit(boundscheck=True, **options)(copy)
+    _BOUNDS_CHECKED[id(dispatcher)] = (dispatcher, checked)  # the dispatcher kept: ids unique
+    return checked
+
+
 @functools.cache
 def numba_internals_problem() -> str | None:
     """None when the numba internals lossbench uses are where it expects them; else what moved
@@ -239,7 +345,7 @@ def numba_internals_problem() -> str | None:
             "function pointers"
         )
     probe = numba.njit(lambda x: x)  # not compiled: only its attributes are looked at
-    for attribute in ("overloads", "stats"):
+    for attribute in ("overloads", "stats", "_cache"):
         if not hasattr(probe, attribute):
             return f"numba {numba.__version__}: a dispatcher has no .{attribute}"
     if not (hasattr(probe.stats, "cache_hits") and hasattr(probe.stats, "cache_misses")):

@@ -4,7 +4,8 @@ Sources, in load order:
 
 1. built-in plugin modules (``DEFAULT_PLUGINS``), registered through the same hooks as others;
 2. installed distributions with an entry point in the group ``lossbench``;
-3. ``*.py`` files in the directory named by ``--plugins-dir DIR`` or ``LOSSBENCH_PLUGINS_DIR``.
+3. ``*.py`` files in the directory named by ``--plugins-dir DIR`` or ``LOSSBENCH_PLUGINS_DIR``
+   (not in its subfolders, and not those whose name starts with ``.`` or ``_``).
 
 ``LOSSBENCH_LOAD_PLUGINS=a,b`` loads only the named entry-point plugins (an empty value loads
 none); ``LOSSBENCH_DISABLE_PLUGINS=a,b`` skips the named ones (entry-point or distribution name,
@@ -17,6 +18,7 @@ cause here is a ``PluginError`` naming the plugin, the component and the fix.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -32,7 +34,7 @@ import pluggy
 from lossbench import hookspecs
 from lossbench._version import __version__
 from lossbench.errors import ConfigError, PluginError, choices_text
-from lossbench.specs import API_CHANGES, KINDS, PLUGIN_API
+from lossbench.specs import API_CHANGES, KINDS, PLUGIN_API, REDUCTIONS
 
 DEFAULT_PLUGINS = (
     "lossbench.builtin.losses",
@@ -170,6 +172,8 @@ def _check_spec(group: str, spec, plugin_name: str) -> None:
     _check_api(what, spec)
     if group == "optimizer":
         _check_optimizer(what, spec)
+    if group == "loss":
+        _check_loss(what, spec)
     if group not in _NEEDS:
         if group == "data" and spec.load is None:
             raise PluginError(f"{what} without load. Fix: pass load=FUNCTION(hp, seed).")
@@ -203,6 +207,21 @@ def _check_api(what: str, spec) -> None:
         f"know (it implements version {PLUGIN_API}). Fix: upgrade lossbench, or declare "
         f"api={PLUGIN_API} after following docs/plugins.md."
     )
+
+
+def _check_loss(what: str, spec) -> None:
+    """A loss's optional ``reduction`` is a known one, and ``unreduced`` comes with it."""
+    if spec.reduction not in ("", *REDUCTIONS):
+        raise PluginError(
+            f"{what} with reduction={spec.reduction!r}, which lossbench does not know. "
+            f"Choices: {', '.join(map(repr, REDUCTIONS))}, or leave it out (not declared). "
+            "Fix the spec's reduction (lossbench.specs.REDUCTIONS says what each means)."
+        )
+    if spec.unreduced is not None and not spec.reduction:
+        raise PluginError(
+            f"{what} with unreduced terms but no reduction: explain cannot tell what their sum "
+            "is divided by. Fix: declare reduction='elements' or reduction='rows' in the spec."
+        )
 
 
 def _check_optimizer(what: str, spec) -> None:
@@ -280,6 +299,8 @@ def _load_dir(pm: PluginManager, directory: str) -> None:
         )
     deny = _split_env(ENV_DISABLE) or set()
     for file in sorted(path.glob("*.py")):
+        if file.name.startswith((".", "_")):  # hidden (an editor's), or a plugin's own helper
+            continue
         if file.stem in deny or f"lossbench_plugin_{file.stem}" in deny:
             continue
         pm.register(load_plugin_file(file), name=file.stem)
@@ -301,6 +322,32 @@ def load_plugin_file(file: str | Path):
             f"file, move it out of {file.parent}, or skip it with {ENV_DISABLE}={file.stem}."
         ) from exc
     return module
+
+
+def _check_disabled_names(deny: set[str], directory: str | None) -> None:
+    """Every name in LOSSBENCH_DISABLE_PLUGINS names a plugin that exists (a misspelled one
+    disabled nothing, silently): a built-in, an installed entry point or its distribution, or
+    a file of the plugin directory."""
+    if not deny:
+        return
+    known = {name for m in DEFAULT_PLUGINS for name in (m, builtin_short_name(m))}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        known.add(ep.name)
+        if ep.dist is not None:
+            known |= {ep.dist.name, _canonical(ep.dist.name)}
+    if directory and Path(directory).is_dir():
+        known |= {f.stem for f in Path(directory).glob("*.py")}
+        known |= {f"lossbench_plugin_{f.stem}" for f in Path(directory).glob("*.py")}
+    unknown = sorted(d for d in deny if d not in known and _canonical(d) not in known)
+    if unknown:
+        shown = sorted(k for k in known if "." not in k)
+        close = difflib.get_close_matches(unknown[0], shown, n=1)
+        raise PluginError(
+            f"{ENV_DISABLE} names {unknown[0]!r}, which is not a plugin: no built-in, installed "
+            f"entry point or plugin file has that name, so it disabled nothing. Choices: "
+            f"{', '.join(shown)}.{f' Did you mean {close[0]}?' if close else ''} Fix: correct "
+            f"the name, or remove it from {ENV_DISABLE}."
+        )
 
 
 def builtin_short_name(module_name: str) -> str:
@@ -336,6 +383,7 @@ def build_plugin_manager(
         if pm.has_plugin(name):
             name = f"{name}-{id(plugin):x}"
         pm.register(plugin, name=name)
+    _check_disabled_names(deny, directory)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:

@@ -33,7 +33,7 @@ CASES = [
     (
         ["optimizer.lr=0"],
         ConfigError,
-        "optimizer.lr=0.0 is not allowed: the learning rate must be > 0",
+        "optimizer.lr=0.0 is not allowed: it must be a finite number > 0",
     ),
     (["optimizer=sgd", "optimizer.lr=-1"], ConfigError, "optimizer.lr=-1.0 is not allowed"),
     (

@@ -54,6 +54,13 @@ def _write_inputs(folder: Path) -> None:
     np.savez(folder / "inf_weights.npz", **{**weights, "b1": np.full(10, np.inf)})
     np.savez(folder / "complex_weights.npz", **{**weights, "W1": np.zeros((8, 10), complex)})
     np.savez(folder / "wrong_shape_weights.npz", **{**weights, "W0": np.zeros((64, 9))})
+    np.savez(folder / "column_labels.npz", X=X, y=y[:, None])
+    np.savez(folder / "one_hot_labels.npz", X=X, y=np.eye(2)[y])
+    np.savez(folder / "unseen_val_class.npz", X=X, y=y, X_val=X[:10], y_val=np.full(10, 2))
+    (folder / "a_folder").mkdir()
+    (folder / "huge_everywhere.csv").write_text(  # in float64, unscaled: the logits overflow
+        "a,b,c,label\n" + "".join(f"{(-1) ** i * 1e308},1e308,1e308,{i % 2}\n" for i in range(40))
+    )
 
 
 NPZ, CSV, INIT = ["data=npz"], ["data=csv", "data.target=label"], ["model.hidden=[8]"]
@@ -126,16 +133,70 @@ CASES = {
     "register_model_name_with_a_slash": (
         ["tracking.register_model=team/digits"],
         "tracking.register_model='team/digits' is not a registered model name"),
+    "learning_rate_infinite": (
+        ["optimizer.lr=inf"], "optimizer.lr=inf is not allowed: it must be a finite number > 0"),
+    "tracking_experiment_empty": (
+        ["tracking.experiment=''"], "tracking.experiment='' is not allowed: it names the MLflow"),
+    "tracking_retry_seconds_negative": (
+        ["tracking.retry_seconds=-1"], "tracking.retry_seconds=-1 is not allowed: it must be"),
+    "validation_class_never_seen_in_training": (
+        [*NPZ, "data.path=unseen_val_class.npz"],
+        "the validation set has class '2' (10 rows), which the training set never has"),
+    "npz_y_a_column_of_class_labels": (
+        [*NPZ, "data.path=column_labels.npz"],
+        "y has shape (50, 1): one column of 2 distinct integers (class labels saved as a column"),
+    "npz_y_one_hot": (
+        [*NPZ, "data.path=one_hot_labels.npz"],
+        "y has shape (50, 2): one-hot rows (class labels saved one-hot"),
+    "data_path_is_a_directory": (
+        [*CSV, "data.path=a_folder"], "data.path='a_folder' is a directory, not a file"),
+    "data_path_is_a_device": (
+        [*NPZ, "data.path=/dev/null"], "data.path='/dev/null' is not a regular file (a device"),
+    "override_with_unquoted_unicode": (
+        ["tracking.run_name=héllo"],
+        "cannot read the override 'tracking.run_name=héllo': the character 'é' needs quotes"),
+    "override_with_unquoted_tilde": (
+        ["tracking.run_name=~me"],
+        "cannot read the override 'tracking.run_name=~me': the character '~' needs quotes"),
+    "override_with_unquoted_bang": (
+        ["tracking.run_name=hi!"],
+        "cannot read the override 'tracking.run_name=hi!': the character '!' needs quotes"),
+    "disabled_plugin_misspelled": (
+        [], "LOSSBENCH_DISABLE_PLUGINS names 'lossses', which is not a plugin",
+        {"LOSSBENCH_DISABLE_PLUGINS": "lossses"}),
+    "builtin_losses_disabled": (
+        [], "loss=cross_entropy (the default) is not a known loss: no loaded plugin registers it "
+        "(LOSSBENCH_DISABLE_PLUGINS=losses disabled the built-in losses)",
+        {"LOSSBENCH_DISABLE_PLUGINS": "losses"}),
+    "lr_find_steps_absurd": (
+        ["lr_find", "--steps", "100000000000"],
+        "lr_find --steps 100000000000 is not allowed: it must be between 10 and 1000000"),
+    "lr_find_output_dir_is_a_file": (
+        ["lr_find", "--steps", "20", "--output-dir", "one_row.csv"],
+        "lr_find --output-dir 'one_row.csv' is a file, not a folder"),
+    "lr_find_with_a_hydra_override": (
+        ["lr_find", "--steps", "20", "hydra.run.dir=x"],
+        "lr_find does not take hydra.run.dir=x: it is not a Hydra run"),
+    "lr_find_loss_not_finite_from_the_first_step": (
+        ["lr_find", "--steps", "20", *CSV, "data.path=huge_everywhere.csv",
+         "data.standardize=false", "trainer.dtype=float64"],
+        "the loss was not finite at the first step of lr_find"),
+    "replay_of_a_path_that_does_not_exist": (
+        ["replay", "no/such/run"], "replay no/such/run: no such folder"),
 }  # fmt: skip
 
 
-def _run(folder: Path, overrides: list[str]) -> subprocess.CompletedProcess:
+def _run(folder: Path, overrides: list[str], extra_env=None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["LOSSBENCH_LOAD_PLUGINS"] = ""
+    env.update(extra_env or {})
+    if overrides[:1] in (["lr_find"], ["replay"]):  # a subcommand: first, and its own options
+        command = overrides
+    else:
+        command = ["trainer.progress=false", "trainer.epochs=2", *overrides]
     return subprocess.run(
         # the default tracking (./mlflow.db) is on: a refused run must not create the store
-        [sys.executable, "-m", "lossbench", "trainer.progress=false", "trainer.epochs=2",
-         *overrides],
+        [sys.executable, "-m", "lossbench", *command],
         cwd=folder, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
@@ -150,10 +211,13 @@ def results(tmp_path_factory):
     for name in CASES:
         folder = tmp_path_factory.mktemp(name)
         for f in inputs.iterdir():
-            (folder / f.name).write_bytes(f.read_bytes())
+            if f.is_dir():
+                (folder / f.name).mkdir()
+            else:
+                (folder / f.name).write_bytes(f.read_bytes())
         jobs[name] = (folder, sorted(p.name for p in folder.iterdir()))
     with ThreadPoolExecutor(max_workers=3) as pool:
-        done = {n: pool.submit(_run, jobs[n][0], CASES[n][0]) for n in CASES}
+        done = {n: pool.submit(_run, jobs[n][0], *CASES[n][::2]) for n in CASES}
         return {n: (*jobs[n], done[n].result()) for n in CASES}
 
 

@@ -17,7 +17,7 @@ from conftest import TINY
 from lossbench import hookspecs
 from lossbench.builtin.models import MODELS
 from lossbench.data import DataOptions, Dataset
-from lossbench.errors import DataError
+from lossbench.errors import DataError, PluginFailure
 from lossbench.plugins import build_plugin_manager
 
 HOOKS = sorted(n for n, f in vars(hookspecs).items() if hasattr(f, "lossbench_spec"))
@@ -84,6 +84,7 @@ def test_hook_on_epoch_end():
         "val_loss",
         "train_accuracy",
         "val_accuracy",
+        "val_macro_f1",
         "lr",
         "epoch_seconds",
     }
@@ -111,8 +112,9 @@ def test_hook_on_epoch_end():
             None,
             id="diverged",
         ),
-        # a failing plugin and a Ctrl-C end the run and then reach the caller
-        pytest.param("fail", [], "failed", ValueError, id="failed"),
+        # a failing plugin and a Ctrl-C end the run and then reach the caller (the plugin's
+        # exception as the cause of a PluginFailure naming it)
+        pytest.param("fail", [], "failed", PluginFailure, id="failed"),
         pytest.param("interrupt", [], "interrupted", KeyboardInterrupt, id="interrupted"),
     ],
 )
@@ -124,8 +126,11 @@ def test_hook_on_run_end(action, overrides, status, raises):
     else:
         with pytest.raises(raises) as info:
             train_with(rec, *overrides)
-        if raises is ValueError:
-            assert str(info.value) == "plugin bug", "not the plugin's own exception"
+        if raises is PluginFailure:
+            assert str(info.value.__cause__) == "plugin bug", "not the plugin's own exception"
+            assert "the on_epoch_end hook of plugin 'Recorder' raised ValueError" in str(
+                info.value
+            )
     assert ends(rec) == [("end", status, status)]  # exactly once, with the run's status
 
 
@@ -199,9 +204,10 @@ def test_on_run_end_failure_in_one_plugin_does_not_skip_others():
 
     rec = Recorder()
     pm = build_plugin_manager(entry_points=False, extra=[rec, Broken()])
-    with pytest.warns(UserWarning, match="oops"):
+    with pytest.raises(PluginFailure, match="on_run_end hook of plugin 'Broken' raised .*oops"):
         lossbench.train(overrides=[*TINY, "data=iris"], plugin_manager=pm)
-    assert ends(rec) == [("end", "finished", "finished")]
+    # Broken's on_run_end ran first (registered last): the others still ran, and saw the failure
+    assert ends(rec) == [("end", "failed", "failed")]
 
 
 class FailingLoad:

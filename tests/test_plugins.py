@@ -454,3 +454,22 @@ def test_an_optimizer_without_a_float_lr_field_is_refused(tmp_path, options, fou
     (check,) = lossbench.testing.checks_for(tmp_path / "nolr.py")
     with pytest.raises(lossbench.testing.ConformanceError, match="has no field lr|declares lr"):
         check()
+
+
+def test_plugins_dir_loads_only_what_the_docs_say(tmp_path):
+    """Every ``*.py`` directly in the folder, except hidden (``.x.py``) and private (``_x.py``)
+    files: an editor's backup, a helper module imported by a plugin."""
+    (tmp_path / "shown.py").write_text(
+        "import lossbench\n"
+        "@lossbench.hookimpl\n"
+        "def on_run_start(run):\n"
+        "    pass\n"
+    )
+    for name in (".hidden.py", "_helper.py", "__init__.py"):
+        (tmp_path / name).write_text("raise RuntimeError('this file must not be loaded')\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "deeper.py").write_text("raise RuntimeError('not in subfolders')\n")
+    pm = build_plugin_manager(str(tmp_path), entry_points=False)
+    names = [name for name, _ in pm.list_name_plugin()]
+    assert "shown" in names
+    assert not [n for n in names if "hidden" in n or "helper" in n or "__init__" in n]

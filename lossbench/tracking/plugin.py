@@ -24,6 +24,7 @@ run's end says its record is incomplete (exit 1 when ``tracking.required``), nam
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import platform
@@ -38,7 +39,7 @@ from omegaconf import OmegaConf
 from threadpoolctl import threadpool_limits
 
 from lossbench._version import __version__
-from lossbench.errors import ConfigError
+from lossbench.errors import ConfigError, require
 from lossbench.hookspecs import hookimpl
 from lossbench.tracking.client import SideProcess
 from lossbench.tracking.models import check_model_name, describe_datasets, describe_model
@@ -75,6 +76,7 @@ def default_run_name(cfg) -> str:
     return "-".join(parts)
 
 
+@functools.cache
 def _git_commit(folder: Path) -> str | None:
     try:
         r = subprocess.run(
@@ -120,12 +122,17 @@ def run_tags(run, tracking) -> dict[str, str]:
 
 class Tracker:
     """One MLflow run, fed from the epoch loop, written by the side process
-    ``lossbench.tracking.worker`` (so the training process never imports MLflow)."""
+    ``lossbench.tracking.worker`` (so the training process never imports MLflow).
 
-    def __init__(self, run, tracking):
+    ``begin=False`` makes the tracker without sending the run's start (``begin`` sends it):
+    ``record_ended_runs`` sends several runs before waiting for any; ``check=False`` skips the
+    store's pre-run check (the caller checked it for an earlier run of this process)."""
+
+    def __init__(self, run, tracking, begin: bool = True, check: bool = True):
         self.tracking = tracking
         self.uri = resolve_uri(tracking)
-        precheck(self.uri)
+        if check:
+            precheck(self.uri)
         self.error: str | None = None  # the side process is gone (or never answered)
         self.offline: str | None = None  # the store failed: the rest goes to the spool only
         self.result: dict = {}
@@ -139,7 +146,6 @@ class Tracker:
             # longer. One BLAS thread until the run exists costs nothing on small models.
             self.blas_limit = threadpool_limits(limits=1, user_api="blas")
         self.side = SideProcess.get()
-        self.side.tracker = self
         self.retry_seconds = float(tracking.get("retry_seconds", 30.0))
         self.start_request = dict(
             op="start",
@@ -156,6 +162,12 @@ class Tracker:
             start_time=int(time.time() * 1000),
             datasets=describe_datasets(run),
         )
+        if begin:
+            self.begin()
+
+    def begin(self) -> None:
+        """Send the run's start; the side process's replies come to this tracker."""
+        self.side.tracker = self
         self._send(**self.start_request)
 
     def _send(self, **request) -> None:
@@ -229,6 +241,14 @@ class Tracker:
         items = [[k, float(v), ts, epoch + STEP_BASE] for k, v in metrics.items() if k != "epoch"]
         self._send(op="metrics", items=items)
 
+    def log_history(self, history: list[dict]) -> None:
+        """Every epoch of a finished history in one request (``step`` = epoch), as
+        ``log_epoch`` would have sent them one by one."""
+        ts = int(time.time() * 1000)
+        items = [[k, float(v), ts, h["epoch"] + STEP_BASE] for h in history
+                 for k, v in h.items() if k != "epoch"]  # fmt: skip
+        self._send(op="metrics", items=items)
+
     def log_steps(self, key_values: dict[str, list[float]]) -> None:
         """Per-step series (``step`` = index) in one request: the lr range test's curves."""
         ts = int(time.time() * 1000)
@@ -240,15 +260,24 @@ class Tracker:
         """End the MLflow run; ``extra`` files and ``metrics`` join the run's own."""
         self.release_blas()
         try:
-            self._finish(run, status, list(extra), metrics or {})
+            with tempfile.TemporaryDirectory(prefix="lossbench-mlflow-") as tmp:
+                request = self.send_finish(run, status, list(extra), metrics or {}, Path(tmp))
+                self.await_finish(request)
         finally:
             self.side.tracker = None
             self.spool.close()
+        self.settle(run)
+
+    def settle(self, run) -> None:
+        """After the end: the spool goes when the store has the whole record, else the run
+        says its record is incomplete (``report``)."""
         if self.incomplete() is None:
             self.spool.discard()  # the store has the whole record
         self.report(run)
 
-    def _finish(self, run, status: str, extra: list, metrics: dict) -> None:
+    def send_finish(self, run, status: str, extra: list, metrics: dict, folder: Path | None):
+        """Send the run's end (tags, summary metrics, its files and model, written into
+        ``folder``; None: no files, no model) without waiting; returns the request."""
         ts = int(time.time() * 1000)
         best = run.best_epoch
         summary = {k: run.timings[k] for k in SUMMARY_KEYS if k in run.timings}
@@ -256,6 +285,23 @@ class Tracker:
         if best is not None:
             summary["best_epoch"] = best
             summary["best_val_loss"] = run.history[best]["val_loss"]
+        artifacts, model = list(extra), None
+        if folder is not None and run.history and status != "interrupted":
+            artifacts += self._artifacts(run, folder)
+        if folder is not None and run.history and status in ("finished", "stopped") and (
+            not run.plugin_state.get(NO_MODEL)
+        ):  # fmt: skip
+            model = self._model(run, folder / "model-data")
+        state = {"finished": "FINISHED", "stopped": "FINISHED", "interrupted": "KILLED"}
+        request = dict(
+            op="finish", state=state.get(status, "FAILED"), tags=self._end_tags(run, status),
+            metrics=[[k, float(v), ts, 0] for k, v in summary.items()],
+            artifacts=[str(p) for p in artifacts], model=model, end_time=ts,
+        )  # fmt: skip
+        self._send(**{k: v for k, v in request.items() if k != "end_time"})
+        return request
+
+    def _end_tags(self, run, status: str) -> dict:
         tags = {"lossbench.status": status, "lossbench.path": run.path}
         if run.compile:  # how many functions the run compiled, and how many it loaded
             tags["lossbench.compiled"] = str(len(run.compile["compiled"]))
@@ -266,38 +312,28 @@ class Tracker:
             tags["lossbench.failure_reason"] = run.error
         if run.stop_reason:
             tags["lossbench.stop_reason"] = run.stop_reason
-        state = {"finished": "FINISHED", "stopped": "FINISHED", "interrupted": "KILLED"}
-        with tempfile.TemporaryDirectory(prefix="lossbench-mlflow-") as tmp:
-            artifacts, model = list(extra), None
-            if run.history and status != "interrupted":
-                artifacts += self._artifacts(run, Path(tmp))
-            if run.history and status in ("finished", "stopped") and not run.plugin_state.get(
-                NO_MODEL
-            ):
-                model = self._model(run, Path(tmp) / "model-data")
-            request = dict(
-                op="finish",
-                state=state.get(status, "FAILED"),
-                tags=tags,
-                metrics=[[k, float(v), ts, 0] for k, v in summary.items()],
-                artifacts=[str(p) for p in artifacts],
-                model=model,
-            )
-            self._send(**request)
-            # the worker may still be importing MLflow: this wait is tracking's one-time cost;
-            # a store that does not answer costs at most its retry budget, twice (the send
-            # that failed and this end), then the spool has it
-            limit = 60 + 3 * self.retry_seconds
-            if self.error is None and not self.finished.wait(timeout=limit):
-                self.error = f"the MLflow process did not end the run within {limit:.0f} s"
-            if self.incomplete() is not None:  # keep the end, and the files, for a replay
-                if model is not None:  # its data folder, relative to the spool folder
-                    model = {**model, "data": self.spool.keep_folder(model["data"])}
-                self.spool.append({
-                    "op": "finish", "state": request["state"], "tags": request["tags"],
-                    "metrics": request["metrics"], "end_time": ts,
-                    "artifacts": self.spool.keep(request["artifacts"]), "model": model,
-                })  # fmt: skip
+        if run.read_from:
+            tags["lossbench.read_from"] = run.read_from
+        return tags
+
+    def await_finish(self, request: dict) -> None:
+        """Wait for the side process to end the run (a store that does not answer costs at
+        most its retry budget, twice: the send that failed and this end); if the record is
+        incomplete, keep its end, and its files, in the spool for a replay."""
+        # the worker may still be importing MLflow: this wait is tracking's one-time cost
+        limit = 60 + 3 * self.retry_seconds
+        if self.error is None and not self.finished.wait(timeout=limit):
+            self.error = f"the MLflow process did not end the run within {limit:.0f} s"
+        if self.incomplete() is None:
+            return
+        model = request["model"]
+        if model is not None:  # its data folder, relative to the spool folder
+            model = {**model, "data": self.spool.keep_folder(model["data"])}
+        self.spool.append({
+            "op": "finish", "state": request["state"], "tags": request["tags"],
+            "metrics": request["metrics"], "end_time": request["end_time"],
+            "artifacts": self.spool.keep(request["artifacts"]), "model": model,
+        })  # fmt: skip
 
     def _model(self, run, folder: Path) -> dict:
         """The run's model request: its predictor's folder, registered if asked to."""
@@ -310,7 +346,8 @@ class Tracker:
 
     def _artifacts(self, run, folder: Path) -> list[Path]:
         plots = run.config.trainer.get("plots", True)
-        (folder / "config.yaml").write_text(OmegaConf.to_yaml(run.config, resolve=True))
+        # a URL's password (tracking.uri) stays out of the artifact, as out of the params
+        (folder / "config.yaml").write_text(mask_text(OmegaConf.to_yaml(run.config, resolve=True)))
         source = Path(run.output_dir) if run.output_dir is not None else None
         files = ["history.csv", "model.npz"] + (["loss_curve.png"] if plots else [])
         if source is None or not all((source / f).is_file() for f in files):
@@ -318,14 +355,53 @@ class Tracker:
             outputs.write_history(folder / "history.csv", run.history)
             outputs.write_model(folder / "model.npz", run.params)
             if plots:
-                outputs.plot_loss_curve(
-                    folder / "loss_curve.png", run.history, outputs.run_title(run)
-                )
+                outputs.plot_loss_curve(folder / "loss_curve.png", run)
         paths = [folder / "config.yaml", *(source / f for f in files)]
         if plots and run.dataset is not None and run.dataset.task == "classification":
             outputs.plot_confusion_matrix(folder / "confusion_matrix.png", run)
             paths.append(folder / "confusion_matrix.png")
         return paths
+
+
+class _InOrder:
+    """Hands the side process's replies to several trackers, in the order their runs were
+    sent: it serves runs one after another, so a run's replies end with its ``finished``."""
+
+    def __init__(self, trackers: list[Tracker]):
+        self.trackers, self.index = trackers, 0
+
+    def on_reply(self, reply: dict) -> None:
+        if self.index < len(self.trackers):
+            tracker = self.trackers[self.index]
+            tracker.on_reply(reply)
+            if tracker.finished.is_set():
+                self.index += 1
+
+
+def record_ended_runs(runs: list) -> None:
+    """Record runs that have already ended (a sweep's epoch counts answered from a longer run)
+    as MLflow runs: params, tags, dataset inputs, per-epoch metrics and summary, without their
+    files or a model. All are sent before any reply is awaited, so the store's round trips
+    overlap (one run at a time took ~0.3 s each); each keeps its own spool, as any run's, for
+    a replay when the store fails. The store was checked for an earlier run of this process."""
+    if not runs:
+        return
+    trackers = [Tracker(run, run.config.tracking, begin=False, check=False) for run in runs]
+    trackers[0].side.tracker = _InOrder(trackers)  # before the first reply can come
+    requests = []
+    try:
+        for tracker, run in zip(trackers, runs, strict=True):
+            tracker._send(**tracker.start_request)
+            tracker.log_history(run.history)
+            requests.append(tracker.send_finish(run, run.status, [], {}, folder=None))
+        for tracker, request in zip(trackers, requests, strict=True):
+            tracker.await_finish(request)
+    finally:
+        trackers[0].side.tracker = None
+        for tracker in trackers:
+            tracker.spool.close()
+    for tracker, run in zip(trackers, runs, strict=True):
+        tracker.settle(run)
 
 
 def _tracker(run) -> Tracker | None:
@@ -338,9 +414,24 @@ def _enabled(run):
     return tracking if tracking is not None and tracking.get("name") == "mlflow" else None
 
 
+def check_options(tracking) -> None:
+    """Refuse tracking options MLflow or the side process cannot use, before anything runs
+    (an empty experiment trained fully, then failed with a spool)."""
+    check_model_name("tracking.register_model", tracking.get("register_model"))
+    experiment = tracking.get("experiment")
+    require(isinstance(experiment, str) and experiment.strip() != "", "tracking.experiment",
+            repr(experiment), "it names the MLflow experiment the run goes to, so it must not "
+            "be empty", "lossbench")  # fmt: skip
+    for key, example in (("retry_seconds", 30), ("flush_seconds", 2)):
+        value = float(tracking.get(key, example))
+        least = 0 if key == "retry_seconds" else 0.01
+        require(math.isfinite(value) and value >= least, f"tracking.{key}", f"{value:g}",
+                f"it must be a number of seconds >= {least:g}", example)  # fmt: skip
+
+
 def _start(run, tracking) -> None:
     run.plugin_state[_KEY + ".tried"] = True
-    check_model_name("tracking.register_model", tracking.get("register_model"))  # bad input
+    check_options(tracking)  # bad input, whatever tracking.required says
     try:
         run.plugin_state[_KEY] = Tracker(run, tracking)
     except ConfigError as exc:

@@ -4,8 +4,12 @@
 The model's data is a ``lossbench.training.predict.Predictor`` folder (weights, layout,
 standardisation, class names). Prediction is the model spec's NumPy ``reference_forward``, so
 loading needs lossbench and the plugin that registered the model (the model's requirements
-name both) but never compiles anything. Input: a DataFrame with the training features' columns
-(any order; extra columns are an error), or a 2-D array in the training column order. Output:
+name both) but never compiles anything. Input: a 2-D array in the training column order, or a
+DataFrame of the training columns in that order; a row with a NaN or an infinity is refused
+(MLflow's server answers 400). The model's signature is a float64 tensor (so that arrays work),
+and MLflow's schema enforcement turns a DataFrame into an array before ``predict`` sees it:
+through ``mlflow.pyfunc`` (and REST) the column order decides, the names are not checked; only
+``load(folder).predict`` checks them (any order; missing or extra columns are an error). Output:
 a DataFrame, ``prob_<class>`` columns and ``label`` for classification (``score_<class>`` for
 losses trained on one-hot values), ``value`` (or ``value_<i>``) for regression.
 """
@@ -50,7 +54,7 @@ class LossbenchModel:
         """The predictions as a DataFrame (see the module)."""
         import pandas as pd  # start-up: pandas loads with MLflow anyway; not for training
 
-        out = self.predictor.predict(self.rows(model_input), self.forward)
+        out = self.predictor.predict(finite_rows(self.rows(model_input)), self.forward)
         columns = self.predictor.columns
         if "values" in out:
             return pd.DataFrame(out["values"], columns=columns)
@@ -58,6 +62,27 @@ class LossbenchModel:
         frame = pd.DataFrame(scores, columns=columns[:-1])
         frame["label"] = out["labels"].astype(str)
         return frame
+
+
+def finite_rows(X: np.ndarray) -> np.ndarray:
+    """``X``, refused when a row holds a NaN or an infinity: its outputs would be NaN, and
+    argmax calls NaN class 0 (HTTP 200 with label 0). The error is MLflow's bad-input one, so
+    its server answers 400 with this message."""
+    bad = ~np.isfinite(X)
+    if not bad.any():
+        return X
+    rows = np.flatnonzero(bad.any(axis=1))
+    column = int(np.flatnonzero(bad[rows[0]])[0])
+    message = (
+        f"the model's input has {len(rows)} rows with missing or infinite values (the first: row "
+        f"{rows[0]}, column {column}: {X[rows[0], column]}); the model cannot predict from them "
+        "(the scores would be NaN). Fix: fill or drop those rows before predicting."
+    )
+    try:
+        from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException  # loaded by MLflow
+    except ImportError:  # loaded without MLflow (lossbench.tracking.pyfunc.load)
+        raise ConfigError(message) from None
+    raise MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def load(folder) -> LossbenchModel:

@@ -10,8 +10,9 @@ model's data). A run whose record
 reached its store complete removes its spool folder (and ``mlflow-spool/`` if it created it
 and it is empty).
 
-Both files are append-only, one JSON object per line, each line written whole and flushed; a
-torn last line (a crash while writing it) is skipped when read. The records, by ``op``:
+Both files are append-only, one JSON object per line, each line written whole and flushed,
+private (0600) once they hold a URL with a password (the store's, for the replay); a torn last
+line (a crash while writing it) is skipped when read. The records, by ``op``:
 
 in ``records.jsonl``
   ``start``      ``spool_id, uri, experiment, run_name, tags, params, start_time`` (ms),
@@ -28,24 +29,32 @@ in ``store.jsonl``
   ``abandoned``  ``reason, end_time, sent``: the training process went away without ending
                  the run (``sent``: the store has the run ended as KILLED)
 
-Replaying is idempotent: it finds the run (by its ``run_id`` in the store it was created in,
-else by the tag ``lossbench.spool_id``), creates it if missing, sends only the params, tags,
-metric points and artifacts the store does not have, and ends the run with its true final
-state (``finish``; else KILLED with the reason of ``abandoned``, or with "the record ends
-before the run did" when the training process died with its side process).
+Replaying is idempotent and atomic: replays of one spool take turns (a ``flock`` on its
+folder); it uploads only files inside the spool folder (an edited spool naming others is
+refused before anything is sent); it finds the run (by its ``run_id`` in the store it was
+created in, else by the tag ``lossbench.spool_id``), creates it if missing, sends only the
+params, tags, metric points (NaN equal to NaN) and artifacts the store does not have, and ends
+the run with its true final state (``finish``; else KILLED with the reason of ``abandoned``,
+or with "the record ends before the run did" when the training process died with its side
+process).
 
 This module imports MLflow only inside ``replay``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import math
 import os
 import shutil
+import sys
 import time
 import uuid
 from pathlib import Path
 
+from lossbench.errors import ConfigError
 from lossbench.tracking.models import log_datasets, log_run_model
 from lossbench.tracking.store import (
     MAX_KEY,
@@ -57,6 +66,7 @@ from lossbench.tracking.store import (
     open_client,
     shorten,
 )
+from lossbench.urls import has_credentials
 
 SPOOL_DIR = "mlflow-spool"
 RECORDS = "records.jsonl"  # the run, from the training process
@@ -87,6 +97,7 @@ class Spool:
         self.broken: str | None = None if folder is not None else "the run has no directory"
         self._file = None
         self._created_parent = False
+        self._private = False  # made 0600: it holds a URL with a password
 
     @property
     def path(self) -> Path | None:
@@ -101,7 +112,11 @@ class Spool:
                 self._created_parent = not parent.exists()
                 self.folder.mkdir(parents=True, exist_ok=True)
                 self._file = open(self.path, "ab", buffering=0)  # one write() per line
-            self._file.write((json.dumps(record, default=float) + "\n").encode())
+            line = json.dumps(record, default=float) + "\n"
+            if not self._private and has_credentials(line):  # the store's URL, for a replay
+                os.chmod(self.path, 0o600)
+                self._private = True
+            self._file.write(line.encode())
         except (OSError, ValueError, TypeError) as exc:
             self.broken = f"the spool {self.path} could not be written ({exc})"
 
@@ -204,21 +219,66 @@ def _state(records: list[dict]) -> tuple[str, dict, int | None]:
 
 def replay(folder: Path, uri: str | None = None) -> dict:
     """Send a spooled run to ``uri`` (default: the store it was meant for) and end it there;
-    returns what was done. Raises on a store that cannot be reached."""
-    from mlflow.entities import RunTag  # start-up: MLflow loads only for a replay
-
+    returns what was done. Raises on a store that cannot be reached, and ``ConfigError`` for a
+    spool naming files outside its folder (before anything is sent). Two replays of one spool
+    at once take turns (a lock on the spool folder), so one creates the run, the other finds
+    it."""
     bound_http_retries(30.0)  # a store that does not answer: an error in bounded time
     records = read_spool(folder)
     start = next((r for r in records if r["op"] == "start"), None)
     if start is None:
         raise ValueError(f"{folder / RECORDS} has no start record: nothing to replay")
+    finish = next((r for r in reversed(records) if r["op"] == "finish"), None)
+    _check_paths(folder, finish)  # before anything is sent
     target = uri or start.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or None
     client = open_client(target)
+    with _replay_lock(folder):  # two replays of one spool at once: the second finds the run
+        return _replay(client, folder, records, start, finish)
+
+
+@contextlib.contextmanager
+def _replay_lock(folder: Path):
+    """An exclusive ``flock`` on the spool folder itself (no lock file left behind)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _check_paths(folder: Path, finish: dict | None) -> None:
+    """Refuse (``ConfigError``) a spool whose files to upload are not inside its own folder
+    (an edited spool naming ``../..``, an absolute path, a link pointing out)."""
+    if finish is None:
+        return
+    model = finish.get("model") or {}
+    named = [(rel, "file") for rel in finish.get("artifacts", [])]
+    if model.get("data"):
+        named.append((model["data"], "model folder"))
+    own = folder.resolve()
+    for rel, what in named:
+        path = folder / str(rel)
+        inside = [path, *(path.rglob("*") if path.is_dir() else [])]
+        if Path(str(rel)).is_absolute() or not all(p.resolve().is_relative_to(own)
+                                                   for p in inside):  # fmt: skip
+            raise ConfigError(
+                f"{folder / RECORDS} names the {what} {str(rel)!r} to upload, which is outside "
+                f"the run directory it replays ({own}): replay uploads only the spool's own "
+                "copies (artifacts/ and model/ in that folder), so the spool was edited or "
+                "damaged, and nothing was sent. Fix: restore that entry (a path relative to the "
+                "spool folder, inside it), or delete it from records.jsonl."
+            )
+
+
+def _replay(client, folder: Path, records: list[dict], start: dict, finish: dict | None):
+    """``replay`` once the store is open and the spool locked."""
+    from mlflow.entities import RunTag  # start-up: MLflow loads only for a replay
+
     run_id, made = _find_or_create(client, records, start)
     _send_params(client, run_id, start["params"])
     log_datasets(client, run_id, start.get("datasets") or [])  # MLflow keeps each one once
     state, final_tags, end_time = _state(records)
-    finish = next((r for r in reversed(records) if r["op"] == "finish"), None)
     items = [item for r in records if r["op"] == "metrics" for item in r["items"]]
     items += finish.get("metrics", []) if finish else []
     sent = _send_metrics(client, run_id, items)
@@ -283,14 +343,26 @@ def _send_metrics(client, run_id: str, items: list) -> int:
     from mlflow.entities import Metric  # loaded with the client
 
     existing = {
-        key: {(m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key)}
+        key: {_point(m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key)}
         for key in {k for k, *_ in items}
     }
     missing = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in items
-               if (int(step), int(ts), float(v)) not in existing[k]]  # fmt: skip
+               if _point(step, ts, v) not in existing[k]]  # fmt: skip
     for i in range(0, len(missing), METRICS_PER_BATCH):
         client.log_batch(run_id, metrics=missing[i : i + METRICS_PER_BATCH])
     return len(missing)
+
+
+def _point(step, timestamp, value) -> tuple:
+    """A metric point as the duplicate check compares it: NaN equal to NaN (NaN != NaN, so a
+    point of value NaN was never found and was sent again by every replay), and an infinity
+    equal to the largest float, which MLflow's database stores (and returns) instead."""
+    value = float(value)
+    if math.isnan(value):
+        return int(step), int(timestamp), "nan"
+    if math.isinf(value) or abs(value) == sys.float_info.max:
+        return int(step), int(timestamp), "inf" if value > 0 else "-inf"
+    return int(step), int(timestamp), value
 
 
 def _send_artifacts(client, run_id: str, folder: Path, kept: list[str]) -> int:

@@ -7,6 +7,7 @@ that does not answer (its ``MLFLOW_HTTP_REQUEST_*`` variables)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import os
@@ -16,7 +17,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 from lossbench.errors import ConfigError
 from lossbench.urls import mask_url
@@ -110,8 +111,17 @@ def precheck(uri: str | None) -> None:
     scheme = parsed.scheme.split("+")[0]  # postgresql+psycopg2 -> postgresql
     if scheme in ("http", "https"):
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
+            with urllib.request.urlopen(health_request(uri), timeout=5) as r:
                 r.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code not in (401, 403):
+                raise ConfigError(f"the MLflow tracking server {mask_url(uri)} answered "
+                                  f"/health with HTTP {exc.code}. {fix}") from None  # fmt: skip
+            raise ConfigError(
+                f"the MLflow tracking server {mask_url(uri)} refused the credentials (HTTP "
+                f"{exc.code}). Fix: correct the user and password in the URI (http://USER:"
+                "PASSWORD@HOST:PORT) or in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD."
+            ) from None
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ConfigError(
@@ -125,6 +135,25 @@ def precheck(uri: str | None) -> None:
             raise ConfigError(
                 f"the MLflow database {parsed.hostname}:{port} is not reachable ({exc}). {fix}"
             ) from None
+
+
+def health_request(uri: str) -> urllib.request.Request:
+    """The GET of a tracking server's ``/health``, with the credentials the way MLflow's
+    client sends them: ``user:password@`` of the URI (or MLflow's ``MLFLOW_TRACKING_USERNAME``
+    and ``MLFLOW_TRACKING_PASSWORD``) as basic auth, not as part of the host."""
+    parts = urlsplit(uri)
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+    user, password = parts.username, parts.password
+    if user is None:
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    headers = {}
+    if user is not None:
+        pair = f"{unquote(user)}:{unquote(password or '')}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+    return urllib.request.Request(url, headers=headers)
 
 
 def shorten(text, limit: int) -> str:

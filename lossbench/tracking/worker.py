@@ -55,6 +55,7 @@ from lossbench.tracking.store import (  # noqa: F401  (experiment_id: the sweep'
     open_client,
     shorten,
 )
+from lossbench.training.crash import crash_reason
 
 PARAMS_PER_BATCH, METRICS_PER_BATCH = 100, 1000
 
@@ -224,8 +225,10 @@ def serve_run(worker: Worker, first: dict, inbox: queue.Queue) -> bool:
         except queue.Empty:
             req = {"op": "tick"}
         if req is None:
-            try:
-                worker.abandon("the training process ended without finishing the run")
+            try:  # a run that crashed (a fatal signal) left a note naming its kernels
+                spool_dir = first.get("spool_dir")
+                crashed = crash_reason(Path(spool_dir).parents[1]) if spool_dir else None
+                worker.abandon(crashed or "the training process ended without finishing the run")
             except Exception:  # whatever fails, the input has ended: this process ends
                 traceback.print_exc()
             return False
