@@ -42,6 +42,12 @@ closure constants or globals.
 A spec may leave its kernels out (``None``) and give only the NumPy reference: it then trains on
 the slow path, a Python epoch over the references (``lossbench.training.slow``), and
 ``python -m lossbench plugins`` marks it "numpy only".
+
+A loss may also say how it is computed, for ``python -m lossbench explain`` (all optional, and
+additive within interface version 2: a spec without them registers as before): ``formula`` (the
+loss of one term and its derivative, as text), ``reduction`` (how the kernel averages the terms,
+``REDUCTIONS``) and ``unreduced(pred, target, hp)`` (the terms before that average, as PyTorch's
+``reduction="none"``), which explain sums and divides by hand.
 """
 
 from __future__ import annotations
@@ -129,19 +135,39 @@ class _Spec:
 # real values (regression targets, or one-hot rows on a classification task).
 TargetKind = Literal["class_index", "binary", "values"]
 
+# How a loss averages its terms into the one value its kernel returns (LossSpec.reduction); ""
+# when the spec does not say.
+Reduction = Literal["", "elements", "rows"]
+REDUCTIONS = {
+    "elements": "mean over rows x columns: every element of the (rows, columns) batch is one "
+    "term, as PyTorch's reduction='mean' of MSELoss, L1Loss, HuberLoss and BCEWithLogitsLoss",
+    "rows": "mean over rows: one term per row, as PyTorch's reduction='mean' of "
+    "CrossEntropyLoss with class-index targets",
+}
+"""The declared reductions and what each means."""
+
 
 @dataclasses.dataclass(frozen=True)
 class LossSpec(_Spec):
     """A loss. ``kernel`` has the canonical loss signature; ``reference(pred, target, hp)``
     returns ``(loss, grad)`` in NumPy with the same meaning; ``pack(options) -> list[float]``
     makes ``hp`` from the options; ``check(options)`` may raise ``ConfigError`` for values it
-    cannot handle."""
+    cannot handle.
+
+    Optional, for ``python -m lossbench explain``: ``formula`` (text: one term's loss and its
+    derivative; explain falls back to the kernel's docstring), ``reduction`` (a key of
+    ``REDUCTIONS``; "" when not declared) and ``unreduced(pred, target, hp)``, the terms before
+    the reduction (pred's shape for "elements", ``(rows,)`` for "rows"), which needs a declared
+    reduction."""
 
     kernel: Any = None
     reference: Callable[..., tuple[float, np.ndarray]] | None = None
     target: TargetKind = "values"
     pack: Callable[[Any], list[float]] = no_hparams
     check: Callable[[Any], None] | None = None
+    formula: str = ""
+    reduction: Reduction = ""
+    unreduced: Callable[..., np.ndarray] | None = None
 
     @property
     def numpy_only(self) -> bool:
@@ -178,9 +204,11 @@ class OptimizerSpec(_Spec):
 class ModelSpec(_Spec):
     """A model over a flat parameter vector.
 
-    ``build(options, n_in, n_out) -> ModelLayout`` describes the parameter layout and kernel inputs;
-    ``forward``/``backward`` have the canonical model signatures; ``reference_forward(params,
-    layout, x) -> out`` and ``reference_backward(params, layout, x, dout) -> grads`` are NumPy."""
+    ``build(options, n_in, n_out) -> ModelLayout`` describes the parameter layout and kernel
+    inputs, and refuses options it cannot take by raising ``ConfigError``;
+    ``forward``/``backward`` have the canonical model signatures (``hp`` is ``ModelLayout.hp``);
+    ``reference_forward(params, layout, hp, x) -> out`` and ``reference_backward(params, layout,
+    hp, x, dout) -> grads`` are NumPy (docs/plugins.md, "Models")."""
 
     build: Callable[..., ModelLayout] | None = None
     forward: Any = None

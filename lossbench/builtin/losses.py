@@ -42,9 +42,15 @@ def mse_kernel(pred, target, hp, grad):
     return total / (rows * cols)
 
 
+def mse_unreduced(pred, target, hp):
+    """(p - y)^2 of every element, in the inputs' dtype."""
+    d = pred - target
+    return d * d
+
+
 def mse_reference(pred, target, hp):
     d = pred - target
-    return float(np.mean(d * d)), 2.0 * d / d.size
+    return float(np.mean(mse_unreduced(pred, target, hp))), 2.0 * d / d.size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,9 +80,14 @@ def mae_kernel(pred, target, hp, grad):
     return total / (rows * cols)
 
 
+def mae_unreduced(pred, target, hp):
+    """|p - y| of every element, in the inputs' dtype."""
+    return np.abs(pred - target)
+
+
 def mae_reference(pred, target, hp):
     d = pred - target
-    return float(np.mean(np.abs(d))), np.sign(d) / d.size
+    return float(np.mean(mae_unreduced(pred, target, hp))), np.sign(d) / d.size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,14 +131,19 @@ def huber_kernel(pred, target, hp, grad):
     return total * scale
 
 
-def huber_reference(pred, target, hp):
+def huber_unreduced(pred, target, hp):
+    """The Huber loss of every element: d^2 / 2 within delta = hp[0], linear beyond."""
     delta = hp[0]
     d = pred - target
     a = np.abs(d)
-    quad = a <= delta
-    loss = np.where(quad, 0.5 * d * d, delta * (a - 0.5 * delta))
-    grad = np.where(quad, d, delta * np.sign(d)) / d.size
-    return float(np.mean(loss)), grad
+    return np.where(a <= delta, 0.5 * d * d, delta * (a - 0.5 * delta))
+
+
+def huber_reference(pred, target, hp):
+    delta = hp[0]
+    d = pred - target
+    grad = np.where(np.abs(d) <= delta, d, delta * np.sign(d)) / d.size
+    return float(np.mean(huber_unreduced(pred, target, hp))), grad
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,13 +174,19 @@ def bce_kernel(pred, target, hp, grad):
     return total * scale
 
 
+def bce_unreduced(pred, target, hp):
+    """The binary cross-entropy of every logit, in float64 (the stable form of the kernel)."""
+    x = pred.astype(np.float64)
+    y = target.astype(np.float64)
+    return np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
+
+
 def bce_reference(pred, target, hp):
     x = pred.astype(np.float64)
     y = target.astype(np.float64)
-    loss = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
     from scipy.special import expit  # stable logistic sigmoid, exact for large |x|
 
-    return float(np.mean(loss)), (expit(x) - y) / x.size
+    return float(np.mean(bce_unreduced(pred, target, hp))), (expit(x) - y) / x.size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,19 +250,31 @@ def cross_entropy_kernel(pred, target, hp, grad):
     return total * scale
 
 
+def _log_sum_exp(x):
+    """log sum_c exp(x_c) of every row, stable (the row's maximum taken out first)."""
+    m = x.max(axis=1, keepdims=True)
+    return m[:, 0] + np.log(np.exp(x - m).sum(axis=1))
+
+
+def cross_entropy_unreduced(pred, target, hp):
+    """The (smoothed) cross-entropy of every row, in float64: (rows,)."""
+    eps = hp[0]
+    x = pred.astype(np.float64)
+    k = target[:, 0].astype(np.int64)
+    lse = _log_sum_exp(x)
+    nll = lse - x[np.arange(len(x)), k]
+    return (1 - eps) * nll + eps * (lse - x.mean(axis=1))
+
+
 def cross_entropy_reference(pred, target, hp):
     eps = hp[0]
     x = pred.astype(np.float64)
     rows, cols = x.shape
     k = target[:, 0].astype(np.int64)
-    m = x.max(axis=1, keepdims=True)
-    lse = m[:, 0] + np.log(np.exp(x - m).sum(axis=1))
-    nll = lse - x[np.arange(rows), k]
-    smooth = lse - x.mean(axis=1)
-    loss = np.mean((1 - eps) * nll + eps * smooth)
+    loss = np.mean(cross_entropy_unreduced(pred, target, hp))
     onehot = np.zeros_like(x)
     onehot[np.arange(rows), k] = 1.0
-    grad = (np.exp(x - lse[:, None]) - (1 - eps) * onehot - eps / cols) / rows
+    grad = (np.exp(x - _log_sum_exp(x)[:, None]) - (1 - eps) * onehot - eps / cols) / rows
     return float(loss), grad
 
 
@@ -248,6 +282,30 @@ def cross_entropy_reference(pred, target, hp):
 class NoOptions:
     pass
 
+
+# What explain prints and docs/losses.md repeats: one term's loss and its derivative (p: the
+# model's output, y: the target in the loss's layout; the reduction divides their sum).
+FORMULAS = {
+    "mse": "l_ij = (p_ij - y_ij)^2;  dl_ij/dp_ij = 2 (p_ij - y_ij)",
+    "mae": "l_ij = |p_ij - y_ij|;  dl_ij/dp_ij = sign(p_ij - y_ij), with sign(0) = 0",
+    "huber": (
+        "d = p_ij - y_ij, delta = loss.delta;\n"
+        "l_ij = d^2 / 2 if |d| <= delta, else delta (|d| - delta / 2);\n"
+        "dl_ij/dp_ij = d if |d| <= delta, else delta sign(d)"
+    ),
+    "bce": (
+        "x = p_ij is a logit (the model's raw output: the sigmoid s is inside the loss), y in "
+        "{0, 1};\n"
+        "l_ij = -[y log s(x) + (1 - y) log(1 - s(x))] = max(x, 0) - x y + log(1 + exp(-|x|));\n"
+        "dl_ij/dx = s(x) - y"
+    ),
+    "cross_entropy": (
+        "x = p_i, a row of C logits; k = y_i, its class; e = loss.label_smoothing;\n"
+        "lse = log sum_c exp(x_c);  l_i = (1 - e) (lse - x_k) + e (lse - mean_c x_c)\n"
+        "(e = 0: l_i = -log softmax(x)_k; e > 0: the target is (1 - e) one-hot(k) + e / C);\n"
+        "dl_i/dx_c = softmax(x)_c - (1 - e) [c == k] - e / C"
+    ),
+}
 
 LOSSES = [
     LossSpec(
@@ -257,6 +315,9 @@ LOSSES = [
         kernel=mse_kernel,
         reference=mse_reference,
         target="values",
+        formula=FORMULAS["mse"],
+        reduction="elements",
+        unreduced=mse_unreduced,
     ),
     LossSpec(
         name="mae",
@@ -265,6 +326,9 @@ LOSSES = [
         kernel=mae_kernel,
         reference=mae_reference,
         target="values",
+        formula=FORMULAS["mae"],
+        reduction="elements",
+        unreduced=mae_unreduced,
     ),
     LossSpec(
         name="huber",
@@ -275,6 +339,9 @@ LOSSES = [
         target="values",
         pack=lambda o: [o.delta],
         check=_check_huber,
+        formula=FORMULAS["huber"],
+        reduction="elements",
+        unreduced=huber_unreduced,
     ),
     LossSpec(
         name="bce",
@@ -283,6 +350,9 @@ LOSSES = [
         kernel=bce_kernel,
         reference=bce_reference,
         target="binary",
+        formula=FORMULAS["bce"],
+        reduction="elements",
+        unreduced=bce_unreduced,
     ),
     LossSpec(
         name="cross_entropy",
@@ -293,6 +363,9 @@ LOSSES = [
         target="class_index",
         pack=lambda o: [o.label_smoothing],
         check=_check_ce,
+        formula=FORMULAS["cross_entropy"],
+        reduction="rows",
+        unreduced=cross_entropy_unreduced,
     ),
 ]
 
