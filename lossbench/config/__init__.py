@@ -1,8 +1,9 @@
 """Configuration over the YAML tree in ``conf/`` and the sweep presets in ``sweeps/``: the typed
 schemas of the root, trainer, tracking and sweep (``schemas``), the ConfigStore filled with every
 registered component's schema (``store``), composing a config as ``python -m lossbench
-OVERRIDES`` would and as ``--multirun`` starts from (``compose``), and Hydra's errors said in
-one paragraph (``errors``)."""
+OVERRIDES`` would and as ``--multirun`` starts from (``compose``), where composing starts: the
+primary config and more config folders (``source``), and Hydra's errors said in one paragraph
+(``errors``)."""
 
 from lossbench.config.compose import (
     check_choices,
@@ -10,6 +11,7 @@ from lossbench.config.compose import (
     compose_multirun,
     compose_run,
     hparams,
+    run_token,
 )
 from lossbench.config.schemas import (
     DTYPES,
@@ -41,5 +43,6 @@ __all__ = [
     "hparams",
     "node_class",
     "presets_dir",
+    "run_token",
     "store_configs",
 ]

@@ -1,9 +1,12 @@
-"""Composing a config outside Hydra's CLI, and reading a component's hyperparameters from it."""
+"""Composing a config outside Hydra's CLI, and reading a component's hyperparameters from it.
+Composing starts from the primary config ``lossbench.config.source`` names (lossbench's own
+``config.yaml`` unless ``-cp``/``-cn`` name another)."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import secrets
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -13,11 +16,26 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from lossbench.config.errors import check_interpolations, check_known_keys, translate
+from lossbench.config.errors import _suggest, check_interpolations, check_known_keys, translate
+from lossbench.config.source import config_source
 from lossbench.config.store import CONFIG_GROUPS, GROUPS, config_dir, store_configs
 from lossbench.errors import ConfigError
 from lossbench.plugins import get_plugin_manager
 from lossbench.specs import KINDS
+
+
+def _initialize():
+    source = config_source()
+    return initialize_config_dir(config_dir=source.path or str(config_dir()), version_base="1.3")
+def run_token() -> str:
+    """Six random hex digits, new for every run: the default run directory
+    (``outputs/DATE/TIME-TOKEN``, conf/config.yaml) differs for runs started in the same
+    second, on one machine or on several sharing a folder, whatever their clocks say."""
+    return secrets.token_hex(3)
+
+
+# cached like Hydra's ${now:...}: one value per composed config, however often it is read
+OmegaConf.register_new_resolver("lossbench.run_token", run_token, use_cache=True, replace=True)
 
 
 def hparams(spec, node):
@@ -63,9 +81,39 @@ def compose(overrides=(), registry=None):
 
 def _compose_task(overrides):
     if GlobalHydra.instance().is_initialized():
-        return hydra_compose(config_name="config", overrides=overrides)
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
+        return _compose_checked(overrides)
+    with _initialize():
+        return _compose_checked(overrides)
+
+
+def _compose_checked(overrides):
+    cfg = hydra_compose(config_name=config_source().name, overrides=overrides)
+    check_optional_choices(overrides)
+    return cfg
+
+
+# groups whose option the defaults list marks optional: Hydra skips a missing one silently
+OPTIONAL_GROUPS = ("experiment",)
+
+
+def check_optional_choices(overrides) -> None:
+    """Refuse ``experiment=NAME`` naming no preset on the search path (Hydra composes the
+    defaults without a word, and the run trains something else than the command says). Call
+    it inside an initialized GlobalHydra."""
+    for ov in overrides:
+        key, sep, value = ov.partition("=")
+        key = key.lstrip("+")
+        if not sep or key not in OPTIONAL_GROUPS or value in ("", "null") or "," in value:
+            continue
+        loader = GlobalHydra.instance().config_loader()
+        options = loader.get_group_options(key, config_name=config_source().name,
+                                           overrides=list(overrides))  # fmt: skip
+        if value not in options:
+            raise ConfigError(
+                f"{key}={value} is not a preset. Choices: {', '.join(sorted(options)) or 'none'}."
+                f"{_suggest(value, options)} Fix: pass one of them, or add "
+                f"{key}/{value}.yaml to a folder given with --config-dir (or hydra.searchpath)."
+            )
 
 
 def _checked(overrides: list[str], run, task_of):
@@ -106,10 +154,12 @@ def compose_run(overrides, registry=None) -> DictConfig:
         overrides.append("hydra.mode=RUN")  # what hydra.main adds when the config sets none
 
     def run(overrides):
-        return GlobalHydra.instance().hydra.compose_config(
-            "config", overrides=overrides, run_mode=RunMode.RUN, from_shell=True,
+        cfg = GlobalHydra.instance().hydra.compose_config(
+            config_source().name, overrides=overrides, run_mode=RunMode.RUN, from_shell=True,
             with_log_configuration=True,
         )  # fmt: skip
+        check_optional_choices(overrides)
+        return cfg
 
     def task_of(cfg):
         task = copy.deepcopy(cfg)
@@ -130,14 +180,14 @@ def compose_multirun(overrides, registry=None) -> DictConfig:
 
     def run():
         return GlobalHydra.instance().hydra.compose_config(
-            "config", overrides=list(overrides), run_mode=RunMode.MULTIRUN,
+            config_source().name, overrides=list(overrides), run_mode=RunMode.MULTIRUN,
             with_log_configuration=False,
         )  # fmt: skip
 
     try:
         if GlobalHydra.instance().is_initialized():
             return run()
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        with _initialize():
             return run()
     except (HydraException, OmegaConfBaseException) as exc:
         raise translate(exc, list(overrides), lambda key: None) from None

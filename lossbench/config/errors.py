@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 
 from hydra.errors import MissingConfigException, OverrideParseException
@@ -53,14 +54,18 @@ def translate(exc: BaseException, overrides, default) -> ConfigError:
     default value for the example (a callable: key -> value or None)."""
     text = str(exc).strip()
     if isinstance(exc, OverrideParseException):
-        bad = re.search(r"Error parsing override '(.+?)'", text)
-        what = bad.group(1) if bad else " ".join(overrides)
-        reason = text.splitlines()[1] if len(text.splitlines()) > 1 else text
-        return ConfigError(
-            f"cannot read the override {what!r} ({reason}). Fix: write KEY=VALUE, e.g. "
-            f"optimizer.lr=0.01 (Hydra's override grammar: {GRAMMAR})."
-        )
+        return _unreadable_override(text, overrides)
+    missing = re.search(r"Could not load 'schema/(\w+)/(\w+)'", text)
+    if missing:
+        return _unregistered_choice(*missing.groups(), overrides)
     if isinstance(exc, MissingConfigException):
+        primary = re.search(r"(Cannot find primary config '.+?'|Could not load '.+?')", text)
+        if primary and "/" not in primary.group(1):
+            return ConfigError(
+                f"{primary.group(1)}. Fix: check --config-name/-cn and --config-path/-cp (or "
+                "--config-dir): the config must be NAME.yaml in one of those folders; "
+                "lossbench's own primary config is config (in its conf/)."
+            )
         found = re.search(r"Could not find '(.+?)/(.+?)'", text)
         options = re.findall(r"^\t(\S+)$", text.split("Config search path")[0], re.M)
         if found:
@@ -84,6 +89,65 @@ def translate(exc: BaseException, overrides, default) -> ConfigError:
     if isinstance(cause, ConfigAttributeError | ConfigKeyError) and key:
         return _unknown_key(key, default)
     return ConfigError(f"the overrides {' '.join(overrides)} do not fit the config: {message}")
+
+
+def _unreadable_override(text: str, overrides) -> ConfigError:
+    """The one override Hydra's lexer stopped in, and the character, with the quoting that
+    reads it when quotes would (unicode, ``~``, ``!`` ... are not allowed unquoted)."""
+    lines = text.splitlines()
+    bad = re.search(r"Error parsing override '(.+?)'", text)
+    head = re.match(r"\w+: (.*)$", lines[0])
+    what = bad.group(1) if bad else head.group(1) if head else " ".join(overrides)
+    at = lines[1].find("^") - (len(lines[0]) - len(what)) if head and len(lines) > 1 else -1
+    key, sep, value = what.partition("=")
+    if sep and 0 <= at < len(what) and _reads(f'{key}="{value}"'):
+        return ConfigError(
+            f"cannot read the override {what!r}: the character {what[at]!r} needs quotes in "
+            "Hydra's override grammar (unquoted values are letters, digits and _-+./:\\ and a "
+            f"few more, ASCII only). Fix: quote the value, and the whole argument for the "
+            f"shell: '{key}=\"{value}\"' ({GRAMMAR})."
+        )
+    reason = lines[1].strip() if len(lines) > 1 and not head else lines[0]
+    return ConfigError(
+        f"cannot read the override {what!r} ({reason}). Fix: write KEY=VALUE, e.g. "
+        f"optimizer.lr=0.01, quoting a value with other characters: 'KEY=\"VALUE\"' "
+        f"(Hydra's override grammar: {GRAMMAR})."
+    )
+
+
+def _reads(override: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # loaded by Hydra
+
+    try:
+        OverridesParser.create().parse_overrides([override])
+    except OverrideParseException:
+        return False
+    return True
+
+
+# the built-in plugin that gives each group's built-in options (LOSSBENCH_DISABLE_PLUGINS)
+_BUILTINS = {"loss": "losses", "optimizer": "optimizers", "model": "models", "data": "datasets"}
+
+
+def _unregistered_choice(group: str, name: str, overrides) -> ConfigError:
+    """A group option (the default, or a preset's choice) no loaded plugin registers."""
+    from hydra.core.config_store import ConfigStore  # loaded by Hydra
+
+    repo = ConfigStore.instance().repo.get("schema", {}).get(group, {})
+    options = sorted(k.removesuffix(".yaml") for k in repo)
+    given = _value_of(overrides, group) == name
+    disabled = os.environ.get("LOSSBENCH_DISABLE_PLUGINS", "")
+    builtin = _BUILTINS.get(group)
+    why = ""
+    if builtin and builtin in {d.strip() for d in disabled.split(",")}:
+        why = f" (LOSSBENCH_DISABLE_PLUGINS={disabled} disabled the built-in {builtin})"
+    noun = "dataset" if group == "data" else group
+    return ConfigError(
+        f"{group}={name}{'' if given else ' (the default)'} is not a known {noun}: no loaded "
+        f"plugin registers it{why}. Available: {', '.join(options) or '(none)'}. Fix: pass "
+        f"{group}=NAME with one of those, or load the plugin that gives {name!r}"
+        f"{' (remove it from LOSSBENCH_DISABLE_PLUGINS)' if why else ''}."
+    )
 
 
 def _invalid_value(key: str, value, message: str, default) -> ConfigError:

@@ -25,12 +25,46 @@ class LRSchedule(StrEnum):
 
 
 class Metric(StrEnum):
-    """The per-epoch metrics a run records (accuracies on classification only)."""
+    """The per-epoch metrics a run records: the losses always; accuracy and macro F1 on
+    classification; MSE, MAE and R^2 in the target's original units on regression. They are
+    computed the same way whatever loss trains the model, so runs of different losses compare
+    on them."""
 
     train_loss = "train_loss"
     val_loss = "val_loss"
     train_accuracy = "train_accuracy"
     val_accuracy = "val_accuracy"
+    val_macro_f1 = "val_macro_f1"
+    val_mse = "val_mse"
+    val_mae = "val_mae"
+    val_r2 = "val_r2"
+
+
+CLASSIFICATION_METRICS = ("train_accuracy", "val_accuracy", "val_macro_f1")
+REGRESSION_METRICS = ("val_mse", "val_mae", "val_r2")
+# metrics where higher is better (the rest: lower is better)
+MAXIMIZED = ("train_accuracy", "val_accuracy", "val_macro_f1", "val_r2")
+
+
+def metrics_for(task: str) -> tuple[str, ...]:
+    """The per-epoch metrics a run on ``task`` records."""
+    extra = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+    return ("train_loss", "val_loss", *extra)
+
+
+class KeepWeights(StrEnum):
+    """Which weights a run keeps (model.npz, its MLflow model): the best epoch's by the
+    monitored metric, or the last epoch's."""
+
+    best = "best"
+    last = "last"
+
+
+class Seeds(StrEnum):
+    """A sweep's training seeds: every trial the same (``seed``), or one per trial."""
+
+    shared = "shared"
+    per_trial = "per_trial"
 
 
 class Sampler(StrEnum):
@@ -81,7 +115,7 @@ class RaySweepConfig:
 @dataclass
 class EarlyStoppingConfig:
     enabled: bool = False
-    monitor: Metric = Metric.val_loss
+    monitor: Metric = Metric.val_loss  # also what "the best epoch" is (trainer.keep_weights)
     patience: int = 10
     min_delta: float = 0.0
 
@@ -100,6 +134,7 @@ class TrainerConfig:
     gamma: float = 0.1
     min_lr: float = 0.0
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    keep_weights: KeepWeights = KeepWeights.best  # best: the best epoch's (by the monitor)
     progress: bool = True
     plots: bool = True  # loss_curve.png (and the MLflow confusion matrix); sweeps turn it off
 
@@ -129,8 +164,8 @@ class SweepConfig:
     overrides: list[str] = field(default_factory=list)  # fixed for every trial
     sampler: Sampler = Sampler.tpe
     pruner: Pruner = Pruner.median
-    direction: Any = "minimize"  # a list makes the study multi-objective
-    metric: Any = "val_loss"  # one per direction
+    direction: Any = "auto"  # auto: the metric's own; a list makes the study multi-objective
+    metric: Any = "val_loss"  # one per direction; auto: val_accuracy (classes), val_r2 (regression)
     n_trials: int = 20  # total for the study, across workers and restarts
     n_jobs: int | None = None  # workers; unset: 1 (local), the cluster's CPUs (ray)
     launcher: Launcher = Launcher.local
@@ -138,8 +173,14 @@ class SweepConfig:
     storage: str | None = None  # default: a journal file in the sweep directory
     storage_password_env: str | None = None  # an environment variable holding its password
     study_name: str | None = None  # default: the preset's name, or one made from the space
-    seed: int = 0
-    pruner_warmup_epochs: int = 3  # epochs a trial always runs before it can be pruned
+    seed: int = 0  # the sampler's seed (the training seed is the top-level seed)
+    seeds: Seeds = Seeds.shared  # shared: every trial trains with `seed`; per_trial: its own
+    repeats: int = 1  # each configuration trained with this many seeds (seed, seed+1, ...)
+    epochs_from_one_run: bool = True  # trainer.epochs swept: answer every count from one run
+    pruner_warmup_epochs: int | None = None  # epochs before pruning; unset: a third of them
+    pruner_startup_trials: int = 5  # completed trials (per group) before any is pruned
+    pruner_groups: Any = "auto"  # trials prune only against trials with the same values of
+    # these keys; auto: the categorical parameters (a loss is never pruned by another loss)
     heartbeat_seconds: float = 5.0
     grace_seconds: float = 60.0  # a RUNNING trial silent this long is failed and retried
     register_best: str | None = None  # register the best trial's MLflow model under this name
@@ -149,7 +190,7 @@ class SweepConfig:
 @dataclass
 class RootConfig:
     """The top of the config (``base_config``, first in config.yaml's defaults list): the group
-    nodes get their schemas from their options; ``seed`` is typed here."""
+    nodes get their schemas from their options; ``seed`` and ``data_seed`` are typed here."""
 
     data: Any = None
     model: Any = None
@@ -158,4 +199,5 @@ class RootConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: Any = None
     sweep: SweepConfig = field(default_factory=SweepConfig)
-    seed: int = 0  # drives the validation split, the initialisation and the shuffling
+    seed: int = 0  # the training: the weight initialisation and the shuffling
+    data_seed: int = 0  # the data: the validation split and generated datasets
