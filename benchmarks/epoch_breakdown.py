@@ -101,7 +101,7 @@ def direct_epoch(
         seen += m
         if not math.isfinite(batch_loss):
             break
-        correct += count_correct(om, labels, start, order, True)
+        correct += count_correct(om, labels, start, order)
         backward(params, layout, model_hp, xm, work, dm, grads)
         t += 1
         step(params, grads, state, opt_hp, t, lr)
@@ -141,7 +141,7 @@ def repeat_loss(loss, reps, out, y, hp, dout):
 def repeat_count(count, reps, out, labels, order):
     s = 0
     for _ in range(reps):
-        s += count(out, labels, 0, order, True)
+        s += count(out, labels, 0, order)
     return s
 
 

@@ -1,7 +1,7 @@
 """How far lossbench's float32 optimizer steps are from PyTorch's float32 steps, per optimizer
 case, before and after plugin interface version 2 (hyperparameters and lr in float64).
 
-For every float32 case of tests/data/torch_reference.json (and tests/data/torch_nadam.json) it
+For every float32 case of tests/data/torch_reference.json (and the NAdam plugin's golden file) it
 prints the worst relative miss of the parameters over the case's steps: of the kernels before
 (git revision --before, hp and lr in float32 as version 1 passed them), of today's kernels (hp
 and lr in float64), and of torch float32 itself against torch float64 (float32's own rounding,
@@ -64,12 +64,26 @@ def nadam_spec():
     return module.NADAM
 
 
+def nadam_cases() -> dict:
+    """The cases of plugins/lossbench-nadam/tests/golden_nadam.json in torch_reference.json's
+    layout, by dtype."""
+    path = ROOT / "plugins" / "lossbench-nadam" / "tests" / "golden_nadam.json"
+    cases = {"float64": [], "float32": []}
+    for c in json.loads(path.read_text())["cases"]:
+        cases[c["dtype"]].append({
+            "name": c["name"], "optimizer": "nadam", "hparams": c["hparams"],
+            "params0": c["inputs"]["params"], "grads": c["inputs"]["grads"],
+            "params": c["expected"]["params"],
+        })  # fmt: skip
+    return cases
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", default=BEFORE, help="git revision of the version-1 kernels")
     args = ap.parse_args()
     ref = json.loads((DATA / "torch_reference.json").read_text())
-    nadam = json.loads((DATA / "torch_nadam.json").read_text())
+    nadam = nadam_cases()
     old = {s.name: s for s in old_optimizers(args.before).OPTIMIZERS}
     new = {s.name: s for s in OPTIMIZERS}
     new["nadam"] = nadam_spec()

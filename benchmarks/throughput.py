@@ -348,6 +348,7 @@ def prepare_like_train(overrides):
 
 def reference_epoch_fn(run):
     """A function running one timed NumPy reference epoch; returns its seconds."""
+    from lossbench.training.metrics import Tally
     from lossbench.training.slow import PythonParts, python_evaluate, reference_epoch
 
     prep, layout, specs, hps = run.dataset, run.layout, run.specs, run.hparams
@@ -370,6 +371,7 @@ def reference_epoch_fn(run):
     rng = np.random.default_rng(1)
     order = np.arange(len(prep.X_train), dtype=np.int64)
     step = [0]
+    tally = Tally.for_data(prep)
 
     parts = PythonParts(
         specs["model"].reference_forward, specs["model"].reference_backward,
@@ -386,7 +388,7 @@ def reference_epoch_fn(run):
         seconds = time.perf_counter() - t0
         python_evaluate(
             parts, params, layout.layout, model_hp, loss_hp, prep.X_val, prep.Y_val,
-            prep.labels_val, max(batch, 1024),
+            prep.labels_val, max(batch, 1024), tally,
         )  # fmt: skip
         with_val = time.perf_counter() - t0
         if seen != len(order) or not math.isfinite(total):

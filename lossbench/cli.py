@@ -1,9 +1,11 @@
 """Command line: ``python -m lossbench [OVERRIDES]``, ``python -m lossbench --multirun ...``
 (an Optuna sweep, see ``lossbench.sweep``), ``python -m lossbench plugins``,
 ``python -m lossbench warmup``, ``python -m lossbench replay RUN_DIR [--uri URI]``,
-``python -m lossbench lr_find [OPTIONS] [OVERRIDES]`` (the learning-rate range test) and
+``python -m lossbench lr_find [OPTIONS] [OVERRIDES]`` (the learning-rate range test),
+``python -m lossbench explain [--rows N] [OVERRIDES]`` (one batch's loss computation, shown),
 ``python -m lossbench storage-proxy`` (a sweep's gRPC storage proxy, see
-``lossbench.sweep.proxy``).
+``lossbench.sweep.proxy``), and for plugin authors ``python -m lossbench new-plugin NAME`` and
+``python -m lossbench check PLUGIN`` (``lossbench.authoring``).
 
 Plugins are loaded first (built-ins, entry points, ``--plugins-dir``), so their components are
 config options before Hydra composes. Overrides are checked before Hydra creates a run
@@ -16,10 +18,13 @@ interrupted.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -29,7 +34,7 @@ from hydra._internal.callbacks import Callbacks  # what Hydra.run builds around 
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import run_job
-from hydra.errors import HydraException
+from hydra.errors import HydraException, MissingConfigException
 from hydra.experimental.callback import Callback
 from hydra.types import HydraContext
 from omegaconf import OmegaConf
@@ -37,11 +42,15 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.table import Table
 
-from lossbench.config import DTYPES, compose, compose_run, config_dir, store_configs
-from lossbench.errors import LossbenchError
+from lossbench.config import DTYPES, compose, compose_run, config_dir, run_token, store_configs
+from lossbench.config.source import config_source, read_config_flags, use_config, with_searchpath
+from lossbench.errors import LossbenchError, PluginFailure
 from lossbench.plugins import build_plugin_manager, describe, set_plugin_manager
 from lossbench.tracking.client import prestart_side_process
 from lossbench.training import summary, train, warm_up
+from lossbench.training.crash import crash_reason
+from lossbench.training.explain import explain, render
+from lossbench.urls import has_credentials, mask_text, mask_url
 
 
 def _fail(exc: LossbenchError) -> None:
@@ -127,6 +136,11 @@ def replay_command(argv: list[str]) -> None:
         _fail(LossbenchError(f"replay takes one run directory. {usage}"))
     from lossbench.tracking.spool import find_spools, replay  # start-up: MLflow for replay only
 
+    if not Path(rest[0]).exists():
+        _fail(LossbenchError(
+            f"replay {rest[0]}: no such folder (looked in {Path.cwd()}). Fix: pass the run "
+            f"directory a run's error named (it holds mlflow-spool/). {usage}"
+        ))  # fmt: skip
     spools = find_spools(Path(rest[0]))
     if not spools:
         _fail(LossbenchError(
@@ -137,14 +151,16 @@ def replay_command(argv: list[str]) -> None:
     for folder in spools:
         try:
             done = replay(folder, uri)
+        except LossbenchError as exc:  # an edited spool: refused before anything was sent
+            _fail(exc)
         except Exception as exc:  # the store: unreachable, refusing; the spool stays
             failed += 1
             where = uri or "its store"
-            print(f"lossbench: error: {folder} could not be replayed into {where}: "
-                  f"{type(exc).__name__}: {exc}", file=sys.stderr)  # fmt: skip
+            print(mask_text(f"lossbench: error: {folder} could not be replayed into {where}: "
+                            f"{type(exc).__name__}: {exc}"), file=sys.stderr)  # fmt: skip
             continue
         print(
-            f"{folder}: run {done['run_id']} in {done['uri']} "
+            f"{folder}: run {done['run_id']} in {mask_url(done['uri'])} "
             f"({'created' if done['created'] else 'found'}), {done['metrics_sent']} metric "
             f"points sent ({done['metrics_present']} already there), {done['artifacts_sent']} "
             f"artifacts, ended {done['state']}"
@@ -162,9 +178,14 @@ LR_FIND_FLAGS = {"--start-lr": ("start_lr", float), "--end-lr": ("end_lr", float
                  "--beta": ("beta", float), "--output-dir": ("output_dir", str)}  # fmt: skip
 
 
-def _lr_find_args(argv: list[str]) -> tuple[dict, list[str]]:
-    """lr_find's flags (``--steps 200`` or ``--steps=200``) and the config overrides."""
-    usage = LR_FIND_USAGE
+def _command_args(command: str, argv: list[str], known: dict, usage: str, about: str):
+    """A subcommand's arguments: (``--plugins-dir``, its flags as {name: value}, the config
+    overrides). ``known`` maps each flag (``--steps 200`` or ``--steps=200``) to (name, type);
+    ``--help`` prints ``usage`` and ``about`` and exits 0."""
+    if argv[:1] in (["--help"], ["-h"]):
+        print(f"{usage}\n{about}")
+        sys.exit(0)
+    plugins_dir = _pop_plugins_dir(argv)
     flags, overrides, rest = {}, [], list(argv)
     while rest:
         arg = rest.pop(0)
@@ -172,20 +193,23 @@ def _lr_find_args(argv: list[str]) -> tuple[dict, list[str]]:
             overrides.append(arg)
             continue
         flag, _, value = arg.partition("=")
-        if flag not in LR_FIND_FLAGS:
-            _fail(LossbenchError(f"lr_find does not take {arg!r}; its options are "
-                                 f"{', '.join(LR_FIND_FLAGS)}. {usage}"))  # fmt: skip
+        if flag not in known:
+            _fail(LossbenchError(f"{command} does not take {arg!r}; its options are "
+                                 f"{', '.join(known)}, then any override a run takes. Fix: "
+                                 f"leave it out or use one of those. {usage}"))  # fmt: skip
         if not value:
             if not rest:
-                _fail(LossbenchError(f"lr_find {flag} needs a value. {usage}"))
+                _fail(LossbenchError(f"{command} {flag} needs a value. Fix: give it one, "
+                                     f"{flag} VALUE. {usage}"))  # fmt: skip
             value = rest.pop(0)
-        name, kind = LR_FIND_FLAGS[flag]
+        name, kind = known[flag]
         try:
             flags[name] = kind(value)
         except ValueError:
-            _fail(LossbenchError(f"lr_find {flag} {value!r} is not a valid {kind.__name__}. "
-                                 f"{usage}"))  # fmt: skip
-    return flags, overrides
+            _fail(LossbenchError(f"{command} {flag} {value!r} is not a valid {kind.__name__}. "
+                                 f"Fix: pass {flag} and a{'n' if kind is int else ''} "
+                                 f"{kind.__name__}. {usage}"))  # fmt: skip
+    return plugins_dir, flags, overrides
 
 
 def lr_find_command(argv: list[str]) -> None:
@@ -197,15 +221,15 @@ def lr_find_command(argv: list[str]) -> None:
     from lossbench.tracking.plugin import default_run_name, record_lr_find
     from lossbench.training.lr_find import LRFindOptions, find_lr
 
-    if argv[:1] in (["--help"], ["-h"]):
-        print(f"{LR_FIND_USAGE}\nThe learning-rate range test: an exponential lr ramp, the "
-              "smoothed loss against lr (lr_find.png), a suggested lr and the command to train "
-              "with it. See the README, 'Finding a learning rate'.")  # fmt: skip
-        return
-    plugins_dir = _pop_plugins_dir(argv)
-    flags, overrides = _lr_find_args(argv)
-    out = flags.pop("output_dir", None) or str(
-        Path("outputs") / "lr_find" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
+    plugins_dir, flags, overrides = _command_args(
+        "lr_find", argv, LR_FIND_FLAGS, LR_FIND_USAGE,
+        "The learning-rate range test: an exponential lr ramp, the smoothed loss against lr "
+        "(lr_find.png), a suggested lr and the command to train with it. See the README, "
+        "'Finding a learning rate'.",
+    )  # fmt: skip
+    stamp = f"{datetime.now():%Y-%m-%d_%H-%M-%S}-{run_token()}"  # new for every run
+    out = flags.pop("output_dir", None) or str(Path("outputs") / "lr_find" / stamp)
+    _check_lr_find_target(out, overrides)
     try:
         pm = build_plugin_manager(plugins_dir)
         set_plugin_manager(pm)
@@ -214,13 +238,30 @@ def lr_find_command(argv: list[str]) -> None:
             cfg.tracking.run_name = f"lr_find-{default_run_name(cfg)}"
         run, result, files = find_lr(cfg, LRFindOptions(**flags), out, pm)
         record_lr_find(run, result, files)
-    except LossbenchError as exc:
+    except (LossbenchError, PluginFailure) as exc:  # bad input: 2; a plugin's bug: 1
         _fail(exc)
     _print_lr_find(run, result, overrides, files)
     for message in run.record_errors:
         print(f"lossbench: error: {message}", file=sys.stderr)
     if run.record_errors:
         sys.exit(1)
+
+
+def _check_lr_find_target(out: str, overrides: list[str]) -> None:
+    """lr_find's folder is ``--output-dir`` (a folder, or a new path), never a Hydra setting."""
+    hydra_args = [o for o in overrides if o.lstrip("+~").startswith("hydra.")]
+    if hydra_args:
+        _fail(LossbenchError(
+            f"lr_find does not take {hydra_args[0]}: it is not a Hydra run, so Hydra's settings "
+            "would be ignored. Fix: drop it; choose lr_find's folder with --output-dir DIR. "
+            f"{LR_FIND_USAGE}"
+        ))  # fmt: skip
+    if Path(out).exists() and not Path(out).is_dir():
+        _fail(LossbenchError(
+            f"lr_find --output-dir {out!r} is a file, not a folder: lr_find writes lr_find.png, "
+            ".csv and .json into a folder. Fix: pass a folder, or a path that does not exist "
+            "yet."
+        ))  # fmt: skip
 
 
 def _print_lr_find(run, result, overrides: list[str], files: list) -> None:
@@ -240,6 +281,34 @@ def _print_lr_find(run, result, overrides: list[str], files: list) -> None:
                   + " ".join([*keep, f"optimizer.lr={result.suggestion:.3g}"]))
 
 
+EXPLAIN_USAGE = "Usage: python -m lossbench explain [--rows N] [--plugins-dir DIR] [OVERRIDES]"
+
+
+def explain_command(argv: list[str]) -> None:
+    """``python -m lossbench explain [--rows N] [OVERRIDES]``: the first minibatch a run with
+    those overrides trains on, at the initial weights: the loss's formula and reduction, rows of
+    predictions and targets, the value by hand and by the kernel, the gradient
+    (``lossbench.training.explain``). Writes nothing, tracks nothing; exit 2 for bad input."""
+    plugins_dir, flags, overrides = _command_args(
+        "explain", argv, {"--rows": ("rows", int)}, EXPLAIN_USAGE,
+        "One batch's loss computation, shown: the first minibatch of epoch 0 at the initial "
+        "weights, as a run with the same overrides trains on it. See docs/losses.md.",
+    )  # fmt: skip
+    rows = flags.get("rows", 4)
+    if rows < 1:
+        _fail(LossbenchError(
+            f"explain --rows {rows} is not allowed: it must be a positive integer, how many of "
+            f"the batch's rows to print (default 4). Fix: pass e.g. --rows 4. {EXPLAIN_USAGE}"
+        ))  # fmt: skip
+    try:
+        pm = build_plugin_manager(plugins_dir)
+        set_plugin_manager(pm)
+        result = explain(compose(overrides, registry=pm.registry), pm)
+    except LossbenchError as exc:
+        _fail(exc)
+    print(render(result, rows))
+
+
 def _print_summary(run) -> None:
     s = summary(run)
     console = Console(soft_wrap=True)  # paths must stay copy-pasteable
@@ -248,13 +317,23 @@ def _print_summary(run) -> None:
     if run.stop_reason:
         lines[0] += f" ({run.stop_reason})"
     if s["best_epoch"] is not None:
-        lines.append(f"best epoch {s['best_epoch']}: val_loss {s['best_val_loss']:.5f}")
+        best = run.history[s["best_epoch"]]
+        line = f"best epoch {s['best_epoch']}: val_loss {best['val_loss']:.5f}"
+        if run.monitor != "val_loss":
+            line += f", {run.monitor} {best[run.monitor]:.5f}"
+        if s["weights"]["epoch"] == s["best_epoch"] and run.keep_weights == "best":
+            line += " (its weights are the ones kept: trainer.keep_weights=best)"
+        lines.append(line)
     if final:
         acc = ""
         if "val_accuracy" in final:
             acc = (
                 f", accuracy train {final['train_accuracy']:.4f} / val {final['val_accuracy']:.4f}"
+                f", val_macro_f1 {final['val_macro_f1']:.4f}"
             )
+        elif "val_r2" in final:
+            acc = (f", val_r2 {final['val_r2']:.4f} (val_mse {final['val_mse']:.5g}, val_mae "
+                   f"{final['val_mae']:.5g}, in the target's units)")  # fmt: skip
         lines.append(
             f"final train_loss {final['train_loss']:.5f}, val_loss {final['val_loss']:.5f}{acc}"
         )
@@ -275,7 +354,10 @@ def _print_summary(run) -> None:
 
 class RunDirGuard(Callback):
     """Notes what of the run directory exists before Hydra creates it (a Hydra callback, set
-    in conf/config.yaml), so that a run refused as bad input removes only what it created."""
+    in conf/config.yaml), so that a run refused as bad input removes only what it created; and
+    refuses a directory that holds another run's files (exit 2), claiming it atomically (its
+    ``.hydra`` folder made with ``mkdir``, which only one process can do) so that two runs
+    started into one folder never both write there."""
 
     before: dict | None = None  # {"dir", "created_root", "entries"} of the current run
 
@@ -283,6 +365,7 @@ class RunDirGuard(Callback):
         RunDirGuard.before = None
         try:  # the same resolution run_job does next (Hydra caches ${now:...} per config)
             run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir"))).absolute()
+            subdir = OmegaConf.select(config, "hydra.output_subdir")
         except Exception:  # cannot tell: nothing will be removed
             return
         created_root = None
@@ -291,7 +374,64 @@ class RunDirGuard(Callback):
                 break
             created_root = path  # the topmost folder this run will create
         entries = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+        _refuse_another_runs(run_dir, entries & set(RUN_FILES))
         RunDirGuard.before = {"dir": run_dir, "created_root": created_root, "entries": entries}
+        if subdir:
+            _claim(run_dir, str(subdir))
+
+
+    def on_job_start(self, config, **kwargs) -> None:
+        """Hydra has just saved ``.hydra/``: a URL's password (``tracking.uri``) becomes ***
+        there, as everywhere lossbench stores one (``urls.mask_text``)."""
+        subdir = OmegaConf.select(config, "hydra.output_subdir")
+        if subdir:
+            mask_saved_configs(Path(str(config.hydra.runtime.output_dir)) / str(subdir))
+
+
+MASKED_NOTE = ("# a URL's password is shown as ***, never stored: to rerun from this file, give "
+               "it again (e.g. in MLFLOW_TRACKING_URI; PGPASSWORD for PostgreSQL)\n")  # fmt: skip
+
+
+def mask_saved_configs(folder: Path) -> None:
+    """Mask the passwords in the YAML files Hydra saved in ``folder``, with a note on top."""
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        path = folder / name
+        try:
+            text = path.read_text()
+            if has_credentials(text):
+                path.write_text(MASKED_NOTE + mask_text(text))
+        except OSError:  # not there, or a full disk: the run meets it and says so
+            continue
+
+
+# what a run leaves in its directory: any of them means the folder is another run's
+RUN_FILES = (".hydra", "summary.json", "history.csv", "model.npz", "loss_curve.png",
+             "mlflow-spool")  # fmt: skip
+
+
+def _refuse_another_runs(run_dir: Path, found) -> None:
+    """Exit 2 (SystemExit: Hydra's callbacks turn exceptions into warnings) when ``found``,
+    the run files already in ``run_dir``, is not empty."""
+    if found:
+        print(
+            f"lossbench: error: the run directory {run_dir} already holds another run "
+            f"({', '.join(sorted(found))}); a run never overwrites another, so this one did not "
+            "start. Fix: pass a new folder with hydra.run.dir=DIR, or leave hydra.run.dir unset "
+            "(the default outputs/DATE/TIME-TOKEN is new for every run).",
+            file=sys.stderr,
+        )  # fmt: skip
+        sys.exit(2)
+
+
+def _claim(run_dir: Path, subdir: str) -> None:
+    """Make the run's ``.hydra`` folder, failing if another process made it first."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        os.mkdir(run_dir / subdir)
+    except FileExistsError:
+        _refuse_another_runs(run_dir, {subdir})
+    except OSError:  # a full disk, a read-only folder: run_job meets it and says so
+        pass
 
 
 def _hydras_own(name: str) -> bool:
@@ -323,13 +463,46 @@ def remove_created_run_dir(output_dir: str) -> None:
             break
 
 
+@contextlib.contextmanager
+def _crash_watch(output_dir: str):
+    """Within the block, a forked watcher (7 ms) waits on a pipe: if this process dies without
+    closing the block (a fatal signal in compiled code, which nothing in Python outlives), it
+    prints the note of the run's crash.log (``training.crash``: the kernels that were running
+    and what to run), then exits; a SIGKILL leaves no note, so it prints nothing."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the watcher: only raw reads and writes, no threads, no imports
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)  # Ctrl-C is for the run, not for it
+            os.closerange(3, read)  # the run's pipes (MLflow's side process) stay theirs
+            os.closerange(read + 1, os.sysconf("SC_OPEN_MAX"))
+            if not os.read(read, 1):  # end of file: the run died
+                reason = crash_reason(output_dir)
+                if reason:
+                    os.write(2, f"lossbench: error: {reason}\n".encode())
+        finally:
+            os._exit(0)
+    os.close(read)
+    try:
+        yield
+    finally:
+        os.write(write, b"k")
+        os.close(write)
+        os.waitpid(pid, 0)
+
+
 def _task(cfg) -> None:
     output_dir = HydraConfig.get().runtime.output_dir
     try:
-        run = train(cfg, output_dir=output_dir)
+        with _crash_watch(output_dir):
+            run = train(cfg, output_dir=output_dir)
     except LossbenchError as exc:
         remove_created_run_dir(output_dir)
         _fail(exc)
+    except PluginFailure as exc:  # a plugin's bug: the run failed, its record says so
+        print(f"lossbench: error: {exc} What the run did is in {output_dir}.", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print(
             f"lossbench: interrupted; what the run did so far is in {output_dir} "
@@ -396,8 +569,15 @@ def _main(argv: list[str] | None) -> None:
     if argv[:1] == ["replay"]:
         replay_command(argv[1:])
         return
+    if argv[:1] in (["new-plugin"], ["check"]):
+        from lossbench.authoring import run  # start-up: the kit loads for these commands only
+
+        sys.exit(run(argv))
     if argv[:1] == ["lr_find"]:
         lr_find_command(argv[1:])
+        return
+    if argv[:1] == ["explain"]:
+        explain_command(argv[1:])
         return
     plugins_dir = _pop_plugins_dir(argv)
     try:
@@ -407,9 +587,15 @@ def _main(argv: list[str] | None) -> None:
             from lossbench.sweep import run_sweep  # start-up: Optuna loads for sweeps only
 
             sys.exit(run_sweep(argv, plugins_dir))
-        if not any(a.startswith(("-", "hydra.mode=")) for a in argv):
-            _run_once(argv, pm.registry)  # the common case: composed once, run by run_job
+        rest, flags = read_config_flags(argv)
+        if not any(a.startswith(("-", "hydra.mode=")) for a in rest):
+            # the common case: composed once, run by run_job (with -cp/-cn/-cd as Hydra reads
+            # them, lossbench's own groups kept on the search path)
+            use_config(flags["config_path"], flags["config_name"])
+            _run_once(with_searchpath(rest, flags), pm.registry)
             return
+        if flags["config_path"]:  # Hydra's own command line: lossbench's groups stay found
+            argv = with_searchpath(argv, {**flags, "config_dir": []})
     except LossbenchError as exc:
         _fail(exc)
     store_configs(pm.registry)  # flags (--cfg, --help, ...): Hydra's own command line
@@ -418,7 +604,23 @@ def _main(argv: list[str] | None) -> None:
         config_path=str(config_dir()), config_name="config", version_base="1.3"
     )(_task)
     sys.argv = [sys.argv[0], *argv]
-    _hydra_errors(app)
+    _hydra_errors(_masking_cfg(app, argv))
+
+
+def _masking_cfg(app, argv: list[str]):
+    """``app``, printing what ``--cfg``/``-c``/``--info`` print with URL passwords as ***."""
+    if not any(a in ("--cfg", "-c", "--info", "-i") or a.startswith("--cfg=") for a in argv):
+        return app
+
+    def masked():
+        printed = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(printed):
+                app()
+        finally:
+            sys.stdout.write(mask_text(printed.getvalue()))
+
+    return masked
 
 
 def _hydra_errors(call) -> None:
@@ -427,6 +629,12 @@ def _hydra_errors(call) -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
         call()
+    except MissingConfigException as exc:  # an OSError too: before the full-disk branch
+        first = str(exc).strip().splitlines()[0]
+        _fail(LossbenchError(
+            f"{first} Fix: check --config-name/-cn and --config-path/-cp (or --config-dir): "
+            "the config must be NAME.yaml in one of those folders; lossbench's own is config."
+        ))  # fmt: skip
     except OSError as exc:
         before = RunDirGuard.before
         if before is not None:
@@ -446,7 +654,8 @@ def _run_once(argv: list[str], registry) -> None:
     """One run as ``hydra.main`` runs it (run directory, ``.hydra/`` files, logging,
     callbacks, ``HydraConfig``) but composed once: ``hydra.main`` composes twice more (once
     to read the mode, once to run), about 0.1 s each on a run of a second."""
-    with initialize_config_dir(config_dir=str(config_dir()), job_name="lossbench",
+    folder = config_source().path or str(config_dir())
+    with initialize_config_dir(config_dir=folder, job_name="lossbench",
                                version_base="1.3"):  # fmt: skip
         cfg = compose_run(argv, registry)
         if cfg.tracking.get("name") == "mlflow":
@@ -457,12 +666,12 @@ def _run_once(argv: list[str], registry) -> None:
 def _run_job(cfg) -> None:
     """What ``Hydra.run`` does with its composed config: callbacks around ``run_job``."""
     callbacks = Callbacks(cfg)
-    callbacks.on_run_start(config=cfg, config_name="config")
+    callbacks.on_run_start(config=cfg, config_name=config_source().name)
     loader = GlobalHydra.instance().config_loader()
     ret = run_job(
         hydra_context=HydraContext(config_loader=loader, callbacks=callbacks),
         task_function=_task, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None,
         configure_logging=True,
     )  # fmt: skip
-    callbacks.on_run_end(config=cfg, config_name="config", job_return=ret)
+    callbacks.on_run_end(config=cfg, config_name=config_source().name, job_return=ret)
     _ = ret.return_value  # raises what the task raised

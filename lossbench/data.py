@@ -15,6 +15,9 @@ class DataOptions:
 
     val_fraction: float = 0.2
     standardize: bool = True
+    # regression: train on targets scaled to mean 0, std 1 (the training part's statistics);
+    # predictions and the val_mse/val_mae/val_r2 metrics are in the original units either way
+    standardize_target: bool = False
 
 
 @dataclass

@@ -89,6 +89,7 @@ def test_fused_epoch_matches_numpy_reference(loss_name, opt_name, rng):
             buf(Y.shape[1]),
             buf(n_out),
             buf(n_out),
+            np.zeros(2, np.int64),  # no kernel raised
             t,
             lr,
         )
@@ -115,8 +116,10 @@ def test_fused_epoch_matches_numpy_reference(loss_name, opt_name, rng):
         np.testing.assert_allclose(params, p_ref, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(state, s_ref, rtol=1e-9, atol=1e-12)
         assert 0 <= correct <= seen
-    # validation pass agrees with the reference loss on the whole set
+    # validation pass agrees with the reference loss on the whole set, and counts the confusion
+    # matrix of the common metrics (filled with garbage first: evaluate zeroes it)
     out = np.empty((len(X), n_out))
+    confusion = np.full((max(n_out, 2), max(n_out, 2)), 7, dtype=np.int64)
     v_total, v_correct = evaluate(
         k["forward"],
         k["loss"],
@@ -131,11 +134,19 @@ def test_fused_epoch_matches_numpy_reference(loss_name, opt_name, rng):
         np.empty(ml.workspace(len(X))),
         out,
         np.empty_like(out),
+        confusion,
+        np.empty(0),
+        np.empty(0),
+        np.empty(0),
+        np.zeros(2, np.int64),
     )
     ref_out = MLP.reference_forward(params, ml.layout, model_hp, X)
     assert v_total / len(X) == pytest.approx(loss.reference(ref_out, Y, loss_hp)[0], rel=1e-10)
     pred = (ref_out[:, 0] > 0).astype(int) if n_out == 1 else ref_out.argmax(axis=1)
     assert v_correct == int(np.sum(pred == labels))
+    expected = np.zeros_like(confusion)
+    np.add.at(expected, (labels, pred), 1)  # rows: true class, columns: predicted
+    np.testing.assert_array_equal(confusion, expected)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,7 +311,8 @@ def fused_epoch_fn(loss, opt, layout, n_out, batch, n_in, n_targets):
             *k, params, layout.layout, model_hp, loss_hp, opt_hp, state,
             np.zeros(opt.scalar_slots), np.empty(layout.n_params), X, Y, labels, order, batch,
             np.empty(layout.workspace(batch)), np.empty((batch, n_in)),
-            np.empty((batch, n_targets)), np.empty((batch, n_out)), np.empty((batch, n_out)), t, lr,
+            np.empty((batch, n_targets)), np.empty((batch, n_out)), np.empty((batch, n_out)),
+            np.zeros(2, np.int64), t, lr,
         )  # fmt: skip
 
     return epoch
@@ -580,7 +592,9 @@ def test_outputs_and_init_from(pm, tmp_path):
     files = {p.name for p in (tmp_path / "a").iterdir()}
     assert files == {"history.csv", "model.npz", "loss_curve.png", "summary.json"}
     header = (tmp_path / "a" / "history.csv").read_text().splitlines()[0]
-    assert header == "epoch,train_loss,val_loss,train_accuracy,val_accuracy,lr,epoch_seconds"
+    assert header == (
+        "epoch,train_loss,val_loss,train_accuracy,val_accuracy,val_macro_f1,lr,epoch_seconds"
+    )
     with np.load(tmp_path / "a" / "model.npz") as f:
         assert sorted(f.files) == ["W0", "W1", "b0", "b1"]
         assert f["W0"].shape == (13, 64)

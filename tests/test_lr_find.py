@@ -103,7 +103,7 @@ def test_suggest_is_the_steepest_descent_below_the_minimum():
 
 
 @pytest.mark.parametrize("args, says", [
-    (["--steps", "3"], "--steps 3 is not allowed: it must be an integer >= 10"),
+    (["--steps", "3"], "--steps 3 is not allowed: it must be between 10 and 1000000"),
     (["--start-lr", "1e-2", "--end-lr", "1e-3"], "--end-lr 0.001 is not allowed"),
     (["--beta", "1"], "--beta 1.0 is not allowed: it must lie in [0, 1)"),
     (["--divergence", "0.5"], "--divergence 0.5 is not allowed"),

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -198,8 +199,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_mlflow_models_serve_answers_rest_predictions(store):
-    run, run_id = store["runs"]["digits"], store["ids"]["digits"]
+@pytest.fixture(scope="module")
+def served(store):
+    """``mlflow models serve`` of the digits run's model, for the module; yields its URL."""
+    run_id = store["ids"]["digits"]
     port = free_port()
     log = open(store["root"] / "serve.log", "w")
     proc = subprocess.Popen(
@@ -224,19 +227,51 @@ def test_mlflow_models_serve_answers_rest_predictions(store):
                     (store["root"] / "serve.log").read_text()[-3000:]
                 )
                 time.sleep(0.3)
-        X = raw_rows(run)
-        request = urllib.request.Request(
-            url + "/invocations", data=json.dumps({"inputs": X.tolist()}).encode(),
-            headers={"Content-Type": "application/json"},
-        )  # fmt: skip
-        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+        yield url
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def invoke(url: str, body: dict) -> tuple[int, dict]:
+    """POST ``body`` to the model server: (HTTP status, the JSON answer)."""
+    request = urllib.request.Request(
+        url + "/invocations", data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_mlflow_models_serve_answers_rest_predictions(store, served):
+    run = store["runs"]["digits"]
+    X = raw_rows(run)
+    status, answer = invoke(served, {"inputs": X.tolist()})
+    assert status == 200, answer
     rows = answer["predictions"]
     frame = {k: [r[k] for r in rows] for k in rows[0]}
     check_frame(frame, expected(run, X), run)
+
+
+def test_the_mlflow_model_refuses_rows_with_missing_or_infinite_values(store, served):
+    """A NaN or infinite feature gives NaN probabilities, which argmax called class 0: refused,
+    naming the row, in Python and over REST (HTTP 400, not 200)."""
+    import mlflow
+
+    X = raw_rows(store["runs"]["digits"])
+    X[2, 5], X[4, 0] = np.nan, np.inf
+    model = mlflow.pyfunc.load_model(f"runs:/{store['ids']['digits']}/model")
+    with pytest.raises(Exception, match=r"2 rows with missing or infinite values \(the first: "
+                                        r"row 2, column 5: nan\)") as info:  # fmt: skip
+        model.predict(X)
+    assert "Fix:" in str(info.value)
+    status, answer = invoke(served, {"inputs": json.loads(json.dumps(X.tolist()))})
+    assert status == 400, answer
+    assert "2 rows with missing or infinite values" in answer["message"], answer
 
 
 def sweep_cli(*args, cwd):
@@ -381,3 +416,44 @@ def test_dataset_inputs_survive_two_runs_creating_the_same_dataset_at_once(store
     with pytest.raises(MlflowException):
         log_datasets(other, "run", specs)  # any other failure is not retried
     assert other.calls == 1
+
+
+def test_the_registered_model_holds_the_best_epochs_weights(tmp_path):
+    """trainer.keep_weights=best (the default): the run's MLflow model, and the version
+    registered from it, predict with the best epoch's weights, exactly those of a run that
+    ended at that epoch, not with the last epoch's."""
+    from mlflow.pyfunc import load_model
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    overfits = ["data=wine", "trainer.epochs=40", "optimizer.lr=0.05", "trainer.progress=false"]
+    run = lossbench.train(overrides=[*overfits, f"tracking.uri={uri}",
+                                     "tracking.register_model=wine-best"],
+                          output_dir=tmp_path / "run")  # fmt: skip
+    assert run.status == "finished" and not run.record_errors, run.record_errors
+    best = run.best_epoch
+    assert best < len(run.history) - 1  # the last epoch is not the best one
+    ended = lossbench.train(overrides=[*overfits, "tracking=none", f"trainer.epochs={best + 1}",
+                                       "trainer.keep_weights=last"])  # fmt: skip
+    last = lossbench.train(overrides=[*overfits, "tracking=none", "trainer.keep_weights=last"])
+    old = mlflow_uri(uri)
+    try:
+        model = load_model("models:/wine-best/1")
+        X = raw_rows(run, n=20)
+        frame = model.predict(X).to_dict(orient="list")
+    finally:
+        mlflow_uri(old)
+    check_frame(frame, expected(ended, X), ended)
+    probs_last = expected(last, X)["probabilities"]
+    got = np.array([frame[f"prob_{c}"] for c in run.dataset.class_names]).T
+    assert not np.allclose(got, probs_last, rtol=1e-4)
+    version = MlflowClient(uri).get_model_version("wine-best", "1")
+    assert MlflowClient(uri).get_run(version.run_id).data.metrics["best_epoch"] == best
+
+
+def mlflow_uri(uri):
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    return before

@@ -72,7 +72,7 @@ def test_lr_sweep_writes_results_and_a_trial_reproduces_bit_for_bit(tmp_path):
     assert len(study.trials) == 12 and len({t.number for t in study.trials}) == 12
     best = study.best_trial
     assert results["best_overrides"] == best.user_attrs["overrides"]
-    assert any(o.startswith("seed=") for o in results["best_overrides"])
+    assert {t.user_attrs["seed"] for t in study.trials} == {0}  # one training seed, shared
     assert (tmp_path / f"multirun/lr12/{best.number}/history.csv").is_file()
     assert (tmp_path / f"multirun/lr12/{best.number}/.hydra/overrides.yaml").is_file()
     run = lossbench.train(overrides=[*results["best_overrides"], "trainer.progress=false"])
@@ -105,7 +105,7 @@ def test_pruner_stops_an_obviously_bad_lr_early(tmp_path):
         study.enqueue_trial({"optimizer.lr": lr})
     sweep("optimizer.lr=tag(log, interval(1e-7, 0.04))", *BASE, "trainer.epochs=12",
           "sweep.study_name=prune", "sweep.pruner=median", "sweep.pruner_warmup_epochs=2",
-          "sweep.n_trials=4", cwd=tmp_path)  # fmt: skip
+          "sweep.pruner_startup_trials=2", "sweep.n_trials=4", cwd=tmp_path)  # fmt: skip
     study = load(tmp_path, "prune")
     bad = study.trials[3]
     assert bad.params["optimizer.lr"] < 1e-6

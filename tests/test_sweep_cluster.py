@@ -352,5 +352,8 @@ def test_without_a_lock_a_trial_asked_past_the_budget_is_given_back():
 
     trials = [T(number=0, user_attrs={}), T(number=1, user_attrs={"lossbench_lost": True}),
               T(number=2, user_attrs={}), T(number=3, user_attrs={})]  # fmt: skip
-    assert in_budget(trials, 2, n_trials=2)  # trial 1 was lost: 2 is the budget's second
-    assert not in_budget(trials, 3, n_trials=2)  # two workers asked at once: 3 goes back
+    assert in_budget(trials, 2, n_runs=2)  # trial 1 was lost: 2 is the budget's second
+    assert not in_budget(trials, 3, n_runs=2)  # two workers asked at once: 3 goes back
+    answers = [*trials[:3], T(number=3, user_attrs={"read_from": 2}), T(number=4, user_attrs={})]
+    assert not in_budget(answers, 4, n_runs=2)  # an answer read from a run is not a run: 4 is
+    assert in_budget(answers, 4, n_runs=3)  # the third run

@@ -171,6 +171,22 @@ class NPZOptions(DataOptions):
 MAX_AUTO_CLASSES = 50  # data.task=auto: integer targets with more distinct values are regression
 
 
+def _labels_in_2d(y: np.ndarray):
+    """(what it looks like, the 1-D labels) for a 2-D ``y`` that holds class labels: one
+    column of few distinct integers, or one-hot rows; None otherwise."""
+    if y.ndim != 2 or not len(y) or not np.all(np.isfinite(y)):
+        return None
+    if y.shape[1] == 1 and np.all(np.mod(y, 1) == 0):
+        distinct = len(np.unique(y))
+        if distinct <= MAX_AUTO_CLASSES:
+            return (f"one column of {distinct} distinct integers (class labels saved as a "
+                    "column; they are one per row, shape (rows,))", y[:, 0])  # fmt: skip
+    if y.shape[1] > 1 and np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1):
+        return ("one-hot rows (class labels saved one-hot; they are one per row, shape "
+                "(rows,))", y.argmax(axis=1))  # fmt: skip
+    return None
+
+
 def _infer_task(y: np.ndarray, task: str, where: str):
     """Decide classification vs regression and encode class labels as 0..C-1; returns
     (y, task, class names, a note saying how an inferred task was chosen)."""
@@ -180,7 +196,13 @@ def _infer_task(y: np.ndarray, task: str, where: str):
             "or class names. Fix: convert it before saving, e.g. y.real or y.astype(str)."
         )
     numeric = y.dtype.kind in "biuf"
-    note = None
+    note, labels = None, _labels_in_2d(y) if numeric else None
+    if labels is not None:  # class labels saved as a column, or one-hot
+        if task == "classification":
+            y = labels[1]
+        elif task == "auto":
+            note = (f"{where} has shape {y.shape}: {labels[0]}, and data.task=auto takes a 2-D "
+                    f"{where} as regression targets")  # fmt: skip
     if task == "auto":
         if not numeric:
             task = "classification"
@@ -211,6 +233,23 @@ def _infer_task(y: np.ndarray, task: str, where: str):
     return codes.astype(np.int64), task, [str(c) for c in classes], note
 
 
+def check_data_file(path: str, key: str, kind: str) -> None:
+    """Refuse a path that is not a regular file, saying what it is instead."""
+    if os.path.isfile(path):
+        return
+    if os.path.isdir(path):
+        what = "is a directory, not a file"
+    elif os.path.exists(path):
+        what = "is not a regular file (a device, a pipe or a socket)"
+    else:
+        what = f"no such file (looked in {os.getcwd()})"
+    sep = ": " if what.startswith("no such") else " "
+    raise DataError(
+        f"{key}={path!r}{sep}{what}. Fix: pass an existing {kind}; relative paths are taken from "
+        "the directory you start lossbench in."
+    )
+
+
 def _read_csv(path: str, target: str, role: str):
     import pandas as pd  # start-up: pandas for CSV files only
 
@@ -219,11 +258,7 @@ def _read_csv(path: str, target: str, role: str):
             f"data.{role} is not set. Fix: pass data.{role}=FILE.csv "
             "(a CSV with a header row and one target column)."
         )
-    if not os.path.isfile(path):
-        raise DataError(
-            f"data.{role}={path!r}: no such file (looked in {os.getcwd()}). Fix: pass an existing "
-            "CSV file; relative paths are taken from the directory you start lossbench in."
-        )
+    check_data_file(path, f"data.{role}", "CSV file")
     try:
         frame = pd.read_csv(path)
     except Exception as exc:  # parser errors carry the line number
@@ -290,8 +325,7 @@ def _load_npz(options: NPZOptions, seed):
             "data.path is not set. Fix: pass data.path=FILE.npz (arrays X and y, optionally "
             "X_val and y_val)."
         )
-    if not os.path.isfile(options.path):
-        raise DataError(f"data.path={options.path!r}: no such file (looked in {os.getcwd()}).")
+    check_data_file(options.path, "data.path", ".npz file")
     arrays = read_npz(options.path, "data.path")
     missing = [k for k in ("X", "y") if k not in arrays]
     if missing:

@@ -1,26 +1,17 @@
 """Early stopping on a monitored metric (``trainer.early_stopping``), as a lifecycle plugin.
 
-Stops when the metric (default val_loss; lower is better, or higher for accuracies) has not
-improved by more than ``min_delta`` for ``patience`` epochs. The schema types ``monitor`` (one of
-the per-epoch metrics); whether this run records it is checked before the first epoch.
+Stops when the metric (default val_loss; lower is better for losses and errors, higher for
+accuracy, macro F1 and R^2) has not improved by more than ``min_delta`` for ``patience``
+epochs: an epoch improves when its value v is better than the best so far b by more than
+min_delta (v < b - min_delta, or v > b + min_delta for a metric to maximise). The schema types
+``monitor`` (one of the per-epoch metrics); whether this run records it is checked before the
+first epoch (``lossbench.training.fit.check_monitor``).
 """
 
 from __future__ import annotations
 
-from lossbench.errors import ConfigError
+from lossbench.config.schemas import MAXIMIZED
 from lossbench.hookspecs import hookimpl
-
-
-@hookimpl
-def on_run_start(run):
-    """Before the first epoch: the monitored metric must be one this run records."""
-    es = run.config.trainer.early_stopping
-    if es.enabled and "accuracy" in es.monitor and run.dataset.task != "classification":
-        raise ConfigError(
-            f"trainer.early_stopping.monitor={es.monitor} is not recorded on a {run.dataset.task} "
-            "task (accuracies exist for classification only). Choices: train_loss, val_loss. "
-            "Fix: pass trainer.early_stopping.monitor=val_loss."
-        )
 
 
 def _settings(run):
@@ -39,7 +30,7 @@ def on_epoch_end(run, epoch, metrics):
     enabled, key, min_delta, patience = _settings(run)
     if not enabled:
         return None
-    sign = -1.0 if key.endswith("accuracy") else 1.0
+    sign = -1.0 if key in MAXIMIZED else 1.0
     value = sign * metrics[key]
     state = run.plugin_state.setdefault("early_stopping", {"best": float("inf"), "wait": 0})
     if value < state["best"] - min_delta:

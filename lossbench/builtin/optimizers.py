@@ -28,7 +28,8 @@ def _require(cond: bool, key: str, value, rule: str, example: str) -> None:
 
 
 def _check_common(options) -> None:
-    _require(options.lr > 0, "lr", options.lr, "the learning rate must be > 0", "0.001")
+    lr = options.lr  # inf passed "> 0" and then "diverged" every run
+    _require(math.isfinite(lr) and lr > 0, "lr", lr, "it must be a finite number > 0", "0.001")
     decay = options.weight_decay
     _require(decay >= 0, "weight_decay", decay, "it must be >= 0", "0")
     if hasattr(options, "eps"):

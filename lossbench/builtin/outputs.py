@@ -9,7 +9,6 @@ from pathlib import Path
 from lossbench.hookspecs import hookimpl
 from lossbench.training.outputs import (
     plot_loss_curve,
-    run_title,
     write_history,
     write_model,
     write_summary,
@@ -32,8 +31,7 @@ def on_run_end(run, status):
             ("model.npz", lambda: write_model(out / "model.npz", run.params)),
         ]
         if run.config.trainer.get("plots", True):
-            files.append(("loss_curve.png", lambda: plot_loss_curve(
-                out / "loss_curve.png", run.history, run_title(run))))  # fmt: skip
+            files.append(("loss_curve.png", lambda: plot_loss_curve(out / "loss_curve.png", run)))
     for name, write in files:
         try:
             write()

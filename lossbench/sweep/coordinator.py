@@ -19,18 +19,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import re
 import sys
 import time
 from pathlib import Path
 
-from omegaconf import ListConfig, OmegaConf, open_dict
+from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from lossbench.config import GROUPS, compose, compose_multirun, hparams
+from lossbench.config import GROUPS, compose, compose_multirun
+from lossbench.config.source import flag_args, is_searchpath, use_config, with_searchpath
 from lossbench.errors import ConfigError, positive_int
 from lossbench.plugins import get_plugin_manager
+from lossbench.sweep import design, habits
 from lossbench.sweep.files import atomic_write
 from lossbench.sweep.launchers import LocalLauncher, summary_lock
 from lossbench.sweep.plan import EXIT_WRITE_FAILED, PARENT_FILE, Plan, trial_dir
@@ -45,39 +46,28 @@ from lossbench.sweep.study import (
 )
 from lossbench.tracking.models import check_model_name
 from lossbench.tracking.store import precheck, resolve_uri
-from lossbench.urls import mask_url
+from lossbench.urls import mask_text, mask_url
 
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
-HISTORY_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
-SUMMARY_METRICS = ("best_val_loss", "train_seconds", "total_seconds")
-
-
-def _sweep_args(argv: list[str]) -> list[str]:
-    """Command-line overrides, with ``hydra.sweeper.X=`` read as ``sweep.X=``."""
-    out = []
-    for arg in argv:
-        if arg in ("-m", "--multirun"):
-            continue
-        if arg.startswith("-"):
-            raise ConfigError(f"{arg} is not supported with --multirun.")
-        if arg.startswith("hydra.sweeper."):
-            arg = "sweep." + arg[len("hydra.sweeper.") :]
-        out.append(arg)
-    return out
-
-
-def _list(value) -> list:
-    return list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
 
 
 def make_plan(argv: list[str], registry, plugins_dir: str | None = None):
     """Check the command and build the Plan (and the base config) before any trial runs; the
-    Plan's ``multirun`` attribute holds the config Hydra would save as multirun.yaml."""
-    args = _sweep_args(argv)
-    hydra_args = [a for a in args if a.lstrip("+").startswith("hydra.")]
+    Plan's ``multirun`` attribute holds the config Hydra would save as multirun.yaml, its
+    ``notes`` what was decided to keep the comparison fair (``lossbench.sweep.design``)."""
+    notes: list[str] = []
+    args, flags = habits.read_flags(argv)
+    args = with_searchpath(habits.translate(args, notes), flags)
+    use_config(flags["config_path"], flags["config_name"])
+    hydra_args = [a for a in args if a.lstrip("+").startswith("hydra.") and not is_searchpath(a)]
     fixed, cli_space = split_overrides([a for a in args if a not in hydra_args])
+    given = {a.partition("=")[0].lstrip("+~") for a in args}
     base = compose(fixed, registry=registry)
+    implied = habits.implied_grid(cli_space, dict(base.sweep.params), given, notes)
+    if implied:  # comma lists only: Hydra's basic sweep, a grid of each combination once
+        fixed = [*fixed, *implied]
+        base = compose(fixed, registry=registry)
     sw = base.sweep
     preset_fixed = list(sw.overrides)
     if preset_fixed:
@@ -89,48 +79,49 @@ def make_plan(argv: list[str], registry, plugins_dir: str | None = None):
             "sweep=loss_vs_optimizer) or overrides such as "
             "'optimizer.lr=tag(log, interval(1e-4, 1))' or loss=mse,cross_entropy."
         )
+    data = design.load_data(base, registry)
+    expressions = design.fitting_losses(expressions, dict(sw.params), data, registry, notes)
     space = build_space(expressions, base)
     _check_keys(space, base, registry)
-    grid = _grid(space) if sw.sampler == "grid" else {}
-    metrics, directions = _objectives(sw, base, registry)
-    positive_int(sw.n_trials, "sweep.n_trials", 20)
-    if sw.n_jobs is not None:
-        positive_int(sw.n_jobs, "sweep.n_jobs", 2)
-    n_trials = int(sw.n_trials)
-    if grid:
-        n_trials = min(n_trials, math.prod(len(v) for v in grid.values()))
-    study_name = sw.study_name or _default_study_name(sw.name, expressions, fixed, preset_fixed)
-    _check_study_name(study_name)
-    plan = Plan(
-        study_name=study_name,
-        storage="",
-        sweep_dir="",
-        # sweep.* and hydra.* settings shape the study, not a trial: they stay out of trials
-        fixed=_trial_fixed([*preset_fixed, *fixed]),
-        params=expressions,
-        metrics=metrics,
-        directions=directions,
-        n_trials=n_trials,
-        seed=int(sw.seed),
-        sampler=str(sw.sampler),
-        pruner=str(sw.pruner),
-        pruner_warmup_epochs=int(sw.pruner_warmup_epochs),
-        heartbeat_seconds=float(sw.heartbeat_seconds),
-        grace_seconds=float(sw.grace_seconds),
-        tracking=base.tracking.name == "mlflow",
-        plugins_dir=plugins_dir,
-        grid=grid,
-        storage_password_env=sw.storage_password_env,
-        launcher=str(sw.launcher),
-        n_jobs=sw.n_jobs,
-        ray=OmegaConf.to_container(sw.ray),
-        log_models=str(sw.log_models),
-    )
+    chosen = "sweep.metric" in given or sw.name != "none"  # by the command or a preset
+    plan = _new_plan(sw, base, space, expressions, (data.task, chosen), notes)
+    plan.config_path, plan.config_name = flags["config_path"], flags["config_name"]
+    plan.rerun_flags = flag_args(flags)
+    plan.fixed = _trial_fixed([*preset_fixed, *fixed])  # sweep.*, hydra.* shape the study
+    plan.study_name = sw.study_name or _default_study_name(
+        sw.name, expressions, fixed, preset_fixed)  # fmt: skip
+    _check_study_name(plan.study_name)
+    plan.tracking, plan.plugins_dir = base.tracking.name == "mlflow", plugins_dir
     plan.register_best = _register_best(sw, plan)
     _layout(plan, args, hydra_args, base, registry)
     plan.storage = storage_url(sw.storage, Path(plan.sweep_dir))
     plan.storage_url()  # the password's environment variable is set
     return plan, base, space
+
+
+def _new_plan(sw, base, space, expressions: dict, metric_of, notes: list[str]) -> Plan:
+    """The Plan's settings of the study (the comparison, the budget, the pruner, the seeds,
+    the workers); names and places follow in ``make_plan``. ``metric_of`` is (the data's task,
+    whether the command or a preset chose the metric)."""
+    counts = design.epoch_counts(space, base, notes)
+    grid = _grid({k: v for k, v in space.items() if k != design.EPOCHS or not counts}) if (
+        sw.sampler == "grid") else {}  # fmt: skip
+    task, chosen = metric_of
+    metrics, directions = design.objectives(sw, task, notes, design.category_keys(space), chosen)
+    if sw.n_jobs is not None:
+        positive_int(sw.n_jobs, "sweep.n_jobs", 2)
+    n_trials, n_runs = design.budget(sw, counts, grid)
+    return Plan(
+        study_name="", storage="", sweep_dir="", fixed=[], tracking=False,
+        params=expressions, metrics=metrics, directions=directions, n_trials=n_trials,
+        n_runs=n_runs, epoch_counts=counts, seed=int(sw.seed), sampler=str(sw.sampler),
+        pruner=str(sw.pruner), **design.pruner_settings(sw, space, base, counts, notes),
+        **design.seeds(sw, base, notes), heartbeat_seconds=float(sw.heartbeat_seconds),
+        grace_seconds=float(sw.grace_seconds), grid=grid,
+        storage_password_env=sw.storage_password_env, launcher=str(sw.launcher),
+        n_jobs=sw.n_jobs, ray=OmegaConf.to_container(sw.ray), log_models=str(sw.log_models),
+        notes=notes, categories=design.category_keys(space), subject=design.subject(base, space),
+    )  # fmt: skip
 
 
 def _register_best(sw, plan: Plan) -> str | None:
@@ -172,6 +163,7 @@ def _layout(plan: Plan, args: list[str], hydra_args: list[str], base, registry) 
     plan.hydra_overrides = hydra_args
     trial_dir(plan, base, 0, plan.fixed)  # the subdir resolves, and stays in the sweep dir
     plan.multirun = multirun
+    plan.hydra = OmegaConf.to_container(multirun.hydra, resolve=False, enum_to_str=True)
 
 
 def _check_study_name(name: str) -> None:
@@ -211,31 +203,6 @@ def _grid(space) -> dict[str, list]:
             )
         grid[key] = p.discrete_values
     return grid
-
-
-def _objectives(sw, base, registry) -> tuple[list[str], list[str]]:
-    """The metrics and their directions, checked against what these runs record."""
-    directions = [str(d) for d in _list(sw.direction)]
-    metrics = [str(m) for m in _list(sw.metric)]
-    bad = [d for d in directions if d not in ("minimize", "maximize")]
-    if bad or len(directions) != len(metrics):
-        raise ConfigError(
-            f"sweep.direction={directions} must be minimize or maximize, one per metric "
-            f"(sweep.metric={metrics}). Fix: e.g. sweep.metric=[val_loss,train_seconds] "
-            "sweep.direction=[minimize,minimize]."
-        )
-    spec = registry.get("data", base.data.name)
-    task = spec.load(hparams(spec, base.data), 0).task  # which metrics exist depends on it
-    available = [*HISTORY_METRICS, *SUMMARY_METRICS]
-    if task != "classification":
-        available = [m for m in available if "accuracy" not in m]
-    for m in metrics:
-        if m not in available:
-            raise ConfigError(
-                f"sweep.metric={m!r} is not a metric these runs produce. Available: "
-                f"{', '.join(available)}. Fix: pass e.g. sweep.metric=val_loss."
-            )
-    return metrics, directions
 
 
 def _trial_fixed(overrides: list[str]) -> list[str]:
@@ -286,7 +253,7 @@ def _start(study, plan: Plan, base, space, defer: bool):
     sweep_dir = Path(plan.sweep_dir)
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(plan.multirun))
+        atomic_write(sweep_dir / "multirun.yaml", mask_text(OmegaConf.to_yaml(plan.multirun)))
         lost = recover_stale(study, plan.grace_seconds)
         (sweep_dir / PARENT_FILE).unlink(missing_ok=True)  # an earlier invocation's
         parent = None
@@ -305,11 +272,15 @@ def _start(study, plan: Plan, base, space, defer: bool):
             file=sys.stderr,
         )
         return False, None
+    runs = f" from {plan.n_runs} runs" if plan.n_runs != plan.n_trials else ""
     print(
-        f"sweep {plan.study_name}: {len(space)} parameter(s), {plan.n_trials} trials, "
-        f"{plan.sampler} sampler, {plan.pruner} pruner, storage {mask_url(plan.storage)}, "
-        f"outputs {sweep_dir}" + (f"; retrying lost trials {lost}" if lost else "")
+        f"sweep {plan.study_name}: {len(space)} parameter(s), {plan.n_trials} trials{runs}, "
+        f"{plan.sampler} sampler, {plan.pruner} pruner, {plan.metrics[0]} "
+        f"({plan.directions[0]}), storage {mask_url(plan.storage)}, outputs {sweep_dir}"
+        + (f"; retrying lost trials {lost}" if lost else "")
     )
+    for note in plan.notes:
+        print(f"  {note}")
     return True, parent
 
 

@@ -57,6 +57,25 @@ class Plan:
     plugin_sources: dict[str, str] = field(default_factory=dict)  # for workers on other nodes
     register_best: str | None = None  # the registered model the best trial's model goes to
     log_models: str = "best"  # best: trials that beat every completed trial log a model; all
+    # training seeds: "shared" (every trial train_seed, train_seed + 1, ... per repeat) or
+    # "per_trial"; repeats: runs per configuration, with consecutive seeds
+    seeds: str = "shared"
+    train_seed: int = 0
+    repeats: int = 1
+    pruner_startup_trials: int = 5
+    pruner_groups: list[str] = field(default_factory=list)  # prune only within equal values
+    # trainer.epochs answered from one run per configuration: the epoch counts read from each
+    # run (the largest is the run's own); empty: each trial trains its own epochs
+    epoch_counts: list[int] = field(default_factory=list)
+    n_runs: int = 0  # the budget in trained runs (n_trials / len(epoch_counts), rounded up)
+    notes: list[str] = field(default_factory=list)  # what the coordinator decided, and why
+    categories: list[str] = field(default_factory=list)  # swept keys whose values are names
+    subject: str = ""  # what every trial trains, for titles: "mlp, adam on digits, 30 epochs"
+    # the primary config (-cp/--config-path, -cn/--config-name): None is lossbench's own
+    config_path: str | None = None
+    config_name: str | None = None
+    rerun_flags: list[str] = field(default_factory=list)  # "-cp DIR -cn NAME" for a rerun
+    hydra: dict = field(default_factory=dict)  # the hydra node each trial's hydra.yaml holds
 
     def storage_url(self) -> str:
         """The storage URL to connect with (the password from the environment if so set)."""

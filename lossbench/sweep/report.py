@@ -4,6 +4,7 @@ file, the final table and the summary figures."""
 from __future__ import annotations
 
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -12,12 +13,22 @@ import yaml
 from optuna.trial import TrialState
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
+from lossbench.sweep.compare import (
+    best_per_category,
+    categories,
+    close_call_note,
+    missing_categories,
+    pruning_note,
+    shown,
+    value_text,
+)
 from lossbench.sweep.files import atomic_write
 from lossbench.sweep.launchers import start_summary
 from lossbench.sweep.plots import sweep_figures
-from lossbench.sweep.study import counted
+from lossbench.sweep.study import READ_FROM, counted, trained
 from lossbench.tracking.models import register, registered_by
 from lossbench.tracking.store import open_client, precheck, resolve_uri
 from lossbench.tracking.worker import experiment_id
@@ -166,6 +177,11 @@ class ParentRun:
             params = [Param(f"best.{k}", str(v)) for k, v in best.params.items()
                       if f"best.{k}" not in existing]  # fmt: skip
             tags += [RunTag(f"best.{k}", str(v)) for k, v in best.params.items()]
+        for row in best_per_category(study, plan):  # e.g. best_val_accuracy.loss.mse
+            if "best" in row:
+                where = ".".join(f"{k}.{row[k]}" for k in categories(plan))
+                metrics.append(Metric(f"best_{plan.metrics[0]}.{where}", float(row["best"]),
+                                      ts, 0))  # fmt: skip
         self.client.log_batch(self.run_id, metrics=metrics, params=params[:100], tags=tags)
         for path in [*figures, results]:
             if path.is_file():
@@ -187,6 +203,7 @@ class ParentRun:
             filter_string=f"tags.`lossbench.study` = '{plan.study_name}' AND "
             f"tags.`lossbench.trial` = '{best.number}' AND attributes.status = 'FINISHED'",
         )
+        found = [r for r in found if r.data.tags.get("lossbench.repeat", "0") == "0"]  # seed 1
         if not found:
             print(f"lossbench: warning: sweep.register_best={name}: trial {best.number} has no "
                   "finished MLflow run; nothing registered", file=sys.stderr)  # fmt: skip
@@ -228,20 +245,33 @@ def results_dict(study, plan) -> dict:
             "overrides": list(trial.user_attrs.get("overrides", [])),
         }
 
+    if plan.n_runs != plan.n_trials:
+        out["runs"] = plan.n_runs  # each answers several epoch counts (read from trajectories)
     complete = [x for x in study.get_trials(deepcopy=False) if x.state == TrialState.COMPLETE]
+    by_category = best_per_category(study, plan)
+    if by_category:
+        out["best_per_category"] = by_category
+    notes = _answer_notes(study, plan)
+    if plan.notes or notes:
+        out["notes"] = [*plan.notes, *notes]
     if complete and len(plan.directions) == 1:
         best = study.best_trial
         out["best_value"] = best.value
         out["best_params"] = dict(best.params)
         out["best_overrides"] = list(best.user_attrs.get("overrides", []))
+        out["rerun"] = "python -m lossbench " + shlex.join(
+            [*plan.rerun_flags, *out["best_overrides"]])  # fmt: skip
         out["best_trial"] = best.number
     elif complete:
         out["pareto_front"] = [describe(x) for x in study.best_trials]
     return out
 
 
+MAX_ROWS = 40  # the table's rows; every trial is in the study and optimization_results.yaml
+
+
 def trial_table(study, plan):
-    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("lossbench_lost")]
+    trials = shown(study)
     sign = 1 if plan.directions[0] == "minimize" else -1
 
     def key(t):
@@ -252,15 +282,45 @@ def trial_table(study, plan):
         )
         return (t.state.name != "COMPLETE", sign * v if v is not None else math.inf)
 
-    table = Table(title=f"sweep {plan.study_name}: trials by {plan.metrics[0]}")
+    answers = any(not trained(t) for t in trials)
+    title = f"sweep {plan.study_name}: trials by {plan.metrics[0]} ({plan.directions[0]})"
+    if len(trials) > MAX_ROWS:
+        title += f", the first {MAX_ROWS} of {len(trials)}"
+    table = Table(title=title)
     for col in ("trial", "state", *plan.metrics, "epochs", *plan.params):
         table.add_column(col)
-    for t in sorted(trials, key=key):
-        values = [_fmt(v) for v in (t.values or [])] or ["-"] * len(plan.metrics)
+    if answers:
+        table.add_column("read from")
+    for t in sorted(trials, key=key)[:MAX_ROWS]:
+        values = [value_text(t, plan, i) for i in range(len(plan.metrics))]
         epochs = str(len(t.user_attrs.get("val_loss", [])))
         params = [_fmt(t.params.get(k, "-")) for k in plan.params]
-        table.add_row(str(t.number), t.user_attrs.get("status", t.state.name.lower()), *values,
-                      epochs, *params)  # fmt: skip
+        row = [str(t.number), t.user_attrs.get("status", t.state.name.lower()), *values, epochs,
+               *params]  # fmt: skip
+        if answers:
+            origin = t.user_attrs.get(READ_FROM)
+            row.append(f"trial {origin}" if origin is not None else "")
+        table.add_row(*map(escape, row))
+    return table
+
+
+def category_table(study, plan):
+    """The best trial of each category (loss, optimizer, ...), or None."""
+    rows = best_per_category(study, plan)
+    if not rows:
+        return None
+    keys = categories(plan)
+    table = Table(title=f"best {plan.metrics[0]} of each {', '.join(keys)}")
+    for col in (*keys, plan.metrics[0], "trial", "completed", "pruned", "failed", "its values"):
+        table.add_column(col)
+    for r in rows:
+        value = "-" if "best" not in r else f"{r['best']:.4g}" + (
+            f" ± {r['spread']:.2g}" if "spread" in r else "")  # fmt: skip
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in r.get("params", {}).items()
+                           if k not in keys)  # fmt: skip
+        cells = (*(str(r[k]) for k in keys), value, str(r.get("trial", "-")),
+                 str(r["completed"]), str(r["pruned"]), str(r["failed"]), params)
+        table.add_row(*map(escape, cells))
     return table
 
 
@@ -278,19 +338,44 @@ def finish(study, plan, parent, status: str, crashed: dict[int, str]) -> int:
     except OSError as exc:
         print(f"lossbench: error: could not write {results}: {exc}", file=sys.stderr)
         crashed = {**crashed, -1: "the results could not be written"}
-    console = Console(soft_wrap=True)
+    # piped or in a log: don't squeeze the tables to 80 columns
+    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     console.print(trial_table(study, plan))
+    by_category = category_table(study, plan)
+    if by_category is not None:
+        console.print(by_category)
+    for note in _answer_notes(study, plan):
+        console.print(f"note: {note}", markup=False)
     if parent is not None and plan.register_best and t["best"] is not None:
         _register(parent, plan, t["best"])
     _summarize(study, plan, parent, status)
     if "best_overrides" in data:
         console.print(
             f"best {plan.metrics[0]} {data['best_value']:.6g} (trial {data['best_trial']}); "
-            f"rerun it with:\n  python -m lossbench {' '.join(data['best_overrides'])}"
+            f"rerun it with:\n  {data['rerun']}",
+            markup=False,  # an override's [..] (model.hidden=[64,32]) is not rich markup
         )
     if results.is_file():
-        console.print(f"results: {results}")
+        console.print(f"results: {results}", markup=False)
     return _exit_code(study, plan, status, crashed, t)
+
+
+def _answer_notes(study, plan) -> list[str]:
+    """What a careful reader should know about this answer: the pruner decided much of it,
+    or a category has no completed trial."""
+    notes = []
+    pruned = pruning_note(study, plan)
+    if pruned:
+        notes.append(pruned)
+    close = close_call_note(study, plan)
+    if close:
+        notes.append(close)
+    missing = missing_categories(study, plan)
+    if missing:
+        notes.append(f"no trial of {'; '.join(missing)} completed: their best is a pruned or "
+                     "failed curve, not an answer. Run more trials (sweep.n_trials) or prune "
+                     "later (sweep.pruner_warmup_epochs).")  # fmt: skip
+    return notes
 
 
 def _register(parent, plan, best) -> None:

@@ -106,6 +106,16 @@ def to_distribution(key: str, sweep, expression: str, current=None):
     raise ConfigError(f"{key}={expression}: Optuna cannot represent this expression. {fix}")
 
 
+def parse_choices(key: str, expression: str) -> list | None:
+    """The values of a ``choice(...)`` (or ``a,b``) expression; None for anything else."""
+    try:
+        (ov,) = OverridesParser.create().parse_overrides([f"{key}={expression}"])
+    except HydraException:
+        return None
+    value = ov.value() if ov.is_sweep_override() else None
+    return list(value.list) if isinstance(value, ChoiceSweep) else None
+
+
 def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
     """(fixed overrides, {key: sweep expression}) from command-line overrides."""
     parser = OverridesParser.create()

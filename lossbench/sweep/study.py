@@ -143,29 +143,84 @@ def make_sampler(plan: Plan, worker: int = 0):
         return optuna.samplers.GPSampler(seed=seed)
     if name == "qmc":
         return optuna.samplers.QMCSampler(seed=plan.seed)  # one sequence shared by workers
-    multi = len(plan.directions) > 1
-    return (
-        optuna.samplers.TPESampler(seed=seed)
-        if not multi
-        else optuna.samplers.NSGAIISampler(seed=seed)
-    )
+    if len(plan.directions) > 1:
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    # Optuna's 10 random trials before TPE models the space, counted in runs: each run answers
+    # len(epoch_counts) trials, and 10 answers of one run would end the exploration at once
+    return optuna.samplers.TPESampler(seed=seed,
+                                      n_startup_trials=10 * max(len(plan.epoch_counts), 1))
+
+
+# a trial answered from a longer run's trajectory (sweep.epochs from one run per configuration)
+# carries the number of the trial whose run it was read from in this user attribute
+READ_FROM = "read_from"
+
+
+def trained(t) -> bool:
+    """Whether trial ``t`` trained a run of its own (not answered from a longer run)."""
+    return t.user_attrs.get(READ_FROM) is None
+
+
+class _ComparableTrials:
+    """A study as a pruner sees it: only the trials ``keep`` accepts (``get_trials`` filtered),
+    everything else the study's own."""
+
+    def __init__(self, study, keep):
+        self._study, self._keep = study, keep
+
+    def get_trials(self, deepcopy: bool = True, states=None):
+        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states)
+                if self._keep(t)]  # fmt: skip
+
+    @property
+    def trials(self):
+        return self.get_trials()
+
+    def __getattr__(self, name):
+        return getattr(self._study, name)
+
+
+class ComparablePruner(optuna.pruners.BasePruner):
+    """A pruner that compares a trial only with comparable trials: those that trained a run of
+    their own (not those answered from a longer run, whose curves would count their run many
+    times), not lost, and with the same values of ``groups`` (e.g. the same loss: a
+    cross-entropy trial is never pruned because mse trials did better, on another scale)."""
+
+    def __init__(self, base, groups: list[str]):
+        self.base, self.groups = base, list(groups)
+
+    def prune(self, study, trial) -> bool:
+        key = [trial.params.get(k) for k in self.groups]
+
+        def keep(t) -> bool:
+            if not trained(t) or t.user_attrs.get("lossbench_lost"):
+                return False
+            return [t.params.get(k) for k in self.groups] == key
+
+        return self.base.prune(_ComparableTrials(study, keep), trial)
 
 
 def make_pruner(plan: Plan):
-    p, warm = plan.pruner, plan.pruner_warmup_epochs
+    """The plan's pruner: ``n_startup_trials`` completed trials (of the trial's group) before
+    any is pruned, none pruned in its first ``pruner_warmup_epochs`` epochs, and compared only
+    within its group (``ComparablePruner``)."""
+    p, warm, startup = plan.pruner, plan.pruner_warmup_epochs, plan.pruner_startup_trials
     if p == "none" or len(plan.directions) > 1:
         return optuna.pruners.NopPruner()
     if p == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=warm)
-    if p == "percentile":
-        return optuna.pruners.PercentilePruner(25.0, n_startup_trials=2, n_warmup_steps=warm)
-    if p == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(warm, 1))
-    if p == "hyperband":
+        base = optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=warm)
+    elif p == "percentile":
+        base = optuna.pruners.PercentilePruner(25.0, n_startup_trials=startup,
+                                               n_warmup_steps=warm)  # fmt: skip
+    elif p == "successive_halving":
+        base = optuna.pruners.SuccessiveHalvingPruner(min_resource=max(warm, 1))
+    elif p == "hyperband":  # its brackets read the storage directly: no grouping
         return optuna.pruners.HyperbandPruner(min_resource=max(warm, 1))
-    if p == "patient":
-        return optuna.pruners.PatientPruner(None, patience=max(warm, 1))
-    raise AssertionError(p)
+    elif p == "patient":
+        base = optuna.pruners.PatientPruner(None, patience=max(warm, 1))
+    else:
+        raise AssertionError(p)
+    return ComparablePruner(base, plan.pruner_groups)
 
 
 @contextlib.contextmanager
@@ -212,9 +267,14 @@ def _pid_alive(pid: int) -> bool:
 
 
 def counted(trials) -> list:
-    """Trials that used up the budget: ended, except the lost ones that were retried."""
+    """Trials that ended and count, the lost ones (retried) excepted."""
     ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     return [t for t in trials if t.state in ended and not t.user_attrs.get("lossbench_lost")]
+
+
+def counted_runs(trials) -> list:
+    """The counted trials that trained a run of their own: what the budget (``n_runs``) counts."""
+    return [t for t in counted(trials) if trained(t)]
 
 
 def recover_stale(study, grace_seconds: float) -> list[int]:
@@ -232,16 +292,36 @@ def recover_stale(study, grace_seconds: float) -> list[int]:
             continue  # another worker recovered it first (and retried it)
         retry(study, t)
         lost.append(t.number)
+    _lose_answers(study, lost)
     return lost
 
 
-def in_budget(trials, number: int, n_trials: int) -> bool:
-    """Whether trial ``number`` is within the budget: fewer than ``n_trials`` trials that count
-    or may count (not lost) were created before it. Where no lock serialises asking (a gRPC
-    proxy, MySQL, a journal on a shared filesystem), two workers may ask at once at the end of
-    the budget; the later trial is then given back."""
-    ahead = [t for t in trials if t.number < number and not t.user_attrs.get("lossbench_lost")]
-    return len(ahead) < n_trials
+def _lose_answers(study, lost: list[int]) -> None:
+    """Trials answered from the run of a trial that was lost (its worker died after adding
+    them, before telling it) are lost with it: its retry answers them again."""
+    if not lost:
+        return
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get(READ_FROM) in lost and not t.user_attrs.get("lossbench_lost"):
+            set_trial_attr(study, t, "lossbench_lost", True)
+
+
+def in_budget(trials, number: int, n_runs: int) -> bool:
+    """Whether trial ``number`` is within the budget: fewer than ``n_runs`` trials that count
+    or may count (not lost, trained) were created before it. Where no lock serialises asking (a
+    gRPC proxy, MySQL, a journal on a shared filesystem), two workers may ask at once at the
+    end of the budget; the later trial is then given back."""
+    ahead = [t for t in trials if t.number < number and not t.user_attrs.get("lossbench_lost")
+             and trained(t)]  # fmt: skip
+    return len(ahead) < n_runs
+
+
+def add_answer(study, frozen) -> int:
+    """Add a finished trial (``optuna.trial.create_trial``) and return its number, which
+    Optuna's ``study.add_trial`` does not: the same checks, then its storage call."""
+    frozen._validate()
+    trial_id = study._storage.create_new_trial(study._study_id, template_trial=frozen)
+    return study._storage.get_trial_number_from_id(trial_id)
 
 
 def retry(study, trial) -> None:
@@ -249,9 +329,18 @@ def retry(study, trial) -> None:
     study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
 
 
-def trial_seed(sweep_seed: int, number: int) -> int:
-    """A trial's seed, from the sweep seed and the trial number (logged with the trial)."""
-    return int(np.random.SeedSequence([sweep_seed, number]).generate_state(1)[0] % (2**31))
+def trial_seed(seed: int, number: int) -> int:
+    """A trial's own training seed (``sweep.seeds=per_trial``), from the run's ``seed`` and the
+    trial number (logged with the trial)."""
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0] % (2**31))
+
+
+def trial_seeds(plan: Plan, number: int) -> list[int]:
+    """The training seeds of trial ``number``: one per repeat. ``shared`` (the default): every
+    trial the same, ``seed``, ``seed + 1``, ...; ``per_trial``: its own, from ``seed`` and the
+    trial number."""
+    first = plan.train_seed if plan.seeds == "shared" else trial_seed(plan.train_seed, number)
+    return [first + r for r in range(plan.repeats)]
 
 
 def open_study(plan: Plan):
@@ -306,7 +395,11 @@ def question(plan: Plan) -> dict:
         key, _, value = o.partition("=")
         if not key.lstrip("+~").startswith(_NOT_THE_QUESTION):
             fixed[key] = value
-    return {"search space": dict(sorted(plan.params.items())), "fixed": dict(sorted(fixed.items()))}
+    asked = {"search space": dict(sorted(plan.params.items())),
+             "fixed": dict(sorted(fixed.items()))}  # fmt: skip
+    if plan.seeds != "shared" or plan.repeats != 1:  # how trials are seeded changes the answer
+        asked["seeds"] = f"{plan.seeds} x{plan.repeats}"
+    return asked
 
 
 def check_question(study, plan: Plan) -> None:

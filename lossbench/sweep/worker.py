@@ -15,7 +15,6 @@ and retried later, and the worker stops (exit code 3): every next trial would fa
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import signal
@@ -24,33 +23,42 @@ import sys
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import optuna
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf, open_dict
-from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from lossbench.config import GROUPS, compose
+from lossbench.config import compose
+from lossbench.config.source import use_config
 from lossbench.errors import LossbenchError
-from lossbench.hookspecs import hookimpl
 from lossbench.plugins import build_plugin_manager, set_plugin_manager
-from lossbench.sweep.files import atomic_write
-from lossbench.sweep.plan import EXIT_WRITE_FAILED, Plan, parent_run_id, trial_dir
-from lossbench.sweep.space import build_space, format_override
+from lossbench.sweep.answers import Trajectory, answer_epoch_counts, curves
+from lossbench.sweep.design import EPOCHS
+from lossbench.sweep.plan import EXIT_WRITE_FAILED, Plan, trial_dir
+from lossbench.sweep.space import build_space
 from lossbench.sweep.study import (
     budget_lock,
-    counted,
+    counted_runs,
     in_budget,
     make_sampler,
     open_study,
     recover_stale,
     retry,
     set_trial_attr,
-    trial_seed,
 )
-from lossbench.tracking.plugin import default_run_name
+from lossbench.sweep.trial import (
+    BestModelsOnly,
+    Composer,
+    Pruning,
+    objective_values,
+    seeds_of,
+    suggest,
+    tag_child_run,
+    trial_overrides,
+    write_hydra_files,
+)
 from lossbench.training import train
 from lossbench.urls import mask_text
 
@@ -114,50 +122,6 @@ def watch_parent() -> None:
     threading.Thread(target=wait, daemon=True, name="lossbench-parent-watch").start()
 
 
-class Pruning:
-    """Reports each epoch's metric to the trial and stops the run when the pruner says so."""
-
-    def __init__(self, trial, metric: str):
-        self.trial, self.metric, self.pruned_at = trial, metric, None
-
-    @hookimpl
-    def on_epoch_end(self, run, epoch, metrics):
-        value = metrics.get(self.metric)
-        if value is None:
-            return None
-        self.trial.report(float(value), epoch)
-        if self.trial.should_prune():
-            self.pruned_at = epoch
-            # tracking logs no model for it (lossbench.tracking.plugin.NO_MODEL): a model
-            # costs the trial ~0.5 s in the MLflow process, and a pruned one is never the best
-            run.plugin_state["tracking.no_model"] = "pruned"
-            return f"pruned by Optuna after epoch {epoch} ({self.metric}={value:.6g})"
-        return None
-
-
-class BestModelsOnly:
-    """``sweep.log_models=best``: a trial's run logs its MLflow model only when its objective is
-    at least as good as every trial completed so far (``tracking.no_model`` otherwise). The
-    study's best trial always has one: when it ended, no completed trial was better. Logging a
-    model costs a trial about half a second, several times a short trial's training."""
-
-    def __init__(self, study, plan: Plan):
-        self.study, self.plan = study, plan
-
-    @hookimpl(tryfirst=True)  # before the tracking plugin ends the run
-    def on_run_end(self, run, status):
-        if status not in ("finished", "stopped") or not run.history:
-            return
-        try:
-            value = objective_values(run, self.plan.metrics)[0]
-            best = self.study.best_value  # over the completed trials
-        except (ValueError, KeyError, IndexError):  # none completed yet, or no such metric
-            return
-        minimize = self.plan.directions[0] == "minimize"
-        if not (value <= best if minimize else value >= best):
-            run.plugin_state["tracking.no_model"] = "not the best trial so far"
-
-
 class Heartbeat:
     def __init__(self, study, trial, every: float):
         self.study, self.trial, self.every = study, trial, every
@@ -180,99 +144,63 @@ class Heartbeat:
         self.thread.join()
 
 
-def suggest(trial, space):
-    """Values for the trial from its distributions (group choices first, so ``optimizer=sgd``
-    precedes ``optimizer.lr=...`` in the overrides)."""
-    values = {}
-    for key in sorted(space, key=lambda k: ("." in k, k)):
-        d = space[key].distribution
-        if isinstance(d, CategoricalDistribution):
-            values[key] = trial.suggest_categorical(key, d.choices)
-        elif isinstance(d, IntDistribution):
-            values[key] = trial.suggest_int(key, d.low, d.high, step=d.step, log=d.log)
-        else:
-            values[key] = trial.suggest_float(key, d.low, d.high, step=d.step, log=d.log)
-    return values
+@dataclass
+class Repeat:
+    """One trained run of a trial (one seed, with ``sweep.repeats``): its Run, folder,
+    overrides, whether the pruner stopped it, and its trajectory (``sweep.answers``)."""
 
-
-class Composer:
-    """Trial configs, fast: Hydra composes once per combination of config-group choices (about
-    0.1 s each); the other parameters are then set on a copy, each value parsed by Hydra's own
-    override parser, so the result equals composing the trial's logged overrides."""
-
-    def __init__(self, plan: Plan, registry):
-        self.plan, self.registry, self.cache = plan, registry, {}
-        self.parser = OverridesParser.create()
-
-    def __call__(self, values: dict, seed: int):
-        groups = [format_override(k, v) for k, v in values.items() if k in GROUPS]
-        base = self.cache.get(tuple(groups))
-        if base is None:
-            base = compose([*self.plan.fixed, *groups], registry=self.registry)
-            self.cache[tuple(groups)] = base
-        cfg = copy.deepcopy(base)
-        for key, value in values.items():
-            if key not in GROUPS:
-                (ov,) = self.parser.parse_overrides([format_override(key, value)])
-                OmegaConf.update(cfg, key, ov.value(), merge=False)
-        cfg.seed = seed
-        return cfg
-
-
-def objective_values(run, metrics: list[str]) -> list[float]:
-    out = []
-    for m in metrics:
-        if m == "best_val_loss":
-            best = run.best_epoch
-            out.append(run.history[best]["val_loss"] if best is not None else float("nan"))
-        elif m in run.timings:
-            out.append(float(run.timings[m]))
-        else:
-            out.append(float(run.history[-1][m]))
-    return out
-
-
-def write_hydra_files(out: Path, cfg, overrides: list[str]) -> None:
-    """The trial's ``.hydra/`` files, as Hydra writes a job's (private if they hold a URL's
-    password)."""
-    hydra_dir = out / ".hydra"
-    atomic_write(hydra_dir / "config.yaml", OmegaConf.to_yaml(cfg))
-    atomic_write(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
+    run: object
+    out: Path
+    overrides: list[str]
+    pruned: bool
+    trajectory: Trajectory | None
 
 
 def run_trial(study, plan: Plan, space, pm, trial, composer: Composer) -> bool:
-    """Train one trial and tell Optuna; False when the worker should stop (interrupted)."""
+    """Train one trial (each of its repeats) and tell Optuna, after answering the epoch counts
+    read from its run; False when the worker should stop (interrupted)."""
     values = suggest(trial, space)
-    seed = trial_seed(plan.seed, trial.number)
-    overrides = [*plan.fixed, *(format_override(k, v) for k, v in values.items()), f"seed={seed}"]
-    trial.set_user_attr("overrides", [mask_text(o) for o in overrides])
-    trial.set_user_attr("seed", seed)
+    seeds = seeds_of(plan, trial.number, values)
+    trial.set_user_attr("overrides", [mask_text(o) for o in trial_overrides(plan, values,
+                                                                         seeds[0])])  # fmt: skip
+    trial.set_user_attr("seed", seeds[0])
+    repeats: list[Repeat] = []
+    for r, seed in enumerate(seeds):
+        done = _train_repeat(study, plan, pm, trial, (composer, values, seed, r))
+        if not isinstance(done, Repeat):
+            return done
+        repeats.append(done)
+        if done.pruned or done.run.status not in STATUS_TO_STATE:
+            break  # a pruned or failed seed ends the configuration
+    if plan.epoch_counts:
+        answer_epoch_counts(study, plan, trial, repeats, (composer, values), STOPPING)
+    _tell(study, plan, trial, repeats)
+    return True
+
+
+def _train_repeat(study, plan: Plan, pm, trial, how) -> Repeat | bool:
+    """Train one seed of a trial: a Repeat, or True (the trial failed and was told so) or
+    False (interrupted: the worker stops)."""
+    composer, values, seed, r = how
+    overrides = trial_overrides(plan, values, seed)
     try:
         cfg = composer(values, seed)
         out = trial_dir(plan, cfg, trial.number, overrides)
-        trial.set_user_attr("output_dir", str(out))
+        if plan.repeats > 1:
+            out = out / f"seed-{seed}"
+        if r == 0:
+            trial.set_user_attr("output_dir", str(out))
     except (LossbenchError, ValueError, KeyError) as exc:
-        trial.set_user_attr("status", "failed")
-        trial.set_user_attr("error", str(exc))
-        study.tell(trial, state=TrialState.FAIL)
+        _fail(study, trial, str(exc))
         return True
-    _tag_child_run(cfg, plan, trial)
+    tag_child_run(cfg, plan, trial.number, STOPPING, repeat=r if plan.repeats > 1 else None)
     try:
-        write_hydra_files(out, cfg, overrides)
+        write_hydra_files(out, cfg, overrides, plan, trial.number)
     except OSError as exc:
         _write_failed(study, trial, out, f"its .hydra files: {exc}")
-    # Optuna prunes single-objective studies only (trial.report refuses several objectives),
-    # and with sweep.pruner=none nothing can prune: no per-epoch report (each one an fsynced
-    # append to a journal file, 30 of them were most of a short trial's overhead)
-    pruning = None
-    if len(plan.directions) == 1 and plan.pruner != "none":
-        pruning = Pruning(trial, plan.metrics[0])
-    if pruning is not None:
-        pm.register(pruning)
-    models = None
-    if plan.tracking and plan.log_models == "best" and len(plan.directions) == 1:
-        models = BestModelsOnly(study, plan)
-        pm.register(models)
+    hooks = _trial_hooks(study, plan, trial, first=r == 0)
+    for hook in hooks.values():
+        pm.register(hook)
     try:
         with Heartbeat(study, trial, plan.heartbeat_seconds):
             run, problems = _train(cfg, out, pm)
@@ -283,19 +211,37 @@ def run_trial(study, plan: Plan, space, pm, trial, composer: Composer) -> bool:
         if STOPPING.is_set():
             _lose(study, trial)
             return False
-        trial.set_user_attr("status", "failed")
-        trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:2000])
-        study.tell(trial, state=TrialState.FAIL)
+        _fail(study, trial, f"{type(exc).__name__}: {exc}")
         return True
     finally:
-        for hook in (pruning, models):
-            if hook is not None:
-                pm.unregister(hook)
+        for hook in hooks.values():
+            pm.unregister(hook)
     if not (out / "summary.json").is_file():  # the outputs plugin writes it last
         why = "; ".join(problems) or run.error or "unknown"  # run.error: which file, and why
         _write_failed(study, trial, out, f"its outputs: {why}")
-    _tell(study, plan, trial, run, pruned=pruning is not None and pruning.pruned_at is not None)
-    return True
+    pruned = "pruning" in hooks and hooks["pruning"].pruned_at is not None
+    return Repeat(run, out, overrides, pruned, hooks.get("trajectory"))
+
+
+def _trial_hooks(study, plan: Plan, trial, first: bool) -> dict:
+    """The plugins a trial's run trains with: the pruner's reports (the first seed only:
+    Optuna prunes single-objective studies, and with sweep.pruner=none nothing can prune, so
+    nothing is reported; each report is an fsynced journal append), which runs log a model,
+    and the weights of the epoch counts answered from the run."""
+    hooks = {}
+    if first and len(plan.directions) == 1 and plan.pruner != "none":
+        hooks["pruning"] = Pruning(trial, plan.metrics[0])
+    if plan.tracking and plan.log_models == "best" and len(plan.directions) == 1:
+        hooks["models"] = BestModelsOnly(study, plan)
+    if plan.epoch_counts:
+        hooks["trajectory"] = Trajectory(plan.epoch_counts)
+    return hooks
+
+
+def _fail(study, trial, error: str) -> None:
+    trial.set_user_attr("status", "failed")
+    trial.set_user_attr("error", error[:2000])
+    study.tell(trial, state=TrialState.FAIL)
 
 
 def _train(cfg, out: Path, pm):
@@ -321,34 +267,30 @@ def _write_failed(study, trial, out: Path, what: str) -> None:
     raise WriteFailed(reason)
 
 
-def _tag_child_run(cfg, plan: Plan, trial) -> None:
-    """Tags tying the trial's MLflow run to its study, its number and the parent run."""
-    with open_dict(cfg):
-        tags = cfg.tracking.get("tags")
-        if tags is not None:
-            tags["lossbench.study"] = plan.study_name
-            tags["lossbench.trial"] = str(trial.number)
-            tags["lossbench.role"] = "trial"
-            parent = parent_run_id(plan, STOPPING)  # waits while the coordinator opens it
-            if parent:
-                tags["mlflow.parentRunId"] = parent
-            cfg.tracking.run_name = f"{trial.number}: {default_run_name(cfg)}"
-
-
-def _tell(study, plan: Plan, trial, run, pruned: bool) -> None:
-    """The trial's curves and result into the study: complete, pruned or failed."""
-    trial.set_user_attr("train_loss", [h["train_loss"] for h in run.history])
-    trial.set_user_attr("val_loss", [h["val_loss"] for h in run.history])
-    trial.set_user_attr("train_seconds", run.timings.get("train_seconds", 0.0))
-    status = "pruned" if pruned else run.status
+def _tell(study, plan: Plan, trial, repeats: list[Repeat]) -> None:
+    """The trial's curves and result into the study: complete (the mean over its seeds with
+    ``sweep.repeats``), pruned or failed."""
+    first = repeats[0].run
+    for key, value in curves(first, plan).items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("train_seconds", first.timings.get("train_seconds", 0.0))
+    trial.set_user_attr("epochs_planned", int(first.config.trainer.epochs))
+    if first.dataset is not None:
+        trial.set_user_attr("val_rows", len(first.dataset.X_val))
+    last = repeats[-1]
+    status = "pruned" if last.pruned else last.run.status
     trial.set_user_attr("status", status)
-    if run.error:
-        trial.set_user_attr("error", run.error[:2000])
+    if last.run.error:
+        trial.set_user_attr("error", last.run.error[:2000])
     if status == "pruned":
         study.tell(trial, state=TrialState.PRUNED)
     elif status in STATUS_TO_STATE:
+        per_seed = [objective_values(x.run, plan.metrics) for x in repeats]
+        if len(per_seed) > 1:
+            trial.set_user_attr("seeds", [x.run.config.seed for x in repeats])
+            trial.set_user_attr("repeat_values", [v[0] for v in per_seed])
         try:
-            study.tell(trial, objective_values(run, plan.metrics))
+            study.tell(trial, [float(np.mean(col)) for col in zip(*per_seed, strict=True)])
         except (ValueError, optuna.exceptions.OptunaError) as exc:  # e.g. a NaN objective
             trial.set_user_attr("error", str(exc))
             study.tell(trial, state=TrialState.FAIL)
@@ -360,6 +302,7 @@ def work(plan: Plan, index: int, quiet: bool = False) -> int:
     """The ask/tell loop until the budget is used up; returns the exit code. Both launchers run
     it: a worker process of this machine, or a Ray task (``quiet``: errors only, since Ray
     sends a task's output to the coordinator's terminal)."""
+    use_config(plan.config_path, plan.config_name)
     study = open_study(plan)
     study.sampler = make_sampler(plan, worker=index)
     pm = build_plugin_manager(plan.plugins_dir)
@@ -390,11 +333,11 @@ def _loop(study, plan: Plan, index: int, parts, quiet: bool) -> int:
             recover_stale(study, plan.grace_seconds)
             trials = study.get_trials(deepcopy=False)
             running = [t.number for t in trials if t.state == TrialState.RUNNING]
-            done = len(counted(trials))
-            if done >= plan.n_trials:
+            done = len(counted_runs(trials))  # answered epoch counts are not runs: not counted
+            if done >= plan.n_runs:
                 return 0
             trial = None
-            if done + len(running) < plan.n_trials:
+            if done + len(running) < plan.n_runs:
                 trial = _ask(study, plan, host, pid, check=not locked)
         if trial is None:  # the rest of the budget runs elsewhere; one of those may be lost
             if not waiting:
@@ -418,11 +361,15 @@ def _loop(study, plan: Plan, index: int, parts, quiet: bool) -> int:
 
 def _ask(study, plan: Plan, host: str, pid: int, check: bool):
     """A new trial, stamped with its worker; None (and the trial given back) when a worker
-    without the budget lock (``check``) asked one too many."""
+    without the budget lock (``check``) asked one too many. With epoch counts answered from
+    trajectories, the trial trains the largest count (fixed before the sampler draws the rest),
+    unless it is a lost trial's retry, which has all its values."""
+    if plan.epoch_counts and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        study.enqueue_trial({EPOCHS: plan.epoch_counts[-1]}, skip_if_exists=False)
     trial = study.ask()
     for key, value in (("host", host), ("pid", pid), ("heartbeat", time.time())):
         trial.set_user_attr(key, value)
-    if not check or in_budget(study.get_trials(deepcopy=False), trial.number, plan.n_trials):
+    if not check or in_budget(study.get_trials(deepcopy=False), trial.number, plan.n_runs):
         return trial
     set_trial_attr(study, trial, "lossbench_lost", True)
     trial.set_user_attr("status", "surplus")

@@ -150,9 +150,27 @@ def _check_labels(ds, source: str) -> None:
             "apart. Fix: use data with at least two classes, or pass data.task=regression if "
             "the target is a continuous value."
         )
+    if ds.y_val is not None:
+        _check_val_classes(ds, source)
     ds.y = ds.y.astype(np.int64)
     if ds.y_val is not None:
         ds.y_val = ds.y_val.astype(np.int64)
+
+
+def _check_val_classes(ds, source: str) -> None:
+    """An explicit validation set has only classes the training set has."""
+    unseen = np.setdiff1d(np.unique(ds.y_val), np.unique(ds.y))
+    if not len(unseen):
+        return
+    names = [str(ds.class_names[int(c)]) if ds.class_names else str(int(c)) for c in unseen]
+    rows = int(np.isin(ds.y_val, unseen).sum())
+    which = f"class {names[0]!r}" if len(names) == 1 else "classes " + ", ".join(map(repr, names))
+    raise DataError(
+        f"{source}: the validation set has {which} ({rows} rows), which the training set never "
+        "has: a model cannot learn a class it never sees, and every such row would count as a "
+        "wrong answer. Fix: move some rows of it into the training set, or drop them from the "
+        "validation set."
+    )
 
 
 def check_split(ds, n_train: int, n_val: int, source: str, explicit_val: bool) -> None:

@@ -14,10 +14,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from lossbench.config import GROUPS, compose
-from lossbench.errors import LossbenchError
+from lossbench.config.schemas import metrics_for
+from lossbench.errors import ConfigError, LossbenchError, PluginFailure
 from lossbench.kernels import compile_report
 from lossbench.plugins import get_plugin_manager
+from lossbench.training import crash
 from lossbench.training.fused import ROLES, bind, evaluate, fused_runner, train_epoch
+from lossbench.training.metrics import common_metrics
 from lossbench.training.run import PHASES, Run
 from lossbench.training.schedules import lr_at
 from lossbench.training.setup import Runner, Setup, resolve, set_up
@@ -49,6 +52,8 @@ def train(cfg=None, *, overrides=(), output_dir=None, plugin_manager=None) -> Ru
         hparams=options,
         sources={g: pm.source_of(specs[g].plugin) for g in GROUPS},
         path="numpy" if any(specs[g].numpy_only for g in ROLES) else "fused",
+        monitor=str(cfg.trainer.early_stopping.monitor),
+        keep_weights=str(cfg.trainer.get("keep_weights", "best")),
     )
     status = "failed"
     try:
@@ -64,26 +69,32 @@ def train(cfg=None, *, overrides=(), output_dir=None, plugin_manager=None) -> Ru
         run.error = str(exc)
         raise
     except BaseException as exc:
-        run.error = f"{type(exc).__name__}: {exc}"
+        run.error = str(exc) if isinstance(exc, PluginFailure) else f"{type(exc).__name__}: {exc}"
         raise
     finally:
         run.status = status
+        run.restore_kept()  # the best epoch's weights (trainer.keep_weights), for the outputs
         run.timings.setdefault("compile_seconds", 0.0)
         run.timings["train_seconds"] = sum(h["epoch_seconds"] for h in run.history)
         run.timings["total_seconds"] = time.perf_counter() - t_start
-        _run_end_hooks(pm, run)
+        crash.disarm(run)
+        failure = _run_end_hooks(pm, run)
+    if failure is not None:  # the run ended well, then a plugin's on_run_end raised
+        raise failure
     return run
 
 
 def _stages(run: Run, pm, t_start: float, interrupts: _KeepInterrupts) -> str:
     """Set-up, the on_run_start hooks, compiling, the fit loop; returns the status."""
     setup = set_up(run)
+    check_monitor(run)
     run.timings["setup_seconds"] = time.perf_counter() - t_start
     # hooks start before compiling so that slow set-up (e.g. the tracking side process)
     # overlaps the compile-or-cache-load of the kernels and the first epochs
     run.phase = "start"
     pm.hook.on_run_start(run=run)
     run.phase = "compile"
+    crash.arm(run)  # from here compiled code runs: RUN_DIR/crash.log names it if it crashes
     t_compile = time.perf_counter()
     kernels = [
         getattr(run.specs[g], attr) for g in ROLES for attr, _ in ROLES[g]
@@ -119,8 +130,7 @@ def fit(run: Run, s: Setup, runner: Runner, pm) -> str:
     shuffle, classification = bool(trainer.shuffle), prep.task == "classification"
     for epoch in range(int(trainer.epochs)):
         lr = lr_at(epoch, s.base_lr, schedule)
-        if shuffle:
-            s.rng.shuffle(s.order)
+        s.next_epoch_order(shuffle)
         t0 = time.perf_counter()
         total, seen, correct, t = runner.epoch(t, float(lr))
         val_total, val_correct = runner.evaluate()
@@ -128,6 +138,7 @@ def fit(run: Run, s: Setup, runner: Runner, pm) -> str:
         if classification:
             metrics["train_accuracy"] = correct / seen
             metrics["val_accuracy"] = val_correct / n_val
+        metrics.update(common_metrics(s.tally, n_val))
         metrics["lr"] = lr
         metrics["epoch_seconds"] = time.perf_counter() - t0
         run.history.append(metrics)
@@ -138,11 +149,30 @@ def fit(run: Run, s: Setup, runner: Runner, pm) -> str:
                 "training stopped. Try a smaller optimizer.lr."
             )
             return "diverged"
-        reasons = [r for r in pm.hook.on_epoch_end(run=run, epoch=epoch, metrics=metrics) if r]
+        run.note_epoch(metrics)
+        try:
+            reasons = [r for r in pm.hook.on_epoch_end(run=run, epoch=epoch, metrics=metrics) if r]
+        except LossbenchError:  # a hook saying the input is wrong: as before
+            raise
+        except Exception as exc:  # a plugin bug: the run failed, naming the plugin
+            raise hook_failure(pm, "on_epoch_end", exc) from exc
         if reasons:
             run.stop_reason = "; ".join(map(str, reasons))
             return "stopped"
     return "finished"
+
+
+def check_monitor(run: Run) -> None:
+    """``trainer.early_stopping.monitor`` picks the best epoch (whose weights the run keeps,
+    and where early stopping counts from): it must be a metric this run records."""
+    es, task = run.config.trainer.early_stopping, run.dataset.task
+    if (es.enabled or run.keep_weights == "best") and run.monitor not in metrics_for(task):
+        uses = "early stopping and the kept weights" if es.enabled else "the kept weights"
+        raise ConfigError(
+            f"trainer.early_stopping.monitor={run.monitor} picks the best epoch ({uses}), but "
+            f"a {task} run does not record it. Choices: {', '.join(metrics_for(task))}. Fix: "
+            "pass trainer.early_stopping.monitor=val_loss (or trainer.keep_weights=last)."
+        )
 
 
 def warm_up(dtypes=("float32", "float64"), plugin_manager=None) -> list[dict]:
@@ -169,25 +199,46 @@ def warm_up(dtypes=("float32", "float64"), plugin_manager=None) -> list[dict]:
 # ending a run, and signals
 
 
-def _run_end_hooks(pm, run) -> None:
-    """Call every on_run_end implementation; one failing does not skip the others.
+def hook_failure(pm, hook: str, exc: BaseException) -> PluginFailure:
+    """The ``PluginFailure`` for a lifecycle hook that raised ``exc``: the plugin whose
+    implementation is in the traceback, the exception and the fix."""
+    impls = {i.function.__code__: i.plugin_name for i in getattr(pm.hook, hook).get_hookimpls()}
+    tb, plugin = exc.__traceback__, None
+    while tb is not None and plugin is None:
+        plugin = impls.get(tb.tb_frame.f_code)
+        tb = tb.tb_next
+    plugin = plugin or "(unknown)"
+    return PluginFailure(
+        f"the {hook} hook of plugin {plugin!r} raised {type(exc).__name__}: {exc}; the run "
+        f"failed. This is a bug in the plugin, not in the config. Fix: correct the plugin's "
+        f"{hook}, or train without it (LOSSBENCH_DISABLE_PLUGINS={plugin})."
+    )
+
+
+def _run_end_hooks(pm, run) -> PluginFailure | None:
+    """Call every on_run_end implementation; one failing does not skip the others. A plugin
+    that raises fails the run (unless it was interrupted) and the hooks after it see that;
+    returned, for ``train`` to raise once the run's own exception (if any) is not pending.
 
     A first Ctrl-C or SIGTERM while they run (writing the outputs, ending the MLflow run) is
     held until they are done, so the run's record is complete, and then raised; a second one
     interrupts at once."""
+    failure = None
     with _HoldInterrupts() as held:
         for impl in reversed(pm.hook.on_run_end.get_hookimpls()):
             try:
                 impl.function(run=run, status=run.status)
             except LossbenchError as exc:
                 warnings.warn(f"on_run_end of {impl.plugin_name}: {exc}", stacklevel=2)
-            except Exception as exc:  # a plugin bug must not hide the run's own outcome
-                kind = type(exc).__name__
-                warnings.warn(
-                    f"on_run_end of plugin {impl.plugin_name!r} raised {kind}: {exc}", stacklevel=2
-                )
+            except Exception as exc:  # a plugin bug: the run failed, the others still run
+                this = hook_failure(pm, "on_run_end", exc)
+                failure = failure or this
+                if run.status not in ("interrupted", "rejected"):
+                    run.status = "failed"
+                run.error = f"{run.error}; {this}" if run.error else str(this)
     if held.signal is not None and sys.exc_info()[0] is None:
         raise KeyboardInterrupt(held.signal)
+    return failure if sys.exc_info()[0] is None else None
 
 
 def _main_thread() -> bool:

@@ -13,7 +13,7 @@ import math
 import numpy as np
 from numba import njit
 
-from lossbench.kernels import cache_counts, ensure_compiled, kernel_ref
+from lossbench.kernels import KernelWatch, cache_counts, ensure_compiled, kernel_ref
 from lossbench.training.setup import Runner, Setup
 
 # which spec attribute holds the kernel of which role
@@ -25,22 +25,26 @@ ROLES = {
 
 
 @njit(cache=True, nogil=True)
-def _count_correct(out, labels, start, order, use_order):
-    """Correct predictions in ``out`` (argmax, or logit > 0 for one output column)."""
+def _predicted(out, i, c):
+    """The class row ``i`` of ``out`` predicts: argmax (first maximum), or logit > 0."""
+    if c == 1:
+        return 1 if out[i, 0] > 0 else 0
+    pred = 0
+    best = out[i, 0]
+    for j in range(1, c):
+        if out[i, j] > best:
+            best = out[i, j]
+            pred = j
+    return pred
+
+
+@njit(cache=True, nogil=True)
+def _count_correct(out, labels, start, order):
+    """Correct predictions in ``out``, the rows ``order[start:]`` of the training set."""
     m, c = out.shape
     correct = 0
     for i in range(m):
-        label = labels[order[start + i]] if use_order else labels[start + i]
-        if c == 1:
-            pred = 1 if out[i, 0] > 0 else 0
-        else:
-            pred = 0
-            best = out[i, 0]
-            for j in range(1, c):
-                if out[i, j] > best:
-                    best = out[i, j]
-                    pred = j
-        if pred == label:
+        if _predicted(out, i, c) == labels[order[start + i]]:
             correct += 1
     return correct
 
@@ -48,10 +52,12 @@ def _count_correct(out, labels, start, order, use_order):
 @njit(cache=True, nogil=True)
 def train_epoch(
     forward, backward, loss, step, params, layout, model_hp, loss_hp, opt_hp, state, scalars,
-    grads, X, Y, labels, order, batch_size, work, xb, yb, out, dout, t, lr,
+    grads, X, Y, labels, order, batch_size, work, xb, yb, out, dout, failed, t, lr,
 ):  # fmt: skip
     """One epoch of minibatch training; returns (sum of batch loss x batch size, samples seen,
-    correct predictions, step count). Stops at the first non-finite batch loss."""
+    correct predictions, step count). Stops at the first non-finite batch loss, and at once
+    when a kernel raised (``failed[0]`` set: ``kernels.KernelWatch``), noting which call in
+    ``failed[1]``."""
     n = order.shape[0]
     total = 0.0
     seen = 0
@@ -73,36 +79,82 @@ def train_epoch(
             for j in range(n_y):
                 ym[i, j] = Y[r, j]
         forward(params, layout, model_hp, xm, work, om)
+        if failed[0]:
+            failed[1] = 1
+            break
         batch_loss = loss(om, ym, loss_hp, dm)
+        if failed[0]:
+            failed[1] = 2
+            break
         total += batch_loss * m
         seen += m
         if not math.isfinite(batch_loss):
             break
         if with_labels:
-            correct += _count_correct(om, labels, start, order, True)
+            correct += _count_correct(om, labels, start, order)
         backward(params, layout, model_hp, xm, work, dm, grads)
+        if failed[0]:
+            failed[1] = 3
+            break
         t += 1
         step(params, grads, state, scalars, opt_hp, t, lr)
+        if failed[0]:
+            failed[1] = 4
+            break
     return total, seen, correct, t
 
 
 @njit(cache=True, nogil=True)
+def _tally(out, Y, labels, start, confusion, err_scale, sq_err, abs_err):
+    """Add the rows of ``out`` (rows ``start`` on of the set) to the common metrics' sums:
+    the confusion matrix (true class x predicted class) for classification, and per target the
+    squared and absolute errors in the target's original units (``err_scale`` undoes a target
+    standardisation) for regression. Returns the correct predictions."""
+    m, c = out.shape
+    correct = 0
+    if confusion.shape[0] > 0:
+        for i in range(m):
+            pred = _predicted(out, i, c)
+            label = labels[start + i]
+            confusion[label, pred] += 1
+            if pred == label:
+                correct += 1
+    for j in range(sq_err.shape[0]):
+        for i in range(m):
+            e = (float(out[i, j]) - float(Y[start + i, j])) * err_scale[j]
+            sq_err[j] += e * e
+            abs_err[j] += abs(e)
+    return correct
+
+
+@njit(cache=True, nogil=True)
 def evaluate(
-    forward, loss, params, layout, model_hp, loss_hp, X, Y, labels, chunk, work, out, dout
-):
+    forward, loss, params, layout, model_hp, loss_hp, X, Y, labels, chunk, work, out, dout,
+    confusion, err_scale, sq_err, abs_err, failed,
+):  # fmt: skip
     """Loss and correct predictions on a whole set, in chunks of at most ``chunk`` rows;
-    returns (sum of chunk loss x chunk size, correct)."""
+    returns (sum of chunk loss x chunk size, correct). Fills (after zeroing) the sums the
+    common metrics are made of: ``confusion`` (classes x classes; 0 x 0 for regression) and
+    ``sq_err``/``abs_err`` (one per target; empty for classification). Stops when a kernel
+    raised, as ``train_epoch``."""
     n = X.shape[0]
     total = 0.0
     correct = 0
-    dummy = np.empty(0, np.int64)
+    confusion[:] = 0
+    sq_err[:] = 0.0
+    abs_err[:] = 0.0
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         om = out[:m]
         forward(params, layout, model_hp, X[start : start + m], work, om)
+        if failed[0]:
+            failed[1] = 1
+            break
         total += loss(om, Y[start : start + m], loss_hp, dout[:m]) * m
-        if labels.shape[0] > 0:
-            correct += _count_correct(om, labels, start, dummy, False)
+        if failed[0]:
+            failed[1] = 2
+            break
+        correct += _tally(om, Y, labels, start, confusion, err_scale, sq_err, abs_err)
     return total, correct
 
 
@@ -120,6 +172,17 @@ def bind(group: str, spec, dtype: str) -> dict:
     }
 
 
+def kernel_watch(specs: dict) -> KernelWatch:
+    """A ``KernelWatch`` over the run's kernels (``specs``: group -> spec), by role."""
+    kernels = {}
+    for group, roles in ROLES.items():
+        spec = specs[group]
+        for attr, role in roles:
+            owner = f"{group} {spec.name!r} from plugin {spec.plugin!r}"
+            kernels[role] = (getattr(spec, attr), owner, spec.plugin)
+    return KernelWatch(kernels)
+
+
 def fused_runner(run, s: Setup) -> Runner:
     """The run's epochs on the fused path: binds the kernels and compiles (or cache-loads) the
     epoch and the evaluation before returning, so no epoch pays for it."""
@@ -128,6 +191,7 @@ def fused_runner(run, s: Setup) -> Runner:
     k = {}
     for group in ROLES:
         k.update(bind(group, run.specs[group], str(dtype)))
+    watch = kernel_watch(run.specs)
 
     def buf(rows, cols):
         return np.empty((rows, cols), dtype=dtype)
@@ -137,15 +201,18 @@ def fused_runner(run, s: Setup) -> Runner:
         s.model_hp, s.loss_hp, s.opt_hp, s.state, s.scalars, s.grads, prep.X_train, prep.Y_train,
         prep.labels_train, s.order, s.batch, np.empty(layout.workspace(s.batch), dtype=dtype),
         buf(s.batch, prep.X_train.shape[1]), buf(s.batch, prep.Y_train.shape[1]),
-        buf(s.batch, n_out), buf(s.batch, n_out),
+        buf(s.batch, n_out), buf(s.batch, n_out), watch.flag,
     )  # fmt: skip
+    tally = s.tally
     eval_args = (
         k["forward"], k["loss"], params, layout.layout, s.model_hp, s.loss_hp, prep.X_val,
         prep.Y_val, prep.labels_val, s.chunk, np.empty(layout.workspace(s.chunk), dtype=dtype),
-        buf(s.chunk, n_out), buf(s.chunk, n_out),
+        buf(s.chunk, n_out), buf(s.chunk, n_out), tally.confusion, tally.err_scale,
+        tally.sq_err, tally.abs_err, watch.flag,
     )  # fmt: skip
     ensure_compiled(train_epoch, (*epoch_args, 0, float(s.base_lr)))
     ensure_compiled(evaluate, eval_args)
     return Runner(
-        epoch=lambda t, lr: train_epoch(*epoch_args, t, lr), evaluate=lambda: evaluate(*eval_args)
+        epoch=lambda t, lr: watch.call(train_epoch, *epoch_args, t, lr),
+        evaluate=lambda: watch.call(evaluate, *eval_args),
     )

@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-from lossbench.errors import ConfigError
+from lossbench.errors import ConfigError, DataError
 from lossbench.training import outputs
-from lossbench.training.fused import ROLES, bind
+from lossbench.training.fused import ROLES, bind, kernel_watch
 from lossbench.training.run import Run
 from lossbench.training.setup import Setup, resolve, set_up
 
@@ -44,11 +44,13 @@ from lossbench.training.setup import Setup, resolve, set_up
 def lr_ramp(
     forward, backward, loss, step, params, layout, model_hp, loss_hp, opt_hp, state, scalars,
     grads, X, Y, orders, batch_size, work, xb, yb, out, dout, lrs, beta, divergence, losses,
+    failed,
 ):  # fmt: skip
     """Minibatch steps with ``lrs[i]`` at step ``i`` over the epochs of ``orders`` (one row of
     row indices per epoch); ``losses[i]`` is step ``i``'s batch loss (before its update).
     Returns the steps taken: ``len(lrs)``, or fewer when the smoothed loss diverged (see the
-    module) or a loss was not finite (that step's loss is recorded, its update not taken)."""
+    module) or a loss was not finite (that step's loss is recorded, its update not taken), or
+    at once when a kernel raised (``failed``, as in ``fused.train_epoch``)."""
     n_steps = lrs.shape[0]
     n = orders.shape[1]
     avg = 0.0
@@ -68,7 +70,13 @@ def lr_ramp(
                 xm[r, :] = X[row]
                 ym[r, :] = Y[row]
             forward(params, layout, model_hp, xm, work, om)
+            if failed[0]:
+                failed[1] = 1
+                return i
             batch_loss = loss(om, ym, loss_hp, dm)
+            if failed[0]:
+                failed[1] = 2
+                return i
             losses[i] = batch_loss
             if not math.isfinite(batch_loss):
                 return i + 1
@@ -78,9 +86,18 @@ def lr_ramp(
                 return i + 1
             best = min(best, smoothed)
             backward(params, layout, model_hp, xm, work, dm, grads)
+            if failed[0]:
+                failed[1] = 3
+                return i
             step(params, grads, state, scalars, opt_hp, i + 1, lrs[i])
+            if failed[0]:
+                failed[1] = 4
+                return i
             i += 1
     return i
+
+
+MAX_STEPS = 1_000_000  # lr_find --steps: the arrays it allocates grow with it
 
 
 @dataclass
@@ -99,7 +116,9 @@ class LRFindOptions:
             ("--start-lr", self.start_lr, self.start_lr > 0, "it must be > 0", "1e-6"),
             ("--end-lr", self.end_lr, self.end_lr > self.start_lr,
              f"it must be larger than --start-lr ({self.start_lr:g})", "1"),
-            ("--steps", self.steps, self.steps >= 10, "it must be an integer >= 10", "100"),
+            # a range test is a few hundred minibatches; a billion asked for terabytes
+            ("--steps", self.steps, 10 <= self.steps <= MAX_STEPS,
+             f"it must be between 10 and {MAX_STEPS}", "200"),
             ("--divergence", self.divergence, self.divergence > 1,
              "it must be > 1 (stop once the smoothed loss exceeds this times its minimum)", "4"),
             ("--beta", self.beta, 0 <= self.beta < 1, "it must lie in [0, 1)", "0.98"),
@@ -169,22 +188,21 @@ def run_ramp(run, s: Setup, options: LRFindOptions) -> LRFindResult:
     prep, layout, dtype = run.dataset, run.layout, s.dtype
     per_epoch = math.ceil(len(prep.X_train) / s.batch)
     orders = np.empty((math.ceil(options.steps / per_epoch), len(prep.X_train)), np.int64)
-    for e in range(len(orders)):  # the epochs' orders, as training would shuffle them
-        if run.config.trainer.shuffle:
-            s.rng.shuffle(s.order)
-        orders[e] = s.order
+    for e in range(len(orders)):  # the epochs' orders, as training shuffles them
+        orders[e] = s.next_epoch_order(bool(run.config.trainer.shuffle))
     lrs = options.ramp()  # float64, as every kernel takes its lr (plugin interface 2)
     losses = np.full(options.steps, np.nan)
     def buf(cols):
         return np.empty((s.batch, cols), dtype=dtype)
 
     n_out = prep.n_outputs
-    done = lr_ramp(
-        k["forward"], k["backward"], k["loss"], k["optimizer"], run.flat_params, layout.layout,
-        s.model_hp, s.loss_hp, s.opt_hp, s.state, s.scalars, s.grads, prep.X_train,
+    watch = kernel_watch(run.specs)  # a kernel that raises: PluginFailure naming it
+    done = watch.call(
+        lr_ramp, k["forward"], k["backward"], k["loss"], k["optimizer"], run.flat_params,
+        layout.layout, s.model_hp, s.loss_hp, s.opt_hp, s.state, s.scalars, s.grads, prep.X_train,
         prep.Y_train, orders, s.batch, np.empty(layout.workspace(s.batch), dtype=dtype),
         buf(prep.X_train.shape[1]), buf(prep.Y_train.shape[1]), buf(n_out), buf(n_out), lrs,
-        options.beta, options.divergence, losses,
+        options.beta, options.divergence, losses, watch.flag,
     )  # fmt: skip
     lrs64, losses = lrs[:done], losses[:done]
     smoothed = smooth(losses, options.beta)
@@ -205,6 +223,14 @@ def find_lr(cfg, options: LRFindOptions, output_dir, pm) -> tuple:
     t0 = time.perf_counter()
     result = run_ramp(run, s, options)
     run.timings["train_seconds"] = time.perf_counter() - t0
+    if not math.isfinite(result.losses[0]):  # before any update: not the learning rate
+        raise DataError(
+            f"the loss was not finite at the first step of lr_find (loss={result.losses[0]}), "
+            "before any update, so no learning rate is to blame: the data or the model are "
+            "(values too large for the run's arithmetic, or a plugin's loss). Nothing was "
+            "written. Fix: standardise the data (data.standardize=true), rescale huge columns, "
+            "or check the loss with a short run (python -m lossbench trainer.epochs=1 ...)."
+        )
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     files = [write_table(folder / "lr_find.csv", result),

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lossbench.training.metrics import predicted_classes
 from lossbench.training.run import summary
-from lossbench.training.slow import predicted_classes
 
 
 def _umask() -> int:
@@ -72,26 +72,28 @@ def _pyplot():
     return plt
 
 
-def plot_loss_curve(path: Path, history: list[dict], title: str) -> None:
+def plot_loss_curve(path: Path, run) -> None:
+    """The run's train and validation loss per epoch, its best epoch marked (by the monitored
+    metric, with whether its weights are the ones kept) and, when early stopping ended the run,
+    where it stopped."""
     plt = _pyplot()
-
+    history = run.history
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     ax.plot(epochs, [h["train_loss"] for h in history], label="train")
     ax.plot(epochs, [h["val_loss"] for h in history], label="validation")
-    finite = [h for h in history if np.isfinite(h["val_loss"])]
-    if finite:
-        best = min(finite, key=lambda h: h["val_loss"])
-        ax.scatter(
-            [best["epoch"]],
-            [best["val_loss"]],
-            color="black",
-            zorder=3,
-            label=f"best val (epoch {best['epoch']})",
-        )
+    best = run.best_epoch
+    if best is not None:
+        kept = ", weights kept" if run.keep_weights == "best" else ""
+        value = history[best][run.monitor]
+        ax.scatter([best], [history[best]["val_loss"]], color="black", zorder=3,
+                   label=f"best {run.monitor} {value:.4g} (epoch {best}{kept})")  # fmt: skip
+    if run.stop_reason and run.stop_reason.startswith("early stopping") and history:
+        ax.axvline(history[-1]["epoch"], color="grey", ls="--", lw=1,
+                   label=f"early stopping (after epoch {history[-1]['epoch']})")  # fmt: skip
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
+    ax.set_ylabel(f"loss ({run.config.loss.name})")
+    ax.set_title(run_title(run))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

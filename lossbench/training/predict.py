@@ -12,9 +12,10 @@ so a loaded model answers at once) and turns the outputs into what a user wants:
   ``s = sigmoid(logit)``, ``labels`` class 1 where the logit is > 0;
 - classification trained on one-hot values (mse, mae, huber): the outputs are scores, not
   probabilities: ``scores`` and the argmax's ``labels``;
-- regression: ``values`` (one column per target).
+- regression: ``values`` (one column per target), in the target's original units (a model
+  trained with ``data.standardize_target`` predicts ``out * target_scale + target_mean``).
 
-The labels follow ``lossbench.training.slow.predicted_classes``, the rule accuracy is counted
+The labels follow ``lossbench.training.metrics.predicted_classes``, the rule accuracy is counted
 with. ``save``/``load`` write and read it as a folder (``weights.npz``, read without
 unpickling, and ``model.json``), the data of the run's MLflow model
 (``lossbench.tracking.pyfunc``).
@@ -31,7 +32,7 @@ import numpy as np
 from lossbench._version import __version__
 from lossbench.errors import ConfigError
 from lossbench.training.arrays import read_npz
-from lossbench.training.slow import predicted_classes
+from lossbench.training.metrics import predicted_classes
 
 WEIGHTS, META = "weights.npz", "model.json"
 
@@ -51,6 +52,8 @@ class Predictor:
     class_names: list[str] | None
     feature_names: list[str]
     n_outputs: int
+    target_mean: np.ndarray | None = None  # regression with data.standardize_target
+    target_scale: np.ndarray | None = None
 
     @classmethod
     def from_run(cls, run) -> Predictor:
@@ -69,6 +72,8 @@ class Predictor:
             class_names=prep.class_names,
             feature_names=prep.feature_names or [f"x{i}" for i in range(n_features)],
             n_outputs=prep.n_outputs,
+            target_mean=prep.target_mean,
+            target_scale=prep.target_scale,
         )
 
     @property
@@ -99,6 +104,8 @@ class Predictor:
         regression (see the module for the rule of each loss)."""
         out = self.outputs(X, forward).astype(np.float64)
         if self.task != "classification":
+            if self.target_scale is not None:
+                out = out * self.target_scale + self.target_mean
             return {"values": out}
         labels = np.asarray(self.class_names, dtype=object)[predicted_classes(out)]
         if self.target == "binary":
@@ -113,8 +120,10 @@ class Predictor:
         """Write ``weights.npz`` and ``model.json`` into ``folder`` (created)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        target = {} if self.target_scale is None else {
+            "target_mean": self.target_mean, "target_scale": self.target_scale}
         np.savez(folder / WEIGHTS, params=self.params, layout=self.layout, hp=self.hp,
-                 mean=self.mean, scale=self.scale)  # fmt: skip
+                 mean=self.mean, scale=self.scale, **target)  # fmt: skip
         meta = {k: getattr(self, k) for k in ("model", "task", "target", "class_names",
                                               "feature_names", "n_outputs")}  # fmt: skip
         meta["lossbench_version"] = __version__
@@ -128,4 +137,5 @@ class Predictor:
         meta = json.loads((folder / META).read_text())
         meta.pop("lossbench_version", None)
         arrays = read_npz(str(folder / WEIGHTS), "the model's weights")
-        return cls(**meta, **{k: arrays[k] for k in ("params", "layout", "hp", "mean", "scale")})
+        names = ("params", "layout", "hp", "mean", "scale", "target_mean", "target_scale")
+        return cls(**meta, **{k: arrays[k] for k in names if k in arrays})

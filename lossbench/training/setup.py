@@ -12,6 +12,7 @@ import numpy as np
 from lossbench.config import GROUPS, hparams
 from lossbench.errors import ConfigError, positive_int, require
 from lossbench.training.arrays import check_memory, check_weights, read_npz
+from lossbench.training.metrics import Tally
 from lossbench.training.prepare import options_from, prepare
 
 
@@ -22,8 +23,9 @@ def resolve(cfg, registry) -> tuple[dict, dict]:
         specs[group] = registry.get(group, cfg[group].name)
         options[group] = hparams(specs[group], cfg[group])
     check_trainer(cfg.trainer)
-    seed = cfg.seed
-    require(seed >= 0, "seed", seed, "it must be >= 0 (NumPy's seeds are non-negative)", 0)
+    for key in ("seed", "data_seed"):
+        value = cfg.get(key, 0)
+        require(value >= 0, key, value, "it must be >= 0 (NumPy's seeds are non-negative)", 0)
     for group in ("loss", "optimizer"):
         if specs[group].check is not None:
             specs[group].check(options[group])
@@ -65,6 +67,15 @@ class Setup:
     chunk: int
     order: np.ndarray
     rng: np.random.Generator
+    tally: Tally  # the validation pass's sums of the common metrics
+
+    def next_epoch_order(self, shuffle: bool) -> np.ndarray:
+        """The training rows' order for the next epoch: ``order`` reshuffled in place by the
+        run's shuffle generator (when ``shuffle``), as every epoch of the fit loop and of
+        lr_find begins, and explain's batch is the first minibatch of the first."""
+        if shuffle:
+            self.rng.shuffle(self.order)
+        return self.order
 
 
 def set_up(run) -> Setup:
@@ -72,7 +83,7 @@ def set_up(run) -> Setup:
     fills ``run.dataset``, ``run.layout`` and ``run.flat_params``."""
     cfg, specs, options = run.config, run.specs, run.hparams
     dtype = np.dtype(str(cfg.trainer.dtype))
-    split_ss, init_ss, shuffle_ss, data_ss = np.random.SeedSequence(int(cfg.seed)).spawn(4)
+    split_ss, init_ss, shuffle_ss, data_ss = run_seeds(cfg)
     dataset = specs["data"].load(options["data"], int(data_ss.generate_state(1)[0]))
     loss_spec = specs["loss"]
     prep = prepare(
@@ -109,6 +120,8 @@ def set_up(run) -> Setup:
     if opt_spec.init_scalars is not None:
         opt_spec.init_scalars(scalars, options["optimizer"])
     packed = lambda values: np.asarray(values, dtype=np.float64).reshape(-1)  # noqa: E731
+    order = np.arange(len(prep.X_train), dtype=np.int64)
+    run.train_order = order  # shuffled in place before every epoch (trainer.shuffle)
     return Setup(
         dtype=dtype,
         state=state,
@@ -120,9 +133,21 @@ def set_up(run) -> Setup:
         base_lr=base_lr(options["optimizer"]),
         batch=batch,
         chunk=chunk,
-        order=np.arange(len(prep.X_train), dtype=np.int64),
+        order=order,
         rng=np.random.default_rng(shuffle_ss),
+        tally=Tally.for_data(prep),
     )
+
+
+def run_seeds(cfg) -> list[np.random.SeedSequence]:
+    """The run's four random streams: (split, init, shuffle, data). ``data_seed`` makes the
+    data (the validation split, a generated dataset), ``seed`` the training (initialisation,
+    shuffling), so a sweep that varies ``seed`` keeps one dataset and one split. Each stream is
+    the same child of its seed's ``SeedSequence`` as when one seed made all four (a run with
+    ``seed == data_seed`` has the bits it had then)."""
+    data = np.random.SeedSequence(int(cfg.get("data_seed", 0))).spawn(4)
+    train = np.random.SeedSequence(int(cfg.seed)).spawn(4)
+    return [data[0], train[1], train[2], data[3]]
 
 
 def data_source(data_cfg) -> str:

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lossbench.errors import LossbenchError, PluginFailure
+from lossbench.kernels import failure_text
+from lossbench.training.metrics import predicted_classes, reset, tally_outputs
 from lossbench.training.setup import Runner, Setup
 
 
@@ -79,12 +82,6 @@ def python_parts(specs: dict, model_layout, n_out: int) -> PythonParts:
     return PythonParts(forward, backward, loss_fn, step)
 
 
-def predicted_classes(out: np.ndarray) -> np.ndarray:
-    """The class a model's outputs predict: argmax over columns (the first maximum wins), or
-    logit > 0 for one output column; the rule the fused epoch compiles."""
-    return (out[:, 0] > 0).astype(np.int64) if out.shape[1] == 1 else np.argmax(out, axis=1)
-
-
 def count_correct(out: np.ndarray, labels: np.ndarray) -> int:
     """Correct predictions among the rows of ``out``."""
     return int(np.count_nonzero(predicted_classes(out) == labels))
@@ -118,15 +115,18 @@ def python_epoch(
     return total, seen, correct, t
 
 
-def python_evaluate(parts, params, layout, model_hp, loss_hp, X, Y, labels, chunk):
+def python_evaluate(parts, params, layout, model_hp, loss_hp, X, Y, labels, chunk, tally):
     """Loss and correct predictions on a whole set in chunks of at most ``chunk`` rows:
-    (sum of chunk loss x chunk size, correct), as ``lossbench.training.fused.evaluate``."""
+    (sum of chunk loss x chunk size, correct), and the common metrics' sums in ``tally``
+    (``lossbench.training.metrics``), as ``lossbench.training.fused.evaluate``."""
     total, correct = 0.0, 0
+    reset(tally)
     for start in range(0, len(X), chunk):
         out = parts.forward(params, layout, model_hp, X[start : start + chunk])
         total += float(parts.loss(out, Y[start : start + chunk], loss_hp)[0]) * len(out)
         if len(labels):
             correct += count_correct(out, labels[start : start + chunk])
+        tally_outputs(tally, out, Y[start : start + chunk], labels[start : start + chunk])
     return total, correct
 
 
@@ -149,10 +149,45 @@ def reference_epoch(
     return total, seen, t
 
 
+# each part of PythonParts: (its group, the role, the kernel attribute, the reference attribute)
+_PART_SOURCES = {
+    "forward": ("model", "forward", "forward", "reference_forward"),
+    "backward": ("model", "backward", "backward", "reference_backward"),
+    "loss": ("loss", "loss", "kernel", "reference"),
+    "step": ("optimizer", "optimizer", "kernel", "reference"),
+}
+
+
+def guarded_parts(parts: PythonParts, specs: dict) -> PythonParts:
+    """``parts`` whose calls raise ``PluginFailure`` naming the plugin, the function (kernel or
+    NumPy reference) and the exception when the plugin's code raises."""
+
+    def guard(name: str):
+        group, role, kernel_attr, reference_attr = _PART_SOURCES[name]
+        spec, call = specs[group], getattr(parts, name)
+        kind = "reference" if getattr(spec, kernel_attr) is None else "kernel"
+        function = getattr(spec, reference_attr if kind == "reference" else kernel_attr)
+        owner = f"{group} {spec.name!r} from plugin {spec.plugin!r}"
+
+        def guarded(*args):
+            try:
+                return call(*args)
+            except (LossbenchError, PluginFailure):
+                raise
+            except Exception as exc:  # the plugin's code: a bug, said in one paragraph
+                text = failure_text(role, kind, function, owner, spec.plugin, exc)
+                raise PluginFailure(text) from exc
+
+        return guarded
+
+    return PythonParts(*(guard(name) for name in ("forward", "backward", "loss", "step")))
+
+
 def slow_runner(run, s: Setup) -> Runner:
-    """The run's epochs on the slow path (a component has no numba kernel)."""
+    """The run's epochs on the slow path (a component has no numba kernel); a component's code
+    that raises fails the run naming it (``guarded_parts``)."""
     prep, layout, params = run.dataset, run.layout, run.flat_params
-    parts = python_parts(run.specs, layout, prep.n_outputs)
+    parts = guarded_parts(python_parts(run.specs, layout, prep.n_outputs), run.specs)
 
     def epoch(t, lr):
         return python_epoch(
@@ -163,7 +198,7 @@ def slow_runner(run, s: Setup) -> Runner:
     def evaluate():
         return python_evaluate(
             parts, params, layout.layout, s.model_hp, s.loss_hp, prep.X_val, prep.Y_val,
-            prep.labels_val, s.chunk,
+            prep.labels_val, s.chunk, s.tally,
         )  # fmt: skip
 
     return Runner(epoch, evaluate)
