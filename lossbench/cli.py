@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import os
 import shutil
 import signal
@@ -46,6 +45,7 @@ from lossbench.config import DTYPES, compose, compose_run, config_dir, run_token
 from lossbench.config.source import config_source, read_config_flags, use_config, with_searchpath
 from lossbench.errors import LossbenchError, PluginFailure
 from lossbench.plugins import build_plugin_manager, describe, set_plugin_manager
+from lossbench.process import exit_now
 from lossbench.tracking.client import prestart_side_process
 from lossbench.training import summary, train, warm_up
 from lossbench.training.crash import crash_reason
@@ -519,28 +519,13 @@ def _task(cfg) -> None:
 
 def entry() -> None:
     """``python -m lossbench`` and the ``lossbench`` script: ``main``, then exit without the
-    interpreter's teardown, which took 0.35 s after a run (numba, matplotlib, Hydra) and 0.9 s
-    after a sweep (MLflow and SQLAlchemy too) once everything was done: the logs and the output
-    streams are flushed first, and every file of the run or sweep is written by then. An error
-    that is not the user's (a traceback) leaves the usual way."""
+    interpreter's teardown (``lossbench.process.exit_now``): every file of the run or sweep is
+    written by then. An error that is not the user's (a traceback) leaves the usual way."""
     try:
         main()
     except SystemExit as exc:
-        _exit(exc.code)
-    _exit(0)
-
-
-def _exit(code) -> None:
-    if code is not None and not isinstance(code, int):
-        print(code, file=sys.stderr)
-        code = 1
-    logging.shutdown()  # Hydra's job log file
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code or 0)
+        exit_now(exc.code)
+    exit_now(0)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -73,3 +73,35 @@ def test_function_local_imports_say_why():
             if "#" not in line and not above.strip().startswith("#"):
                 missing.append(f"{_name(path)}:{first.lineno} {line.strip()}")
     assert not missing, "function-local imports without a reason:\n" + "\n".join(missing)
+
+
+def _calls_to(path: Path, names: set[str]) -> list[int]:
+    """Lines of ``path`` that call ``os.<name>`` / ``matplotlib.<name>`` or import pyplot."""
+    hits = []
+    for node in ast.walk(_tree(path)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value
+            if isinstance(owner, ast.Name) and f"{owner.id}.{node.func.attr}" in names:
+                hits.append(node.lineno)
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            else:
+                modules = [node.module]
+            if "matplotlib.pyplot" in names and "matplotlib.pyplot" in modules:
+                hits.append(node.lineno)
+    return hits
+
+
+def test_one_atomic_write_and_one_plotting_import():
+    """Files are renamed into place only by lossbench/files.py (so every file is flushed to disk
+    first, as durable as any other), and only it picks matplotlib's backend and imports pyplot."""
+    owner = PACKAGE / "files.py"
+    found = [
+        f"{_name(p)}:{line}"
+        for p in MODULES
+        if p != owner
+        for line in _calls_to(p, {"os.replace", "os.rename", "matplotlib.use", "matplotlib.pyplot"})
+    ]
+    assert _calls_to(owner, {"os.replace"}) and _calls_to(owner, {"matplotlib.use"})
+    assert not found, "write through lossbench.files instead:\n" + "\n".join(found)

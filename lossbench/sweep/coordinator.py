@@ -30,9 +30,9 @@ from omegaconf.errors import OmegaConfBaseException
 from lossbench.config import GROUPS, compose, compose_multirun
 from lossbench.config.source import flag_args, is_searchpath, use_config, with_searchpath
 from lossbench.errors import ConfigError, positive_int
+from lossbench.files import atomic_write
 from lossbench.plugins import get_plugin_manager
 from lossbench.sweep import design, habits
-from lossbench.sweep.files import atomic_write
 from lossbench.sweep.launchers import LocalLauncher, summary_lock
 from lossbench.sweep.plan import EXIT_WRITE_FAILED, PARENT_FILE, Plan, trial_dir
 from lossbench.sweep.report import ParentRun, Progress, finish

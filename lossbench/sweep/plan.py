@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lossbench.errors import ConfigError
-from lossbench.sweep.files import atomic_write
+from lossbench.files import atomic_write
 from lossbench.urls import with_password
 
 JOB_NUM = "${hydra.job.num}"

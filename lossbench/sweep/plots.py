@@ -26,22 +26,12 @@ import optuna
 from optuna.trial import TrialState
 
 from lossbench.config.schemas import MAXIMIZED
+from lossbench.files import pyplot, save_figure
 from lossbench.sweep.compare import categories, shown
-from lossbench.sweep.files import atomic_save
 from lossbench.sweep.study import trained
 
 MIN_IMPORTANCE_TRIALS = 10
 LR = "optimizer.lr"
-
-
-def _plt():
-    # start-up: matplotlib (about a second) loads when the figures are drawn, at the end
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _runs(study) -> list:
@@ -60,7 +50,7 @@ class Colours:
     rate (log) or the trial number."""
 
     def __init__(self, plt, plan, trials):
-        import matplotlib.colors as mcolors  # after _plt(): the Agg backend is chosen
+        import matplotlib.colors as mcolors  # after pyplot(): the Agg backend is chosen
 
         self.keys = categories(plan)
         self.by = "category" if self.keys else ("lr" if LR in plan.params else "trial")
@@ -104,7 +94,7 @@ def curves_figure(study, plan, path: Path) -> Path | None:
     trials = _runs(study)
     if not trials:
         return None
-    plt = _plt()
+    plt = pyplot()
     metric = curve_metric(plan)
     colours = Colours(plt, plan, trials)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110, layout="constrained")
@@ -130,12 +120,12 @@ def curves_figure(study, plan, path: Path) -> Path | None:
     _focus(axes[1], metric, [_ended_value(t, plan) for t in trials if t.values])
     fig.suptitle(_title(plan, f"{len(trials)} trials"), fontsize=10)
     colours.finish(plt, fig, axes, axes[0])
-    return _save(plt, fig, path)
+    return save_figure(fig, path)
 
 
 def _log_axis(ax) -> None:
     """A log-scaled y axis labelled with plain numbers (0.2, 0.5, 1), not 2 x 10^-1."""
-    from matplotlib.ticker import FuncFormatter  # after _plt(): the Agg backend is chosen
+    from matplotlib.ticker import FuncFormatter  # after pyplot(): the Agg backend is chosen
 
     ax.set_yscale("log")
     plain = FuncFormatter(lambda v, _: f"{v:g}")
@@ -161,15 +151,6 @@ def _focus(ax, metric: str, finals: list) -> None:
         ax.set_ylim(top=min(ax.get_ylim()[1], 20 * min(finals)))
 
 
-def _save(plt, fig, path: Path) -> Path:
-    """Save and close a figure; the file is complete or absent."""
-    try:
-        atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        plt.close(fig)
-    return path
-
-
 def _ended_value(t, plan) -> float | None:
     """The value a trial ended with: its objective, or for a pruned trial its last curve
     point of the metric."""
@@ -185,7 +166,7 @@ def final_vs_lr_figure(study, plan, path: Path) -> Path | None:
     trials = [t for t in _runs(study) if LR in t.params and _ended_value(t, plan) is not None]
     if not trials:
         return None
-    plt = _plt()
+    plt = pyplot()
     colours = Colours(plt, plan, trials)
     fig, ax = plt.subplots(figsize=(7, 4.8), dpi=110, layout="constrained")
     for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
@@ -208,7 +189,7 @@ def final_vs_lr_figure(study, plan, path: Path) -> Path | None:
     if colours.by == "category":
         colours.finish(plt, fig, ax, ax)
     ax.set_title(_title(plan, f"{plan.metrics[0]} against the learning rate"), fontsize=10)
-    return _save(plt, fig, path)
+    return save_figure(fig, path)
 
 
 def epochs_figure(study, plan, path: Path) -> Path | None:
@@ -219,7 +200,7 @@ def epochs_figure(study, plan, path: Path) -> Path | None:
     trials = _runs(study)
     if not trials:
         return None
-    plt = _plt()
+    plt = pyplot()
     metric = curve_metric(plan)
     pick = np.argmax if metric in MAXIMIZED else np.argmin
     colours = Colours(plt, plan, trials)
@@ -248,7 +229,7 @@ def epochs_figure(study, plan, path: Path) -> Path | None:
     ax.legend(loc="upper right", fontsize=8)
     colours.finish(plt, fig, ax, ax)
     ax.set_title(_title(plan, f"how many epochs: {metric} after each epoch"), fontsize=10)
-    return _save(plt, fig, path)
+    return save_figure(fig, path)
 
 
 def categories_figure(study, plan, path: Path) -> Path | None:
@@ -258,7 +239,7 @@ def categories_figure(study, plan, path: Path) -> Path | None:
     trials = [t for t in shown(study) if t.state == TrialState.COMPLETE and t.values]
     if not keys or not trials or len(plan.directions) != 1:
         return None
-    plt = _plt()
+    plt = pyplot()
     colours = Colours(plt, plan, trials)
     pick = max if plan.directions[0] == "maximize" else min
     best_of = {n: pick(t.value for t in trials if colours.name(t) == n) for n in colours.table}
@@ -287,7 +268,7 @@ def categories_figure(study, plan, path: Path) -> Path | None:
     ax.grid(alpha=0.3, axis="y")
     ax.set_title(_title(plan, f"best of each {', '.join(keys)} (bars) and every completed trial"),
                  fontsize=9)  # fmt: skip
-    return _save(plt, fig, path)
+    return save_figure(fig, path)
 
 
 def history_figure(study, plan, path: Path) -> Path | None:
@@ -298,7 +279,7 @@ def history_figure(study, plan, path: Path) -> Path | None:
     points = [p for p in points if p[1] is not None and math.isfinite(p[1])]
     if not points:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110, layout="constrained")
     for state, marker, label in ((TrialState.COMPLETE, "o", "completed"),
                                  (TrialState.PRUNED, "x", "pruned (value when stopped)")):
@@ -315,7 +296,7 @@ def history_figure(study, plan, path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(_title(plan, f"{plan.metrics[0]} trial after trial"), fontsize=10)
-    return _save(plt, fig, path)
+    return save_figure(fig, path)
 
 
 def importances_figure(study, plan, path: Path) -> Path | None:
@@ -330,13 +311,13 @@ def importances_figure(study, plan, path: Path) -> Path | None:
             scores = optuna.importance.get_param_importances(study)
         except (ValueError, RuntimeError):
             return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 1.5 + 0.5 * len(scores)), dpi=110, layout="constrained")
     names = list(scores)[::-1]
     ax.barh(names, [scores[n] for n in names])
     ax.set_xlabel(f"importance for {plan.metrics[0]} (fANOVA, {len(complete)} completed trials)")
     ax.set_title(_title(plan, "which parameter matters"), fontsize=10)
-    return _save(plt, fig, path)
+    return save_figure(fig, path)
 
 
 def sweep_figures(study, plan, folder: Path) -> list[Path]:

@@ -16,6 +16,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from lossbench.files import atomic_write
 from lossbench.sweep.compare import (
     best_per_category,
     categories,
@@ -25,7 +26,6 @@ from lossbench.sweep.compare import (
     shown,
     value_text,
 )
-from lossbench.sweep.files import atomic_write
 from lossbench.sweep.launchers import start_summary
 from lossbench.sweep.plots import sweep_figures
 from lossbench.sweep.study import READ_FROM, counted, trained

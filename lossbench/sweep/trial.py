@@ -15,8 +15,8 @@ from omegaconf import OmegaConf, open_dict
 from optuna.distributions import CategoricalDistribution, IntDistribution
 
 from lossbench.config import GROUPS, compose
+from lossbench.files import atomic_write
 from lossbench.hookspecs import hookimpl
-from lossbench.sweep.files import atomic_write
 from lossbench.sweep.plan import Plan, parent_run_id
 from lossbench.sweep.space import format_override
 from lossbench.sweep.study import trial_seeds

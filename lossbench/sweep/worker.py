@@ -34,6 +34,7 @@ from lossbench.config import compose
 from lossbench.config.source import use_config
 from lossbench.errors import LossbenchError
 from lossbench.plugins import build_plugin_manager, set_plugin_manager
+from lossbench.process import exit_now
 from lossbench.sweep.answers import Trajectory, answer_epoch_counts, curves
 from lossbench.sweep.design import EPOCHS
 from lossbench.sweep.plan import EXIT_WRITE_FAILED, Plan, trial_dir
@@ -387,20 +388,8 @@ def main(plan_path: str, index: int) -> int:
     return work(plan, index)
 
 
-def _exit(code: int) -> None:
-    """Exit without the interpreter's teardown (numba's and MLflow's modules took a large
-    part of a second after the last trial, which the coordinator waits for): every trial
-    is told and every file written by now; closing stdin ends the MLflow side process."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
-
-
 if __name__ == "__main__":
     try:
-        _exit(main(sys.argv[1], int(sys.argv[2])))
+        exit_now(main(sys.argv[1], int(sys.argv[2])))
     except KeyboardInterrupt:
-        _exit(130)
+        exit_now(130)

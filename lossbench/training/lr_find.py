@@ -34,6 +34,7 @@ import numpy as np
 from numba import njit
 
 from lossbench.errors import ConfigError, DataError
+from lossbench.files import atomic_save, pyplot, save_figure
 from lossbench.training import outputs
 from lossbench.training.fused import ROLES, bind, kernel_watch
 from lossbench.training.run import Run
@@ -245,7 +246,7 @@ def write_table(path: Path, r: LRFindResult) -> Path:
         f"{i},{lr!r},{loss!r},{sm!r}" for i, (lr, loss, sm) in
         enumerate(zip(r.lrs.tolist(), r.losses.tolist(), r.smoothed.tolist(), strict=True))
     ]  # fmt: skip
-    outputs._atomic(path, lambda tmp: Path(tmp).write_text("\n".join(rows) + "\n"))
+    atomic_save(path, lambda tmp: Path(tmp).write_text("\n".join(rows) + "\n"))
     return path
 
 
@@ -253,14 +254,14 @@ def write_result(path: Path, r: LRFindResult, options: LRFindOptions) -> Path:
     """The suggestion, the rule, the other rule's value and the settings, as JSON."""
     data = {"suggested_lr": r.suggestion, "rule": r.rule, "min_over_10_lr": r.min_over_10,
             "steps": len(r.lrs), "diverged": r.diverged, "options": asdict(options)}  # fmt: skip
-    outputs._atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+    atomic_save(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
     return path
 
 
 def plot(path: Path, r: LRFindResult, title: str) -> Path:
     """The smoothed loss (and the raw batch losses, faint) against lr on a log axis, the
     suggestion marked."""
-    plt = outputs._pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     ax.plot(r.lrs, r.losses, color="0.75", lw=0.8, label="batch loss")
     ax.plot(r.lrs, r.smoothed, lw=2, label="smoothed loss")
@@ -278,6 +279,5 @@ def plot(path: Path, r: LRFindResult, title: str) -> Path:
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
-    outputs._atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)
     return path

@@ -1,40 +1,18 @@
 """A run's files: history.csv, model.npz, the loss curve and the confusion matrix. Each file is
-written to a temporary name and renamed, so a file is either complete or absent. The outputs
+written through ``lossbench.files.atomic_save``, so a file is either complete or absent. The outputs
 plugin (``lossbench.builtin.outputs``) and the MLflow tracker both write through these."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from lossbench.files import atomic_save, pyplot, save_figure
 from lossbench.training.metrics import predicted_classes
 from lossbench.training.run import summary
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic(path: Path, write) -> None:
-    """Write through ``write(tmp_path)`` and rename into place: complete or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_history(path: Path, history: list[dict]) -> None:
@@ -51,7 +29,7 @@ def write_history(path: Path, history: list[dict]) -> None:
                     {k: repr(float(v)) if isinstance(v, float) else v for k, v in row.items()}
                 )
 
-    _atomic(path, write)
+    atomic_save(path, write)
 
 
 def write_model(path: Path, params: dict[str, np.ndarray]) -> None:
@@ -59,24 +37,14 @@ def write_model(path: Path, params: dict[str, np.ndarray]) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, **params)
 
-    _atomic(path, write)
-
-
-def _pyplot():
-    # start-up: matplotlib costs about a second to import; only runs that plot pay for it
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    atomic_save(path, write)
 
 
 def plot_loss_curve(path: Path, run) -> None:
     """The run's train and validation loss per epoch, its best epoch marked (by the monitored
     metric, with whether its weights are the ones kept) and, when early stopping ended the run,
     where it stopped."""
-    plt = _pyplot()
+    plt = pyplot()
     history = run.history
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
@@ -97,13 +65,12 @@ def plot_loss_curve(path: Path, run) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_summary(path: Path, run) -> None:
     text = json.dumps(summary(run), indent=2, default=float)
-    _atomic(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+    atomic_save(path, lambda tmp: Path(tmp).write_text(text + "\n"))
 
 
 def run_title(run) -> str:
@@ -113,7 +80,7 @@ def run_title(run) -> str:
 
 def plot_confusion_matrix(path: Path, run) -> None:
     """Validation confusion matrix of a classification run (rows: true class)."""
-    plt = _pyplot()
+    plt = pyplot()
 
     prep = run.dataset
     pred = predicted_classes(run.predict(prep.X_val))
@@ -133,5 +100,4 @@ def plot_confusion_matrix(path: Path, run) -> None:
     accuracy = np.trace(counts) / max(counts.sum(), 1)
     ax.set_title(f"validation, accuracy {accuracy:.3f}", fontsize=9)
     fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)
