@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench bench-smoke clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ lint: $(TEST_STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install -e '.[bench]'
 	$(BIN)/python benchmarks/throughput.py
+
+# every benchmark once on a tiny size, so none rots (CI runs it; the table says what was skipped)
+bench-smoke: $(TEST_STAMP)
+	$(BIN)/python benchmarks/smoke.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -78,8 +78,8 @@ def record_args(overrides, epochs):
 
 @njit(cache=False, nogil=True)
 def direct_epoch(
-    forward, backward, loss, step, params, layout, model_hp, loss_hp, opt_hp, state, grads,
-    X, Y, labels, order, batch_size, work, xb, yb, out, dout, t, lr, count_correct,
+    forward, backward, loss, step, params, layout, model_hp, loss_hp, opt_hp, state, scalars,
+    grads, X, Y, labels, order, batch_size, work, xb, yb, out, dout, t, lr, count_correct,
 ):  # fmt: skip
     """fused.train_epoch's loop with the kernels as numba functions (direct calls)."""
     n = order.shape[0]
@@ -104,7 +104,7 @@ def direct_epoch(
         correct += count_correct(om, labels, start, order)
         backward(params, layout, model_hp, xm, work, dm, grads)
         t += 1
-        step(params, grads, state, opt_hp, t, lr)
+        step(params, grads, state, scalars, opt_hp, t, lr)
     return total, seen, correct, t
 
 
@@ -152,9 +152,9 @@ def repeat_backward(backward, reps, params, layout, hp, x, work, dout, grads):
 
 
 @njit(nogil=True)
-def repeat_step(step, reps, params, grads, state, hp, t, lr):
+def repeat_step(step, reps, params, grads, state, scalars, hp, t, lr):
     for i in range(reps):
-        step(params, grads, state, hp, t + i, lr)
+        step(params, grads, state, scalars, hp, t + i, lr)
 
 
 @njit(nogil=True)
@@ -238,8 +238,8 @@ def breakdown(case, optimizer, dtype, rounds):
     overrides = [*COMMON, *case.overrides, f"optimizer={optimizer}", f"trainer.dtype={dtype}",
                  f"trainer.batch_size={case.batch}"]  # fmt: skip
     ep, ev, run, between = record_args(overrides, 30)
-    (fwd, bwd, loss, step, params, layout, mhp, lhp, ohp, state, grads, X, Y, labels, order,
-     batch, work, xb, yb, out, dout, t, lr) = ep  # fmt: skip
+    (fwd, bwd, loss, step, params, layout, mhp, lhp, ohp, state, scalars, grads, X, Y, labels,
+     order, batch, work, xb, yb, out, dout, failed, t, lr) = ep  # fmt: skip
     n_batches = math.ceil(len(order) / batch)
     specs = run.specs
     lk, ok = specs["loss"].kernel, specs["optimizer"].kernel
@@ -247,10 +247,10 @@ def breakdown(case, optimizer, dtype, rounds):
     mlp_forward(params, layout, mhp, xb, work, out)
     lk(out, yb, lhp, dout)
     empty = order[:0]
-    ep0 = (*ep[:14], empty, *ep[15:])
+    ep0 = (*ep[:15], empty, *ep[16:])
     ev0 = (*ev[:6], ev[6][:0], ev[7][:0], ev[8][:0], *ev[9:])
     # a scratch copy of the parameters and state for the parts that update them
-    p2, s2 = params.copy(), state.copy()
+    p2, s2, c2 = params.copy(), state.copy(), scalars.copy()
     parts = {
         "epoch (fused.train_epoch, kernels as function pointers)": lambda: fused.train_epoch(*ep),
         "epoch, direct calls (same loop, kernels inlinable)": lambda: direct_epoch(
@@ -264,6 +264,7 @@ def breakdown(case, optimizer, dtype, rounds):
             lhp,
             ohp,
             s2,
+            c2,
             grads,
             X,
             Y,
@@ -295,7 +296,7 @@ def breakdown(case, optimizer, dtype, rounds):
             mlp_backward, n_batches, params, layout, mhp, xb, work, dout, grads
         ),
         "optimizer step (x n_batches)": lambda: repeat_step(
-            ok, n_batches, p2, grads, s2, ohp, 10, lr
+            ok, n_batches, p2, grads, s2, c2, ohp, 10, lr
         ),
         "evaluate (validation pass)": lambda: fused.evaluate(*ev),
     }

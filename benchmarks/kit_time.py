@@ -10,7 +10,7 @@ cache) and "after an edit" (each plugin's kernel file edited: its kernels compil
 edit-run loop). Each copy lives in its own folder (its own numba cache); rounds alternate
 between the variants, and the table gives the median and the fastest of --rounds rounds:
 
-    python benchmarks/kit_time.py [--before 3453d2f] [--rounds 3]
+    python benchmarks/kit_time.py [--before 3453d2f] [--rounds 3] [--quick]
 """
 
 from __future__ import annotations
@@ -108,13 +108,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", default=BEFORE, help="git revision of the kit before")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="the working tree's fast mode only")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="lossbench-kit-time-"))
-    copies = {
-        f"before ({args.before})": (export(args.before, tmp / "before"), False),
-        "after": (export(None, tmp / "after"), False),
-        "after, fast mode": (export(None, tmp / "after-fast"), True),
-    }
+    copies = {"after, fast mode": (export(None, tmp / "after-fast"), True)}
+    if not args.quick:
+        copies = {
+            f"before ({args.before})": (export(args.before, tmp / "before"), False),
+            "after": (export(None, tmp / "after"), False),
+            **copies,
+        }
     for copy, fast in copies.values():  # fill each copy's numba cache first
         run_kit(copy, fast)
     times = {(name, s): [] for name in copies for s in ("warm", "edited")}
