@@ -24,6 +24,7 @@ from lossbench.specs import (
     ModelLayout,
     ModelSpec,
     OptimizerSpec,
+    ScheduleSpec,
 )
 
 if TYPE_CHECKING:
@@ -64,5 +65,6 @@ __all__ = [
     "ModelSpec",
     "ModelLayout",
     "DatasetSpec",
+    "ScheduleSpec",
     "PLUGIN_API",
 ]

@@ -41,6 +41,11 @@ def register_datasets(register):
 
 
 @hookspec
+def register_schedules(register):
+    """Register learning-rate schedules: ``register(ScheduleSpec(name="cosine", ...))``."""
+
+
+@hookspec
 def on_run_start(run):
     """Called once after data, model and optimizer state are ready, before the first epoch.
 

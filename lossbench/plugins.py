@@ -34,13 +34,14 @@ import pluggy
 from lossbench import hookspecs
 from lossbench._version import __version__
 from lossbench.errors import ConfigError, PluginError, choices_text
-from lossbench.specs import API_CHANGES, KINDS, PLUGIN_API, REDUCTIONS
+from lossbench.specs import API_CHANGES, KIND, KIND_TABLE, KINDS, PLUGIN_API, REDUCTIONS
 
 DEFAULT_PLUGINS = (
     "lossbench.builtin.losses",
     "lossbench.builtin.optimizers",
     "lossbench.builtin.models",
     "lossbench.builtin.datasets",
+    "lossbench.builtin.schedules",
     "lossbench.builtin.progress",
     "lossbench.builtin.early_stopping",
     "lossbench.builtin.outputs",
@@ -51,13 +52,8 @@ ENV_PLUGINS_DIR = "LOSSBENCH_PLUGINS_DIR"
 ENV_LOAD = "LOSSBENCH_LOAD_PLUGINS"
 ENV_DISABLE = "LOSSBENCH_DISABLE_PLUGINS"
 
-# which registration hook fills which config group
-REGISTER_HOOKS = {
-    "loss": "register_losses",
-    "optimizer": "register_optimizers",
-    "model": "register_models",
-    "data": "register_datasets",
-}
+# which registration hook fills which config group (lossbench.specs.KIND_TABLE)
+REGISTER_HOOKS = {k.group: k.hook for k in KIND_TABLE}
 
 
 @dataclass
@@ -69,9 +65,8 @@ class Registry:
     def get(self, group: str, name: str):
         table = self.components[group]
         if name not in table:
-            noun = "dataset" if group == "data" else group
             raise ConfigError(
-                f"{group}={name!r} is not a known {noun}. Available: "
+                f"{group}={name!r} is not a known {KIND[group].noun}. Available: "
                 f"{choices_text(table)}. Fix: pick one of those, or install the plugin that "
                 f"provides {name!r} (`python -m lossbench plugins` lists what is loaded)."
             )
@@ -154,9 +149,7 @@ class PluginManager(pluggy.PluginManager):
 
 # what a spec must give to train: kernels, or NumPy references for the slow path
 _NEEDS = {
-    "loss": (("kernel",), ("reference",)),
-    "optimizer": (("kernel",), ("reference",)),
-    "model": (("forward", "backward"), ("reference_forward", "reference_backward")),
+    k.group: (tuple(attr for attr, _ in k.kernels), k.references) for k in KIND_TABLE if k.kernels
 }
 
 
@@ -177,6 +170,8 @@ def _check_spec(group: str, spec, plugin_name: str) -> None:
     if group not in _NEEDS:
         if group == "data" and spec.load is None:
             raise PluginError(f"{what} without load. Fix: pass load=FUNCTION(hp, seed).")
+        if group == "schedule":
+            _check_schedule(what, spec)
         return
     kernels, references = _NEEDS[group]
     given = [getattr(spec, k) is not None for k in kernels]
@@ -250,6 +245,27 @@ def _check_optimizer(what: str, spec) -> None:
         "scalars, hp, t, lr). "
         + (f"That is {version_1}." if len(params) == 6 else "Fix the reference's arguments.")
     )
+
+
+def _check_schedule(what: str, spec) -> None:
+    """A schedule needs ``rate``, and ``rate`` and ``reference`` take (epoch, epochs, base_lr,
+    options)."""
+    if spec.rate is None:
+        raise PluginError(
+            f"{what} without rate. Fix: pass rate=FUNCTION(epoch, epochs, base_lr, options) "
+            "returning that epoch's learning rate (docs/plugins.md, \"Schedules\")."
+        )
+    for role in ("rate", "reference"):
+        fn = getattr(spec, role)
+        if fn is None:
+            continue
+        params = inspect.signature(fn).parameters.values()
+        if not any(p.kind is p.VAR_POSITIONAL for p in params) and len(params) != 4:
+            raise PluginError(
+                f"{what} whose {role} takes {len(params)} arguments "
+                f"({', '.join(p.name for p in params)}); it must take 4: (epoch, epochs, "
+                "base_lr, options). Fix the function's arguments."
+            )
 
 
 def _split_env(name: str) -> set[str] | None:

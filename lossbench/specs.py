@@ -1,4 +1,5 @@
-"""Component specs: what a plugin registers, and the fixed kernel signatures.
+"""Component specs: what a plugin registers, the table of component kinds (``KIND_TABLE``),
+and the fixed kernel signatures.
 
 Every loss, optimizer and model is a *spec*: a name, a dataclass of hyperparameters (stored as a
 Hydra config option), numba kernels with the canonical signatures below, and a plain NumPy
@@ -48,6 +49,9 @@ additive within interface version 2: a spec without them registers as before): `
 loss of one term and its derivative, as text), ``reduction`` (how the kernel averages the terms,
 ``REDUCTIONS``) and ``unreduced(pred, target, hp)`` (the terms before that average, as PyTorch's
 ``reduction="none"``), which explain sums and divides by hand.
+
+Datasets (``DatasetSpec``) and learning-rate schedules (``ScheduleSpec``) have no kernels: a
+dataset loads arrays, a schedule gives each epoch's learning rate in Python.
 """
 
 from __future__ import annotations
@@ -253,4 +257,59 @@ class DatasetSpec(_Spec):
     load: Callable[..., Any] | None = None
 
 
-KINDS = {"loss": LossSpec, "optimizer": OptimizerSpec, "model": ModelSpec, "data": DatasetSpec}
+@dataclasses.dataclass(frozen=True)
+class ScheduleSpec(_Spec):
+    """A learning-rate schedule, evaluated once per epoch in Python (kernels get the value).
+
+    ``rate(epoch, epochs, base_lr, options) -> float`` is the learning rate of ``epoch``
+    (0-based) of a schedule ``epochs`` long that starts at ``base_lr`` (``optimizer.lr``); the
+    engine applies ``trainer.warmup_epochs`` first and hands the schedule the epochs after the
+    warm-up (``epoch - W`` of ``epochs - W``). ``reference`` has the same signature and meaning,
+    written another way (a recursive form, PyTorch's own update), so the kit can hold one
+    against the other. ``uses_epochs``: whether the rate depends on ``epochs`` (cosine's period
+    does; step's does not): when it does not, a run of N epochs is the start of a longer run and
+    a sweep reads epoch counts from one run (``lossbench.sweep.answers``). ``check(options)``
+    may raise ``ConfigError`` for values it cannot handle."""
+
+    rate: Callable[[int, int, float, Any], float] | None = None
+    reference: Callable[[int, int, float, Any], float] | None = None
+    uses_epochs: bool = True
+    check: Callable[[Any], None] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """One kind of component, declared once: everything that differs between kinds is here,
+    and the registry (``lossbench.plugins``), the ConfigStore (``lossbench.config.store``),
+    the fused epoch's kernel roles (``lossbench.training.fused``) and the kit read it.
+
+    ``group`` is the config group and registry key; ``spec`` the class a plugin registers;
+    ``hook`` the registration hook (``hookspecs``); ``noun`` how messages name one;
+    ``kernels`` the spec attributes the fused epoch calls, with their role, in call order, and
+    ``references`` the NumPy references the slow path calls instead (a spec needs one set or
+    the other to train); ``default`` the option ``conf/config.yaml`` chooses."""
+
+    group: str
+    spec: type
+    hook: str
+    noun: str
+    default: str
+    kernels: tuple[tuple[str, str], ...] = ()
+    references: tuple[str, ...] = ()
+
+
+KIND_TABLE = (
+    Kind("data", DatasetSpec, "register_datasets", "dataset", "digits"),
+    Kind("model", ModelSpec, "register_models", "model", "mlp",
+         kernels=(("forward", "forward"), ("backward", "backward")),
+         references=("reference_forward", "reference_backward")),
+    Kind("loss", LossSpec, "register_losses", "loss", "cross_entropy",
+         kernels=(("kernel", "loss"),), references=("reference",)),
+    Kind("optimizer", OptimizerSpec, "register_optimizers", "optimizer", "adam",
+         kernels=(("kernel", "optimizer"),), references=("reference",)),
+    Kind("schedule", ScheduleSpec, "register_schedules", "learning-rate schedule", "constant"),
+)  # fmt: skip
+"""Every kind of component. Adding a kind is one entry here, its hook and its built-ins."""
+
+KIND = {k.group: k for k in KIND_TABLE}
+KINDS = {k.group: k.spec for k in KIND_TABLE}

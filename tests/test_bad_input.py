@@ -49,7 +49,12 @@ CASES = [
     ),
     (["data.val_fraction=0"], ConfigError, "data.val_fraction=0.0"),
     (["trainer.dtype=float16"], ConfigError, "Choices: float32, float64"),
-    (["trainer.lr_schedule=exp"], ConfigError, "Choices: constant, step, cosine"),
+    (["schedule=exp"], ConfigError, "Available: constant, cosine, step"),
+    (["trainer.lr_schedule=cosine"], ConfigError, "has moved: learning-rate schedules are the "
+     "config group schedule now"),
+    (["trainer.min_lr=0.01"], ConfigError, "Fix: write schedule=cosine schedule.min_lr=0.01."),
+    (["schedule=step", "schedule.step_size=0"], ConfigError, "schedule.step_size=0 is not allowed"),
+    (["schedule=step", "schedule.gamma=0"], ConfigError, "schedule.gamma=0.0 is not allowed"),
     (["model.activation=swish"], ConfigError, "Choices: relu, tanh, sigmoid, gelu, leaky_relu"),
     (["model.hidden=[64,0]"], ConfigError, "every width must be a positive integer"),
     (

@@ -113,7 +113,7 @@ def test_a_typo_in_any_choice_field_fails_at_compose(select, key, kind):
 def test_choice_fields_include_the_ones_that_were_checked_by_hand():
     keys = {key for _, key, _ in CHOICE_FIELDS}
     assert {
-        "trainer.dtype", "trainer.lr_schedule", "trainer.early_stopping.monitor",
+        "trainer.dtype", "trainer.early_stopping.monitor",
         "sweep.sampler", "sweep.pruner", "model.activation", "data.task",
     } <= keys  # fmt: skip
 

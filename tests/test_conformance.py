@@ -16,6 +16,7 @@ from lossbench.builtin.datasets import DATASETS
 from lossbench.builtin.losses import LOSSES, huber_kernel, huber_reference, mse_kernel
 from lossbench.builtin.models import MODELS, mlp_backward
 from lossbench.builtin.optimizers import OPTIMIZERS
+from lossbench.builtin.schedules import SCHEDULES
 from lossbench.data import Dataset
 from lossbench.plugins import DEFAULT_PLUGINS
 from lossbench.testing import CHECKS, ConformanceError, check_plugin, checks_for
@@ -33,6 +34,8 @@ BUILTIN_CASES = {
     "mlp": [{}, {"hidden": [5, 4], "activation": "gelu"}, {"activation": "tanh"}],
     "csv": {"path": str(DATA / "blobs.csv"), "target": "label"},
     "npz": {"path": str(DATA / "blobs.npz")},
+    "step": [{}, {"step_size": 3, "gamma": 0.5}],
+    "cosine": [{}, {"min_lr": 0.01}],
 }
 
 
@@ -44,7 +47,8 @@ def test_builtin_conformance(check):
 def test_every_builtin_component_is_checked_for_every_property_that_applies():
     ids = {c.id for c in checks_for(*BUILTINS, hparams=BUILTIN_CASES)}
     for group, specs in (
-        ("loss", LOSSES), ("optimizer", OPTIMIZERS), ("model", MODELS), ("data", DATASETS)
+        ("loss", LOSSES), ("optimizer", OPTIMIZERS), ("model", MODELS), ("data", DATASETS),
+        ("schedule", SCHEDULES),
     ):  # fmt: skip
         for spec in specs:
             for name in CHECKS[group]:

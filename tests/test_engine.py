@@ -559,9 +559,9 @@ def test_lr_schedules_reach_the_history(pm):
             *TINY,
             "data=iris",
             "trainer.epochs=6",
-            "trainer.lr_schedule=step",
-            "trainer.step_size=2",
-            "trainer.gamma=0.5",
+            "schedule=step",
+            "schedule.step_size=2",
+            "schedule.gamma=0.5",
             "optimizer.lr=0.1",
         ]
     )

@@ -54,7 +54,7 @@ def test_every_trial_of_a_study_sees_one_dataset_and_one_validation_split(tmp_pa
     "schedule",
     [
         [],
-        ["trainer.lr_schedule=step", "trainer.step_size=2", "trainer.gamma=0.5"],
+        ["schedule=step", "schedule.step_size=2", "schedule.gamma=0.5"],
         ["trainer.warmup_epochs=3"],
         ["trainer.keep_weights=last", "trainer.dtype=float64"],
     ],
@@ -86,7 +86,7 @@ def test_epoch_counts_read_from_one_run_are_bit_identical_to_their_own_runs(tmp_
 
 
 def test_a_schedule_that_depends_on_the_epochs_trains_each_count_separately(tmp_path):
-    r = sweep("trainer.epochs=range(2, 6, 2)", *IRIS, "trainer.lr_schedule=cosine",
+    r = sweep("trainer.epochs=range(2, 6, 2)", *IRIS, "schedule=cosine",
               "sweep.sampler=grid", "sweep.pruner=none", "sweep.study_name=cos", cwd=tmp_path)
     assert "each trial trains its own epochs: the cosine schedule depends" in r.stdout
     trials = load(tmp_path, "cos").trials

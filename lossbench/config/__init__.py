@@ -15,7 +15,6 @@ from lossbench.config.compose import (
 )
 from lossbench.config.schemas import (
     DTYPES,
-    LR_SCHEDULES,
     PRUNERS,
     SAMPLERS,
     EarlyStoppingConfig,
@@ -28,7 +27,6 @@ from lossbench.config.store import GROUPS, config_dir, node_class, presets_dir, 
 __all__ = [
     "DTYPES",
     "GROUPS",
-    "LR_SCHEDULES",
     "PRUNERS",
     "SAMPLERS",
     "EarlyStoppingConfig",

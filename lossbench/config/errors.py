@@ -87,7 +87,7 @@ def translate(exc: BaseException, overrides, default) -> ConfigError:
             )
         return error
     if isinstance(cause, ConfigAttributeError | ConfigKeyError) and key:
-        return _unknown_key(key, default)
+        return _moved_key(key, overrides) or _unknown_key(key, default)
     return ConfigError(f"the overrides {' '.join(overrides)} do not fit the config: {message}")
 
 
@@ -126,7 +126,8 @@ def _reads(override: str) -> bool:
 
 
 # the built-in plugin that gives each group's built-in options (LOSSBENCH_DISABLE_PLUGINS)
-_BUILTINS = {"loss": "losses", "optimizer": "optimizers", "model": "models", "data": "datasets"}
+_BUILTINS = {"loss": "losses", "optimizer": "optimizers", "model": "models", "data": "datasets",
+             "schedule": "schedules"}  # fmt: skip
 
 
 def _unregistered_choice(group: str, name: str, overrides) -> ConfigError:
@@ -175,6 +176,32 @@ def _show(value) -> str:
     if isinstance(value, list):
         return "[" + ",".join(map(str, value)) + "]"
     return str(value)
+
+
+# trainer keys that became the schedule group: key -> (the schedule it belongs to, its new key)
+MOVED = {
+    "trainer.lr_schedule": (None, None),
+    "trainer.step_size": ("step", "schedule.step_size"),
+    "trainer.gamma": ("step", "schedule.gamma"),
+    "trainer.min_lr": ("cosine", "schedule.min_lr"),
+}
+
+
+def _moved_key(key: str, overrides) -> ConfigError | None:
+    """A key of the old trainer schedule options, with the new spelling of what was typed."""
+    if key not in MOVED:
+        return None
+    schedule, new = MOVED[key]
+    value = _value_of(overrides, key)
+    if new is None:
+        fix = f"schedule={value if value is not None else 'NAME'}"
+    else:
+        fix = f"schedule={schedule} {new}={value if value is not None else '...'}"
+    return ConfigError(
+        f"{key} has moved: learning-rate schedules are the config group schedule now (options "
+        "constant, step, cosine, and what plugins add; trainer.warmup_epochs stays). "
+        f"Fix: write {fix}."
+    )
 
 
 def _unknown_key(key: str, default) -> ConfigError:

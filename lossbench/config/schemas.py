@@ -18,11 +18,6 @@ class DType(StrEnum):
     float64 = "float64"
 
 
-class LRSchedule(StrEnum):
-    constant = "constant"
-    step = "step"
-    cosine = "cosine"
-
 
 class Metric(StrEnum):
     """The per-epoch metrics a run records: the losses always; accuracy and macro F1 on
@@ -91,7 +86,6 @@ class Pruner(StrEnum):
 
 
 DTYPES = tuple(DType)
-LR_SCHEDULES = tuple(LRSchedule)
 SAMPLERS = tuple(Sampler)
 PRUNERS = tuple(Pruner)
 
@@ -128,11 +122,7 @@ class TrainerConfig:
     batch_size: int = 32
     shuffle: bool = True
     dtype: DType = DType.float32
-    lr_schedule: LRSchedule = LRSchedule.constant
-    warmup_epochs: int = 0
-    step_size: int = 10
-    gamma: float = 0.1
-    min_lr: float = 0.0
+    warmup_epochs: int = 0  # linear warm-up before the schedule (group ``schedule``)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     keep_weights: KeepWeights = KeepWeights.best  # best: the best epoch's (by the monitor)
     progress: bool = True
@@ -196,6 +186,7 @@ class RootConfig:
     model: Any = None
     loss: Any = None
     optimizer: Any = None
+    schedule: Any = None
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: Any = None
     sweep: SweepConfig = field(default_factory=SweepConfig)

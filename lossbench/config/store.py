@@ -22,8 +22,9 @@ from lossbench.config.schemas import (
 )
 from lossbench.errors import PluginError
 from lossbench.plugins import ENV_DISABLE
+from lossbench.specs import KIND_TABLE
 
-GROUPS = ("data", "model", "loss", "optimizer")  # the component groups plugins fill
+GROUPS = tuple(k.group for k in KIND_TABLE)  # the component groups plugins fill
 # every config group a command line can choose an option of
 CONFIG_GROUPS = (*GROUPS, "trainer", "tracking", "sweep", "experiment")
 HPARAM_TYPES = "int, float, bool, str, an Enum, or list/dict/Optional of those"

@@ -103,7 +103,8 @@ def _new_plan(sw, base, space, expressions: dict, metric_of, notes: list[str]) -
     """The Plan's settings of the study (the comparison, the budget, the pruner, the seeds,
     the workers); names and places follow in ``make_plan``. ``metric_of`` is (the data's task,
     whether the command or a preset chose the metric)."""
-    counts = design.epoch_counts(space, base, notes)
+    schedule = get_plugin_manager().registry.get("schedule", base.schedule.name)
+    counts = design.epoch_counts(space, base, notes, schedule)
     grid = _grid({k: v for k, v in space.items() if k != design.EPOCHS or not counts}) if (
         sw.sampler == "grid") else {}  # fmt: skip
     task, chosen = metric_of

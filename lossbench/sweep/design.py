@@ -6,9 +6,10 @@
 - the losses that can train on the data: a preset's choice that cannot (cross-entropy on a
   regression target) is left out with a note, a command line's is refused with the fix;
 - epoch counts read from trajectories: with ``trainer.epochs`` swept and a schedule that does
-  not depend on the number of epochs (constant or step, with or without warm-up, no early
-  stopping), a run of N epochs is, bit for bit, the first N epochs of a longer run, so each
-  configuration trains once, to the largest count, and every count is answered from it;
+  not depend on the number of epochs (its spec's ``uses_epochs`` is false: constant or step,
+  with or without warm-up; no early stopping), a run of N epochs is, bit for bit, the first N
+  epochs of a longer run, so each configuration trains once, to the largest count, and every
+  count is answered from it;
 - the pruner's warm-up (epochs and completed trials) and its groups: trials are pruned only by
   trials of the same category (the same loss, optimizer, ...), never across categories.
 
@@ -115,21 +116,23 @@ def fitting_losses(expressions: dict, preset: dict, data, registry, notes: list[
     )
 
 
-def epoch_counts(space: dict, base, notes: list[str]) -> list[int]:
+def epoch_counts(space: dict, base, notes: list[str], schedule) -> list[int]:
     """The epoch counts to read from one run per configuration, or [] when each trial must
-    train its own epochs (and the note says why)."""
+    train its own epochs (and the note says why). ``schedule`` is the base config's schedule
+    spec: its ``uses_epochs`` says whether a run of N epochs is the start of a longer one."""
     if EPOCHS not in space:
         return []
     values = space[EPOCHS].discrete_values
     trainer = base.trainer
-    swept = [k for k in space if k != EPOCHS and k.startswith("trainer.")]
+    swept = [k for k in space if k != EPOCHS and k.startswith(("trainer.", "schedule"))]
     why = None
     if not base.sweep.get("epochs_from_one_run", True):
         why = "sweep.epochs_from_one_run=false"
-    elif any(k.startswith(("trainer.lr_schedule", "trainer.early_stopping")) for k in swept):
+    elif any(k.startswith(("schedule", "trainer.early_stopping")) for k in swept):
         why = f"{', '.join(swept)} is swept, and it may depend on the number of epochs"
-    elif trainer.lr_schedule == "cosine":
-        why = "the cosine schedule depends on the number of epochs (its period is epochs - warmup)"
+    elif schedule.uses_epochs:
+        why = (f"the {schedule.name} schedule depends on the number of epochs (it spans "
+               "epochs - warmup)")  # fmt: skip
     elif trainer.early_stopping.enabled:
         why = "early stopping ends each run at its own epoch"
     elif values is None:
@@ -140,7 +143,7 @@ def epoch_counts(space: dict, base, notes: list[str]) -> list[int]:
     counts = sorted({int(v) for v in values})
     notes.append(
         f"{EPOCHS}: one run of {counts[-1]} epochs per configuration answers all {len(counts)} "
-        f"epoch counts ({_short(counts)}): with the {trainer.lr_schedule} schedule a run of N "
+        f"epoch counts ({_short(counts)}): with the {schedule.name} schedule a run of N "
         "epochs is the first N epochs of a longer one, bit for bit"
     )
     return counts

@@ -1,7 +1,8 @@
 """The conformance kit: every property lossbench expects of a component, checked in one call;
 the checks every component gets are in ``common``, those that hyperparameters reach the kernels
-as values in ``hyperparameters``, those of each kind in ``losses``, ``optimizers``, ``models``
-and ``data``; ``golden`` holds a component to stored values (from PyTorch or any callable).
+as values in ``hyperparameters``, those of each kind in ``losses``, ``optimizers``, ``models``,
+``data`` and ``schedules``; ``golden`` holds a component to stored values (from PyTorch or any
+callable).
 
 In a plugin's own test suite (in the spirit of scikit-learn's ``parametrize_with_checks``)::
 
@@ -43,7 +44,11 @@ What is checked (``CHECKS``), for every component the plugins register:
 - model: builds a consistent layout; forward/backward compile; kernels == references; backward
   == finite differences of forward (a miss named by tensor: ``W1[3, 0]``); inputs not modified;
   each option on its own; hyperparameter change without a recompile; trains;
-- data: loads a consistent ``Dataset``, the same for the same seed; a small MLP trains on it.
+- data: loads a consistent ``Dataset``, the same for the same seed; a small MLP trains on it;
+- schedule: ``rate`` == ``reference`` at every epoch of schedules 1, 5 and 30 epochs long
+  (finite, never negative); each numeric option on its own changes the rates; in a real run
+  every epoch trains at the rate the schedule gives after the warm-up, and a changed option
+  compiles nothing.
 
 Every kernel call goes through one harness (``_harness``): guard rows around every buffer the
 kit hands out, the kernel compiled with numba's boundscheck for float64 calls (a copy with its
@@ -107,6 +112,11 @@ from lossbench.testing.optimizers import (
     _opt_step_cost,
     _opt_zero_lr,
 )
+from lossbench.testing.schedules import (
+    _schedule_each_option,
+    _schedule_matches_reference,
+    _schedule_reaches_training,
+)
 
 CHECKS = {
     "plugin": ("registers",),
@@ -145,6 +155,12 @@ CHECKS = {
         "trains_small_mlp",
     ),
     "data": ("hydra_options", "loads", "trains_small_mlp"),
+    "schedule": (
+        "hydra_options",
+        "rate_matches_reference",
+        "each_hyperparameter_takes_effect",
+        "every_epoch_trains_at_its_rate_without_recompiling",
+    ),
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -299,7 +315,7 @@ def _cases(hparams: dict, group: str, spec) -> list:
     else:
         given = [given] if isinstance(given, dict) else list(given)
         cases = [spec.hparams(**values) for values in given]
-    if group in ("loss", "optimizer", "model"):
+    if group in ("loss", "optimizer", "model", "schedule"):
         cases += [c for c in option_cases(spec) if c not in cases]
     return cases
 
@@ -322,7 +338,13 @@ def _registers(manager, obj):
 
 
 _CHECK_FUNCTIONS: dict[tuple[str, str], Callable[..., Callable[[], None] | None]] = {
-    **{(g, "hydra_options"): _hydra_options for g in ("loss", "optimizer", "model", "data")},
+    **{
+        (g, "hydra_options"): _hydra_options
+        for g in ("loss", "optimizer", "model", "data", "schedule")
+    },
+    ("schedule", "rate_matches_reference"): _schedule_matches_reference,
+    ("schedule", "each_hyperparameter_takes_effect"): _schedule_each_option,
+    ("schedule", "every_epoch_trains_at_its_rate_without_recompiling"): _schedule_reaches_training,
     **{(g, "kernel_compiles"): _kernel_compiles for g in ("loss", "optimizer", "model")},
     **{(g, "trains_small_mlp"): _trains for g in ("loss", "optimizer", "model", "data")},
     **{

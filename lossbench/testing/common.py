@@ -16,6 +16,7 @@ from lossbench import hookimpl
 from lossbench.config import compose
 from lossbench.errors import LossbenchError
 from lossbench.kernels import compiled_in_object_mode, kernel_ref
+from lossbench.specs import KIND_TABLE
 from lossbench.testing._base import (
     TRAINING,
     TRAINING_DATA,
@@ -84,7 +85,7 @@ def _hydra_options(pm, group, spec, cases):
 # kernels compile
 
 
-_ROLES = {"loss": ("kernel",), "optimizer": ("kernel",), "model": ("forward", "backward")}
+_ROLES = {k.group: tuple(attr for attr, _ in k.kernels) for k in KIND_TABLE if k.kernels}
 _COMPILE_PROBLEMS: dict[tuple[int, bool], tuple[object, str | None]] = {}
 
 

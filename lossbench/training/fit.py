@@ -11,7 +11,6 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 from lossbench.config import GROUPS, compose
 from lossbench.config.schemas import metrics_for
@@ -22,7 +21,7 @@ from lossbench.training import crash
 from lossbench.training.fused import ROLES, bind, evaluate, fused_runner, train_epoch
 from lossbench.training.metrics import common_metrics
 from lossbench.training.run import PHASES, Run
-from lossbench.training.schedules import lr_at
+from lossbench.training.schedules import schedule_of
 from lossbench.training.setup import Runner, Setup, resolve, set_up
 from lossbench.training.slow import slow_runner
 
@@ -115,10 +114,6 @@ def _stages(run: Run, pm, t_start: float, interrupts: _KeepInterrupts) -> str:
     return fit(run, setup, runner, pm)
 
 
-# the trainer options lr_at reads
-_SCHEDULE_KEYS = ("epochs", "lr_schedule", "warmup_epochs", "step_size", "gamma", "min_lr")
-
-
 def fit(run: Run, s: Setup, runner: Runner, pm) -> str:
     """The epoch loop: one epoch (forward, loss, backward, step for every minibatch), one
     validation pass, the metrics into the history, the on_epoch_end hooks; returns the status."""
@@ -126,10 +121,10 @@ def fit(run: Run, s: Setup, runner: Runner, pm) -> str:
     n_val, t = len(prep.X_val), 0
     # the options read every epoch, read once: an OmegaConf attribute read costs ~5 us, and
     # they were most of the Python work between two epochs (benchmarks/epoch_breakdown.py)
-    schedule = SimpleNamespace(**{k: trainer[k] for k in _SCHEDULE_KEYS})
+    schedule = schedule_of(run.specs, run.hparams, trainer)
     shuffle, classification = bool(trainer.shuffle), prep.task == "classification"
     for epoch in range(int(trainer.epochs)):
-        lr = lr_at(epoch, s.base_lr, schedule)
+        lr = schedule.lr(epoch, s.base_lr)
         s.next_epoch_order(shuffle)
         t0 = time.perf_counter()
         total, seen, correct, t = runner.epoch(t, float(lr))

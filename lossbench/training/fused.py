@@ -14,14 +14,12 @@ import numpy as np
 from numba import njit
 
 from lossbench.kernels import KernelWatch, cache_counts, ensure_compiled, kernel_ref
+from lossbench.specs import KIND_TABLE
 from lossbench.training.setup import Runner, Setup
 
-# which spec attribute holds the kernel of which role
-ROLES = {
-    "model": (("forward", "forward"), ("backward", "backward")),
-    "loss": (("kernel", "loss"),),
-    "optimizer": (("kernel", "optimizer"),),
-}
+# which spec attribute holds the kernel of which role, by group, in call order (the kinds with
+# kernels in lossbench.specs.KIND_TABLE)
+ROLES = {k.group: k.kernels for k in KIND_TABLE if k.kernels}
 
 
 @njit(cache=True, nogil=True)

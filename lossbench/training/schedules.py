@@ -1,30 +1,40 @@
-"""Learning-rate schedules, evaluated once per epoch in Python (kernels get the value).
+"""Each epoch's learning rate, evaluated once per epoch in Python (kernels get the value).
 
-With W = trainer.warmup_epochs, epoch e (0-based) and base rate lr0:
+With W = ``trainer.warmup_epochs``, epoch e (0-based), N = ``trainer.epochs`` and base rate lr0
+(``optimizer.lr``):
 
-- warm-up (e < W): lr = lr0 (e + 1) / (W + 1), rising linearly towards lr0;
-- then, with s = e - W and T = epochs - W:
-  - constant: lr = lr0
-  - step:     lr = lr0 gamma^floor(s / step_size)               (torch StepLR)
-  - cosine:   lr = min_lr + (lr0 - min_lr)(1 + cos(pi s / T)) / 2  (torch CosineAnnealingLR,
-    closed form, T_max = T)
+- warm-up (e < W): lr = lr0 (e + 1) / (W + 1), rising linearly towards lr0 (as torch's LinearLR
+  from 1/(W+1) chained before the schedule by SequentialLR);
+- then the chosen schedule (group ``schedule``, ``lossbench.builtin.schedules`` and plugins):
+  ``rate(e - W, max(N - W, 1), lr0, options)``.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
+from typing import Any
+
+from lossbench.specs import ScheduleSpec
 
 
-def lr_at(epoch: int, base_lr: float, trainer) -> float:
-    """The learning rate of ``epoch`` under the trainer config ``trainer``."""
-    warmup = int(trainer.warmup_epochs)
-    if epoch < warmup:
-        return base_lr * (epoch + 1) / (warmup + 1)
-    s = epoch - warmup
-    if trainer.lr_schedule == "step":
-        return base_lr * float(trainer.gamma) ** (s // int(trainer.step_size))
-    if trainer.lr_schedule == "cosine":
-        span = max(int(trainer.epochs) - warmup, 1)
-        lo = float(trainer.min_lr)
-        return lo + (base_lr - lo) * (1 + math.cos(math.pi * s / span)) / 2
-    return base_lr
+@dataclass(frozen=True)
+class Schedule:
+    """A run's learning rate per epoch: its warm-up, then its schedule spec with options."""
+
+    spec: ScheduleSpec
+    options: Any
+    epochs: int
+    warmup: int = 0
+
+    def lr(self, epoch: int, base_lr: float) -> float:
+        """The learning rate of ``epoch`` (0-based)."""
+        if epoch < self.warmup:
+            return base_lr * (epoch + 1) / (self.warmup + 1)
+        span = max(self.epochs - self.warmup, 1)
+        return float(self.spec.rate(epoch - self.warmup, span, base_lr, self.options))
+
+
+def schedule_of(specs: dict, options: dict, trainer) -> Schedule:
+    """The schedule a run's resolved specs, options and trainer config give."""
+    return Schedule(specs["schedule"], options["schedule"], int(trainer.epochs),
+                    int(trainer.warmup_epochs))  # fmt: skip

@@ -26,9 +26,10 @@ def resolve(cfg, registry) -> tuple[dict, dict]:
     for key in ("seed", "data_seed"):
         value = cfg.get(key, 0)
         require(value >= 0, key, value, "it must be >= 0 (NumPy's seeds are non-negative)", 0)
-    for group in ("loss", "optimizer"):
-        if specs[group].check is not None:
-            specs[group].check(options[group])
+    for group in GROUPS:
+        check = getattr(specs[group], "check", None)
+        if check is not None:
+            check(options[group])
     return specs, options
 
 
@@ -38,8 +39,6 @@ def check_trainer(trainer) -> None:
     positive_int(trainer.batch_size, "trainer.batch_size", 32)
     require(trainer.warmup_epochs >= 0, "trainer.warmup_epochs", trainer.warmup_epochs,
             "it must be >= 0 (0 disables warm-up)", 5)  # fmt: skip
-    if trainer.lr_schedule == "step":
-        positive_int(trainer.step_size, "trainer.step_size", 10)
     if trainer.early_stopping.enabled:
         positive_int(trainer.early_stopping.patience, "trainer.early_stopping.patience", 10)
 
