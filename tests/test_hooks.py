@@ -289,6 +289,16 @@ class Components:
 
         register(lossbench.DatasetSpec(name="toy", hparams=ToyOptions, load=load))
 
+    @lossbench.hookimpl
+    def register_schedules(self, register):
+        register(lossbench.ScheduleSpec(name="halving", hparams=HalvingOptions,
+                                        rate=lambda e, n, lr, o: lr * o.factor**e))  # fmt: skip
+
+
+@dataclasses.dataclass
+class HalvingOptions:
+    factor: float = 0.5
+
 
 @pytest.fixture(scope="module")
 def components_pm():
@@ -304,6 +314,8 @@ def _train_components(pm):
             "loss=mse_again",
             "optimizer=sgd_again",
             "model=linear_again",
+            "schedule=halving",
+            "optimizer.lr=0.2",
         ],
         plugin_manager=pm,
     )
@@ -326,6 +338,12 @@ def test_hook_register_models(components_pm):
 def test_hook_register_datasets(components_pm):
     run = _train_components(components_pm)
     assert len(run.dataset.X_train) + len(run.dataset.X_val) == 60
+
+
+def test_hook_register_schedules(components_pm):
+    run = _train_components(components_pm)
+    assert run.specs["schedule"].name == "halving"
+    assert [h["lr"] for h in run.history] == [0.2 * 0.5**e for e in range(len(run.history))]
 
 
 def test_every_hook_has_a_test():
