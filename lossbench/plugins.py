@@ -90,15 +90,13 @@ class PluginManager(pluggy.PluginManager):
         """Call every register_* hook and fill the registry; duplicate names are an error."""
         self.registry = Registry()
         for group, hook_name in REGISTER_HOOKS.items():
-            hook = getattr(self.hook, hook_name)
-            for impl in hook.get_hookimpls():
-                plugin_name = self.get_name(impl.plugin) or repr(impl.plugin)
+            for plugin_name, call in self.each_implementation(hook_name, call_order=False):
 
                 def register(spec, _group=group, _plugin=plugin_name):
                     self._register(_group, spec, _plugin)
 
                 try:
-                    impl.function(register=register)
+                    call(register=register)
                 except PluginError:
                     raise
                 except Exception as exc:
@@ -107,6 +105,19 @@ class PluginManager(pluggy.PluginManager):
                         f"hook: {exc}. Fix the plugin, or disable it with "
                         f"{ENV_DISABLE}={plugin_name}."
                     ) from exc
+
+    def each_implementation(self, hook_name: str, call_order: bool = True):
+        """``(plugin name, caller)`` for each implementation of ``hook_name``, so that one can be
+        told from another (which plugin registered a component, which one raised) while every
+        call still goes through pluggy (its tracing and hook-call monitoring see it). In pluggy's
+        call order (the last registered first), or with ``call_order=False`` in registration
+        order."""
+        impls = getattr(self.hook, hook_name).get_hookimpls()
+        plugins = [impl.plugin for impl in impls]
+        for impl in reversed(impls) if call_order else impls:
+            others = [p for p in plugins if p is not impl.plugin]
+            name = self.get_name(impl.plugin) or repr(impl.plugin)
+            yield name, self.subset_hook_caller(hook_name, remove_plugins=others)
 
     def origin(self, plugin_name: str) -> tuple[str, str]:
         """Where a plugin comes from: (distribution or file, version); the version is empty

@@ -346,6 +346,25 @@ def test_hook_register_schedules(components_pm):
     assert [h["lr"] for h in run.history] == [0.2 * 0.5**e for e in range(len(run.history))]
 
 
+def test_every_hook_is_called_through_pluggy_so_its_tracing_sees_it(components_pm):
+    """Hooks called one implementation at a time (the registration hooks, to know who
+    registered what; on_run_end, so one failing does not skip the others) still go through
+    pluggy: hook-call monitoring sees every implementation of every hook."""
+    seen = []
+    undo = components_pm.add_hookcall_monitoring(
+        lambda name, impls, kwargs: seen.extend((name, i.plugin_name) for i in impls),
+        lambda outcome, name, impls, kwargs: None,
+    )
+    try:
+        components_pm.collect()
+        _train_components(components_pm)
+    finally:
+        undo()
+    for name in HOOKS:
+        for impl in getattr(components_pm.hook, name).get_hookimpls():
+            assert (name, impl.plugin_name) in seen, f"{name} of {impl.plugin_name} bypassed pluggy"
+
+
 def test_every_hook_has_a_test():
     names = {n for n, f in globals().items() if inspect.isfunction(f)}
     missing = [h for h in HOOKS if f"test_hook_{h}" not in names]

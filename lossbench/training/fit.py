@@ -220,11 +220,11 @@ def _run_end_hooks(pm, run) -> PluginFailure | None:
     interrupts at once."""
     failure = None
     with _HoldInterrupts() as held:
-        for impl in reversed(pm.hook.on_run_end.get_hookimpls()):
+        for plugin_name, call in pm.each_implementation("on_run_end"):
             try:
-                impl.function(run=run, status=run.status)
+                call(run=run, status=run.status)
             except LossbenchError as exc:
-                warnings.warn(f"on_run_end of {impl.plugin_name}: {exc}", stacklevel=2)
+                warnings.warn(f"on_run_end of {plugin_name}: {exc}", stacklevel=2)
             except Exception as exc:  # a plugin bug: the run failed, the others still run
                 this = hook_failure(pm, "on_run_end", exc)
                 failure = failure or this
