@@ -46,6 +46,14 @@ def register_schedules(register):
 
 
 @hookspec
+def register_options(register):
+    """Declare a lifecycle plugin's own options: ``register(NAME, DATACLASS)``. They become the
+    config node ``plugins.NAME`` (the dataclass's fields with their defaults), typed by Hydra
+    like any option (``plugins.NAME.KEY=VALUE`` on the command line, in sweeps too), shown by
+    ``--cfg job`` and ``--help``; the plugin reads them as ``run.config.plugins.NAME``."""
+
+
+@hookspec
 def on_run_start(run):
     """Called once after data, model and optimizer state are ready, before the first epoch.
 

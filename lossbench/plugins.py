@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -61,6 +62,8 @@ class Registry:
     """Every registered component, by config group ("loss", ...) and name."""
 
     components: dict[str, dict] = field(default_factory=lambda: {k: {} for k in KINDS})
+    # lifecycle plugins' own options (register_options): name -> (dataclass, plugin)
+    options: dict[str, tuple[type, str]] = field(default_factory=dict)
 
     def get(self, group: str, name: str):
         table = self.components[group]
@@ -89,6 +92,8 @@ class PluginManager(pluggy.PluginManager):
     def collect(self) -> None:
         """Call every register_* hook and fill the registry; duplicate names are an error."""
         self.registry = Registry()
+        for plugin_name, call in self.each_implementation("register_options", call_order=False):
+            call(register=functools.partial(self._register_options, plugin_name))
         for group, hook_name in REGISTER_HOOKS.items():
             for plugin_name, call in self.each_implementation(hook_name, call_order=False):
 
@@ -133,6 +138,27 @@ class PluginManager(pluggy.PluginManager):
         """The plugin and its distribution with version (or its file), for run records."""
         where, version = self.origin(plugin_name)
         return {"plugin": plugin_name, "distribution": f"{where} {version}".strip()}
+
+    def _register_options(self, plugin_name: str, name, options) -> None:
+        """``register(NAME, DATACLASS)`` of the register_options hook, checked."""
+        what = f"plugin {plugin_name!r} registers options {name!r}"
+        if not (isinstance(name, str) and name.isidentifier()):
+            raise PluginError(
+                f"{what}: the name must be an identifier (plugins.NAME.KEY on the command "
+                'line). Fix: register("my_plugin", MyOptions).'
+            )
+        if not (isinstance(options, type) and dataclasses.is_dataclass(options)):
+            raise PluginError(
+                f"{what} with {options!r}, which is not a dataclass. Fix: pass a @dataclass "
+                "class whose fields (with defaults) are the options."
+            )
+        if name in self.registry.options:
+            other = self.registry.options[name][1]
+            raise PluginError(
+                f"{what}, but plugin {other!r} registered options under that name already. "
+                "Fix: rename one of them."
+            )
+        self.registry.options[name] = (options, plugin_name)
 
     def _register(self, group: str, spec, plugin_name: str) -> None:
         expected = KINDS[group]

@@ -6,10 +6,13 @@ import inspect
 import json
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 import lossbench
 import lossbench.training.fit as fit_module
@@ -17,7 +20,7 @@ from conftest import TINY
 from lossbench import hookspecs
 from lossbench.builtin.models import MODELS
 from lossbench.data import DataOptions, Dataset
-from lossbench.errors import DataError, PluginFailure
+from lossbench.errors import ConfigError, DataError, PluginError, PluginFailure
 from lossbench.plugins import build_plugin_manager
 
 HOOKS = sorted(n for n, f in vars(hookspecs).items() if hasattr(f, "lossbench_spec"))
@@ -344,6 +347,75 @@ def test_hook_register_schedules(components_pm):
     run = _train_components(components_pm)
     assert run.specs["schedule"].name == "halving"
     assert [h["lr"] for h in run.history] == [0.2 * 0.5**e for e in range(len(run.history))]
+
+
+@dataclasses.dataclass
+class SlowEpochOptions:
+    seconds: float = 1.0
+    enabled: bool = True
+
+
+class SlowEpochs:
+    """A lifecycle plugin with options of its own: it records what it read."""
+
+    def __init__(self):
+        self.read = []
+
+    @lossbench.hookimpl
+    def register_options(self, register):
+        register("slow_epochs", SlowEpochOptions)
+
+    @lossbench.hookimpl
+    def on_epoch_end(self, run, epoch, metrics):
+        opts = run.config.plugins.slow_epochs
+        self.read.append((opts.seconds, opts.enabled))
+
+
+def test_hook_register_options():
+    plugin = SlowEpochs()
+    pm = build_plugin_manager(entry_points=False, extra=[plugin])
+    run = lossbench.train(overrides=[*TINY, "plugins.slow_epochs.seconds=0.25"], plugin_manager=pm)
+    assert plugin.read and set(plugin.read) == {(0.25, True)}
+    assert OmegaConf.to_container(run.config.plugins) == {
+        "slow_epochs": {"seconds": 0.25, "enabled": True}
+    }
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("plugins.slow_epochs.seconds=abc", "plugins.slow_epochs.seconds must be a number"),
+        ("plugins.slow_epochs.second=1", "Did you mean plugins.slow_epochs.seconds?"),
+    ],
+)
+def test_a_plugins_options_are_typed_like_any_option(override, message):
+    pm = build_plugin_manager(entry_points=False, extra=[SlowEpochs()])
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        lossbench.train(overrides=[*TINY, override], plugin_manager=pm)
+
+
+def test_a_plugins_options_show_in_cfg_and_help(tmp_path):
+    plugin = tmp_path / "slow_epochs.py"
+    plugin.write_text(
+        "from dataclasses import dataclass\nimport lossbench\n\n\n@dataclass\n"
+        "class SlowEpochOptions:\n    seconds: float = 1.0\n\n\n@lossbench.hookimpl\n"
+        "def register_options(register):\n    register('slow_epochs', SlowEpochOptions)\n"
+    )
+    for flag in ("--cfg=job", "--help"):
+        done = subprocess.run(
+            [sys.executable, "-m", "lossbench", "--plugins-dir", str(tmp_path), flag],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "plugins:\n  slow_epochs:\n    seconds: 1.0" in done.stdout, flag
+
+
+def test_options_registered_twice_under_one_name_are_refused():
+    class Again(SlowEpochs):
+        pass
+
+    with pytest.raises(PluginError, match="registered options under that name already"):
+        build_plugin_manager(entry_points=False, extra=[SlowEpochs(), Again()])
 
 
 def test_every_hook_is_called_through_pluggy_so_its_tracing_sees_it(components_pm):

@@ -84,6 +84,30 @@ def node_class(group: str, spec) -> type:
 _LAST_STORED = None  # weakref to the registry whose nodes the ConfigStore holds
 
 
+def root_schema(registry) -> type:
+    """``RootConfig``, with a node ``plugins`` holding each lifecycle plugin's own options
+    (``register_options``) when plugins declare some."""
+    if not registry.options:
+        return RootConfig
+    fields = [(name, cls, dataclasses.field(default_factory=cls))
+              for name, (cls, _) in sorted(registry.options.items())]  # fmt: skip
+    plugins = dataclasses.make_dataclass("PluginOptions", fields)
+    try:
+        OmegaConf.structured(plugins)
+    except Exception as exc:
+        owners = ", ".join(f"{n} ({p})" for n, (_, p) in sorted(registry.options.items()))
+        raise PluginError(
+            f"the options plugins declare ({owners}) cannot be stored as a config: "
+            f"{str(exc).strip().splitlines()[0]}. Fix: give the dataclass fields of the types "
+            f"Hydra stores ({HPARAM_TYPES}), each with a default."
+        ) from None
+    return dataclasses.make_dataclass(
+        "RootWithPluginOptions",
+        [("plugins", plugins, dataclasses.field(default_factory=plugins))],
+        bases=(RootConfig,),
+    )
+
+
 def store_configs(registry) -> None:
     """Put lossbench's schemas and every registered component into Hydra's ConfigStore (once
     per registry: storing costs ~50 ms, and a sweep worker composes a config per trial).
@@ -108,7 +132,7 @@ def store_configs(registry) -> None:
                 raise _unstorable(group, spec, problem, str(key) if key else None) from None
             if not (files / group / f"{name}.yaml").is_file():
                 cs.store(group=group, name=name, node=node, provider="lossbench")
-    cs.store(name="base_config", node=RootConfig, provider="lossbench")
+    cs.store(name="base_config", node=root_schema(registry), provider="lossbench")
     cs.store(group="schema/trainer", name="default", node=TrainerConfig, provider="lossbench")
     cs.store(
         group="schema/tracking", name="mlflow", node=MlflowTrackingConfig, provider="lossbench"
