@@ -224,7 +224,7 @@ def lr_find_command(argv: list[str]) -> None:
     plugins_dir, flags, overrides = _command_args(
         "lr_find", argv, LR_FIND_FLAGS, LR_FIND_USAGE,
         "The learning-rate range test: an exponential lr ramp, the smoothed loss against lr "
-        "(lr_find.png), a suggested lr and the command to train with it. See the README, "
+        "(lr_find.png), a suggested lr and the command to train with it. See docs/sweeps.md, "
         "'Finding a learning rate'.",
     )  # fmt: skip
     stamp = f"{datetime.now():%Y-%m-%d_%H-%M-%S}-{run_token()}"  # new for every run

@@ -217,3 +217,14 @@ def test_plugin_guide_golden_example_runs(tmp_path, monkeypatch):
     assert [c.id for c in cases][:2] == ["nadam-float64", "nadam-float32"] and len(cases) == 10
     for case in cases:
         module.test_matches_torch_nadam(case)
+
+
+def test_every_relative_link_in_the_readme_and_docs_resolves():
+    """The README is short and links to docs/ by topic: a moved or renamed page breaks this."""
+    broken = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            web = target.startswith(("http://", "https://"))
+            if not web and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, "links to nothing:\n" + "\n".join(broken)

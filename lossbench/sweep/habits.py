@@ -95,7 +95,7 @@ def _launcher(value: str, notes: list[str]) -> list[str]:
         "(local processes, hydra.launcher.n_jobs or sweep.n_jobs of them), ray. Fix: "
         "sweep.launcher=local sweep.n_jobs=N; for a SLURM or other cluster, start the same "
         "command on each node with a shared sweep.storage (e.g. PostgreSQL), or use "
-        "sweep.launcher=ray on a Ray cluster (README, Sweeps on a cluster)."
+        "sweep.launcher=ray on a Ray cluster (docs/sweeps.md, \"Sweeps on a cluster\")."
     )
 
 

@@ -16,7 +16,7 @@ against ``log lr`` (``argmin dS / d log lr``, by central differences, as Lightni
 searched only below the lr of the smallest smoothed loss: the steepest fall is where the
 network learns fastest while it is still stable, and it lies well below the point where the
 loss turns up. ``min/10`` (a tenth of the lr of the smallest smoothed loss, fastai's old
-rule) is reported beside it. Which one to trust is measured against sweeps in the README.
+rule) is reported beside it. Which one to trust is measured against sweeps in docs/sweeps.md.
 
 ``lr_ramp`` takes the same first-class kernel values as ``fused.train_epoch`` and a per-step
 learning-rate array, so the loop is compiled once per dtype, not written in Python.
