@@ -48,56 +48,83 @@ def _count_correct(out, labels, start, order):
 
 
 @njit(cache=True, nogil=True)
+def gather(X, Y, order, start, m, xm, ym):
+    """Copy the rows ``order[start:start + m]`` of ``X`` and ``Y`` into the contiguous minibatch
+    buffers ``xm`` and ``ym``."""
+    n_x, n_y = X.shape[1], Y.shape[1]
+    for i in range(m):
+        r = order[start + i]
+        # element loops: a slice assignment per row cost ~0.8 us per batch of 32 rows
+        # (13% of a 20-32-3 epoch, benchmarks/epoch_breakdown.py); these copy the same bits
+        for j in range(n_x):
+            xm[i, j] = X[r, j]
+        for j in range(n_y):
+            ym[i, j] = Y[r, j]
+
+
+@njit(cache=True, nogil=True)
+def batch_loss(forward, loss, params, layout, model_hp, loss_hp, xm, ym, work, om, dm, failed):
+    """Forward and loss of one gathered minibatch: the batch loss, its gradient into ``dm``.
+    When a kernel raised (``failed[0]``), notes which call in ``failed[1]`` (1 forward, 2 loss)
+    and returns NaN."""
+    forward(params, layout, model_hp, xm, work, om)
+    if failed[0]:
+        failed[1] = 1
+        return math.nan
+    value = loss(om, ym, loss_hp, dm)
+    if failed[0]:
+        failed[1] = 2
+        return math.nan
+    return value
+
+
+@njit(cache=True, nogil=True)
+def batch_update(backward, step, params, layout, model_hp, xm, work, dm, grads, state, scalars,
+                 opt_hp, t, lr, failed):  # fmt: skip
+    """Backward and optimizer step ``t`` of one minibatch whose loss gradient is in ``dm``;
+    notes a kernel that raised in ``failed[1]`` (3 backward, 4 step)."""
+    backward(params, layout, model_hp, xm, work, dm, grads)
+    if failed[0]:
+        failed[1] = 3
+        return
+    step(params, grads, state, scalars, opt_hp, t, lr)
+    if failed[0]:
+        failed[1] = 4
+
+
+@njit(cache=True, nogil=True)
 def train_epoch(
     forward, backward, loss, step, params, layout, model_hp, loss_hp, opt_hp, state, scalars,
     grads, X, Y, labels, order, batch_size, work, xb, yb, out, dout, failed, t, lr,
 ):  # fmt: skip
     """One epoch of minibatch training; returns (sum of batch loss x batch size, samples seen,
-    correct predictions, step count). Stops at the first non-finite batch loss, and at once
-    when a kernel raised (``failed[0]`` set: ``kernels.KernelWatch``), noting which call in
-    ``failed[1]``."""
+    correct predictions, step count). Each minibatch: ``gather``, ``batch_loss``,
+    ``batch_update`` (the steps ``lr_find.lr_ramp`` takes too). Stops at the first non-finite
+    batch loss, and at once when a kernel raised (``failed[0]`` set: ``kernels.KernelWatch``),
+    noting which call in ``failed[1]``."""
     n = order.shape[0]
     total = 0.0
     seen = 0
     correct = 0
     with_labels = labels.shape[0] > 0
-    n_x, n_y = X.shape[1], Y.shape[1]
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
-        xm = xb[:m]
-        ym = yb[:m]
-        om = out[:m]
-        dm = dout[:m]
-        for i in range(m):  # gather the minibatch into contiguous buffers
-            r = order[start + i]
-            # element loops: a slice assignment per row cost ~0.8 us per batch of 32 rows
-            # (13% of a 20-32-3 epoch, benchmarks/epoch_breakdown.py); these copy the same bits
-            for j in range(n_x):
-                xm[i, j] = X[r, j]
-            for j in range(n_y):
-                ym[i, j] = Y[r, j]
-        forward(params, layout, model_hp, xm, work, om)
+        xm, ym, om, dm = xb[:m], yb[:m], out[:m], dout[:m]
+        gather(X, Y, order, start, m, xm, ym)
+        value = batch_loss(forward, loss, params, layout, model_hp, loss_hp, xm, ym, work, om,
+                           dm, failed)  # fmt: skip
         if failed[0]:
-            failed[1] = 1
             break
-        batch_loss = loss(om, ym, loss_hp, dm)
-        if failed[0]:
-            failed[1] = 2
-            break
-        total += batch_loss * m
+        total += value * m
         seen += m
-        if not math.isfinite(batch_loss):
+        if not math.isfinite(value):
             break
         if with_labels:
             correct += _count_correct(om, labels, start, order)
-        backward(params, layout, model_hp, xm, work, dm, grads)
-        if failed[0]:
-            failed[1] = 3
-            break
         t += 1
-        step(params, grads, state, scalars, opt_hp, t, lr)
+        batch_update(backward, step, params, layout, model_hp, xm, work, dm, grads, state,
+                     scalars, opt_hp, t, lr, failed)  # fmt: skip
         if failed[0]:
-            failed[1] = 4
             break
     return total, seen, correct, t
 

@@ -36,7 +36,7 @@ from numba import njit
 from lossbench.errors import ConfigError, DataError
 from lossbench.files import atomic_save, pyplot, save_figure
 from lossbench.training import outputs
-from lossbench.training.fused import ROLES, bind, kernel_watch
+from lossbench.training.fused import ROLES, batch_loss, batch_update, bind, gather, kernel_watch
 from lossbench.training.run import Run
 from lossbench.training.setup import Setup, resolve, set_up
 
@@ -58,41 +58,28 @@ def lr_ramp(
     best = math.inf
     i = 0
     for e in range(orders.shape[0]):
+        order = orders[e]
         for start in range(0, n, batch_size):
             if i >= n_steps:
                 return i
             m = min(batch_size, n - start)
-            xm = xb[:m]
-            ym = yb[:m]
-            om = out[:m]
-            dm = dout[:m]
-            for r in range(m):  # gather the minibatch into contiguous buffers
-                row = orders[e, start + r]
-                xm[r, :] = X[row]
-                ym[r, :] = Y[row]
-            forward(params, layout, model_hp, xm, work, om)
+            xm, ym, om, dm = xb[:m], yb[:m], out[:m], dout[:m]
+            gather(X, Y, order, start, m, xm, ym)
+            value = batch_loss(forward, loss, params, layout, model_hp, loss_hp, xm, ym, work,
+                               om, dm, failed)  # fmt: skip
             if failed[0]:
-                failed[1] = 1
                 return i
-            batch_loss = loss(om, ym, loss_hp, dm)
-            if failed[0]:
-                failed[1] = 2
-                return i
-            losses[i] = batch_loss
-            if not math.isfinite(batch_loss):
+            losses[i] = value
+            if not math.isfinite(value):
                 return i + 1
-            avg = beta * avg + (1.0 - beta) * batch_loss
+            avg = beta * avg + (1.0 - beta) * value
             smoothed = avg / (1.0 - beta ** (i + 1))
             if smoothed > divergence * best:
                 return i + 1
             best = min(best, smoothed)
-            backward(params, layout, model_hp, xm, work, dm, grads)
+            batch_update(backward, step, params, layout, model_hp, xm, work, dm, grads, state,
+                         scalars, opt_hp, i + 1, lrs[i], failed)  # fmt: skip
             if failed[0]:
-                failed[1] = 3
-                return i
-            step(params, grads, state, scalars, opt_hp, i + 1, lrs[i])
-            if failed[0]:
-                failed[1] = 4
                 return i
             i += 1
     return i
