@@ -35,9 +35,11 @@ from lossbench.sweep import design, habits
 from lossbench.sweep.files import atomic_write
 from lossbench.sweep.launchers import LocalLauncher, summary_lock
 from lossbench.sweep.plan import EXIT_WRITE_FAILED, PARENT_FILE, Plan, trial_dir
+from lossbench.sweep.records import settle_children
 from lossbench.sweep.report import ParentRun, Progress, finish
 from lossbench.sweep.space import build_space, dedupe_overrides, split_overrides
 from lossbench.sweep.study import (
+    RECORD_INCOMPLETE,
     check_question,
     open_study,
     recover_stale,
@@ -45,7 +47,7 @@ from lossbench.sweep.study import (
     storage_url,
 )
 from lossbench.tracking.models import check_model_name
-from lossbench.tracking.store import precheck, resolve_uri
+from lossbench.tracking.store import bound_http_retries, precheck, resolve_uri
 from lossbench.urls import mask_text, mask_url
 
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -224,6 +226,8 @@ def _default_study_name(preset, expressions, fixed, preset_fixed) -> str:
 def run_sweep(argv: list[str], plugins_dir: str | None = None) -> int:
     """The coordinator; returns the exit code."""
     plan, base, space = make_plan(argv, get_plugin_manager().registry, plugins_dir)
+    if plan.tracking:  # a store gone mid-sweep costs this process (and its summary) bounded time
+        bound_http_retries(float(base.tracking.get("retry_seconds", 30.0)))
     launcher = make_launcher(plan, base)
     try:
         launcher.prepare()  # connect to the cluster and check it: errors before any trial
@@ -232,6 +236,7 @@ def run_sweep(argv: list[str], plugins_dir: str | None = None) -> int:
             print(f"lossbench: {repaired}; resuming", file=sys.stderr)
         study = open_study(plan)
         check_question(study, plan)
+        resumed = bool(study.get_trials(deepcopy=False))
         ok, parent = _start(study, plan, base, space, defer=isinstance(launcher, LocalLauncher))
         if not ok:
             return 1
@@ -240,8 +245,14 @@ def run_sweep(argv: list[str], plugins_dir: str | None = None) -> int:
             parent = _open_parent(study, plan, base, launcher)
             if parent is None:
                 return 1
+        if resumed:  # runs an earlier invocation's processes left RUNNING, ended now
+            _settle(parent, study, plan)
         status = _watch(study, plan, launcher)
-        return finish(study, plan, parent, status, _crashed(study, plan, launcher.codes()))
+        crashed = _crashed(study, plan, launcher.codes())
+        if any(t.user_attrs.get("lossbench_lost") or t.user_attrs.get(RECORD_INCOMPLETE)
+               for t in study.get_trials(deepcopy=False)):  # fmt: skip
+            _settle(parent, study, plan)  # lost attempts marked, spools replayed if the store is back
+        return finish(study, plan, parent, status, crashed)
     finally:
         launcher.close()
 
@@ -304,6 +315,26 @@ def _open_parent(study, plan: Plan, base, launcher):
         return None
     atomic_write(path, json.dumps({"run_id": parent.run_id}))
     return parent
+
+
+def _settle(parent, study, plan) -> None:
+    """The study's child runs made whole (``records.settle_children``); a store that fails
+    here costs the sweep nothing (``python -m lossbench replay SWEEP_DIR`` does it later)."""
+    if parent is None:
+        return
+    try:
+        precheck(parent.uri)  # a store still gone: said at once, not after MLflow's retries
+        exp_id = parent.client.get_run(parent.run_id).info.experiment_id
+        done = settle_children(parent.client, exp_id, study)
+    except Exception as exc:  # the store is gone again: the records stay as they are
+        why = str(exc).split(". Fix:")[0]
+        print(f"lossbench: the MLflow child runs could not be settled now ({why}); python -m lossbench replay {plan.sweep_dir} does it later",
+              file=sys.stderr)  # fmt: skip
+        return
+    if done["ended"] or done["lost"] or done["replayed"]:
+        print(f"lossbench: MLflow records: {done['ended']} run(s) left running ended, "
+              f"{done['lost']} lost attempt(s) marked, {done['replayed']} spool(s) replayed",
+              file=sys.stderr)  # fmt: skip
 
 
 def make_launcher(plan: Plan, base):

@@ -154,6 +154,9 @@ def make_sampler(plan: Plan, worker: int = 0):
 # a trial answered from a longer run's trajectory (sweep.epochs from one run per configuration)
 # carries the number of the trial whose run it was read from in this user attribute
 READ_FROM = "read_from"
+# a trial's user attribute: why its MLflow record is incomplete (the store went away); the rest
+# is spooled in its folders (``spooled_in``) for ``python -m lossbench replay SWEEP_DIR``
+RECORD_INCOMPLETE = "record_incomplete"
 
 
 def trained(t) -> bool:

@@ -39,6 +39,7 @@ from lossbench.sweep.design import EPOCHS
 from lossbench.sweep.plan import EXIT_WRITE_FAILED, Plan, trial_dir
 from lossbench.sweep.space import build_space
 from lossbench.sweep.study import (
+    RECORD_INCOMPLETE,
     budget_lock,
     counted_runs,
     in_budget,
@@ -59,6 +60,7 @@ from lossbench.sweep.trial import (
     trial_overrides,
     write_hydra_files,
 )
+from lossbench.tracking.plugin import Tracker
 from lossbench.training import train
 from lossbench.urls import mask_text
 
@@ -277,6 +279,7 @@ def _tell(study, plan: Plan, trial, repeats: list[Repeat]) -> None:
     trial.set_user_attr("epochs_planned", int(first.config.trainer.epochs))
     if first.dataset is not None:
         trial.set_user_attr("val_rows", len(first.dataset.X_val))
+    _note_incomplete_records(trial, repeats)
     last = repeats[-1]
     status = "pruned" if last.pruned else last.run.status
     trial.set_user_attr("status", status)
@@ -298,11 +301,24 @@ def _tell(study, plan: Plan, trial, repeats: list[Repeat]) -> None:
         study.tell(trial, state=TrialState.FAIL)
 
 
+def _note_incomplete_records(trial, repeats: list[Repeat]) -> None:
+    """A trial whose MLflow record is incomplete (the store went away) still counts: its run
+    trained and is told as it ended; the trial notes why the record is incomplete and where
+    the rest is spooled, for the coordinator's exit code and ``python -m lossbench replay``."""
+    errors = [m for x in repeats for m in x.run.record_errors]
+    if errors:
+        why = mask_text(errors[0].split("; what it did not receive")[0])
+        trial.set_user_attr(RECORD_INCOMPLETE, why if len(why) < 400 else why[:397] + "...")
+        trial.set_user_attr("spooled_in", [str(x.out) for x in repeats if x.run.record_errors])
+        say(f"trial {trial.number}: {mask_text(errors[0])}")
+
+
 def work(plan: Plan, index: int, quiet: bool = False) -> int:
     """The ask/tell loop until the budget is used up; returns the exit code. Both launchers run
     it: a worker process of this machine, or a Ray task (``quiet``: errors only, since Ray
     sends a task's output to the coordinator's terminal)."""
     use_config(plan.config_path, plan.config_name)
+    Tracker.spool_when_unreachable = True  # a store gone mid-sweep: trials train on, spooled
     study = open_study(plan)
     study.sampler = make_sampler(plan, worker=index)
     pm = build_plugin_manager(plan.plugins_dir)
