@@ -251,7 +251,7 @@ def run_sweep(argv: list[str], plugins_dir: str | None = None) -> int:
         crashed = _crashed(study, plan, launcher.codes())
         if any(t.user_attrs.get("lossbench_lost") or t.user_attrs.get(RECORD_INCOMPLETE)
                for t in study.get_trials(deepcopy=False)):  # fmt: skip
-            _settle(parent, study, plan)  # lost attempts marked, spools replayed if the store is back
+            _settle(parent, study, plan)  # lost attempts marked, spools replayed if it is back
         return finish(study, plan, parent, status, crashed)
     finally:
         launcher.close()
@@ -328,7 +328,8 @@ def _settle(parent, study, plan) -> None:
         done = settle_children(parent.client, exp_id, study)
     except Exception as exc:  # the store is gone again: the records stay as they are
         why = str(exc).split(". Fix:")[0]
-        print(f"lossbench: the MLflow child runs could not be settled now ({why}); python -m lossbench replay {plan.sweep_dir} does it later",
+        print(f"lossbench: the MLflow child runs could not be settled now ({why}); "
+              f"python -m lossbench replay {plan.sweep_dir} does it later",
               file=sys.stderr)  # fmt: skip
         return
     if done["ended"] or done["lost"] or done["replayed"]:
