@@ -33,7 +33,7 @@ from lossbench.errors import ConfigError, positive_int
 from lossbench.plugins import get_plugin_manager
 from lossbench.sweep import design, habits
 from lossbench.sweep.files import atomic_write
-from lossbench.sweep.launchers import LocalLauncher, summary_lock
+from lossbench.sweep.launchers import EXIT_LOST, LauncherLost, LocalLauncher, summary_lock
 from lossbench.sweep.plan import EXIT_WRITE_FAILED, PARENT_FILE, Plan, trial_dir
 from lossbench.sweep.records import settle_children
 from lossbench.sweep.report import ParentRun, Progress, finish
@@ -354,6 +354,8 @@ def _crashed(study, plan, codes: list[int | None]) -> dict[int, str]:
     for i, code in enumerate(codes):
         if code == EXIT_WRITE_FAILED:
             crashed[i] = "a write failed (see above)"
+        elif code == EXIT_LOST:
+            crashed[i] = "its cluster went away (see above)"
         elif code not in (0, None, 130, -2):
             crashed[i] = f"exit code {code}"
     if crashed:
@@ -378,3 +380,8 @@ def _watch(study, plan, launcher) -> str:
     except KeyboardInterrupt:
         launcher.interrupt()
         return "interrupted"
+    except LauncherLost as exc:
+        print(f"lossbench: error: {exc}: its workers are gone, and their trials are retried by "
+              "the next run. Fix: start the cluster again (see docs/scaling.md) and run the "
+              "same command to resume.", file=sys.stderr)  # fmt: skip
+        return "failed"

@@ -22,6 +22,11 @@ from lossbench.sweep.plan import Plan
 from lossbench.urls import mask_url
 
 LOOPBACK = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
+EXIT_LOST = -9  # a worker's code when the cluster it ran on went away
+
+
+class LauncherLost(Exception):
+    """The workers' cluster went away (the Ray head stopped answering): no worker is left."""
 
 
 class LocalLauncher:

@@ -26,7 +26,7 @@ from pathlib import Path
 from lossbench._version import __version__
 from lossbench.errors import ConfigError
 from lossbench.plugins import build_plugin_manager, describe
-from lossbench.sweep.launchers import check_reachable, check_versions
+from lossbench.sweep.launchers import EXIT_LOST, LauncherLost, check_reachable, check_versions
 from lossbench.sweep.plan import Plan
 from lossbench.sweep.worker import work
 from lossbench.tracking.store import resolve_uri
@@ -38,6 +38,10 @@ except ImportError:  # an optional extra; the error says how to install it
     ray = None
 
 TASK_RETRIES = 3  # a task whose worker died is run again (its trial is retried) this often
+# The head (its GCS) not accepting connections this long is the cluster gone: Ray's driver
+# itself waited about 60 s (gcs_rpc_server_reconnect_timeout_s) and then ended this process
+# without its clean-up, leaving the parent run RUNNING.
+HEAD_GRACE_SECONDS = 3.0
 ENV_PREFIXES = ("LOSSBENCH_", "MLFLOW_", "NUMBA_")
 
 
@@ -77,6 +81,9 @@ class RayLauncher:
             )
         self.plan, self.base, self.refs = plan, base, []
         self.start_seconds = 0.0
+        self.gcs: tuple[str, int] | None = None  # the head's GCS, watched while tasks run
+        self.head_lost: str | None = None  # why the cluster is taken for gone
+        self._checked, self._silent_since = 0.0, None
 
     def prepare(self) -> None:
         t0 = time.perf_counter()
@@ -98,6 +105,8 @@ class RayLauncher:
                 "(RAY_AUTH_TOKEN, or ~/.ray/auth_token) here too."
             ) from None
         self.start_seconds = time.perf_counter() - t0
+        host, _, port = ray.get_runtime_context().gcs_address.rpartition(":")
+        self.gcs = (host.strip("[]"), int(port))
         nodes = [n for n in ray.nodes() if n["Alive"]]
         here = _addresses()
         remote = sorted({n["NodeManagerAddress"] for n in nodes} - here)
@@ -143,12 +152,35 @@ class RayLauncher:
         self.refs = [task.remote(plan, i) for i in range(self.n_jobs)]
 
     def running(self) -> bool:
+        """Whether a task still runs; raises ``LauncherLost`` when the head went away."""
         if not self.refs:
             return False
+        self._check_head()
         _, pending = ray.wait(self.refs, num_returns=len(self.refs), timeout=0)
         return bool(pending)
 
+    def _check_head(self) -> None:
+        """Once a second, a TCP connect to the head's GCS: refused or silent for
+        ``HEAD_GRACE_SECONDS``, the cluster is gone (no Ray call is made after that)."""
+        now = time.monotonic()
+        if self.gcs is None or now - self._checked < 1.0:
+            return
+        self._checked = now
+        try:
+            socket.create_connection(self.gcs, timeout=2).close()
+            self._silent_since = None
+            return
+        except OSError as exc:
+            self._silent_since = self._silent_since or now
+            why = exc.strerror or type(exc).__name__
+        if now - self._silent_since >= HEAD_GRACE_SECONDS:
+            where = f"{self.gcs[0]}:{self.gcs[1]}"
+            self.head_lost = f"the Ray head at {where} stopped answering ({why})"
+            raise LauncherLost(self.head_lost)
+
     def interrupt(self) -> None:
+        if self.head_lost:
+            return  # nothing left to cancel, and Ray's calls would wait for the head
         for ref in self.refs:  # KeyboardInterrupt in each task: it marks its trial for a retry
             ray.cancel(ref)
         _, pending = ray.wait(self.refs, num_returns=len(self.refs), timeout=60)
@@ -156,6 +188,8 @@ class RayLauncher:
             ray.cancel(ref, force=True)
 
     def codes(self) -> list[int | None]:
+        if self.head_lost:
+            return [EXIT_LOST] * len(self.refs)
         out = []
         for ref in self.refs:
             try:
@@ -168,6 +202,8 @@ class RayLauncher:
         return out
 
     def close(self) -> None:
+        if self.head_lost:
+            return  # ray.shutdown() would wait for the head that is gone
         if ray.is_initialized():
             ray.shutdown()
 

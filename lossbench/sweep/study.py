@@ -346,6 +346,15 @@ def trial_seeds(plan: Plan, number: int) -> list[int]:
     return [first + r for r in range(plan.repeats)]
 
 
+def _storage_fix(exc: BaseException) -> str:
+    """The fix for a storage that cannot be opened: the driver to install when it is missing."""
+    if isinstance(exc, ImportError) and "psycopg2" in str(exc):
+        return ("install the PostgreSQL driver: pip install 'lossbench[postgres]' (it installs "
+                "psycopg2-binary), then run the same command again.")  # fmt: skip
+    return ("check sweep.storage (a reachable database URL), or leave it unset for a journal "
+            "file in the sweep directory.")  # fmt: skip
+
+
 def open_study(plan: Plan):
     """Create or load the study; errors for an unreachable storage or other directions."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -373,8 +382,7 @@ def open_study(plan: Plan):
         exc = root
         raise ConfigError(
             f"the Optuna storage {mask_url(plan.storage)} cannot be used: "
-            f"{type(exc).__name__}: {reason}. Fix: check sweep.storage (a reachable database "
-            "URL), or leave it unset for a journal file in the sweep directory."
+            f"{type(exc).__name__}: {reason}. Fix: {_storage_fix(exc)}"
         ) from None
     have = [d.name.lower() for d in study.directions]
     if have != plan.directions:
