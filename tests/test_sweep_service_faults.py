@@ -232,3 +232,156 @@ def test_no_mlflow_run_stays_running_after_a_sweep_is_sigkilled_then_rerun(tmp_p
         assert run.data.tags["lossbench.retried_as"] == str(retry[0])
     (parent,) = [x for x in runs if x.data.tags.get("lossbench.role") == "parent"]
     assert parent.info.status == "FINISHED"
+
+
+# ---------------------------------------------------------------------------------------------
+# the study storage goes away: a PostgreSQL of the test's own, and the gRPC storage proxy
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    """PostgreSQL's tools refuse to run as root: as the postgres user when this is root."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster (initdb, pg_ctl) on its own port, stopped and started
+    again by the test (``pg_ctl stop -m immediate``: as a crash or a kill leaves it)."""
+
+    def __init__(self):
+        import glob
+        import tempfile
+
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+        if not found:
+            pytest.skip("PostgreSQL's server programs are not installed (/usr/lib/postgresql)")
+        self.bin = Path(found[-1]).parent
+        self.dir = Path(tempfile.mkdtemp(prefix="lbpg-", dir="/tmp"))
+        if os.geteuid() == 0:
+            import shutil
+
+            shutil.chown(self.dir, "postgres", "postgres")
+        self.port = free_port()
+        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+        subprocess.run(_as_postgres([str(self.bin / "initdb"), "-D", str(self.dir / "data"),
+                                     "-A", "trust", "-U", "postgres"]),
+                       check=True, capture_output=True)  # fmt: skip
+
+    def ctl(self, *args) -> None:
+        opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
+        subprocess.run(_as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"),
+                                     "-o", opts, "-l", str(self.dir / "log"), "-w", *args]),
+                       check=True, capture_output=True, timeout=120)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    if not Path("/usr/bin/runuser").exists() and os.geteuid() == 0:
+        pytest.skip("runuser is needed to run PostgreSQL as root")
+    pg = Postgres()
+    pg.ctl("start")
+    yield pg
+    subprocess.run(_as_postgres([str(pg.bin / "pg_ctl"), "-D", str(pg.dir / "data"), "stop",
+                                 "-m", "immediate"]), capture_output=True)  # fmt: skip
+    import shutil
+
+    shutil.rmtree(pg.dir, ignore_errors=True)
+
+
+def _storage_goes_away(tmp_path, name, storage, stop, restart):
+    """A 3-trial sweep on ``storage``: its storage stopped while trial 0 trains; the sweep
+    exits 1 saying what to run; started again, the same command completes exactly 3 trials
+    with nothing RUNNING in Optuna or MLflow."""
+    marks, uri = tmp_path / "marks", f"sqlite:///{tmp_path}/mlflow.db"
+    args = [*sweep_args(uri, name, n_trials=3), f"sweep.storage={storage}"]
+    proc = start(args, tmp_path, marks, hold="epoch_1")
+    try:
+        wait_for(lambda: proc.poll() is not None or (marks / "epoch_1").exists(), "trial 0")
+        assert proc.poll() is None, proc.communicate()
+        stop()
+        t0 = time.time()
+        (marks / "release").touch()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    seconds = time.time() - t0
+    wait_for_summaries(tmp_path)
+    assert proc.returncode == 1, out[-3000:] + err[-3000:]
+    assert "stopped answering" in err and "run the same command to resume" in err, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert seconds < 60, seconds
+    _, runs = runs_of(uri, name)
+    assert not [x for x in runs if x.info.status == "RUNNING"], "a run left RUNNING"
+    restart()
+    r = subprocess.run([sys.executable, "-m", "lossbench", "--multirun", *args], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "LOSSBENCH_LOAD_PLUGINS": ""})  # fmt: skip
+    wait_for_summaries(tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return runs_of(uri, name)
+
+
+def _study_of(url, name):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def test_postgresql_storage_stopped_mid_sweep_loses_nothing_and_leaves_nothing_running(
+    tmp_path, postgres
+):
+    _, runs = _storage_goes_away(tmp_path, "pgstops", postgres.url,
+                                 lambda: postgres.ctl("stop", "-m", "immediate"),
+                                 lambda: postgres.ctl("start"))  # fmt: skip
+    assert not [x for x in runs if x.info.status == "RUNNING"], "a run left RUNNING"
+    study = _study_of(postgres.url, "pgstops")
+    assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
+    counted = [t for t in study.trials if not t.user_attrs.get("lossbench_lost")]
+    assert sorted(t.state.name for t in counted) == ["COMPLETE"] * 3
+
+
+def test_storage_proxy_killed_mid_sweep_loses_nothing_and_leaves_nothing_running(
+    tmp_path, postgres
+):
+    import psycopg2
+
+    conn = psycopg2.connect(host="127.0.0.1", port=postgres.port, user="postgres",
+                            dbname="postgres")  # fmt: skip
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("CREATE DATABASE proxied")
+    conn.close()
+    database = postgres.url.rsplit("/", 1)[0] + "/proxied"
+    port, proxies = free_port(), []
+
+    def start_proxy():
+        proxies.append(subprocess.Popen(
+            [sys.executable, "-m", "lossbench", "storage-proxy", "--storage", database,
+             "--host", "127.0.0.1", "--port", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        ))  # fmt: skip
+        import socket
+
+        def listening():
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_for(listening, "the storage proxy to listen")
+
+    def kill_proxy():
+        os.killpg(proxies[-1].pid, signal.SIGKILL)
+        proxies[-1].wait()
+
+    start_proxy()
+    try:
+        _, runs = _storage_goes_away(tmp_path, "proxydies", f"grpc://127.0.0.1:{port}",
+                                     kill_proxy, start_proxy)  # fmt: skip
+    finally:
+        for p in proxies:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    study = _study_of(database, "proxydies")
+    assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
+    counted = [t for t in study.trials if not t.user_attrs.get("lossbench_lost")
+               and t.user_attrs.get("status") != "surplus"]  # fmt: skip
+    assert sorted(t.state.name for t in counted) == ["COMPLETE"] * 3

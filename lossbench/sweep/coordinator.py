@@ -44,6 +44,7 @@ from lossbench.sweep.study import (
     open_study,
     recover_stale,
     repair_journal,
+    storage_gone,
     storage_url,
 )
 from lossbench.tracking.models import check_model_name
@@ -248,6 +249,8 @@ def run_sweep(argv: list[str], plugins_dir: str | None = None) -> int:
         if resumed:  # runs an earlier invocation's processes left RUNNING, ended now
             _settle(parent, study, plan)
         status = _watch(study, plan, launcher)
+        if status == STORAGE_GONE:
+            return _storage_gone(plan, parent, launcher)
         crashed = _crashed(study, plan, launcher.codes())
         if any(t.user_attrs.get("lossbench_lost") or t.user_attrs.get(RECORD_INCOMPLETE)
                for t in study.get_trials(deepcopy=False)):  # fmt: skip
@@ -317,6 +320,31 @@ def _open_parent(study, plan: Plan, base, launcher):
     return parent
 
 
+STORAGE_GONE = "storage gone"  # _watch's status when the study storage stopped answering
+
+
+def _storage_gone(plan: Plan, parent, launcher) -> int:
+    """The study storage stopped answering: the workers stop (given a few seconds to notice it
+    themselves; their trials are marked interrupted, so MLflow ends their runs KILLED) and
+    the parent run ends FAILED, saying why; nothing here reads the study. Exit code 1."""
+    deadline = time.monotonic() + 10
+    while launcher.running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if launcher.running():
+        launcher.interrupt()
+    if parent is not None:
+        from mlflow.entities import RunTag  # loaded with the parent run's client
+
+        reason = "the study storage stopped answering; run the same command to resume"
+        try:
+            parent.client.log_batch(parent.run_id, tags=[
+                RunTag("lossbench.status", "failed"), RunTag("lossbench.failure_reason", reason)])
+            parent.client.set_terminated(parent.run_id, "FAILED")
+        except Exception as exc:  # MLflow gone too: the next run ends it
+            print(f"lossbench: the MLflow parent run could not be ended ({exc})", file=sys.stderr)
+    return 1
+
+
 def _settle(parent, study, plan) -> None:
     """The study's child runs made whole (``records.settle_children``); a store that fails
     here costs the sweep nothing (``python -m lossbench replay SWEEP_DIR`` does it later)."""
@@ -380,6 +408,16 @@ def _watch(study, plan, launcher) -> str:
     except KeyboardInterrupt:
         launcher.interrupt()
         return "interrupted"
+    except Exception as exc:
+        if not storage_gone(exc):
+            raise
+        why = mask_text(" ".join(str(exc).split())[:300])
+        print(f"lossbench: error: the study storage {mask_url(plan.storage)} stopped answering "
+              f"({type(exc).__name__}: {why}): the sweep stops; no finished trial is lost, and "
+              "the trials that were running are retried by the next run. Fix: start the "
+              "storage again (the database, or python -m lossbench storage-proxy), then run "
+              "the same command to resume.", file=sys.stderr)  # fmt: skip
+        return STORAGE_GONE
     except LauncherLost as exc:
         print(f"lossbench: error: {exc}: its workers are gone, and their trials are retried by "
               "the next run. Fix: start the cluster again (see docs/scaling.md) and run the "

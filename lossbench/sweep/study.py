@@ -346,6 +346,20 @@ def trial_seeds(plan: Plan, number: int) -> list[int]:
     return [first + r for r in range(plan.repeats)]
 
 
+def storage_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` is the study storage failing (a database or gRPC proxy that stopped
+    answering), not a bug: Optuna's own storage error, or the driver's (SQLAlchemy, psycopg2,
+    gRPC), also when Optuna wrapped it."""
+    for e in (exc, exc.__cause__, exc.__context__):
+        if e is None:
+            continue
+        if isinstance(e, optuna.exceptions.StorageInternalError):
+            return True
+        if type(e).__module__.split(".")[0] in ("sqlalchemy", "psycopg2", "grpc", "pymysql"):
+            return True
+    return False
+
+
 def _storage_fix(exc: BaseException) -> str:
     """The fix for a storage that cannot be opened: the driver to install when it is missing."""
     if isinstance(exc, ImportError) and "psycopg2" in str(exc):

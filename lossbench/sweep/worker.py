@@ -36,7 +36,7 @@ from lossbench.errors import LossbenchError
 from lossbench.plugins import build_plugin_manager, set_plugin_manager
 from lossbench.sweep.answers import Trajectory, answer_epoch_counts, curves
 from lossbench.sweep.design import EPOCHS
-from lossbench.sweep.plan import EXIT_WRITE_FAILED, Plan, trial_dir
+from lossbench.sweep.plan import EXIT_STORAGE_GONE, EXIT_WRITE_FAILED, Plan, trial_dir
 from lossbench.sweep.space import build_space
 from lossbench.sweep.study import (
     RECORD_INCOMPLETE,
@@ -48,6 +48,7 @@ from lossbench.sweep.study import (
     recover_stale,
     retry,
     set_trial_attr,
+    storage_gone,
 )
 from lossbench.sweep.trial import (
     BestModelsOnly,
@@ -339,6 +340,15 @@ def work(plan: Plan, index: int, quiet: bool = False) -> int:
             "storage writable) and run the same command again to resume.",
             err=True,
         )
+    except Exception as exc:
+        if not storage_gone(exc):
+            raise
+        why = mask_text(" ".join(str(exc).split())[:300])
+        say(f"lossbench: error: worker {index} stopped: the study storage "
+            f"{mask_text(plan.storage)} stopped answering ({type(exc).__name__}: {why}). Its "
+            "trial is retried by the next run. Fix: start the storage again and run the same "
+            "command to resume.", err=True)  # fmt: skip
+        return EXIT_STORAGE_GONE
     return EXIT_WRITE_FAILED
 
 
