@@ -6,6 +6,7 @@ keep the budget (trained, spooled, told complete), the sweep exits non-zero nami
 ``replay SWEEP_DIR`` records everything and leaves no spool, and nothing stays RUNNING."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -240,7 +241,7 @@ def test_no_mlflow_run_stays_running_after_a_sweep_is_sigkilled_then_rerun(tmp_p
 
 def _as_postgres(cmd: list[str]) -> list[str]:
     """PostgreSQL's tools refuse to run as root: as the postgres user when this is root."""
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+    return [shutil.which("runuser"), "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
 class Postgres:
@@ -257,8 +258,6 @@ class Postgres:
         self.bin = Path(found[-1]).parent
         self.dir = Path(tempfile.mkdtemp(prefix="lbpg-", dir="/tmp"))
         if os.geteuid() == 0:
-            import shutil
-
             shutil.chown(self.dir, "postgres", "postgres")
         self.port = free_port()
         self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
@@ -275,15 +274,13 @@ class Postgres:
 
 @pytest.fixture(scope="module")
 def postgres():
-    if not Path("/usr/bin/runuser").exists() and os.geteuid() == 0:
+    if os.geteuid() == 0 and not shutil.which("runuser"):
         pytest.skip("runuser is needed to run PostgreSQL as root")
     pg = Postgres()
     pg.ctl("start")
     yield pg
     subprocess.run(_as_postgres([str(pg.bin / "pg_ctl"), "-D", str(pg.dir / "data"), "stop",
                                  "-m", "immediate"]), capture_output=True)  # fmt: skip
-    import shutil
-
     shutil.rmtree(pg.dir, ignore_errors=True)
 
 

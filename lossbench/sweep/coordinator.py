@@ -33,7 +33,7 @@ from lossbench.errors import ConfigError, positive_int
 from lossbench.plugins import get_plugin_manager
 from lossbench.sweep import design, habits
 from lossbench.sweep.files import atomic_write
-from lossbench.sweep.launchers import EXIT_LOST, LauncherLost, LocalLauncher, summary_lock
+from lossbench.sweep.launchers import EXIT_LOST, LocalLauncher, summary_lock
 from lossbench.sweep.plan import EXIT_WRITE_FAILED, PARENT_FILE, Plan, trial_dir
 from lossbench.sweep.records import settle_children
 from lossbench.sweep.report import ParentRun, Progress, finish
@@ -246,6 +246,7 @@ def run_sweep(argv: list[str], plugins_dir: str | None = None) -> int:
             parent = _open_parent(study, plan, base, launcher)
             if parent is None:
                 return 1
+        launcher.watch(lambda why: _cluster_gone(why, parent))
         if resumed:  # runs an earlier invocation's processes left RUNNING, ended now
             _settle(parent, study, plan)
         status = _watch(study, plan, launcher)
@@ -323,6 +324,29 @@ def _open_parent(study, plan: Plan, base, launcher):
 STORAGE_GONE = "storage gone"  # _watch's status when the study storage stopped answering
 
 
+def _cluster_gone(why: str, parent) -> None:
+    """The workers' cluster went away (the Ray head): say so, end the parent run FAILED; the
+    launcher then ends this process (exit 1)."""
+    print(f"lossbench: error: {why}: its workers are gone, and their trials are retried by the "
+          "next run. Fix: start the cluster again (see docs/scaling.md) and run the same "
+          "command to resume.", file=sys.stderr)  # fmt: skip
+    _end_parent_failed(parent, "its Ray cluster went away; run the same command to resume")
+
+
+def _end_parent_failed(parent, reason: str) -> None:
+    """End the MLflow parent run FAILED with the reason (without reading the study)."""
+    if parent is None:
+        return
+    from mlflow.entities import RunTag  # loaded with the parent run's client
+
+    try:
+        parent.client.log_batch(parent.run_id, tags=[
+            RunTag("lossbench.status", "failed"), RunTag("lossbench.failure_reason", reason)])
+        parent.client.set_terminated(parent.run_id, "FAILED")
+    except Exception as exc:  # MLflow gone too: the next run ends it
+        print(f"lossbench: the MLflow parent run could not be ended ({exc})", file=sys.stderr)
+
+
 def _storage_gone(plan: Plan, parent, launcher) -> int:
     """The study storage stopped answering: the workers stop (given a few seconds to notice it
     themselves; their trials are marked interrupted, so MLflow ends their runs KILLED) and
@@ -332,16 +356,8 @@ def _storage_gone(plan: Plan, parent, launcher) -> int:
         time.sleep(0.1)
     if launcher.running():
         launcher.interrupt()
-    if parent is not None:
-        from mlflow.entities import RunTag  # loaded with the parent run's client
-
-        reason = "the study storage stopped answering; run the same command to resume"
-        try:
-            parent.client.log_batch(parent.run_id, tags=[
-                RunTag("lossbench.status", "failed"), RunTag("lossbench.failure_reason", reason)])
-            parent.client.set_terminated(parent.run_id, "FAILED")
-        except Exception as exc:  # MLflow gone too: the next run ends it
-            print(f"lossbench: the MLflow parent run could not be ended ({exc})", file=sys.stderr)
+    _end_parent_failed(parent, "the study storage stopped answering; run the same command to "
+                       "resume")  # fmt: skip
     return 1
 
 
@@ -418,8 +434,4 @@ def _watch(study, plan, launcher) -> str:
               "storage again (the database, or python -m lossbench storage-proxy), then run "
               "the same command to resume.", file=sys.stderr)  # fmt: skip
         return STORAGE_GONE
-    except LauncherLost as exc:
-        print(f"lossbench: error: {exc}: its workers are gone, and their trials are retried by "
-              "the next run. Fix: start the cluster again (see docs/scaling.md) and run the "
-              "same command to resume.", file=sys.stderr)  # fmt: skip
-        return "failed"
+

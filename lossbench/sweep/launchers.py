@@ -25,10 +25,6 @@ LOOPBACK = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
 EXIT_LOST = -9  # a worker's code when the cluster it ran on went away
 
 
-class LauncherLost(Exception):
-    """The workers' cluster went away (the Ray head stopped answering): no worker is left."""
-
-
 class LocalLauncher:
     """``sweep.n_jobs`` worker processes (``python -m lossbench.sweep.worker``). Each reads a
     pipe this process holds on its stdin, so when the coordinator dies they stop."""
@@ -53,6 +49,10 @@ class LocalLauncher:
 
     def running(self) -> bool:
         return any(p.poll() is None for p in self.procs)
+
+    def watch(self, on_lost) -> None:
+        """Nothing to watch: the workers are this machine's processes (Ray's launcher watches
+        its head, ``on_lost`` when it went away)."""
 
     def interrupt(self) -> None:
         for p in self.procs:  # they got the SIGINT too; make sure they stop

@@ -20,13 +20,14 @@ import platform
 import socket
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from lossbench._version import __version__
 from lossbench.errors import ConfigError
 from lossbench.plugins import build_plugin_manager, describe
-from lossbench.sweep.launchers import EXIT_LOST, LauncherLost, check_reachable, check_versions
+from lossbench.sweep.launchers import EXIT_LOST, check_reachable, check_versions
 from lossbench.sweep.plan import Plan
 from lossbench.sweep.worker import work
 from lossbench.tracking.store import resolve_uri
@@ -39,8 +40,8 @@ except ImportError:  # an optional extra; the error says how to install it
 
 TASK_RETRIES = 3  # a task whose worker died is run again (its trial is retried) this often
 # The head (its GCS) not accepting connections this long is the cluster gone: Ray's driver
-# itself waited about 60 s (gcs_rpc_server_reconnect_timeout_s) and then ended this process
-# without its clean-up, leaving the parent run RUNNING.
+# itself waited about 60 s for the GCS and then ended this process without its clean-up,
+# leaving the parent run RUNNING.
 HEAD_GRACE_SECONDS = 3.0
 ENV_PREFIXES = ("LOSSBENCH_", "MLFLOW_", "NUMBA_")
 
@@ -83,7 +84,6 @@ class RayLauncher:
         self.start_seconds = 0.0
         self.gcs: tuple[str, int] | None = None  # the head's GCS, watched while tasks run
         self.head_lost: str | None = None  # why the cluster is taken for gone
-        self._checked, self._silent_since = 0.0, None
 
     def prepare(self) -> None:
         t0 = time.perf_counter()
@@ -152,31 +152,42 @@ class RayLauncher:
         self.refs = [task.remote(plan, i) for i in range(self.n_jobs)]
 
     def running(self) -> bool:
-        """Whether a task still runs; raises ``LauncherLost`` when the head went away."""
         if not self.refs:
             return False
-        self._check_head()
         _, pending = ray.wait(self.refs, num_returns=len(self.refs), timeout=0)
         return bool(pending)
 
-    def _check_head(self) -> None:
-        """Once a second, a TCP connect to the head's GCS: refused or silent for
-        ``HEAD_GRACE_SECONDS``, the cluster is gone (no Ray call is made after that)."""
-        now = time.monotonic()
-        if self.gcs is None or now - self._checked < 1.0:
-            return
-        self._checked = now
-        try:
-            socket.create_connection(self.gcs, timeout=2).close()
-            self._silent_since = None
-            return
-        except OSError as exc:
-            self._silent_since = self._silent_since or now
-            why = exc.strerror or type(exc).__name__
-        if now - self._silent_since >= HEAD_GRACE_SECONDS:
-            where = f"{self.gcs[0]}:{self.gcs[1]}"
-            self.head_lost = f"the Ray head at {where} stopped answering ({why})"
-            raise LauncherLost(self.head_lost)
+    def watch(self, on_lost) -> None:
+        """Watch the head from a thread: once a second a TCP connect to its GCS; refused or
+        silent for ``HEAD_GRACE_SECONDS``, the cluster is gone, ``on_lost(why)`` runs and this
+        process exits 1. A thread, because Ray's own calls (``ray.wait``) in the main thread
+        then block until Ray's driver ends the process after about 60 s, without clean-up."""
+
+        def loop():
+            silent_since = None
+            while self.gcs is not None:
+                time.sleep(1.0)
+                try:
+                    socket.create_connection(self.gcs, timeout=2).close()
+                    silent_since = None
+                    continue
+                except OSError as exc:
+                    silent_since = silent_since or time.monotonic()
+                    why = exc.strerror or type(exc).__name__
+                if time.monotonic() - silent_since >= HEAD_GRACE_SECONDS:
+                    break
+            else:
+                return
+            host, port = self.gcs
+            self.head_lost = f"the Ray head at {host}:{port} stopped answering ({why})"
+            try:
+                on_lost(self.head_lost)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(1)  # the main thread is blocked in Ray; nothing is left to wait for
+
+        threading.Thread(target=loop, daemon=True, name="lossbench-ray-head").start()
 
     def interrupt(self) -> None:
         if self.head_lost:
