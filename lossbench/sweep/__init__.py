@@ -13,7 +13,8 @@ seeds, the pruner's share), ``study`` holds storage, sampler, pruner, budget loc
 lost-trial recovery and the journal's repair, ``plan`` what workers are handed, ``files`` writes
 the sweep's files whole (and private when they hold credentials), ``report`` and ``plots`` what
 a sweep shows and leaves, ``summary`` the background process that draws the figures and ends
-the MLflow parent run after the command has returned."""
+the MLflow parent run after the command has returned, ``records`` the MLflow records made
+whole after a fault (runs left RUNNING ended, lost attempts marked, spools replayed)."""
 
 from lossbench.sweep.coordinator import run_sweep
 
