@@ -20,6 +20,7 @@ import yaml
 from optuna.trial import TrialState
 
 from lossbench.sweep.plan import PARENT_FILE, Plan
+from lossbench.sweep.report import RESULTS_FILE, ParentRun
 from lossbench.sweep.study import RECORD_INCOMPLETE, open_study
 from lossbench.tracking.spool import SPOOL_DIR, SPOOL_TAG, find_spools, replay
 
@@ -117,21 +118,10 @@ def _replay_incomplete(trials) -> int:
     return replayed
 
 
-def still_spooled(trial) -> bool:
-    """Whether a trial whose record was incomplete still has it in a spool (or in a folder
-    this machine cannot see): replayed into its store, the spool is gone."""
-    if not trial.user_attrs.get(RECORD_INCOMPLETE):
-        return False
-    folders = [Path(p) for p in trial.user_attrs.get("spooled_in", [])]
-    return any(not p.is_dir() or find_spools(p) for p in folders) or not folders
-
-
 def replay_sweep(sweep_dir: Path, uri: str | None) -> str | None:
     """After ``replay SWEEP_DIR`` replayed the trials' spools: settle the study's child runs
     and end a parent run left RUNNING; what was done, or None (not a sweep folder, or no
     parent run)."""
-    # here, not at the top: the report imports this module (``still_spooled``)
-    from lossbench.sweep.report import RESULTS_FILE, ParentRun
 
     sweep_dir = Path(sweep_dir)
     plan_file, parent_file = sweep_dir / "plan.json", sweep_dir / PARENT_FILE

@@ -28,8 +28,7 @@ from lossbench.sweep.compare import (
 from lossbench.sweep.files import atomic_write
 from lossbench.sweep.launchers import start_summary
 from lossbench.sweep.plots import sweep_figures
-from lossbench.sweep.records import still_spooled
-from lossbench.sweep.study import READ_FROM, RECORD_INCOMPLETE, counted, trained
+from lossbench.sweep.study import READ_FROM, RECORD_INCOMPLETE, counted, still_spooled, trained
 from lossbench.tracking.models import register, registered_by
 from lossbench.tracking.store import open_client, precheck, resolve_uri
 from lossbench.tracking.worker import experiment_id

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 from lossbench.errors import ConfigError
 from lossbench.sweep.plan import Plan
+from lossbench.tracking.spool import find_spools
 from lossbench.urls import mask_text, mask_url
 
 
@@ -157,6 +158,15 @@ READ_FROM = "read_from"
 # a trial's user attribute: why its MLflow record is incomplete (the store went away); the rest
 # is spooled in its folders (``spooled_in``) for ``python -m lossbench replay SWEEP_DIR``
 RECORD_INCOMPLETE = "record_incomplete"
+
+
+def still_spooled(trial) -> bool:
+    """Whether a trial whose record was incomplete still has it in a spool (or in a folder
+    this machine cannot see): replayed into its store, the spool is gone."""
+    if not trial.user_attrs.get(RECORD_INCOMPLETE):
+        return False
+    folders = [Path(p) for p in trial.user_attrs.get("spooled_in", [])]
+    return any(not p.is_dir() or find_spools(p) for p in folders) or not folders
 
 
 def trained(t) -> bool:
