@@ -35,7 +35,7 @@ from lossbench.sweep import design, habits
 from lossbench.sweep.files import atomic_write
 from lossbench.sweep.launchers import EXIT_LOST, LocalLauncher, summary_lock
 from lossbench.sweep.plan import EXIT_WRITE_FAILED, PARENT_FILE, Plan, trial_dir
-from lossbench.sweep.records import settle_children
+from lossbench.sweep.records import end_running_children, settle_children
 from lossbench.sweep.report import ParentRun, Progress, finish
 from lossbench.sweep.space import build_space, dedupe_overrides, split_overrides
 from lossbench.sweep.study import (
@@ -246,7 +246,7 @@ def run_sweep(argv: list[str], plugins_dir: str | None = None) -> int:
             parent = _open_parent(study, plan, base, launcher)
             if parent is None:
                 return 1
-        launcher.watch(lambda why: _cluster_gone(why, parent))
+        launcher.watch(lambda why: _cluster_gone(why, parent, plan))
         if resumed:  # runs an earlier invocation's processes left RUNNING, ended now
             _settle(parent, study, plan)
         status = _watch(study, plan, launcher)
@@ -324,12 +324,20 @@ def _open_parent(study, plan: Plan, base, launcher):
 STORAGE_GONE = "storage gone"  # _watch's status when the study storage stopped answering
 
 
-def _cluster_gone(why: str, parent) -> None:
-    """The workers' cluster went away (the Ray head): say so, end the parent run FAILED; the
-    launcher then ends this process (exit 1)."""
+def _cluster_gone(why: str, parent, plan: Plan) -> None:
+    """The workers' cluster went away (the Ray head): say so, end the trials' runs KILLED and
+    the parent run FAILED; the launcher then ends this process (exit 1)."""
     print(f"lossbench: error: {why}: its workers are gone, and their trials are retried by the "
           "next run. Fix: start the cluster again (see docs/scaling.md) and run the same "
           "command to resume.", file=sys.stderr)  # fmt: skip
+    if parent is not None:
+        try:
+            exp_id = parent.client.get_run(parent.run_id).info.experiment_id
+            end_running_children(parent.client, exp_id, plan.study_name,
+                                 f"{why}: the trial's Ray worker was lost with it")  # fmt: skip
+        except Exception as exc:  # MLflow gone too: the next run ends them
+            print(f"lossbench: the trials' MLflow runs could not be ended ({exc})",
+                  file=sys.stderr)  # fmt: skip
     _end_parent_failed(parent, "its Ray cluster went away; run the same command to resume")
 
 

@@ -107,6 +107,22 @@ def settle_children(client, experiment_id: str, study) -> dict:
     return done
 
 
+def end_running_children(client, experiment_id: str, study_name: str, reason: str) -> int:
+    """End every RUNNING child run of the study KILLED with ``reason`` (the cluster its
+    workers ran on is gone); how many."""
+    from mlflow.entities import RunTag  # loaded with the client
+
+    ended = 0
+    for run in child_runs(client, experiment_id, study_name):
+        if run.info.status == "RUNNING":
+            client.log_batch(run.info.run_id, tags=[
+                RunTag("lossbench.status", "interrupted"),
+                RunTag("lossbench.failure_reason", reason)])  # fmt: skip
+            client.set_terminated(run.info.run_id, "KILLED")
+            ended += 1
+    return ended
+
+
 def _replay_incomplete(trials) -> int:
     """Replay the spools (on this machine) of trials whose record is incomplete."""
     replayed = 0
