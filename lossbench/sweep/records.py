@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from lossbench.sweep.plan import PARENT_FILE, Plan
 from lossbench.sweep.report import RESULTS_FILE, ParentRun
-from lossbench.sweep.study import RECORD_INCOMPLETE, open_study
+from lossbench.sweep.study import READ_FROM, RECORD_INCOMPLETE, open_study
 from lossbench.tracking.spool import SPOOL_DIR, SPOOL_TAG, find_spools, replay
 
 LOST_TAG, RETRIED_AS_TAG = "lossbench.lost", "lossbench.retried_as"
@@ -81,8 +81,8 @@ def settle_children(client, experiment_id: str, study) -> dict:
     done = {"ended": 0, "lost": 0, "replayed": _replay_incomplete(trials.values())}
     for run in runs:
         trial = trials.get(int(run.data.tags.get("lossbench.trial", -1)))
-        if trial is None or trial.state in (TrialState.RUNNING, TrialState.WAITING):
-            continue  # still training somewhere, or not this study's
+        if trial is None or _in_progress(trial, trials):
+            continue  # still training or being answered somewhere, or not this study's
         lost = bool(trial.user_attrs.get("lossbench_lost"))
         if lost and run.data.tags.get(LOST_TAG) == "true" and run.info.status != "RUNNING":
             continue  # settled by an earlier invocation
@@ -105,6 +105,14 @@ def settle_children(client, experiment_id: str, study) -> dict:
             client.set_terminated(run.info.run_id, "KILLED")  # a lost attempt's result is unused
             done["ended"] += 1
     return done
+
+
+def _in_progress(trial, trials: dict) -> bool:
+    """A trial still running, or an epoch count answered from a run that is still running
+    (added to the study before its MLflow run is recorded)."""
+    source = trials.get(trial.user_attrs.get(READ_FROM, -1))
+    return any(t is not None and t.state in (TrialState.RUNNING, TrialState.WAITING)
+               for t in (trial, source))  # fmt: skip
 
 
 def end_running_children(client, experiment_id: str, study_name: str, reason: str) -> int:
