@@ -7,8 +7,9 @@ with the local launcher (worker processes) and with Ray (tasks on a local Ray in
 Runs `python -m lossbench --multirun` on iris in a temporary directory, one worker, with
 tracking=none and tracking=mlflow (sqlite), and prints, per variant, the median over trials
 (the first trial of each worker excluded: it pays for process start-up) of: trial wall time
-(Optuna's start to complete), time in the training epochs, and the difference; for Ray also
-the one-time cost of starting the local Ray instance and connecting to it.
+(Optuna's start to complete), time in the training epochs, the difference, and the time
+between a worker's trials (tell to the next ask: budget lock, recovery, counting, asking); for
+Ray also the one-time cost of starting the local Ray instance and connecting to it.
 """
 
 from __future__ import annotations
@@ -45,15 +46,20 @@ def run(work: Path, name: str, trials: int, epochs: int, extra: list[str]) -> di
     ray_start = re.search(r"connected in ([0-9.]+) s", r.stderr)
     storage = open_storage(f"journal:{work}/multirun/{name}/journal.log")
     study = optuna.load_study(study_name=name, storage=storage)
-    rows, first = [], set()
+    rows, last_end = [], {}
     for t in sorted(study.trials, key=lambda t: t.number):
-        if t.user_attrs["pid"] not in first:  # a worker's first trial pays its start-up
-            first.add(t.user_attrs["pid"])
+        pid = t.user_attrs["pid"]
+        if pid not in last_end:  # a worker's first trial pays its start-up
+            last_end[pid] = t.datetime_complete
             continue
         wall = (t.datetime_complete - t.datetime_start).total_seconds()
+        # between one trial's tell and the next one's ask: the budget lock, lost-trial
+        # recovery, counting and asking (task scheduling is paid once, not per trial)
+        gap = (t.datetime_start - last_end[pid]).total_seconds()
+        last_end[pid] = t.datetime_complete
         lines = (Path(t.user_attrs["output_dir"]) / "history.csv").read_text().splitlines()[1:]
         epochs_s = sum(float(line.rsplit(",", 1)[1]) for line in lines)
-        rows.append({"wall": wall, "epochs": epochs_s})
+        rows.append({"wall": wall, "epochs": epochs_s, "gap": gap})
     return {"rows": rows, "total": total, "ray_start": float(ray_start[1]) if ray_start else None}
 
 
@@ -72,7 +78,7 @@ def main() -> None:
         print(f"per-trial overhead, iris, {args.epochs} epochs, {args.trials} trials, 1 worker, "
               f"{os.cpu_count()} cores (medians over each worker's trials 2..N)")
         print(f"{'variant':30}{'trial wall (ms)':>17}{'epochs (ms)':>13}{'overhead (ms)':>15}"
-              f"{'sweep (s)':>11}{'ray start (s)':>15}")
+              f"{'between (ms)':>14}{'sweep (s)':>11}{'ray start (s)':>15}")
         i = 0
         for launcher in args.launchers.split(","):
             for label, extra in tracking.items():
@@ -83,9 +89,10 @@ def main() -> None:
                 wall = statistics.median(r["wall"] for r in rows) * 1e3
                 ep = statistics.median(r["epochs"] for r in rows) * 1e3
                 over = statistics.median(r["wall"] - r["epochs"] for r in rows) * 1e3
+                gap = statistics.median(r["gap"] for r in rows) * 1e3
                 start = f"{out['ray_start']:.1f}" if out["ray_start"] is not None else "-"
                 print(f"{'launcher=' + launcher + ' ' + label:30}{wall:17.1f}{ep:13.1f}"
-                      f"{over:15.1f}{out['total']:11.1f}{start:>15}")
+                      f"{over:15.1f}{gap:14.1f}{out['total']:11.1f}{start:>15}", flush=True)
         print("goal: overhead < 50 ms per trial locally, < 100 ms with Ray once its workers run")
 
 

@@ -121,10 +121,11 @@ def warmup_command(argv: list[str]) -> None:
 
 
 def replay_command(argv: list[str]) -> None:
-    """``python -m lossbench replay RUN_DIR [--uri URI]``: send a run's spooled MLflow record
-    (what its store did not receive) to its store, or to ``URI``, and end the run there with its
-    true final state. Safe to repeat: only what the store lacks is sent."""
-    usage = "Usage: python -m lossbench replay RUN_DIR [--uri URI]"
+    """``python -m lossbench replay RUN_DIR|SWEEP_DIR [--uri URI]``: send a run's spooled MLflow
+    record (what its store did not receive) to its store, or to ``URI``, and end the run there
+    with its true final state; a sweep's folder: every trial's spool, then the study's child
+    runs and its parent run settled. Safe to repeat: only what the store lacks is sent."""
+    usage = "Usage: python -m lossbench replay RUN_DIR|SWEEP_DIR [--uri URI]"
     uri, rest = None, list(argv)
     if "--uri" in rest:
         i = rest.index("--uri")
@@ -134,39 +135,66 @@ def replay_command(argv: list[str]) -> None:
         del rest[i : i + 2]
     if len(rest) != 1 or rest[0].startswith("-"):
         _fail(LossbenchError(f"replay takes one run directory. {usage}"))
-    from lossbench.tracking.spool import find_spools, replay  # start-up: MLflow for replay only
+    from lossbench.tracking.spool import find_spools, read_spool  # start-up: MLflow for replay
 
-    if not Path(rest[0]).exists():
+    target = Path(rest[0])
+    if not target.exists():
         _fail(LossbenchError(
             f"replay {rest[0]}: no such folder (looked in {Path.cwd()}). Fix: pass the run "
             f"directory a run's error named (it holds mlflow-spool/). {usage}"
         ))  # fmt: skip
-    spools = find_spools(Path(rest[0]))
-    if not spools:
+    spools = find_spools(target)
+    sweep = (target / "plan.json").is_file()
+    if not spools and not sweep:
         _fail(LossbenchError(
             f"{rest[0]} holds no MLflow spool (mlflow-spool/*/records.jsonl): its record "
             f"reached the store complete, or this is not a run directory. {usage}"
         ))  # fmt: skip
-    failed = 0
-    for folder in spools:
-        try:
-            done = replay(folder, uri)
-        except LossbenchError as exc:  # an edited spool: refused before anything was sent
-            _fail(exc)
-        except Exception as exc:  # the store: unreachable, refusing; the spool stays
-            failed += 1
-            where = uri or "its store"
-            print(mask_text(f"lossbench: error: {folder} could not be replayed into {where}: "
-                            f"{type(exc).__name__}: {exc}"), file=sys.stderr)  # fmt: skip
-            continue
-        print(
-            f"{folder}: run {done['run_id']} in {mask_url(done['uri'])} "
-            f"({'created' if done['created'] else 'found'}), {done['metrics_sent']} metric "
-            f"points sent ({done['metrics_present']} already there), {done['artifacts_sent']} "
-            f"artifacts, ended {done['state']}"
-        )
+    starts = [r for f in spools[:1] for r in read_spool(f) if r["op"] == "start"]
+    failed = sum(not _replay_one(folder, uri) for folder in spools)  # each removed once in
+    if sweep and not failed:
+        _replay_sweep(target, uri or (starts[0].get("uri") if starts else None))
     if failed:
         sys.exit(1)
+
+
+def _replay_one(folder: Path, uri: str | None) -> bool:
+    """Replay one spool, saying what was done; False when its store failed."""
+    from lossbench.tracking.spool import replay  # start-up: MLflow for replay only
+
+    try:
+        done = replay(folder, uri)
+    except LossbenchError as exc:  # an edited spool: refused before anything was sent
+        _fail(exc)
+    except Exception as exc:  # the store: unreachable, refusing; the spool stays
+        print(mask_text(f"lossbench: error: {folder} could not be replayed into "
+                        f"{uri or 'its store'}: {type(exc).__name__}: {exc}"),
+              file=sys.stderr)  # fmt: skip
+        return False
+    if done["run_id"] is None:
+        print(f"{folder}: already replayed by another replay")
+        return True
+    print(
+        f"{folder}: run {done['run_id']} in {mask_url(done['uri'])} "
+        f"({'created' if done['created'] else 'found'}), {done['metrics_sent']} metric "
+        f"points sent ({done['metrics_present']} already there), {done['artifacts_sent']} "
+        f"artifacts, ended {done['state']}" + ("; spool removed" if done["removed"] else "")
+    )
+    return True
+
+
+def _replay_sweep(sweep_dir: Path, uri: str | None) -> None:
+    """A sweep's folder: its child runs and its parent run settled after the spools."""
+    from lossbench.sweep.records import replay_sweep  # start-up: Optuna for a sweep only
+
+    try:
+        said = replay_sweep(sweep_dir, uri)
+    except Exception as exc:  # the store or the study: the trials' records are in already
+        print(mask_text(f"lossbench: error: the sweep {sweep_dir} could not be settled: "
+                        f"{type(exc).__name__}: {exc}"), file=sys.stderr)  # fmt: skip
+        sys.exit(1)
+    if said:
+        print(f"{sweep_dir}: {said}")
 
 
 LR_FIND_USAGE = (

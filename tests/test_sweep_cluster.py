@@ -218,6 +218,78 @@ def test_ray_sweep_with_a_killed_worker_completes_exactly_n_trials(
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
     (killed,) = [r for r in children if r.data.tags["lossbench.trial"] == str(lost.number)]
     assert killed.info.status == "KILLED"
+    # the lost attempt is marked as such, its spool sent and removed; one finished run per trial
+    assert killed.data.tags["lossbench.lost"] == "true"
+    assert killed.data.tags["lossbench.retried_as"] == str(retried.number)
+    assert not (Path(lost.user_attrs["output_dir"]) / "mlflow-spool").exists()
+    finished = sorted(int(r.data.tags["lossbench.trial"]) for r in children
+                      if r.info.status == "FINISHED")  # fmt: skip
+    assert finished == sorted(t.number for t in counted)
+
+
+@pytest.fixture
+def doomed_ray_head():
+    """A Ray head of its own for a test that SIGKILLs it (the module's cluster stays up)."""
+    try:
+        import ray  # noqa: F401  (only whether it is installed)
+    except ImportError as exc:
+        require(False, f"Ray is not installed ({exc}); pip install 'lossbench[ray]'")
+    port, temp = free_port(), tempfile.mkdtemp(prefix="lbray-", dir="/tmp")
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=1",
+         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}", "--block"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "Ray runtime started" in line:
+                break
+        else:
+            pytest.fail("ray start --head failed:\n" + "".join(seen[-30:]))
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
+        yield proc, f"127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_the_ray_head_going_away_ends_the_sweep_in_seconds_with_nothing_running(
+    tmp_path, doomed_ray_head, databases, mlflow_url
+):
+    """The head's processes SIGKILLed mid-trial: the coordinator says so and exits 1 within
+    seconds (it hung about 90 s, then died leaving the parent run RUNNING), the parent run
+    ends, the trial is retried by the next run."""
+    head, address = doomed_ray_head
+    marks, study_db, name = tmp_path / "marks", databases["study"], "rayhead"
+    args = [a.replace("sweep.n_jobs=2", "sweep.n_jobs=1")
+            for a in ray_args(address, databases, mlflow_url, name)]  # fmt: skip
+    proc = start(args, tmp_path, marks, hold="epoch_1")
+    try:
+        wait_for(lambda: proc.poll() is not None
+                 or held_trial(marks, study_db, name, mlflow_url), "a held trial")  # fmt: skip
+        assert proc.poll() is None, proc.communicate()
+        os.killpg(head.pid, signal.SIGKILL)  # the head: GCS, raylet and its workers
+        t0 = time.time()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    seconds = time.time() - t0
+    assert proc.returncode == 1, out[-3000:] + err[-3000:]
+    assert "the Ray head at" in err and "run the same command to resume" in err, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert seconds < 30, seconds
+    wait_for_summaries(tmp_path)
+    runs = runs_of(mlflow_url, name)
+    (parent,) = [r for r in runs if r.data.tags.get("lossbench.role") == "parent"]
+    assert parent.info.status == "FAILED"
+    (child,) = [r for r in runs if r.data.tags.get("lossbench.role") == "trial"]
+    assert child.info.status == "KILLED", child.data.tags
+    assert "the Ray head at" in child.data.tags["lossbench.failure_reason"]
 
 
 def test_ctrl_c_on_a_ray_sweep_cancels_its_workers_and_a_rerun_resumes(
@@ -327,6 +399,24 @@ def test_launcher_ray_without_ray_installed_says_how_to_install_it(tmp_path):
     assert r.returncode == 2, r.stdout + r.stderr
     assert "pip install 'lossbench[ray]'" in r.stderr and "Traceback" not in r.stderr
     assert not list(work.rglob("*"))
+
+
+def test_postgresql_storage_without_its_driver_names_the_extra_that_installs_it(tmp_path):
+    hidden = tmp_path / "hide"
+    (hidden / "psycopg2").mkdir(parents=True)
+    (hidden / "psycopg2" / "__init__.py").write_text("raise ImportError('No module named "
+                                                     "psycopg2 (hidden here)')\n")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": f"{hidden}:{os.environ.get('PYTHONPATH', '')}",
+           "LOSSBENCH_LOAD_PLUGINS": ""}  # fmt: skip
+    work = tmp_path / "work"
+    work.mkdir()
+    r = subprocess.run(
+        [sys.executable, "-m", "lossbench", "--multirun", LR, *BASE,
+         "sweep.storage=postgresql+psycopg2://lb@127.0.0.1:1/optuna"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "pip install 'lossbench[postgres]'" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize(

@@ -33,19 +33,22 @@ from lossbench.errors import ConfigError, positive_int
 from lossbench.files import atomic_write
 from lossbench.plugins import get_plugin_manager
 from lossbench.sweep import design, habits
-from lossbench.sweep.launchers import LocalLauncher, summary_lock
+from lossbench.sweep.launchers import EXIT_LOST, LocalLauncher, summary_lock
 from lossbench.sweep.plan import EXIT_WRITE_FAILED, PARENT_FILE, Plan, trial_dir
+from lossbench.sweep.records import end_running_children, settle_children
 from lossbench.sweep.report import ParentRun, Progress, finish
 from lossbench.sweep.space import build_space, dedupe_overrides, split_overrides
 from lossbench.sweep.study import (
+    RECORD_INCOMPLETE,
     check_question,
     open_study,
     recover_stale,
     repair_journal,
+    storage_gone,
     storage_url,
 )
 from lossbench.tracking.models import check_model_name
-from lossbench.tracking.store import precheck, resolve_uri
+from lossbench.tracking.store import bound_http_retries, precheck, resolve_uri
 from lossbench.urls import mask_text, mask_url
 
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -225,6 +228,8 @@ def _default_study_name(preset, expressions, fixed, preset_fixed) -> str:
 def run_sweep(argv: list[str], plugins_dir: str | None = None) -> int:
     """The coordinator; returns the exit code."""
     plan, base, space = make_plan(argv, get_plugin_manager().registry, plugins_dir)
+    if plan.tracking:  # a store gone mid-sweep costs this process (and its summary) bounded time
+        bound_http_retries(float(base.tracking.get("retry_seconds", 30.0)))
     launcher = make_launcher(plan, base)
     try:
         launcher.prepare()  # connect to the cluster and check it: errors before any trial
@@ -233,6 +238,7 @@ def run_sweep(argv: list[str], plugins_dir: str | None = None) -> int:
             print(f"lossbench: {repaired}; resuming", file=sys.stderr)
         study = open_study(plan)
         check_question(study, plan)
+        resumed = bool(study.get_trials(deepcopy=False))
         ok, parent = _start(study, plan, base, space, defer=isinstance(launcher, LocalLauncher))
         if not ok:
             return 1
@@ -241,8 +247,17 @@ def run_sweep(argv: list[str], plugins_dir: str | None = None) -> int:
             parent = _open_parent(study, plan, base, launcher)
             if parent is None:
                 return 1
+        launcher.watch(lambda why: _cluster_gone(why, parent, plan))
+        if resumed:  # runs an earlier invocation's processes left RUNNING, ended now
+            _settle(parent, study, plan)
         status = _watch(study, plan, launcher)
-        return finish(study, plan, parent, status, _crashed(study, plan, launcher.codes()))
+        if status == STORAGE_GONE:
+            return _storage_gone(plan, parent, launcher)
+        crashed = _crashed(study, plan, launcher.codes())
+        if any(t.user_attrs.get("lossbench_lost") or t.user_attrs.get(RECORD_INCOMPLETE)
+               for t in study.get_trials(deepcopy=False)):  # fmt: skip
+            _settle(parent, study, plan)  # lost attempts marked, spools replayed if it is back
+        return finish(study, plan, parent, status, crashed)
     finally:
         launcher.close()
 
@@ -307,6 +322,75 @@ def _open_parent(study, plan: Plan, base, launcher):
     return parent
 
 
+STORAGE_GONE = "storage gone"  # _watch's status when the study storage stopped answering
+
+
+def _cluster_gone(why: str, parent, plan: Plan) -> None:
+    """The workers' cluster went away (the Ray head): say so, end the trials' runs KILLED and
+    the parent run FAILED; the launcher then ends this process (exit 1)."""
+    print(f"lossbench: error: {why}: its workers are gone, and their trials are retried by the "
+          "next run. Fix: start the cluster again (see docs/scaling.md) and run the same "
+          "command to resume.", file=sys.stderr)  # fmt: skip
+    if parent is not None:
+        try:
+            exp_id = parent.client.get_run(parent.run_id).info.experiment_id
+            end_running_children(parent.client, exp_id, plan.study_name,
+                                 f"{why}: the trial's Ray worker was lost with it")  # fmt: skip
+        except Exception as exc:  # MLflow gone too: the next run ends them
+            print(f"lossbench: the trials' MLflow runs could not be ended ({exc})",
+                  file=sys.stderr)  # fmt: skip
+    _end_parent_failed(parent, "its Ray cluster went away; run the same command to resume")
+
+
+def _end_parent_failed(parent, reason: str) -> None:
+    """End the MLflow parent run FAILED with the reason (without reading the study)."""
+    if parent is None:
+        return
+    from mlflow.entities import RunTag  # loaded with the parent run's client
+
+    try:
+        parent.client.log_batch(parent.run_id, tags=[
+            RunTag("lossbench.status", "failed"), RunTag("lossbench.failure_reason", reason)])
+        parent.client.set_terminated(parent.run_id, "FAILED")
+    except Exception as exc:  # MLflow gone too: the next run ends it
+        print(f"lossbench: the MLflow parent run could not be ended ({exc})", file=sys.stderr)
+
+
+def _storage_gone(plan: Plan, parent, launcher) -> int:
+    """The study storage stopped answering: the workers stop (given a few seconds to notice it
+    themselves; their trials are marked interrupted, so MLflow ends their runs KILLED) and
+    the parent run ends FAILED, saying why; nothing here reads the study. Exit code 1."""
+    deadline = time.monotonic() + 10
+    while launcher.running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if launcher.running():
+        launcher.interrupt()
+    _end_parent_failed(parent, "the study storage stopped answering; run the same command to "
+                       "resume")  # fmt: skip
+    return 1
+
+
+def _settle(parent, study, plan) -> None:
+    """The study's child runs made whole (``records.settle_children``); a store that fails
+    here costs the sweep nothing (``python -m lossbench replay SWEEP_DIR`` does it later)."""
+    if parent is None:
+        return
+    try:
+        precheck(parent.uri)  # a store still gone: said at once, not after MLflow's retries
+        exp_id = parent.client.get_run(parent.run_id).info.experiment_id
+        done = settle_children(parent.client, exp_id, study)
+    except Exception as exc:  # the store is gone again: the records stay as they are
+        why = str(exc).split(". Fix:")[0]
+        print(f"lossbench: the MLflow child runs could not be settled now ({why}); "
+              f"python -m lossbench replay {plan.sweep_dir} does it later",
+              file=sys.stderr)  # fmt: skip
+        return
+    if done["ended"] or done["lost"] or done["replayed"]:
+        print(f"lossbench: MLflow records: {done['ended']} run(s) left running ended, "
+              f"{done['lost']} lost attempt(s) marked, {done['replayed']} spool(s) replayed",
+              file=sys.stderr)  # fmt: skip
+
+
 def make_launcher(plan: Plan, base):
     if plan.launcher == "ray":
         # start-up: Ray (about 2 s to import) loads for sweep.launcher=ray only
@@ -323,6 +407,8 @@ def _crashed(study, plan, codes: list[int | None]) -> dict[int, str]:
     for i, code in enumerate(codes):
         if code == EXIT_WRITE_FAILED:
             crashed[i] = "a write failed (see above)"
+        elif code == EXIT_LOST:
+            crashed[i] = "its cluster went away (see above)"
         elif code not in (0, None, 130, -2):
             crashed[i] = f"exit code {code}"
     if crashed:
@@ -347,3 +433,14 @@ def _watch(study, plan, launcher) -> str:
     except KeyboardInterrupt:
         launcher.interrupt()
         return "interrupted"
+    except Exception as exc:
+        if not storage_gone(exc):
+            raise
+        why = mask_text(" ".join(str(exc).split())[:300])
+        print(f"lossbench: error: the study storage {mask_url(plan.storage)} stopped answering "
+              f"({type(exc).__name__}: {why}): the sweep stops; no finished trial is lost, and "
+              "the trials that were running are retried by the next run. Fix: start the "
+              "storage again (the database, or python -m lossbench storage-proxy), then run "
+              "the same command to resume.", file=sys.stderr)  # fmt: skip
+        return STORAGE_GONE
+

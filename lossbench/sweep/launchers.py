@@ -22,6 +22,7 @@ from lossbench.sweep.plan import Plan
 from lossbench.urls import mask_url
 
 LOOPBACK = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
+EXIT_LOST = -9  # a worker's code when the cluster it ran on went away
 
 
 class LocalLauncher:
@@ -48,6 +49,10 @@ class LocalLauncher:
 
     def running(self) -> bool:
         return any(p.poll() is None for p in self.procs)
+
+    def watch(self, on_lost) -> None:
+        """Nothing to watch: the workers are this machine's processes (Ray's launcher watches
+        its head, ``on_lost`` when it went away)."""
 
     def interrupt(self) -> None:
         for p in self.procs:  # they got the SIGINT too; make sure they stop

@@ -19,6 +19,7 @@ from lossbench.urls import with_password
 JOB_NUM = "${hydra.job.num}"
 
 EXIT_WRITE_FAILED = 3  # a worker's exit code: a file or the study storage could not be written
+EXIT_STORAGE_GONE = 4  # a worker's exit code: the study storage stopped answering
 PARENT_FILE = "parent_run.json"  # {"run_id": ID or null, "error": why it is null}
 
 

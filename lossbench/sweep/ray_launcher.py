@@ -20,13 +20,14 @@ import platform
 import socket
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from lossbench._version import __version__
 from lossbench.errors import ConfigError
 from lossbench.plugins import build_plugin_manager, describe
-from lossbench.sweep.launchers import check_reachable, check_versions
+from lossbench.sweep.launchers import EXIT_LOST, check_reachable, check_versions
 from lossbench.sweep.plan import Plan
 from lossbench.sweep.worker import work
 from lossbench.tracking.store import resolve_uri
@@ -38,6 +39,10 @@ except ImportError:  # an optional extra; the error says how to install it
     ray = None
 
 TASK_RETRIES = 3  # a task whose worker died is run again (its trial is retried) this often
+# The head (its GCS) not accepting connections this long is the cluster gone: Ray's driver
+# itself waited about 60 s for the GCS and then ended this process without its clean-up,
+# leaving the parent run RUNNING.
+HEAD_GRACE_SECONDS = 3.0
 ENV_PREFIXES = ("LOSSBENCH_", "MLFLOW_", "NUMBA_")
 
 
@@ -77,6 +82,8 @@ class RayLauncher:
             )
         self.plan, self.base, self.refs = plan, base, []
         self.start_seconds = 0.0
+        self.gcs: tuple[str, int] | None = None  # the head's GCS, watched while tasks run
+        self.head_lost: str | None = None  # why the cluster is taken for gone
 
     def prepare(self) -> None:
         t0 = time.perf_counter()
@@ -98,6 +105,8 @@ class RayLauncher:
                 "(RAY_AUTH_TOKEN, or ~/.ray/auth_token) here too."
             ) from None
         self.start_seconds = time.perf_counter() - t0
+        host, _, port = ray.get_runtime_context().gcs_address.rpartition(":")
+        self.gcs = (host.strip("[]"), int(port))
         nodes = [n for n in ray.nodes() if n["Alive"]]
         here = _addresses()
         remote = sorted({n["NodeManagerAddress"] for n in nodes} - here)
@@ -148,7 +157,41 @@ class RayLauncher:
         _, pending = ray.wait(self.refs, num_returns=len(self.refs), timeout=0)
         return bool(pending)
 
+    def watch(self, on_lost) -> None:
+        """Watch the head from a thread: once a second a TCP connect to its GCS; refused or
+        silent for ``HEAD_GRACE_SECONDS``, the cluster is gone, ``on_lost(why)`` runs and this
+        process exits 1. A thread, because Ray's own calls (``ray.wait``) in the main thread
+        then block until Ray's driver ends the process after about 60 s, without clean-up."""
+
+        def loop():
+            silent_since = None
+            while self.gcs is not None:
+                time.sleep(1.0)
+                try:
+                    socket.create_connection(self.gcs, timeout=2).close()
+                    silent_since = None
+                    continue
+                except OSError as exc:
+                    silent_since = silent_since or time.monotonic()
+                    why = exc.strerror or type(exc).__name__
+                if time.monotonic() - silent_since >= HEAD_GRACE_SECONDS:
+                    break
+            else:
+                return
+            host, port = self.gcs
+            self.head_lost = f"the Ray head at {host}:{port} stopped answering ({why})"
+            try:
+                on_lost(self.head_lost)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(1)  # the main thread is blocked in Ray; nothing is left to wait for
+
+        threading.Thread(target=loop, daemon=True, name="lossbench-ray-head").start()
+
     def interrupt(self) -> None:
+        if self.head_lost:
+            return  # nothing left to cancel, and Ray's calls would wait for the head
         for ref in self.refs:  # KeyboardInterrupt in each task: it marks its trial for a retry
             ray.cancel(ref)
         _, pending = ray.wait(self.refs, num_returns=len(self.refs), timeout=60)
@@ -156,6 +199,8 @@ class RayLauncher:
             ray.cancel(ref, force=True)
 
     def codes(self) -> list[int | None]:
+        if self.head_lost:
+            return [EXIT_LOST] * len(self.refs)
         out = []
         for ref in self.refs:
             try:
@@ -168,6 +213,8 @@ class RayLauncher:
         return out
 
     def close(self) -> None:
+        if self.head_lost:
+            return  # ray.shutdown() would wait for the head that is gone
         if ray.is_initialized():
             ray.shutdown()
 

@@ -28,7 +28,7 @@ from lossbench.sweep.compare import (
 )
 from lossbench.sweep.launchers import start_summary
 from lossbench.sweep.plots import sweep_figures
-from lossbench.sweep.study import READ_FROM, counted, trained
+from lossbench.sweep.study import READ_FROM, RECORD_INCOMPLETE, counted, still_spooled, trained
 from lossbench.tracking.models import register, registered_by
 from lossbench.tracking.store import open_client, precheck, resolve_uri
 from lossbench.tracking.worker import experiment_id
@@ -245,6 +245,9 @@ def results_dict(study, plan) -> dict:
             "overrides": list(trial.user_attrs.get("overrides", [])),
         }
 
+    incomplete = incomplete_records(study)
+    if incomplete:  # trained and counted, their MLflow records spooled for a replay
+        out["mlflow_records_incomplete"] = [t.number for t in incomplete]
     if plan.n_runs != plan.n_trials:
         out["runs"] = plan.n_runs  # each answers several epoch counts (read from trajectories)
     complete = [x for x in study.get_trials(deepcopy=False) if x.state == TrialState.COMPLETE]
@@ -424,7 +427,20 @@ def _exit_code(study, plan, status: str, crashed: dict[int, str], t: dict) -> in
             "run the same command to resume",
             file=sys.stderr,
         )
-    if crashed:
+    incomplete = incomplete_records(study)
+    if incomplete:
+        numbers = ", ".join(str(x.number) for x in incomplete[:20])
+        more = f" and {len(incomplete) - 20} more" if len(incomplete) > 20 else ""
+        first = incomplete[0]
+        print(
+            f"lossbench: error: {len(incomplete)} trial(s) ({numbers}{more}) trained and count, "
+            f"but their MLflow records are incomplete (trial {first.number}: "
+            f"{first.user_attrs[RECORD_INCOMPLETE]}). Fix: once the store is back, send what "
+            f"it lacks, for every trial and the parent run: python -m lossbench replay "
+            f"{plan.sweep_dir}",
+            file=sys.stderr,
+        )
+    if crashed or incomplete:
         return 1
     if t["done"] < plan.n_trials:
         print(f"lossbench: error: {t['done']} of {plan.n_trials} trials ended; run the same "
@@ -439,6 +455,11 @@ def _exit_code(study, plan, status: str, crashed: dict[int, str], t: dict) -> in
         )
         return 1
     return 0
+
+
+def incomplete_records(study) -> list:
+    """The counted trials whose MLflow record is incomplete (spooled for a replay)."""
+    return [x for x in counted(study.get_trials(deepcopy=False)) if still_spooled(x)]
 
 
 def first_failure(study) -> str:

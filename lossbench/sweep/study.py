@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 from lossbench.errors import ConfigError
 from lossbench.sweep.plan import Plan
+from lossbench.tracking.spool import find_spools
 from lossbench.urls import mask_text, mask_url
 
 
@@ -154,6 +155,18 @@ def make_sampler(plan: Plan, worker: int = 0):
 # a trial answered from a longer run's trajectory (sweep.epochs from one run per configuration)
 # carries the number of the trial whose run it was read from in this user attribute
 READ_FROM = "read_from"
+# a trial's user attribute: why its MLflow record is incomplete (the store went away); the rest
+# is spooled in its folders (``spooled_in``) for ``python -m lossbench replay SWEEP_DIR``
+RECORD_INCOMPLETE = "record_incomplete"
+
+
+def still_spooled(trial) -> bool:
+    """Whether a trial whose record was incomplete still has it in a spool (or in a folder
+    this machine cannot see): replayed into its store, the spool is gone."""
+    if not trial.user_attrs.get(RECORD_INCOMPLETE):
+        return False
+    folders = [Path(p) for p in trial.user_attrs.get("spooled_in", [])]
+    return any(not p.is_dir() or find_spools(p) for p in folders) or not folders
 
 
 def trained(t) -> bool:
@@ -343,6 +356,29 @@ def trial_seeds(plan: Plan, number: int) -> list[int]:
     return [first + r for r in range(plan.repeats)]
 
 
+def storage_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` is the study storage failing (a database or gRPC proxy that stopped
+    answering), not a bug: Optuna's own storage error, or the driver's (SQLAlchemy, psycopg2,
+    gRPC), also when Optuna wrapped it."""
+    for e in (exc, exc.__cause__, exc.__context__):
+        if e is None:
+            continue
+        if isinstance(e, optuna.exceptions.StorageInternalError):
+            return True
+        if type(e).__module__.split(".")[0] in ("sqlalchemy", "psycopg2", "grpc", "pymysql"):
+            return True
+    return False
+
+
+def _storage_fix(exc: BaseException) -> str:
+    """The fix for a storage that cannot be opened: the driver to install when it is missing."""
+    if isinstance(exc, ImportError) and "psycopg2" in str(exc):
+        return ("install the PostgreSQL driver: pip install 'lossbench[postgres]' (it installs "
+                "psycopg2-binary), then run the same command again.")  # fmt: skip
+    return ("check sweep.storage (a reachable database URL), or leave it unset for a journal "
+            "file in the sweep directory.")  # fmt: skip
+
+
 def open_study(plan: Plan):
     """Create or load the study; errors for an unreachable storage or other directions."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -370,8 +406,7 @@ def open_study(plan: Plan):
         exc = root
         raise ConfigError(
             f"the Optuna storage {mask_url(plan.storage)} cannot be used: "
-            f"{type(exc).__name__}: {reason}. Fix: check sweep.storage (a reachable database "
-            "URL), or leave it unset for a journal file in the sweep directory."
+            f"{type(exc).__name__}: {reason}. Fix: {_storage_fix(exc)}"
         ) from None
     have = [d.name.lower() for d in study.directions]
     if have != plan.directions:

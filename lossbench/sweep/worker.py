@@ -37,9 +37,10 @@ from lossbench.plugins import build_plugin_manager, set_plugin_manager
 from lossbench.process import exit_now
 from lossbench.sweep.answers import Trajectory, answer_epoch_counts, curves
 from lossbench.sweep.design import EPOCHS
-from lossbench.sweep.plan import EXIT_WRITE_FAILED, Plan, trial_dir
+from lossbench.sweep.plan import EXIT_STORAGE_GONE, EXIT_WRITE_FAILED, Plan, trial_dir
 from lossbench.sweep.space import build_space
 from lossbench.sweep.study import (
+    RECORD_INCOMPLETE,
     budget_lock,
     counted_runs,
     in_budget,
@@ -48,6 +49,7 @@ from lossbench.sweep.study import (
     recover_stale,
     retry,
     set_trial_attr,
+    storage_gone,
 )
 from lossbench.sweep.trial import (
     BestModelsOnly,
@@ -60,6 +62,7 @@ from lossbench.sweep.trial import (
     trial_overrides,
     write_hydra_files,
 )
+from lossbench.tracking.plugin import Tracker
 from lossbench.training import train
 from lossbench.urls import mask_text
 
@@ -278,6 +281,7 @@ def _tell(study, plan: Plan, trial, repeats: list[Repeat]) -> None:
     trial.set_user_attr("epochs_planned", int(first.config.trainer.epochs))
     if first.dataset is not None:
         trial.set_user_attr("val_rows", len(first.dataset.X_val))
+    _note_incomplete_records(trial, repeats)
     last = repeats[-1]
     status = "pruned" if last.pruned else last.run.status
     trial.set_user_attr("status", status)
@@ -299,11 +303,24 @@ def _tell(study, plan: Plan, trial, repeats: list[Repeat]) -> None:
         study.tell(trial, state=TrialState.FAIL)
 
 
+def _note_incomplete_records(trial, repeats: list[Repeat]) -> None:
+    """A trial whose MLflow record is incomplete (the store went away) still counts: its run
+    trained and is told as it ended; the trial notes why the record is incomplete and where
+    the rest is spooled, for the coordinator's exit code and ``python -m lossbench replay``."""
+    errors = [m for x in repeats for m in x.run.record_errors]
+    if errors:
+        why = mask_text(errors[0].split("; what it did not receive")[0])
+        trial.set_user_attr(RECORD_INCOMPLETE, why if len(why) < 400 else why[:397] + "...")
+        trial.set_user_attr("spooled_in", [str(x.out) for x in repeats if x.run.record_errors])
+        say(f"trial {trial.number}: {mask_text(errors[0])}")
+
+
 def work(plan: Plan, index: int, quiet: bool = False) -> int:
     """The ask/tell loop until the budget is used up; returns the exit code. Both launchers run
     it: a worker process of this machine, or a Ray task (``quiet``: errors only, since Ray
     sends a task's output to the coordinator's terminal)."""
     use_config(plan.config_path, plan.config_name)
+    Tracker.spool_when_unreachable = True  # a store gone mid-sweep: trials train on, spooled
     study = open_study(plan)
     study.sampler = make_sampler(plan, worker=index)
     pm = build_plugin_manager(plan.plugins_dir)
@@ -324,6 +341,15 @@ def work(plan: Plan, index: int, quiet: bool = False) -> int:
             "storage writable) and run the same command again to resume.",
             err=True,
         )
+    except Exception as exc:
+        if not storage_gone(exc):
+            raise
+        why = mask_text(" ".join(str(exc).split())[:300])
+        say(f"lossbench: error: worker {index} stopped: the study storage "
+            f"{mask_text(plan.storage)} stopped answering ({type(exc).__name__}: {why}). Its "
+            "trial is retried by the next run. Fix: start the storage again and run the same "
+            "command to resume.", err=True)  # fmt: skip
+        return EXIT_STORAGE_GONE
     return EXIT_WRITE_FAILED
 
 

@@ -128,19 +128,23 @@ class Tracker:
     ``record_ended_runs`` sends several runs before waiting for any; ``check=False`` skips the
     store's pre-run check (the caller checked it for an earlier run of this process)."""
 
+    # A sweep's worker sets this: its store was checked before the first trial, so a store
+    # unreachable at a trial's start is a fault mid-sweep, not bad input; the trial trains on
+    # with its whole record spooled (``replay`` sends it later) instead of failing at once.
+    spool_when_unreachable = False
+
     def __init__(self, run, tracking, begin: bool = True, check: bool = True):
         self.tracking = tracking
         self.uri = resolve_uri(tracking)
-        if check:
-            precheck(self.uri)
         self.error: str | None = None  # the side process is gone (or never answered)
         self.offline: str | None = None  # the store failed: the rest goes to the spool only
+        self.unreachable = check and self._unreachable()  # nothing is sent: spool only
         self.result: dict = {}
         self.run_id: str | None = None
         self.finished = threading.Event()
         self.spool = Spool(spool_folder(run.output_dir, new_spool_id()))
         self.blas_limit = None
-        if not SideProcess.warm() and (os.cpu_count() or 1) <= 2:
+        if not self.unreachable and not SideProcess.warm() and (os.cpu_count() or 1) <= 2:
             # While the side process imports MLflow (about 1.4 s of CPU), a 2-thread BLAS in the
             # trainer fights it for 2 cores: measured, a 200-epoch digits run's epochs took 4x
             # longer. One BLAS thread until the run exists costs nothing on small models.
@@ -165,6 +169,18 @@ class Tracker:
         if begin:
             self.begin()
 
+    def _unreachable(self) -> bool:
+        """Check the store (``precheck``); True when it cannot be reached and the record goes
+        to the spool only (``spool_when_unreachable``), else its error is raised."""
+        try:
+            precheck(self.uri)
+        except ConfigError as exc:
+            if not Tracker.spool_when_unreachable:
+                raise
+            self.offline = str(exc).split(". Fix:")[0] + " when the run started"
+            return True
+        return False
+
     def begin(self) -> None:
         """Send the run's start; the side process's replies come to this tracker."""
         self.side.tracker = self
@@ -178,7 +194,7 @@ class Tracker:
             self.spool.append({"op": "start", **{k: request[k] for k in keys}})
         elif request["op"] == "metrics":
             self.spool.append(request)
-        if self.error is None:
+        if self.error is None and not self.unreachable:
             self.error = self.side.send(**request)
 
     def on_reply(self, reply: dict) -> None:
@@ -322,7 +338,8 @@ class Tracker:
         incomplete, keep its end, and its files, in the spool for a replay."""
         # the worker may still be importing MLflow: this wait is tracking's one-time cost
         limit = 60 + 3 * self.retry_seconds
-        if self.error is None and not self.finished.wait(timeout=limit):
+        waits = self.error is None and not self.unreachable
+        if waits and not self.finished.wait(timeout=limit):
             self.error = f"the MLflow process did not end the run within {limit:.0f} s"
         if self.incomplete() is None:
             return

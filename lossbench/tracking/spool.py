@@ -36,7 +36,9 @@ created in, else by the tag ``lossbench.spool_id``), creates it if missing, send
 params, tags, metric points (NaN equal to NaN) and artifacts the store does not have, and ends
 the run with its true final state (``finish``; else KILLED with the reason of ``abandoned``,
 or with "the record ends before the run did" when the training process died with its side
-process).
+process). A replay into the store the run was meant for (no ``--uri``) removes the spool
+once it is done: no spool is left once its data is recorded. ``replay SWEEP_DIR`` replays
+every trial's spool.
 
 This module imports MLflow only inside ``replay``.
 """
@@ -189,12 +191,16 @@ def read_records(path: Path) -> list[dict]:
 
 
 def find_spools(target: Path) -> list[Path]:
-    """The spool folders under a run directory, an ``mlflow-spool`` folder or one spool."""
+    """The spool folders under a run directory, an ``mlflow-spool`` folder or one spool, or
+    under a folder of runs (a sweep's: every trial's spool)."""
     target = Path(target)
     if (target / RECORDS).is_file():
         return [target]
     root = target / SPOOL_DIR if (target / SPOOL_DIR).is_dir() else target
-    return sorted(p.parent for p in root.glob(f"*/{RECORDS}"))
+    found = sorted(p.parent for p in root.glob(f"*/{RECORDS}"))
+    if found or root != target:
+        return found
+    return sorted(p.parent for p in target.rglob(f"{SPOOL_DIR}/*/{RECORDS}"))
 
 
 def read_spool(folder: Path) -> list[dict]:
@@ -219,10 +225,11 @@ def _state(records: list[dict]) -> tuple[str, dict, int | None]:
 
 def replay(folder: Path, uri: str | None = None) -> dict:
     """Send a spooled run to ``uri`` (default: the store it was meant for) and end it there;
-    returns what was done. Raises on a store that cannot be reached, and ``ConfigError`` for a
-    spool naming files outside its folder (before anything is sent). Two replays of one spool
-    at once take turns (a lock on the spool folder), so one creates the run, the other finds
-    it."""
+    returns what was done. Replayed into the store it was meant for (no ``uri``), the record
+    is whole there and the spool is removed; a copy into another store keeps it. Raises on a
+    store that cannot be reached, and ``ConfigError`` for a spool naming files outside its
+    folder (before anything is sent). Two replays of one spool at once take turns (a lock on
+    the spool folder), so one creates the run, the other finds it (or that it is done)."""
     bound_http_retries(30.0)  # a store that does not answer: an error in bounded time
     records = read_spool(folder)
     start = next((r for r in records if r["op"] == "start"), None)
@@ -233,7 +240,22 @@ def replay(folder: Path, uri: str | None = None) -> dict:
     target = uri or start.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or None
     client = open_client(target)
     with _replay_lock(folder):  # two replays of one spool at once: the second finds the run
-        return _replay(client, folder, records, start, finish)
+        if not (folder / RECORDS).is_file():  # the other one completed it and removed it
+            return {"run_id": None, "uri": client.tracking_uri, "created": False,
+                    "metrics_sent": 0, "metrics_present": 0, "artifacts_sent": 0,
+                    "state": "already replayed", "removed": True}  # fmt: skip
+        done = _replay(client, folder, records, start, finish)
+        done["removed"] = uri is None  # into its own store: the record is whole, the spool goes
+        if done["removed"]:
+            remove_spool(folder)
+        return done
+
+
+def remove_spool(folder: Path) -> None:
+    """Remove a spool whose record its store has whole (and ``mlflow-spool/`` once empty)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        folder.parent.rmdir()  # only if empty: another run's spool stays
 
 
 @contextlib.contextmanager
