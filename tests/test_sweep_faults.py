@@ -298,3 +298,88 @@ def test_a_study_name_that_is_a_path_is_refused(tmp_path, name):
     assert r.returncode == 2, r.stdout + r.stderr
     assert "sweep.study_name" in r.stderr and "Traceback" not in r.stderr
     assert not list(tmp_path.rglob("*"))
+
+
+# ---------------------------------------------------------------------------------------------
+# the background summary process killed or hung
+
+
+def summary_processes(cwd) -> list[int]:
+    """The summary processes a sweep started in ``cwd`` (a test's own: found by their working
+    folder, so another suite's on this machine is never touched)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                cmd = (proc / "cmdline").read_bytes()
+                if b"lossbench.sweep.summary" in cmd and os.readlink(proc / "cwd") == str(cwd):
+                    found.append(int(proc.name))
+    return found
+
+
+def parents(uri):
+    client, runs = mlflow_runs(uri)
+    return client, [r for r in runs if r.data.tags.get("lossbench.role") == "parent"]
+
+
+def test_no_parent_run_stays_running_when_the_summary_process_is_killed(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = [LR, "data=iris", "trainer.epochs=3", f"tracking.uri={uri}", "sweep.n_trials=2",
+            "sweep.pruner=none", "sweep.study_name=killed_summary"]  # fmt: skip
+    proc = start(args, tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    (summary,) = summary_processes(tmp_path)  # drawing the figures, after the command returned
+    os.kill(summary, signal.SIGKILL)  # a CI job or a container ending
+    wait_for(lambda: not pid_alive(summary), "the summary process to die", timeout=30)
+    client, (parent,) = parents(uri)
+    assert parent.info.status == "FINISHED"  # its true state, not RUNNING
+    assert parent.data.metrics["trials_complete"] == 2
+    assert "optimization_results.yaml" in {a.path for a in client.list_artifacts(
+        parent.info.run_id)}  # fmt: skip
+    _, runs = mlflow_runs(uri)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    r = sweep(*args, cwd=tmp_path)  # whoever comes next draws the figures that were lost
+    assert "trials 2/2 done" in r.stdout
+    client, (again,) = parents(uri)
+    assert again.info.run_id == parent.info.run_id and again.info.status == "FINISHED"
+    names = {a.path for a in client.list_artifacts(again.info.run_id)}
+    assert {"curves.png", "final_vs_lr.png", "optimization_results.yaml"} <= names
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+f = open(sys.argv[1], "a+")
+fcntl.flock(f, fcntl.LOCK_EX)
+f.truncate(0); f.write(str(os.getpid())); f.flush()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_hung_summary_process_never_holds_the_sweep_and_the_command_says_so(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = [LR, "data=iris", "trainer.epochs=3", f"tracking.uri={uri}", "sweep.pruner=none",
+            "sweep.study_name=hung_summary", "sweep.summary_wait_seconds=2"]  # fmt: skip
+    sweep(*args, "sweep.n_trials=1", cwd=tmp_path)
+    lock = tmp_path / "multirun/hung_summary/.summary.lock"
+    hung = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE,
+                            text=True)  # a summary process stuck on a store that never answers
+    try:
+        assert hung.stdout.readline().strip() == "held"
+        began = time.monotonic()
+        proc = start([*args, "sweep.n_trials=2"], tmp_path)
+        out, err = proc.communicate(timeout=120)
+        took = time.monotonic() - began
+    finally:
+        hung.kill()
+        hung.wait()
+    assert proc.returncode == 0, out + err
+    assert "trials 2/2 done" in out and "Traceback" not in err
+    assert f"held by process {hung.pid}" in err and f"kill {hung.pid}" in err  # what and the fix
+    assert "figures are not drawn" in err
+    print(f"the rerun beside a hung summary took {took:.1f} s")
+    _, (parent,) = parents(uri)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials_complete"] == 2
+    results = yaml.safe_load((lock.parent / "optimization_results.yaml").read_text())
+    assert results["status"] == "finished" and results["trials"]["done"] == 2
