@@ -15,6 +15,7 @@ import pytest
 import yaml
 from test_sweep import BASE, PROBE, load, mlflow_runs, states, sweep
 
+from conftest import wait_for_summaries
 from lossbench.urls import mask_text, mask_url, with_password
 
 pytestmark = pytest.mark.slow
@@ -144,6 +145,27 @@ def test_a_sweep_is_finished_only_when_no_trial_still_runs(tmp_path):
     results = yaml.safe_load((tmp_path / "multirun/together/optimization_results.yaml").read_text())
     assert results["status"] == "finished" and results["trials"]["done"] == 2
     assert states(load(tmp_path, "together")) == ["COMPLETE"] * 2
+
+
+def test_two_sweeps_started_at_once_with_one_study_name_run_exactly_n_trials(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = [LR, "data=iris", "trainer.epochs=3", f"tracking.uri={uri}", "sweep.n_trials=4",
+            "sweep.pruner=none", "sweep.study_name=twins"]  # fmt: skip
+    mlflow_runs(uri)  # the store exists (a fresh one is created under a lock: no race there)
+    both = [start(args, tmp_path), start(args, tmp_path)]  # two terminals, one command
+    ended = [(p, *p.communicate(timeout=300)) for p in both]
+    wait_for_summaries(tmp_path)
+    for p, out, err in ended:
+        assert p.returncode == 0, out + err
+        assert "Traceback" not in err
+    assert states(load(tmp_path, "twins")) == ["COMPLETE"] * 4  # exactly n_trials, none RUNNING
+    client, runs = mlflow_runs(uri)
+    (parent,) = [r for r in runs if r.data.tags.get("lossbench.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("lossbench.role") == "trial"]
+    assert sorted(int(c.data.tags["lossbench.trial"]) for c in children) == [0, 1, 2, 3]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert parent.data.metrics["trials_complete"] == 4
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from lossbench.sweep.compare import (
 from lossbench.sweep.files import atomic_write
 from lossbench.sweep.launchers import SummaryBusy, start_summary
 from lossbench.sweep.plots import sweep_figures
-from lossbench.sweep.study import READ_FROM, counted, trained
+from lossbench.sweep.study import READ_FROM, budget_lock, counted, trained
 from lossbench.tracking.models import register, registered_by
 from lossbench.tracking.store import open_client, precheck, resolve_uri
 from lossbench.tracking.worker import experiment_id
@@ -116,14 +116,21 @@ class ParentRun:
 
     @classmethod
     def open(cls, plan, base, study):
-        # start-up: MLflow (about a second) loads only for a tracked sweep
-        from mlflow.entities import Param
-
         tracking = base.tracking
         uri = resolve_uri(tracking)
         precheck(uri)
         client = open_client(uri)  # under the store's lock: a fresh sqlite store is migrated once
         exp_id = experiment_id(client, tracking.experiment)
+        with budget_lock(plan):  # two invocations at once: the second finds the first's run
+            return cls._find_or_create(client, uri, exp_id, plan, study)
+
+    @classmethod
+    def _find_or_create(cls, client, uri, exp_id, plan, study):
+        """The study's parent run, resumed (RUNNING again), or created; under the study's lock,
+        so one study has one parent run however many invocations open it at once."""
+        # start-up: MLflow (about a second) loads only for a tracked sweep
+        from mlflow.entities import Param
+
         run_id = study.user_attrs.get("mlflow_parent_run_id")
         if run_id is not None:
             try:
