@@ -168,6 +168,35 @@ def test_two_sweeps_started_at_once_with_one_study_name_run_exactly_n_trials(tmp
     assert parent.data.metrics["trials_complete"] == 4
 
 
+def test_a_resume_beside_a_coordinator_that_still_runs_joins_it_and_says_so(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    marks = tmp_path / "marks"
+    args = ["--plugins-dir", PROBE, LR, "data=probe", "trainer.epochs=3", f"tracking.uri={uri}",
+            "sweep.n_trials=3", "sweep.pruner=none", "sweep.study_name=beside"]  # fmt: skip
+    first = start(args, tmp_path, marks, hold="epoch_1")
+    wait_for(lambda: (marks / "epoch_1").exists(), "the first invocation's trial")
+    (held,) = [t for t in load(tmp_path, "beside").trials if t.state.name == "RUNNING"]
+    second = start(args, tmp_path)  # "resume" typed in another terminal while it trains
+    log = tmp_path / "multirun/beside/worker-0.log"
+    wait_for(
+        lambda: second.poll() is not None or "still running elsewhere" in log.read_text(),
+        "the second invocation to run its trials and wait for the first one's",
+    )
+    (marks / "release").touch()
+    out, err = second.communicate(timeout=300)
+    first_out, first_err = first.communicate(timeout=300)
+    wait_for_summaries(tmp_path)
+    assert second.returncode == 0 and first.returncode == 0, out + err + first_err
+    joined = [line for line in out.splitlines() if "another invocation" in line]
+    assert joined and f"trial {held.number} (pid {held.user_attrs['pid']}" in joined[0], out
+    assert "joins it" in joined[0] and "3 trials" in joined[0]
+    assert states(load(tmp_path, "beside")) == ["COMPLETE"] * 3
+    _, runs = mlflow_runs(uri)
+    assert len([r for r in runs if r.data.tags.get("lossbench.role") == "parent"]) == 1
+    assert len([r for r in runs if r.data.tags.get("lossbench.role") == "trial"]) == 3
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
 # ---------------------------------------------------------------------------------------------
 # credentials
 

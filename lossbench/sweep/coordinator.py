@@ -27,6 +27,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
+from optuna.trial import TrialState
 
 from lossbench.config import GROUPS, compose, compose_multirun
 from lossbench.config.source import flag_args, is_searchpath, use_config, with_searchpath
@@ -290,7 +291,21 @@ def _start(study, plan: Plan, base, space, defer: bool):
     )
     for note in plan.notes:
         print(f"  {note}")
+    joining = _running_elsewhere(study)
+    if joining:
+        print(f"  another invocation of this study is running {joining}: this one joins it (the "
+              f"two share the budget of {plan.n_trials} trials, and neither ends before the "
+              "other's trials have ended)", flush=True)  # fmt: skip
     return True, parent
+
+
+def _running_elsewhere(study) -> str:
+    """The trials another live invocation runs now ("trial 3 (pid 123 on host)"), or ""."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return ", ".join(
+        f"trial {t.number} (pid {t.user_attrs.get('pid', '?')} on {t.user_attrs.get('host', '?')})"
+        for t in running
+    )
 
 
 @contextlib.contextmanager
