@@ -30,7 +30,7 @@ from lossbench.sweep.launchers import SummaryBusy, start_summary
 from lossbench.sweep.plots import sweep_figures
 from lossbench.sweep.study import READ_FROM, budget_lock, counted, trained
 from lossbench.tracking.models import register, registered_by
-from lossbench.tracking.store import open_client, precheck, resolve_uri
+from lossbench.tracking.store import http_retries_bounded, open_client, precheck, resolve_uri
 from lossbench.tracking.worker import experiment_id
 from lossbench.urls import mask_text, mask_url
 
@@ -113,6 +113,7 @@ class ParentRun:
     def __init__(self, client, run_id: str):
         self.client, self.run_id = client, run_id
         self.uri = None  # the store's URI, for the summary process
+        self.retry_seconds = 30.0  # tracking.retry_seconds: the longest one request may take
 
     @classmethod
     def open(cls, plan, base, study):
@@ -122,7 +123,9 @@ class ParentRun:
         client = open_client(uri)  # under the store's lock: a fresh sqlite store is migrated once
         exp_id = experiment_id(client, tracking.experiment)
         with budget_lock(plan):  # two invocations at once: the second finds the first's run
-            return cls._find_or_create(client, uri, exp_id, plan, study)
+            parent = cls._find_or_create(client, uri, exp_id, plan, study)
+        parent.retry_seconds = float(tracking.get("retry_seconds", 30.0))
+        return parent
 
     @classmethod
     def _find_or_create(cls, client, uri, exp_id, plan, study):
@@ -442,7 +445,8 @@ def _summarize(study, plan, parent, status: str) -> None:
 def _end_parent(parent, study, plan, status: str) -> bool:
     """End the parent run with the sweep's state; False (and why, said) if the store failed."""
     try:
-        parent.end(study, plan, status, Path(plan.sweep_dir) / RESULTS_FILE)
+        with http_retries_bounded(parent.retry_seconds):  # a server gone: bounded time
+            parent.end(study, plan, status, Path(plan.sweep_dir) / RESULTS_FILE)
         return True
     except Exception as exc:  # the summary process (or the next invocation) tries again
         print(f"lossbench: warning: could not end the MLflow parent run {parent.run_id}: "

@@ -241,3 +241,19 @@ def bound_http_retries(seconds: float) -> None:
     for key, value in values.items():
         if key not in USER_SET:
             os.environ[key] = str(value)
+
+
+@contextlib.contextmanager
+def http_retries_bounded(seconds: float):
+    """``bound_http_retries`` within the block only: the processes started after it (a
+    sweep's summary process) see the environment as it was."""
+    saved = {k: os.environ.get(k) for k in HTTP_RETRY_VARIABLES}
+    bound_http_retries(seconds)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
