@@ -116,6 +116,11 @@ def warmup_command(argv: list[str]) -> None:
         rows = warm_up(dtypes, build_plugin_manager(plugins_dir))
     except LossbenchError as exc:
         _fail(exc)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: numba keeps what it compiled
+        how = exc.args[0] if exc.args else "Ctrl-C"
+        print(f"lossbench: warmup interrupted ({how}); what it compiled is cached. Run "
+              "python -m lossbench warmup again to finish.", file=sys.stderr)  # fmt: skip
+        sys.exit(130)
     for row in rows:
         print(f"{row['dtype']}: ready in {row['seconds']:.1f} s")
 
@@ -549,6 +554,8 @@ def entry() -> None:
     """``python -m lossbench`` and the ``lossbench`` script: ``main``, then exit without the
     interpreter's teardown (``lossbench.process.exit_now``): every file of the run or sweep is
     written by then. An error that is not the user's (a traceback) leaves the usual way."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # the script (__main__ sets it)
+        signal.signal(signal.SIGTERM, _sigterm)
     try:
         main()
     except SystemExit as exc:
@@ -556,11 +563,18 @@ def entry() -> None:
     exit_now(0)
 
 
+def _sigterm(signum, frame):
+    """SIGTERM is Ctrl-C: every command ends with exit 130 and says so, never 143."""
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         _main(argv)
-    except KeyboardInterrupt:  # before a run started (importing, composing): nothing to keep
-        print("lossbench: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # before a run started (composing): nothing to keep
+        how = f" by {exc.args[0]}" if exc.args else ""
+        print(f"lossbench: interrupted{how} before a run started; nothing was recorded",
+              file=sys.stderr)  # fmt: skip
         sys.exit(130)
 
 

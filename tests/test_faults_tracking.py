@@ -427,3 +427,153 @@ def test_side_process_sigkilled_mid_run_loses_nothing(tmp_path):
     client, (found,) = runs_in(uri)
     assert found.info.status == "FINISHED"
     assert_every_metric_recorded(client, found.info.run_id, history(tmp_path / "run"))
+
+
+# ---------------------------------------------------------------------------------------------
+# a sqlite store locked by another process
+
+HOLD_SQLITE_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")  # as a long write or a DB browser left open does
+print("locked", flush=True)
+sys.stdin.read()  # until the test lets go
+conn.execute("COMMIT")
+"""
+
+
+def test_a_sqlite_store_locked_by_another_process_costs_bounded_time_and_loses_nothing(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    runs_in(uri)  # an existing store
+    locker = subprocess.Popen([sys.executable, "-c", HOLD_SQLITE_LOCK, str(tmp_path / "mlflow.db")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert locker.stdout.readline().strip() == "locked"
+        t0 = time.time()
+        proc = start_cli("data=probe", "trainer.epochs=5", f"tracking.uri={uri}",
+                         f"tracking.retry_seconds={RETRY_SECONDS}", "hydra.run.dir=run",
+                         cwd=tmp_path)  # fmt: skip
+        out, err = proc.communicate(timeout=300)  # locked for as long as the run lasts
+        seconds = time.time() - t0
+    finally:
+        locker.communicate("", timeout=60)  # let go
+    run_dir = tmp_path / "run"
+    assert proc.returncode == 1, out + err  # trained and spooled (was: exit 2 after 60 s)
+    assert "Traceback" not in out + err and out.startswith("finished after 5 epochs")
+    assert "is locked by another process" in err and "database is locked" in err
+    assert "[SQL:" not in err  # what happened, not the statement that met the lock
+    assert f"python -m lossbench replay {run_dir}" in err
+    print(f"a run on a locked sqlite store took {seconds:.1f} s")
+    assert seconds < 3 * RETRY_SECONDS + 20, seconds
+    r = replay_cli(run_dir, uri)  # the lock gone, the same store
+    assert r.returncode == 0, r.stdout + r.stderr
+    client, (run,) = runs_in(uri)
+    assert run.info.status == "FINISHED"
+    assert_every_metric_recorded(client, run.info.run_id, history(run_dir))
+
+
+# ---------------------------------------------------------------------------------------------
+# a tracking server that accepts connections and never answers
+
+SILENT_SERVER = """
+import socket, sys, threading
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(64)
+print(srv.getsockname()[1], flush=True)
+held = []
+def serve(conn):
+    data = b""
+    while b"\\r\\n\\r\\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return
+        data += chunk
+    if data.startswith(b"GET /health"):  # alive enough for the pre-run check
+        conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\nConnection: close\\r\\n\\r\\nOK")
+        conn.close()
+    else:
+        held.append(conn)  # read, never answered (a server whose backend hangs)
+while True:
+    conn, _ = srv.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"""
+
+
+def test_a_tracking_server_that_never_answers_costs_bounded_time_and_loses_nothing(tmp_path):
+    server = subprocess.Popen([sys.executable, "-c", SILENT_SERVER], stdout=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    try:
+        port = int(server.stdout.readline())
+        t0 = time.time()
+        proc = start_cli("data=probe", "trainer.epochs=5", f"tracking.uri=http://127.0.0.1:{port}",
+                         f"tracking.retry_seconds={RETRY_SECONDS}", "hydra.run.dir=run",
+                         cwd=tmp_path)  # fmt: skip
+        out, err = proc.communicate(timeout=300)
+        seconds = time.time() - t0
+    finally:
+        server.kill()
+        server.wait()
+    run_dir = tmp_path / "run"
+    assert proc.returncode == 1, out + err
+    assert "Traceback" not in out + err and out.startswith("finished after 5 epochs")
+    assert "the MLflow record of this run is incomplete" in err and "timed out" in err
+    assert f"python -m lossbench replay {run_dir}" in err
+    print(f"a run on a silent server took {seconds:.1f} s with retry_seconds={RETRY_SECONDS}")
+    assert seconds < 3 * RETRY_SECONDS + 20, seconds  # start-up and compile cache included
+    uri = f"sqlite:///{tmp_path}/replayed.db"
+    r = replay_cli(run_dir, uri)
+    assert r.returncode == 0, r.stdout + r.stderr
+    client, (run,) = runs_in(uri)
+    assert run.info.status == "FINISHED"
+    assert_every_metric_recorded(client, run.info.run_id, history(run_dir))
+
+
+# ---------------------------------------------------------------------------------------------
+# a long run
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_a_2000_epoch_run_keeps_its_memory_flat_and_records_every_metric(tmp_path):
+    marks, tag = tmp_path / "marks", uuid.uuid4().hex
+    marks.mkdir()
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = env_for(LOSSBENCH_PROBE_DIR=str(marks), LOSSBENCH_TEST_TAG=tag,
+                  LOSSBENCH_PROBE_HOLD="epoch_250")  # fmt: skip
+    runs_in(uri)  # the store made here, so this test's polling never races its migration
+    proc = start_cli("data=probe", "data.n_samples=200", "trainer.epochs=2000",
+                     f"tracking.uri={uri}", "tracking.flush_seconds=0.2", "hydra.run.dir=run",
+                     cwd=tmp_path, env=env)  # fmt: skip
+
+    def logging():  # the side process has imported MLflow and sent epochs: it is fully up
+        _, found = runs_in(uri)
+        return bool(found) and len(runs_in(uri)[0].get_metric_history(
+            found[0].info.run_id, "val_loss")) > 200  # fmt: skip
+
+    wait_for(lambda: (marks / "epoch_250").exists() or proc.poll() is not None, 300, "epoch 250")
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    wait_for(logging, 60, "the side process logging the first epochs")
+    (side,) = side_processes(tag)
+    before = rss_mib(proc.pid), rss_mib(side)
+    (marks / "release").touch()
+    wait_for(lambda: (marks / "epoch_1750").exists() or proc.poll() is not None, 300, "epoch 1750")
+    after = rss_mib(proc.pid), rss_mib(side)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert out.startswith("finished after 2000 epochs")
+    growth = after[0] - before[0], after[1] - before[1]
+    print(f"RSS MiB at epochs 250 / 1750: trainer {before[0]:.1f} / {after[0]:.1f} "
+          f"(+{growth[0]:.1f}), MLflow side process {before[1]:.1f} / {after[1]:.1f} "
+          f"(+{growth[1]:.1f})")  # fmt: skip
+    assert growth[0] < 8 and growth[1] < 8  # flat: 1,500 epochs add no more than their rows
+    rows = history(tmp_path / "run")
+    assert len(rows) == 2000
+    client, (run,) = runs_in(uri)
+    assert run.info.status == "FINISHED"
+    assert_every_metric_recorded(client, run.info.run_id, rows)

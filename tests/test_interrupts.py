@@ -158,3 +158,25 @@ def test_ctrl_c_while_writing_outputs_finishes_them_first(tmp_path):
 
     artifacts = MlflowClient(store(tmp_path)).list_artifacts(run.info.run_id)
     assert "history.csv" in {a.path for a in artifacts}
+
+
+def test_sigterm_before_the_run_folder_exists_exits_130_and_says_nothing_was_recorded(tmp_path):
+    proc, marks = start(tmp_path, "tracking=none", env={"LOSSBENCH_PROBE_HOLD": "register"})
+    wait_for(proc, marks, "registered")  # plugins load before Hydra composes: no folder yet
+    out, err = interrupt(proc, signal.SIGTERM)  # exit 130, no traceback
+    assert "interrupted by SIGTERM before a run started; nothing was recorded" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_sigterm_during_warmup_exits_130_with_one_line_saying_what_to_do(tmp_path):
+    cold = tmp_path / "numba-cache"  # an empty cache: warmup compiles for many seconds
+    cold.mkdir()
+    env = {**os.environ, "LOSSBENCH_LOAD_PLUGINS": "", "NUMBA_CACHE_DIR": str(cold)}
+    proc = subprocess.Popen([sys.executable, "-m", "lossbench", "warmup"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    wait_until(proc, lambda: any(cold.rglob("*.nbi")), "the first compiled function")
+    out, err = interrupt(proc, signal.SIGTERM)  # exit 130, no traceback
+    (line,) = err.strip().splitlines()
+    assert line.startswith("lossbench: warmup interrupted (SIGTERM)"), err
+    assert "python -m lossbench warmup again" in line

@@ -269,6 +269,8 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(tmp_path):
          "cannot be used"),
         (["loss=choice(mse,focal)"], "loss='focal' is not a known loss"),
         ([], "--multirun needs a search space"),
+        (["optimizer.lr=interval(0.001, 0.1)", "sweep.summary_wait_seconds=-1"],
+         "sweep.summary_wait_seconds=-1.0 is not allowed: it must be a number of seconds"),
     ],
 )  # fmt: skip
 def test_bad_sweeps_fail_before_any_trial(tmp_path, args, message):

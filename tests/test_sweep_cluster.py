@@ -435,6 +435,44 @@ def test_storage_proxy_bad_input_is_one_paragraph(tmp_path, args, message):
     assert not list(tmp_path.iterdir())
 
 
+def proxy_command(storage, port, host="localhost"):
+    return [sys.executable, "-m", "lossbench", "storage-proxy", "--storage", storage,
+            "--host", host, "--port", str(port)]  # fmt: skip
+
+
+@pytest.mark.parametrize("holder", ["program", "proxy"])
+def test_a_storage_proxy_on_a_taken_port_is_one_paragraph_naming_the_port(tmp_path, holder):
+    storage = f"sqlite:///{tmp_path}/study.db"  # the proxy serves sqlite too: no server needed
+    port = free_port()
+    first = None
+    with socket.socket() as taken:
+        if holder == "program":  # any program listening on 127.0.0.1 only (localhost has ::1)
+            taken.bind(("127.0.0.1", port))
+            taken.listen()
+        else:  # a storage proxy already serving there (gRPC shares ports: SO_REUSEPORT)
+            first = subprocess.Popen(proxy_command(storage, port, "127.0.0.1"),
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)  # fmt: skip
+
+            def listening():
+                assert first.poll() is None, first.stdout.read()
+                with socket.socket() as s:
+                    return s.connect_ex(("127.0.0.1", port)) == 0
+
+            wait_for(listening, "the first storage proxy to listen")
+        try:
+            r = subprocess.run(proxy_command(storage, port), cwd=tmp_path, capture_output=True,
+                               text=True, timeout=30)  # fmt: skip  (old code: listens)
+        finally:
+            if first is not None:
+                _stop(first)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "listening" not in r.stdout and "grpc://" not in r.stdout
+    assert f"port {port}" in r.stderr and "Address already in use" in r.stderr, r.stderr
+    assert "Fix:" in r.stderr and "--port" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 def test_without_a_lock_a_trial_asked_past_the_budget_is_given_back():
     from types import SimpleNamespace as T
 

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from test_sweep import BASE, PROBE, load, mlflow_runs, states, sweep
 
+from conftest import wait_for_summaries
 from lossbench.urls import mask_text, mask_url, with_password
 
 pytestmark = pytest.mark.slow
@@ -144,6 +145,56 @@ def test_a_sweep_is_finished_only_when_no_trial_still_runs(tmp_path):
     results = yaml.safe_load((tmp_path / "multirun/together/optimization_results.yaml").read_text())
     assert results["status"] == "finished" and results["trials"]["done"] == 2
     assert states(load(tmp_path, "together")) == ["COMPLETE"] * 2
+
+
+def test_two_sweeps_started_at_once_with_one_study_name_run_exactly_n_trials(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = [LR, "data=iris", "trainer.epochs=3", f"tracking.uri={uri}", "sweep.n_trials=4",
+            "sweep.pruner=none", "sweep.study_name=twins"]  # fmt: skip
+    mlflow_runs(uri)  # the store exists (a fresh one is created under a lock: no race there)
+    both = [start(args, tmp_path), start(args, tmp_path)]  # two terminals, one command
+    ended = [(p, *p.communicate(timeout=300)) for p in both]
+    wait_for_summaries(tmp_path)
+    for p, out, err in ended:
+        assert p.returncode == 0, out + err
+        assert "Traceback" not in err
+    assert states(load(tmp_path, "twins")) == ["COMPLETE"] * 4  # exactly n_trials, none RUNNING
+    client, runs = mlflow_runs(uri)
+    (parent,) = [r for r in runs if r.data.tags.get("lossbench.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("lossbench.role") == "trial"]
+    assert sorted(int(c.data.tags["lossbench.trial"]) for c in children) == [0, 1, 2, 3]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert parent.data.metrics["trials_complete"] == 4
+
+
+def test_a_resume_beside_a_coordinator_that_still_runs_joins_it_and_says_so(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    marks = tmp_path / "marks"
+    args = ["--plugins-dir", PROBE, LR, "data=probe", "trainer.epochs=3", f"tracking.uri={uri}",
+            "sweep.n_trials=3", "sweep.pruner=none", "sweep.study_name=beside"]  # fmt: skip
+    first = start(args, tmp_path, marks, hold="epoch_1")
+    wait_for(lambda: (marks / "epoch_1").exists(), "the first invocation's trial")
+    (held,) = [t for t in load(tmp_path, "beside").trials if t.state.name == "RUNNING"]
+    second = start(args, tmp_path)  # "resume" typed in another terminal while it trains
+    log = tmp_path / "multirun/beside/worker-0.log"
+    wait_for(
+        lambda: second.poll() is not None or "still running elsewhere" in log.read_text(),
+        "the second invocation to run its trials and wait for the first one's",
+    )
+    (marks / "release").touch()
+    out, err = second.communicate(timeout=300)
+    first_out, first_err = first.communicate(timeout=300)
+    wait_for_summaries(tmp_path)
+    assert second.returncode == 0 and first.returncode == 0, out + err + first_err
+    joined = [line for line in out.splitlines() if "another invocation" in line]
+    assert joined and f"trial {held.number} (pid {held.user_attrs['pid']}" in joined[0], out
+    assert "joins it" in joined[0] and "3 trials" in joined[0]
+    assert states(load(tmp_path, "beside")) == ["COMPLETE"] * 3
+    _, runs = mlflow_runs(uri)
+    assert len([r for r in runs if r.data.tags.get("lossbench.role") == "parent"]) == 1
+    assert len([r for r in runs if r.data.tags.get("lossbench.role") == "trial"]) == 3
+    assert {r.info.status for r in runs} == {"FINISHED"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,3 +349,88 @@ def test_a_study_name_that_is_a_path_is_refused(tmp_path, name):
     assert r.returncode == 2, r.stdout + r.stderr
     assert "sweep.study_name" in r.stderr and "Traceback" not in r.stderr
     assert not list(tmp_path.rglob("*"))
+
+
+# ---------------------------------------------------------------------------------------------
+# the background summary process killed or hung
+
+
+def summary_processes(cwd) -> list[int]:
+    """The summary processes a sweep started in ``cwd`` (a test's own: found by their working
+    folder, so another suite's on this machine is never touched)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                cmd = (proc / "cmdline").read_bytes()
+                if b"lossbench.sweep.summary" in cmd and os.readlink(proc / "cwd") == str(cwd):
+                    found.append(int(proc.name))
+    return found
+
+
+def parents(uri):
+    client, runs = mlflow_runs(uri)
+    return client, [r for r in runs if r.data.tags.get("lossbench.role") == "parent"]
+
+
+def test_no_parent_run_stays_running_when_the_summary_process_is_killed(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = [LR, "data=iris", "trainer.epochs=3", f"tracking.uri={uri}", "sweep.n_trials=2",
+            "sweep.pruner=none", "sweep.study_name=killed_summary"]  # fmt: skip
+    proc = start(args, tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    (summary,) = summary_processes(tmp_path)  # drawing the figures, after the command returned
+    os.kill(summary, signal.SIGKILL)  # a CI job or a container ending
+    wait_for(lambda: not pid_alive(summary), "the summary process to die", timeout=30)
+    client, (parent,) = parents(uri)
+    assert parent.info.status == "FINISHED"  # its true state, not RUNNING
+    assert parent.data.metrics["trials_complete"] == 2
+    assert "optimization_results.yaml" in {a.path for a in client.list_artifacts(
+        parent.info.run_id)}  # fmt: skip
+    _, runs = mlflow_runs(uri)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    r = sweep(*args, cwd=tmp_path)  # whoever comes next draws the figures that were lost
+    assert "trials 2/2 done" in r.stdout
+    client, (again,) = parents(uri)
+    assert again.info.run_id == parent.info.run_id and again.info.status == "FINISHED"
+    names = {a.path for a in client.list_artifacts(again.info.run_id)}
+    assert {"curves.png", "final_vs_lr.png", "optimization_results.yaml"} <= names
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+f = open(sys.argv[1], "a+")
+fcntl.flock(f, fcntl.LOCK_EX)
+f.truncate(0); f.write(str(os.getpid())); f.flush()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_hung_summary_process_never_holds_the_sweep_and_the_command_says_so(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = [LR, "data=iris", "trainer.epochs=3", f"tracking.uri={uri}", "sweep.pruner=none",
+            "sweep.study_name=hung_summary", "sweep.summary_wait_seconds=2"]  # fmt: skip
+    sweep(*args, "sweep.n_trials=1", cwd=tmp_path)
+    lock = tmp_path / "multirun/hung_summary/.summary.lock"
+    hung = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE,
+                            text=True)  # a summary process stuck on a store that never answers
+    try:
+        assert hung.stdout.readline().strip() == "held"
+        began = time.monotonic()
+        proc = start([*args, "sweep.n_trials=2"], tmp_path)
+        out, err = proc.communicate(timeout=120)
+        took = time.monotonic() - began
+    finally:
+        hung.kill()
+        hung.wait()
+    assert proc.returncode == 0, out + err
+    assert "trials 2/2 done" in out and "Traceback" not in err
+    assert f"held by process {hung.pid}" in err and f"kill {hung.pid}" in err  # what and the fix
+    assert "figures are not drawn" in err
+    print(f"the rerun beside a hung summary took {took:.1f} s")
+    _, (parent,) = parents(uri)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials_complete"] == 2
+    results = yaml.safe_load((lock.parent / "optimization_results.yaml").read_text())
+    assert results["status"] == "finished" and results["trials"]["done"] == 2

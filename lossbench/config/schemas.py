@@ -173,6 +173,7 @@ class SweepConfig:
     # these keys; auto: the categorical parameters (a loss is never pruned by another loss)
     heartbeat_seconds: float = 5.0
     grace_seconds: float = 60.0  # a RUNNING trial silent this long is failed and retried
+    summary_wait_seconds: float = 60.0  # longest wait for an earlier invocation's figures
     register_best: str | None = None  # register the best trial's MLflow model under this name
     log_models: LogModels = LogModels.best  # which trials log an MLflow model (~0.5 s each)
 

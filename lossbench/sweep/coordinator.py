@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import re
 import sys
 import time
@@ -26,14 +27,15 @@ from pathlib import Path
 
 from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
+from optuna.trial import TrialState
 
 from lossbench.config import GROUPS, compose, compose_multirun
 from lossbench.config.source import flag_args, is_searchpath, use_config, with_searchpath
-from lossbench.errors import ConfigError, positive_int
+from lossbench.errors import ConfigError, positive_int, require
 from lossbench.files import atomic_write
 from lossbench.plugins import get_plugin_manager
 from lossbench.sweep import design, habits
-from lossbench.sweep.launchers import EXIT_LOST, LocalLauncher, summary_lock
+from lossbench.sweep.launchers import EXIT_LOST, LocalLauncher, SummaryBusy, summary_lock
 from lossbench.sweep.plan import EXIT_WRITE_FAILED, PARENT_FILE, Plan, trial_dir
 from lossbench.sweep.records import end_running_children, settle_children
 from lossbench.sweep.report import ParentRun, Progress, finish
@@ -122,10 +124,18 @@ def _new_plan(sw, base, space, expressions: dict, metric_of, notes: list[str]) -
         pruner=str(sw.pruner), **design.pruner_settings(sw, space, base, counts, notes),
         **design.seeds(sw, base, notes), heartbeat_seconds=float(sw.heartbeat_seconds),
         grace_seconds=float(sw.grace_seconds), grid=grid,
+        summary_wait_seconds=_wait_seconds(sw.summary_wait_seconds),
         storage_password_env=sw.storage_password_env, launcher=str(sw.launcher),
         n_jobs=sw.n_jobs, ray=OmegaConf.to_container(sw.ray), log_models=str(sw.log_models),
         notes=notes, categories=design.category_keys(space), subject=design.subject(base, space),
     )  # fmt: skip
+
+
+def _wait_seconds(value) -> float:
+    """``sweep.summary_wait_seconds``: a finite number of seconds, 0 or more."""
+    require(math.isfinite(value) and value >= 0, "sweep.summary_wait_seconds", value,
+            "it must be a number of seconds, 0 or more", 60)  # fmt: skip
+    return float(value)
 
 
 def _register_best(sw, plan: Plan) -> str | None:
@@ -273,7 +283,7 @@ def _start(study, plan: Plan, base, space, defer: bool):
         lost = recover_stale(study, plan.grace_seconds)
         (sweep_dir / PARENT_FILE).unlink(missing_ok=True)  # an earlier invocation's
         parent = None
-        with summary_lock(sweep_dir):  # an earlier invocation's summary process has ended
+        with _after_summary(sweep_dir, plan.summary_wait_seconds):
             if plan.tracking and defer:
                 precheck(resolve_uri(base.tracking))  # a store that cannot be written: exit 2
                 plan.parent_pending = True
@@ -297,7 +307,38 @@ def _start(study, plan: Plan, base, space, defer: bool):
     )
     for note in plan.notes:
         print(f"  {note}")
+    joining = _running_elsewhere(study)
+    if joining:
+        print(f"  another invocation of this study is running {joining}: this one joins it (the "
+              f"two share the budget of {plan.n_trials} trials, and neither ends before the "
+              "other's trials have ended)", flush=True)  # fmt: skip
     return True, parent
+
+
+def _running_elsewhere(study) -> str:
+    """The trials another live invocation runs now ("trial 3 (pid 123 on host)"), or ""."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return ", ".join(
+        f"trial {t.number} (pid {t.user_attrs.get('pid', '?')} on {t.user_attrs.get('host', '?')})"
+        for t in running
+    )
+
+
+@contextlib.contextmanager
+def _after_summary(sweep_dir: Path, wait: float):
+    """Hold the summary lock once an earlier invocation's summary process has ended; if it
+    still holds it after ``wait`` seconds (hung), go on without it and say so: that process
+    only adds figures to a parent run its command has ended already."""
+    try:
+        with summary_lock(sweep_dir, wait):
+            yield
+            return
+    except SummaryBusy as exc:
+        print(f"lossbench: warning: the summary process of an earlier invocation is not "
+              f"ending: {exc}. Going on without waiting for it (it only draws figures; this "
+              f"invocation draws them again). If it hangs, end it: kill {exc.pid or 'it'}.",
+              file=sys.stderr)  # fmt: skip
+    yield
 
 
 def _open_parent(study, plan: Plan, base, launcher):

@@ -14,6 +14,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -142,29 +143,77 @@ def check_versions(here: dict, nodes: dict[str, dict]) -> None:
 SUMMARY_LOCK = ".summary.lock"  # held by the summary process until it has ended
 
 
+class SummaryBusy(Exception):
+    """The summary lock stayed held longer than the caller would wait: ``pid`` (None:
+    unknown) holds it, ``path`` is the lock file, ``seconds`` how long we waited."""
+
+    def __init__(self, path: Path, pid: int | None, seconds: float):
+        self.path, self.pid, self.seconds = path, pid, seconds
+        who = f"process {pid}" if pid else "another process"
+        super().__init__(f"{path} has been held by {who} for {seconds:g} s")
+
+
 @contextlib.contextmanager
-def summary_lock(sweep_dir: Path):
+def summary_lock(sweep_dir: Path, wait: float | None = None):
     """Hold the sweep's summary lock: waits while the summary process of an earlier invocation
-    is still drawing and ending the parent run. Yields the open lock file."""
+    is still drawing its figures; ``wait``: at most that many seconds, then ``SummaryBusy``
+    (a hung process never holds a sweep forever). Yields the open lock file, which names the
+    process holding it (its pid, written by ``start_summary``)."""
     path = Path(sweep_dir) / SUMMARY_LOCK
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    with open(path, "a+") as f:
+        _take(f, path, wait)
         yield f
 
 
-def start_summary(
-    plan_path: Path, sweep_dir: Path, status: str, uri: str | None, run_id: str | None
-) -> None:
-    """Start ``python -m lossbench.sweep.summary`` (the figures and the parent run's end) in
-    its own session and return without waiting; it inherits the held lock, so the lock is free
-    once it has ended. Its output goes to SWEEP_DIR/summary.log."""
-    request = json.dumps({"plan": str(plan_path), "status": status, "uri": uri, "run_id": run_id})
-    with summary_lock(sweep_dir) as lock, open(Path(sweep_dir) / "summary.log", "a") as log:
+def _take(f, path: Path, wait: float | None) -> None:
+    if wait is None:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        return
+    started = time.monotonic()
+    said = False
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        waited = time.monotonic() - started
+        if waited >= wait:
+            raise SummaryBusy(path, lock_holder(path), wait)
+        if not said and waited >= 1:
+            holder = lock_holder(path)
+            print(f"lossbench: waiting (at most {wait:g} s, sweep.summary_wait_seconds) for "
+                  f"the summary process{f' {holder}' if holder else ''} of an earlier "
+                  f"invocation, which holds {path}", file=sys.stderr, flush=True)  # fmt: skip
+            said = True
+        time.sleep(0.1)
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid ``start_summary`` wrote into the lock file, or None."""
+    try:
+        text = Path(path).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def start_summary(plan_path: Path, sweep_dir: Path, request: dict, wait: float | None) -> None:
+    """Start ``python -m lossbench.sweep.summary`` (the figures, and the parent run's end when
+    the command could not end it) in its own session and return without waiting; it inherits
+    the held lock, so the lock is free once it has ended. Its output goes to
+    SWEEP_DIR/summary.log. ``SummaryBusy`` when an earlier one still holds the lock after
+    ``wait`` seconds."""
+    request = json.dumps({"plan": str(plan_path), **request})
+    with summary_lock(sweep_dir, wait) as lock, open(Path(sweep_dir) / "summary.log", "a") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "lossbench.sweep.summary"], stdin=subprocess.PIPE,
             stdout=log, stderr=log, text=True, start_new_session=True,  # Ctrl-C: not it
             pass_fds=(lock.fileno(),),
         )  # fmt: skip
+        lock.truncate(0)
+        lock.write(str(proc.pid))
+        lock.flush()
         proc.stdin.write(request)
         proc.stdin.close()

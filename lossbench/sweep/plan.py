@@ -77,6 +77,7 @@ class Plan:
     config_name: str | None = None
     rerun_flags: list[str] = field(default_factory=list)  # "-cp DIR -cn NAME" for a rerun
     hydra: dict = field(default_factory=dict)  # the hydra node each trial's hydra.yaml holds
+    summary_wait_seconds: float = 60.0  # the longest a rerun waits for an earlier summary
 
     def storage_url(self) -> str:
         """The storage URL to connect with (the password from the environment if so set)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import sys
 
 import optuna
@@ -52,6 +53,7 @@ def main(argv: list[str]) -> int:
         raise ConfigError(
             "storage-proxy needs grpcio. Fix: pip install 'lossbench[grpc]'."
         ) from None
+    _check_port(args.host, args.port)
     try:
         storage = optuna.storages.get_storage(url)
     except Exception as exc:
@@ -67,4 +69,37 @@ def main(argv: list[str]) -> int:
                               thread_pool=ThreadPoolExecutor(args.threads))  # fmt: skip
     except KeyboardInterrupt:
         pass
+    except RuntimeError as exc:  # gRPC could not bind (taken since the check): say so
+        raise ConfigError(_taken(args.host, args.port, str(exc))) from None
     return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    """``--port`` is free on every address ``host`` resolves to: gRPC binds what it can and
+    listens on the rest (localhost's IPv6 address while IPv4's was taken), and shares a port
+    with another gRPC server (SO_REUSEPORT), so a taken port would look like a proxy
+    listening while workers reach another program."""
+    if not 0 < port < 65536:
+        raise ConfigError(f"storage-proxy: --port {port} is not a port. Fix: a number from 1 "
+                          "to 65535, e.g. --port 13000.")  # fmt: skip
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigError(f"storage-proxy: --host {host} cannot be resolved ({exc}). Fix: an "
+                          "address of this machine, e.g. --host 0.0.0.0.") from None  # fmt: skip
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is free
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address[:2] if family == socket.AF_INET else address)
+            except OSError as exc:
+                raise ConfigError(_taken(host, port, exc.strerror or str(exc))) from None
+
+
+def _taken(host: str, port: int, why: str) -> str:
+    return (f"storage-proxy: port {port} on {host} cannot be used ({why}): another program, "
+            "or another storage proxy, listens there. Fix: stop it, or choose a free port "
+            f"with --port (e.g. --port {port + 1}) and give workers the same one, "
+            f"sweep.storage=grpc://{host}:PORT.")

@@ -26,11 +26,18 @@ from lossbench.sweep.compare import (
     shown,
     value_text,
 )
-from lossbench.sweep.launchers import start_summary
+from lossbench.sweep.launchers import SummaryBusy, start_summary
 from lossbench.sweep.plots import sweep_figures
-from lossbench.sweep.study import READ_FROM, RECORD_INCOMPLETE, counted, still_spooled, trained
+from lossbench.sweep.study import (
+    READ_FROM,
+    RECORD_INCOMPLETE,
+    budget_lock,
+    counted,
+    still_spooled,
+    trained,
+)
 from lossbench.tracking.models import register, registered_by
-from lossbench.tracking.store import open_client, precheck, resolve_uri
+from lossbench.tracking.store import http_retries_bounded, open_client, precheck, resolve_uri
 from lossbench.tracking.worker import experiment_id
 from lossbench.urls import mask_text, mask_url
 
@@ -113,17 +120,27 @@ class ParentRun:
     def __init__(self, client, run_id: str):
         self.client, self.run_id = client, run_id
         self.uri = None  # the store's URI, for the summary process
+        self.retry_seconds = 30.0  # tracking.retry_seconds: the longest one request may take
 
     @classmethod
     def open(cls, plan, base, study):
-        # start-up: MLflow (about a second) loads only for a tracked sweep
-        from mlflow.entities import Param
-
         tracking = base.tracking
         uri = resolve_uri(tracking)
         precheck(uri)
         client = open_client(uri)  # under the store's lock: a fresh sqlite store is migrated once
         exp_id = experiment_id(client, tracking.experiment)
+        with budget_lock(plan):  # two invocations at once: the second finds the first's run
+            parent = cls._find_or_create(client, uri, exp_id, plan, study)
+        parent.retry_seconds = float(tracking.get("retry_seconds", 30.0))
+        return parent
+
+    @classmethod
+    def _find_or_create(cls, client, uri, exp_id, plan, study):
+        """The study's parent run, resumed (RUNNING again), or created; under the study's lock,
+        so one study has one parent run however many invocations open it at once."""
+        # start-up: MLflow (about a second) loads only for a tracked sweep
+        from mlflow.entities import Param
+
         run_id = study.user_attrs.get("mlflow_parent_run_id")
         if run_id is not None:
             try:
@@ -161,7 +178,9 @@ class ParentRun:
         """The parent run ``run_id`` in the store at ``uri`` (the summary process's end)."""
         return cls(open_client(uri), run_id)
 
-    def end(self, study, plan, status: str, figures: list[Path], results: Path) -> None:
+    def end(self, study, plan, status: str, results: Path) -> None:
+        """The study's tally, best trial and results file logged, and the run ended with the
+        sweep's true state (FINISHED, KILLED when interrupted, else FAILED)."""
         from mlflow.entities import Metric, Param, RunTag  # loaded by open() already
 
         t = tally(study, plan)
@@ -183,11 +202,15 @@ class ParentRun:
                 metrics.append(Metric(f"best_{plan.metrics[0]}.{where}", float(row["best"]),
                                       ts, 0))  # fmt: skip
         self.client.log_batch(self.run_id, metrics=metrics, params=params[:100], tags=tags)
-        for path in [*figures, results]:
-            if path.is_file():
-                self.client.log_artifact(self.run_id, str(path))
+        self.add_figures([results])
         state = {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
         self.client.set_terminated(self.run_id, state)
+
+    def add_figures(self, paths: list[Path]) -> None:
+        """Log these files (the figures) as artifacts; an ended run takes them too."""
+        for path in paths:
+            if path.is_file():
+                self.client.log_artifact(self.run_id, str(path))
 
 
     def register_best(self, plan, best) -> None:
@@ -394,14 +417,26 @@ def _register(parent, plan, best) -> None:
 
 
 def _summarize(study, plan, parent, status: str) -> None:
-    """The figures and the parent run's end: by the background summary process (the command
-    does not wait for it), or here when the sweep was interrupted (the parent run is KILLED at
-    once, without figures) or the process cannot be started."""
+    """The parent run's end, here, before the command returns: a summary process that is
+    killed or hangs can then never leave it RUNNING. Then the figures: drawn and logged into
+    the ended run by the background summary process (the command does not wait for it; it
+    also ends the run if that failed here), or here when it cannot be started; none for an
+    interrupted sweep."""
     sweep_dir = Path(plan.sweep_dir)
+    ended = parent is None or _end_parent(parent, study, plan, status)
+    if status == "interrupted" and ended:
+        return
     if status != "interrupted":
+        request = {"status": status, "ended": ended, "uri": parent.uri if parent else None,
+                   "run_id": parent.run_id if parent else None}  # fmt: skip
         try:
-            start_summary(sweep_dir / "plan.json", sweep_dir, status,
-                          *((parent.uri, parent.run_id) if parent else (None, None)))  # fmt: skip
+            start_summary(sweep_dir / "plan.json", sweep_dir, request, plan.summary_wait_seconds)
+            return
+        except SummaryBusy as exc:  # a hung summary process: say so, never wait forever
+            print(f"lossbench: warning: the sweep's figures are not drawn: {exc}. The results "
+                  f"and the MLflow parent run are complete. Fix: end that process (kill "
+                  f"{exc.pid or 'it'}) and run the same command again to draw them.",
+                  file=sys.stderr)  # fmt: skip
             return
         except OSError as exc:  # e.g. no process or file can be made: do it here
             print(f"lossbench: drawing the figures here ({exc})", file=sys.stderr)
@@ -412,7 +447,21 @@ def _summarize(study, plan, parent, status: str) -> None:
     except Exception as exc:  # figures are a summary; never lose the results over them
         print(f"lossbench: could not draw the sweep figures: {exc}", file=sys.stderr)
     if parent is not None:
-        parent.end(study, plan, status, figures, sweep_dir / RESULTS_FILE)
+        parent.add_figures(figures)
+        if not ended:
+            parent.end(study, plan, status, sweep_dir / RESULTS_FILE)
+
+
+def _end_parent(parent, study, plan, status: str) -> bool:
+    """End the parent run with the sweep's state; False (and why, said) if the store failed."""
+    try:
+        with http_retries_bounded(parent.retry_seconds):  # a server gone: bounded time
+            parent.end(study, plan, status, Path(plan.sweep_dir) / RESULTS_FILE)
+        return True
+    except Exception as exc:  # the summary process (or the next invocation) tries again
+        print(f"lossbench: warning: could not end the MLflow parent run {parent.run_id}: "
+              f"{exc}; the summary process tries again", file=sys.stderr)  # fmt: skip
+        return False
 
 
 def _exit_code(study, plan, status: str, crashed: dict[int, str], t: dict) -> int:

@@ -1,32 +1,43 @@
-"""The sweep's summary figures and the end of its MLflow parent run, in a background process:
-``python -m lossbench.sweep.summary`` (request as one JSON object on stdin).
+"""The sweep's summary figures, in a background process: ``python -m lossbench.sweep.summary``
+(request as one JSON object on stdin).
 
 Drawing the figures (matplotlib, Optuna's plots) and logging them took seconds after the last
 trial, longer than most trials. So when the workers have ended, the coordinator writes the
-results file and prints the table itself, then starts this process in its own session and
-returns; this process draws ``curves.png``, ``final_vs_lr.png``, ``optimization_history.png``
-and ``param_importances.png``, logs them and optimization_results.yaml to the parent run, and
-only then ends the parent run (FINISHED or FAILED), so the parent run ends with its figures.
+results file, prints the table and ends the MLflow parent run itself (FINISHED or FAILED, with
+the tally and the results file: a summary process that is killed, or a container that ends,
+never leaves it RUNNING), then starts this process in its own session and returns; this
+process draws ``curves.png``, ``final_vs_lr.png``, ``optimization_history.png`` and
+``param_importances.png`` and logs them into the ended parent run (MLflow takes artifacts
+into an ended run). When the command could not end the run (its store failed), this process
+ends it.
 
 ``SWEEP_DIR/.summary.lock`` is held (``flock``) from before this process starts until it ends
-(``lossbench.sweep.launchers.start_summary`` starts it holding the lock): a later invocation of
-the same sweep waits for it before touching the parent run, and anyone who needs the figures (a
-script, a test) can wait by taking the lock. Its output goes to ``SWEEP_DIR/summary.log``.
+(``lossbench.sweep.launchers.start_summary`` starts it holding the lock and writes its pid into
+the file): a later invocation of the same sweep waits for it (at most
+``sweep.summary_wait_seconds``, then goes on and says so), and anyone who needs the figures (a
+script, a test) can wait by taking the lock. This process ends itself after
+``LIMIT_SECONDS`` (its tracebacks go to the log), so a hung store never holds the lock for
+good. Its output goes to ``SWEEP_DIR/summary.log``.
 
 request: ``{"plan": PLAN_JSON, "status": "finished"|"failed", "uri": TRACKING_URI, "run_id":
-PARENT_RUN_ID}`` (the parent run and its store; ``run_id`` null: no tracking, figures only)
+PARENT_RUN_ID, "ended": BOOL}`` (the parent run and its store, and whether the command ended
+it; ``run_id`` null: no tracking, figures only)
 """
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import sys
 from pathlib import Path
 
+LIMIT_SECONDS = 600  # the figures take seconds: a summary still going after this hangs
+
 
 def run(request: dict) -> int:
-    """Draw the figures, log them and the results to the parent run, end it; the exit code."""
+    """Draw the figures and log them to the parent run (ending it if the command could not);
+    the exit code."""
     # start-up: this process exists to load these (Optuna, matplotlib, MLflow) off the
     # command's critical path
     from lossbench.sweep.plan import Plan
@@ -46,12 +57,17 @@ def run(request: dict) -> int:
         code = 1
     if request.get("run_id"):
         parent = ParentRun.connect(request["uri"], request["run_id"])
-        parent.end(study, plan, request["status"], figures, sweep_dir / RESULTS_FILE)
+        parent.add_figures(figures)
+        if not request.get("ended"):  # the command could not end it
+            parent.end(study, plan, request["status"], sweep_dir / RESULTS_FILE)
     print(f"summary of {plan.study_name}: {len(figures)} figures", flush=True)
     return code
 
 
 def main() -> int:
+    # a hung store or plot never holds the sweep's summary lock for good: tracebacks to
+    # summary.log, then exit 1
+    faulthandler.dump_traceback_later(LIMIT_SECONDS, exit=True)
     request = json.loads(sys.stdin.read())
     try:
         os.nice(5)  # the user's next command comes first

@@ -13,6 +13,7 @@ import fcntl
 import os
 import socket
 import sqlite3
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -80,7 +81,7 @@ def _sqlite_writable(path: Path) -> str | None:
             return f"a file cannot be created in {folder} ({exc.strerror or exc})"
         return None
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=60)
+        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=LOCK_WAIT_SECONDS)
         try:
             conn.execute("BEGIN IMMEDIATE")  # the write lock
             (version,) = conn.execute("PRAGMA user_version").fetchone()  # not a database?
@@ -88,9 +89,33 @@ def _sqlite_writable(path: Path) -> str | None:
             conn.rollback()  # refused on a read-only file or filesystem
         finally:
             conn.close()
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) and _is_sqlite(path):
+            _say_locked(path)  # busy, not broken: training goes on
+            return None
+        return f"{path}: {exc}"
     except sqlite3.Error as exc:
         return f"{path}: {exc}"
     return None
+
+
+LOCK_WAIT_SECONDS = 2.0  # the pre-run check waits this long for another process's write lock
+
+
+def _is_sqlite(path: Path) -> bool:
+    """Whether ``path`` starts as a sqlite database does (read without taking its lock)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
+def _say_locked(path: Path) -> None:
+    print(f"lossbench: the MLflow store {path} is locked by another process (still after "
+          f"{LOCK_WAIT_SECONDS:g} s); training goes on, and what the store cannot take when "
+          "the run is recorded is kept in the run's spool for `python -m lossbench replay`.",
+          file=sys.stderr, flush=True)  # fmt: skip
 
 
 def precheck(uri: str | None) -> None:
@@ -216,3 +241,19 @@ def bound_http_retries(seconds: float) -> None:
     for key, value in values.items():
         if key not in USER_SET:
             os.environ[key] = str(value)
+
+
+@contextlib.contextmanager
+def http_retries_bounded(seconds: float):
+    """``bound_http_retries`` within the block only: the processes started after it (a
+    sweep's summary process) see the environment as it was."""
+    saved = {k: os.environ.get(k) for k in HTTP_RETRY_VARIABLES}
+    bound_http_retries(seconds)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

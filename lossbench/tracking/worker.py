@@ -110,7 +110,8 @@ class Worker:
     def go_offline(self, exc: BaseException) -> None:
         """The store failed: journal why, tell the trainer, send nothing more for this run."""
         traceback.print_exc()
-        self.offline = shorten(f"{type(exc).__name__}: {exc}", 1000)
+        first = (str(exc).strip().splitlines() or [""])[0]  # SQLAlchemy adds the SQL after it
+        self.offline = shorten(f"{type(exc).__name__}: {first}", 1000)
         self.pending = []
         self.spool.append({"op": "offline", "error": self.offline})
         self.reply(op="offline", message=self.offline)

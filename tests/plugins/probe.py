@@ -1,8 +1,9 @@
 """A single-file plugin for tests that interrupt runs: it marks when a run reaches a phase,
 so a test waits for that (not for a fixed time), and it can hold a run in a phase.
 
-``LOSSBENCH_PROBE_DIR``: where the marks go (a file per event: ``loading``, ``run_start``,
-``epoch_0``, ``epoch_1``, ..., ``run_end``). ``LOSSBENCH_PROBE_HOLD``: ``load`` keeps the
+``LOSSBENCH_PROBE_DIR``: where the marks go (a file per event: ``registered``, ``loading``,
+``run_start``, ``epoch_0``, ``epoch_1``, ..., ``run_end``). ``LOSSBENCH_PROBE_HOLD``:
+``register`` holds the command while plugins register (before any run folder); ``load`` keeps the
 ``probe`` dataset loading until interrupted; ``epoch_1`` holds every run after its second epoch
 until interrupted (or killed), or until a file named ``release`` appears in the marks folder;
 ``run_end`` makes on_run_end take two seconds.
@@ -41,6 +42,9 @@ def _load(hp, seed):
 
 @hookimpl
 def register_datasets(register):
+    _mark("registered")  # plugins load before Hydra composes: no run folder yet
+    while os.environ.get("LOSSBENCH_PROBE_HOLD") == "register":
+        time.sleep(0.05)
     register(DatasetSpec("probe", ProbeOptions, "two classes; marks when it loads", load=_load))
 
 
