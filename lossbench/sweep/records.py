@@ -168,6 +168,7 @@ def replay_sweep(sweep_dir: Path, uri: str | None) -> str | None:
         not running
     ):  # fmt: skip
         status = (yaml.safe_load(results.read_text()) or {}).get("status", "failed")
-        parent.end(study, plan, status, sorted(sweep_dir.glob("*.png")), results)
+        parent.add_figures(sorted(sweep_dir.glob("*.png")))
+        parent.end(study, plan, status, results)
         said += f", the parent run ended ({status})"
     return said
