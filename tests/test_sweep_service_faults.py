@@ -103,6 +103,23 @@ def sweep_args(uri, name, n_trials=4, n_jobs=1):
             "sweep.pruner=none", f"sweep.study_name={name}"]  # fmt: skip
 
 
+def fault_while_held(proc, marks, ready, fault):
+    """Wait until ``ready()`` (the sweep's first trial held after its epoch 1), inject
+    ``fault()``, release the trials; the sweep's output and the seconds from the fault to its
+    exit."""
+    try:
+        wait_for(lambda: proc.poll() is not None or ready(), "trial 0")
+        assert proc.poll() is None, proc.communicate()
+        fault()
+        t0 = time.time()
+        (marks / "release").touch()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return out, err, time.time() - t0
+
+
 def test_a_sweep_whose_mlflow_server_dies_keeps_its_budget_and_replays_whole(tmp_path, server):
     """The server is SIGKILLed while trial 0 trains (its run created, epochs 0-1 sent); the
     other three trials start with no server at all. Every trial trains and counts, the sweep
@@ -119,17 +136,7 @@ def test_a_sweep_whose_mlflow_server_dies_keeps_its_budget_and_replays_whole(tmp
         return any("val_loss" in r.data.metrics for r in runs
                    if r.data.tags.get("lossbench.role") == "trial")  # fmt: skip
 
-    try:
-        wait_for(lambda: proc.poll() is not None or trial_logging(), "trial 0 logging")
-        assert proc.poll() is None, proc.communicate()
-        server.kill()
-        t0 = time.time()
-        (marks / "release").touch()
-        out, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    seconds = time.time() - t0
+    out, err, seconds = fault_while_held(proc, marks, trial_logging, server.kill)
     wait_for_summaries(tmp_path)
     sweep_dir = tmp_path / "multirun" / name
     assert proc.returncode == 1, out[-3000:] + err[-3000:]
@@ -291,17 +298,7 @@ def _storage_goes_away(tmp_path, name, storage, stop, restart):
     marks, uri = tmp_path / "marks", f"sqlite:///{tmp_path}/mlflow.db"
     args = [*sweep_args(uri, name, n_trials=3), f"sweep.storage={storage}"]
     proc = start(args, tmp_path, marks, hold="epoch_1")
-    try:
-        wait_for(lambda: proc.poll() is not None or (marks / "epoch_1").exists(), "trial 0")
-        assert proc.poll() is None, proc.communicate()
-        stop()
-        t0 = time.time()
-        (marks / "release").touch()
-        out, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    seconds = time.time() - t0
+    out, err, seconds = fault_while_held(proc, marks, lambda: (marks / "epoch_1").exists(), stop)
     wait_for_summaries(tmp_path)
     assert proc.returncode == 1, out[-3000:] + err[-3000:]
     assert "stopped answering" in err and "run the same command to resume" in err, err[-3000:]

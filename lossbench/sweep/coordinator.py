@@ -46,6 +46,7 @@ from lossbench.sweep.study import (
     open_study,
     recover_stale,
     repair_journal,
+    storage_error_text,
     storage_gone,
     storage_url,
 )
@@ -477,9 +478,8 @@ def _watch(study, plan, launcher) -> str:
     except Exception as exc:
         if not storage_gone(exc):
             raise
-        why = mask_text(" ".join(str(exc).split())[:300])
         print(f"lossbench: error: the study storage {mask_url(plan.storage)} stopped answering "
-              f"({type(exc).__name__}: {why}): the sweep stops; no finished trial is lost, and "
+              f"({storage_error_text(exc)}): the sweep stops; no finished trial is lost, and "
               "the trials that were running are retried by the next run. Fix: start the "
               "storage again (the database, or python -m lossbench storage-proxy), then run "
               "the same command to resume.", file=sys.stderr)  # fmt: skip

@@ -370,6 +370,12 @@ def storage_gone(exc: BaseException) -> bool:
     return False
 
 
+def storage_error_text(exc: BaseException) -> str:
+    """What a storage that stopped answering raised, for a message: type, first 300 characters
+    on one line, credentials masked."""
+    return f"{type(exc).__name__}: {mask_text(' '.join(str(exc).split())[:300])}"
+
+
 def _storage_fix(exc: BaseException) -> str:
     """The fix for a storage that cannot be opened: the driver to install when it is missing."""
     if isinstance(exc, ImportError) and "psycopg2" in str(exc):

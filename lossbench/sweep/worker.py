@@ -49,6 +49,7 @@ from lossbench.sweep.study import (
     recover_stale,
     retry,
     set_trial_attr,
+    storage_error_text,
     storage_gone,
 )
 from lossbench.sweep.trial import (
@@ -344,9 +345,8 @@ def work(plan: Plan, index: int, quiet: bool = False) -> int:
     except Exception as exc:
         if not storage_gone(exc):
             raise
-        why = mask_text(" ".join(str(exc).split())[:300])
         say(f"lossbench: error: worker {index} stopped: the study storage "
-            f"{mask_text(plan.storage)} stopped answering ({type(exc).__name__}: {why}). Its "
+            f"{mask_text(plan.storage)} stopped answering ({storage_error_text(exc)}). Its "
             "trial is retried by the next run. Fix: start the storage again and run the same "
             "command to resume.", err=True)  # fmt: skip
         return EXIT_STORAGE_GONE
