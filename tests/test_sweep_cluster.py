@@ -44,6 +44,19 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+def await_ray_head(proc) -> None:
+    """Read ``ray start --head --block``'s output until the runtime is up (or fail with its
+    last lines), then keep its pipe drained."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "Ray runtime started" in line:
+            break
+    else:
+        pytest.fail("ray start --head failed:\n" + "".join(seen[-30:]))
+    threading.Thread(target=proc.stdout.read, daemon=True).start()
+
+
 @pytest.fixture(scope="module")
 def databases():
     """Two fresh PostgreSQL databases for this module (a study, MLflow's store); dropped after."""
@@ -94,15 +107,8 @@ def ray_cluster():
          "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}", "--block"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
-    seen = []
     try:
-        for line in proc.stdout:
-            seen.append(line)
-            if "Ray runtime started" in line:
-                break
-        else:
-            pytest.fail("ray start --head failed:\n" + "".join(seen[-30:]))
-        threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
+        await_ray_head(proc)
         yield f"127.0.0.1:{port}"
     finally:
         _stop(proc)
@@ -241,14 +247,7 @@ def doomed_ray_head():
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     try:
-        seen = []
-        for line in proc.stdout:
-            seen.append(line)
-            if "Ray runtime started" in line:
-                break
-        else:
-            pytest.fail("ray start --head failed:\n" + "".join(seen[-30:]))
-        threading.Thread(target=proc.stdout.read, daemon=True).start()
+        await_ray_head(proc)
         yield proc, f"127.0.0.1:{port}"
     finally:
         with contextlib.suppress(ProcessLookupError):
