@@ -12,7 +12,7 @@ and the evaluation's arguments recorded, then times, each as the median of inter
 - ``epoch, direct calls``: the same loop compiled here with the kernels as plain numba
   functions (direct calls LLVM may inline): the difference is the price of the indirect calls;
 - ``call overhead``: ``train_epoch`` / ``evaluate`` called on zero rows (Python -> compiled code:
-  typing and unboxing 23 / 13 arguments, four of them KernelRefs);
+  typing and unboxing 14 / 9 arguments, four of them KernelRefs, the rest grouped in tuples);
 - the per-batch parts, each repeated in a compiled loop: row gather, forward, loss, accuracy
   count, backward, optimizer step; and the GEMMs of forward and backward alone (np.dot, i.e.
   OpenBLAS through scipy's cython_blas) against the same products as plain loops;
@@ -238,17 +238,19 @@ def breakdown(case, optimizer, dtype, rounds):
     overrides = [*COMMON, *case.overrides, f"optimizer={optimizer}", f"trainer.dtype={dtype}",
                  f"trainer.batch_size={case.batch}"]  # fmt: skip
     ep, ev, run, between = record_args(overrides, 30)
-    (fwd, bwd, loss, step, params, layout, mhp, lhp, ohp, state, scalars, grads, X, Y, labels,
-     order, batch, work, xb, yb, out, dout, failed, t, lr) = ep  # fmt: skip
+    (fwd, bwd, loss, step, model, lhp, optimizer, data, scratch, order, batch, failed, t,
+     lr) = ep  # fmt: skip
+    (params, layout, mhp), (grads, state, scalars, ohp) = model, optimizer
+    (X, Y, labels), (work, xb, yb, out, dout) = data, scratch
     n_batches = math.ceil(len(order) / batch)
     specs = run.specs
     lk, ok = specs["loss"].kernel, specs["optimizer"].kernel
     xb[:], yb[:] = X[order[:batch]], Y[order[:batch]]
     mlp_forward(params, layout, mhp, xb, work, out)
     lk(out, yb, lhp, dout)
-    empty = order[:0]
-    ep0 = (*ep[:15], empty, *ep[16:])
-    ev0 = (*ev[:6], ev[6][:0], ev[7][:0], ev[8][:0], *ev[9:])
+    ep0 = (*ep[:9], order[:0], *ep[10:])
+    val_data = ev[4]
+    ev0 = (*ev[:4], tuple(a[:0] for a in val_data), *ev[5:])
     # a scratch copy of the parameters and state for the parts that update them
     p2, s2, c2 = params.copy(), state.copy(), scalars.copy()
     parts = {
@@ -310,7 +312,7 @@ def breakdown(case, optimizer, dtype, rounds):
     full = med["epoch (fused.train_epoch, kernels as function pointers)"]
     widths = [int(x) for x in layout[:, 0]] + [int(layout[-1, 1])]
     print(f"\n{case.label} {optimizer} {dtype}: {len(order)} rows, batch {batch}, {n_batches} "
-          f"batches, {len(ev[6])} validation rows")  # fmt: skip
+          f"batches, {len(val_data[0])} validation rows")  # fmt: skip
     print(f"  {'part':62}{'us/epoch':>10}{'us/batch':>10}{'% epoch':>9}")
     for k, v in med.items():
         print(f"  {k:62}{v * 1e6:10.1f}{v * 1e6 / n_batches:10.2f}{v / full:9.1%}")

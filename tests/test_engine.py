@@ -14,6 +14,7 @@ from lossbench.builtin.optimizers import OPTIMIZERS
 from lossbench.errors import ConfigError
 from lossbench.kernels import kernel_ref
 from lossbench.training import evaluate, train_epoch
+from lossbench.training.fused import KERNEL_ORDER, scratch
 from lossbench.training.slow import reference_epoch
 
 LOSS = {s.name: s for s in LOSSES}
@@ -60,35 +61,19 @@ def test_fused_epoch_matches_numpy_reference(loss_name, opt_name, rng):
             ("optimizer", opt.kernel),
         )
     }
-    work = np.empty(ml.workspace(batch))
-    buf = lambda cols: np.empty((batch, cols))  # noqa: E731
     t = t_ref = 0
     for epoch in range(3):
         order = rng.permutation(len(X)).astype(np.int64)
         lr = 0.01 * (epoch + 1)
         total, seen, correct, t = train_epoch(
-            k["forward"],
-            k["backward"],
-            k["loss"],
-            k["optimizer"],
-            params,
-            ml.layout,
-            model_hp,
+            *[k[r] for r in KERNEL_ORDER],
+            (params, ml.layout, model_hp),
             loss_hp,
-            opt_hp,
-            state,
-            np.zeros(opt.scalar_slots),
-            np.empty(ml.n_params),
-            X,
-            Y,
-            labels,
+            (np.empty(ml.n_params), state, np.zeros(opt.scalar_slots), opt_hp),
+            (X, Y, labels),
+            scratch(batch, X.shape[1], Y.shape[1], n_out, ml.workspace(batch), np.float64),
             order,
             batch,
-            work,
-            buf(X.shape[1]),
-            buf(Y.shape[1]),
-            buf(n_out),
-            buf(n_out),
             np.zeros(2, np.int64),  # no kernel raised
             t,
             lr,
@@ -123,21 +108,12 @@ def test_fused_epoch_matches_numpy_reference(loss_name, opt_name, rng):
     v_total, v_correct = evaluate(
         k["forward"],
         k["loss"],
-        params,
-        ml.layout,
-        model_hp,
+        (params, ml.layout, model_hp),
         loss_hp,
-        X,
-        Y,
-        labels,
+        (X, Y, labels),
         1000,
-        np.empty(ml.workspace(len(X))),
-        out,
-        np.empty_like(out),
-        confusion,
-        np.empty(0),
-        np.empty(0),
-        np.empty(0),
+        (np.empty(ml.workspace(len(X))), out, np.empty_like(out)),
+        (confusion, np.empty(0), np.empty(0), np.empty(0)),
         np.zeros(2, np.int64),
     )
     ref_out = MLP.reference_forward(params, ml.layout, model_hp, X)
@@ -308,12 +284,18 @@ def fused_epoch_fn(loss, opt, layout, n_out, batch, n_in, n_targets):
 
     def epoch(params, state, opt_hp, X, Y, labels, order, t, lr):
         return train_epoch(
-            *k, params, layout.layout, model_hp, loss_hp, opt_hp, state,
-            np.zeros(opt.scalar_slots), np.empty(layout.n_params), X, Y, labels, order, batch,
-            np.empty(layout.workspace(batch)), np.empty((batch, n_in)),
-            np.empty((batch, n_targets)), np.empty((batch, n_out)), np.empty((batch, n_out)),
-            np.zeros(2, np.int64), t, lr,
-        )  # fmt: skip
+            *k,
+            (params, layout.layout, model_hp),
+            loss_hp,
+            (np.empty(layout.n_params), state, np.zeros(opt.scalar_slots), opt_hp),
+            (X, Y, labels),
+            scratch(batch, n_in, n_targets, n_out, layout.workspace(batch), np.float64),
+            order,
+            batch,
+            np.zeros(2, np.int64),
+            t,
+            lr,
+        )
 
     return epoch
 

@@ -4,6 +4,14 @@
 gradient, backward, optimizer step. Its kernels arrive as first-class function values
 (``lossbench.kernels.KernelRef``), so it compiles once per dtype per installation and is loaded
 from numba's disk cache afterwards, whichever losses, optimizers and models a run combines.
+
+Its other arguments arrive grouped, as plain tuples built in one place (``train_args``,
+``eval_args``): the model's ``(params, layout, hp)``, the optimizer's ``(grads, state, scalars,
+hp)``, the data's ``(X, Y, labels)`` and the minibatch buffers ``(work, xb, yb, out, dout)``; the
+compiled code unpacks them where a kernel is called. Plain tuples, not namedtuples: numba types a
+namedtuple in Python on every call (6 us more per call, measured), a tuple of arrays in C (0.6 us
+more than the same arrays one by one). The four kernels stay four arguments: a tuple of
+``KernelRef``s cost 45 us more per call than the same four given one by one.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from lossbench.training.setup import Runner, Setup
 # which spec attribute holds the kernel of which role, by group, in call order (the kinds with
 # kernels in lossbench.specs.KIND_TABLE)
 ROLES = {k.group: k.kernels for k in KIND_TABLE if k.kernels}
+# the roles in the order train_epoch and lr_ramp take them (evaluate: forward and loss)
+KERNEL_ORDER = ("forward", "backward", "loss", "optimizer")
 
 
 @njit(cache=True, nogil=True)
@@ -63,15 +73,21 @@ def gather(X, Y, order, start, m, xm, ym):
 
 
 @njit(cache=True, nogil=True)
-def batch_loss(forward, loss, params, layout, model_hp, loss_hp, xm, ym, work, om, dm, failed):
-    """Forward and loss of one gathered minibatch: the batch loss, its gradient into ``dm``.
-    When a kernel raised (``failed[0]``), notes which call in ``failed[1]`` (1 forward, 2 loss)
-    and returns NaN."""
+def batch_loss(forward, loss, model, loss_hp, data, scratch, order, start, m, failed):
+    """Gather the minibatch ``order[start:start + m]`` of ``data``, then forward and loss: the
+    batch loss, its gradient into ``scratch``'s ``dout``. When a kernel raised (``failed[0]``),
+    notes which call in ``failed[1]`` (1 forward, 2 loss) and returns NaN."""
+    params, layout, model_hp = model
+    X, Y, _ = data
+    work, xb, yb, out, dout = scratch
+    xm, ym = xb[:m], yb[:m]
+    gather(X, Y, order, start, m, xm, ym)
+    om = out[:m]
     forward(params, layout, model_hp, xm, work, om)
     if failed[0]:
         failed[1] = 1
         return math.nan
-    value = loss(om, ym, loss_hp, dm)
+    value = loss(om, ym, loss_hp, dout[:m])
     if failed[0]:
         failed[1] = 2
         return math.nan
@@ -79,11 +95,13 @@ def batch_loss(forward, loss, params, layout, model_hp, loss_hp, xm, ym, work, o
 
 
 @njit(cache=True, nogil=True)
-def batch_update(backward, step, params, layout, model_hp, xm, work, dm, grads, state, scalars,
-                 opt_hp, t, lr, failed):  # fmt: skip
-    """Backward and optimizer step ``t`` of one minibatch whose loss gradient is in ``dm``;
-    notes a kernel that raised in ``failed[1]`` (3 backward, 4 step)."""
-    backward(params, layout, model_hp, xm, work, dm, grads)
+def batch_update(backward, step, model, optimizer, m, scratch, t, lr, failed):
+    """Backward and optimizer step ``t`` of the minibatch of ``m`` rows ``batch_loss`` left in
+    ``scratch``; notes a kernel that raised in ``failed[1]`` (3 backward, 4 step)."""
+    params, layout, model_hp = model
+    grads, state, scalars, opt_hp = optimizer
+    work, xb, _, _, dout = scratch
+    backward(params, layout, model_hp, xb[:m], work, dout[:m], grads)
     if failed[0]:
         failed[1] = 3
         return
@@ -94,25 +112,23 @@ def batch_update(backward, step, params, layout, model_hp, xm, work, dm, grads, 
 
 @njit(cache=True, nogil=True)
 def train_epoch(
-    forward, backward, loss, step, params, layout, model_hp, loss_hp, opt_hp, state, scalars,
-    grads, X, Y, labels, order, batch_size, work, xb, yb, out, dout, failed, t, lr,
+    forward, backward, loss, step, model, loss_hp, optimizer, data, scratch, order, batch_size,
+    failed, t, lr,
 ):  # fmt: skip
-    """One epoch of minibatch training; returns (sum of batch loss x batch size, samples seen,
-    correct predictions, step count). Each minibatch: ``gather``, ``batch_loss``,
-    ``batch_update`` (the steps ``lr_find.lr_ramp`` takes too). Stops at the first non-finite
-    batch loss, and at once when a kernel raised (``failed[0]`` set: ``kernels.KernelWatch``),
-    noting which call in ``failed[1]``."""
+    """One epoch of minibatch training over the rows of ``data`` in ``order``; returns (sum of
+    batch loss x batch size, samples seen, correct predictions, step count). Each minibatch:
+    ``batch_loss``, ``batch_update`` (the steps ``lr_find.lr_ramp`` takes too). Stops at the
+    first non-finite batch loss, and at once when a kernel raised (``failed[0]`` set:
+    ``kernels.KernelWatch``), noting which call in ``failed[1]``."""
     n = order.shape[0]
+    labels, out = data[2], scratch[3]
     total = 0.0
     seen = 0
     correct = 0
     with_labels = labels.shape[0] > 0
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
-        xm, ym, om, dm = xb[:m], yb[:m], out[:m], dout[:m]
-        gather(X, Y, order, start, m, xm, ym)
-        value = batch_loss(forward, loss, params, layout, model_hp, loss_hp, xm, ym, work, om,
-                           dm, failed)  # fmt: skip
+        value = batch_loss(forward, loss, model, loss_hp, data, scratch, order, start, m, failed)
         if failed[0]:
             break
         total += value * m
@@ -120,21 +136,22 @@ def train_epoch(
         if not math.isfinite(value):
             break
         if with_labels:
-            correct += _count_correct(om, labels, start, order)
+            correct += _count_correct(out[:m], labels, start, order)
         t += 1
-        batch_update(backward, step, params, layout, model_hp, xm, work, dm, grads, state,
-                     scalars, opt_hp, t, lr, failed)  # fmt: skip
+        batch_update(backward, step, model, optimizer, m, scratch, t, lr, failed)
         if failed[0]:
             break
     return total, seen, correct, t
 
 
 @njit(cache=True, nogil=True)
-def _tally(out, Y, labels, start, confusion, err_scale, sq_err, abs_err):
-    """Add the rows of ``out`` (rows ``start`` on of the set) to the common metrics' sums:
-    the confusion matrix (true class x predicted class) for classification, and per target the
-    squared and absolute errors in the target's original units (``err_scale`` undoes a target
-    standardisation) for regression. Returns the correct predictions."""
+def _tally(out, Y, labels, start, tally):
+    """Add the rows of ``out`` (rows ``start`` on of the set) to the common metrics' sums in
+    ``tally`` (``eval_args``): the confusion matrix (true class x predicted class) for
+    classification, and per target the squared and absolute errors in the target's original
+    units (``err_scale`` undoes a target standardisation) for regression. Returns the correct
+    predictions."""
+    confusion, err_scale, sq_err, abs_err = tally
     m, c = out.shape
     correct = 0
     if confusion.shape[0] > 0:
@@ -153,18 +170,20 @@ def _tally(out, Y, labels, start, confusion, err_scale, sq_err, abs_err):
 
 
 @njit(cache=True, nogil=True)
-def evaluate(
-    forward, loss, params, layout, model_hp, loss_hp, X, Y, labels, chunk, work, out, dout,
-    confusion, err_scale, sq_err, abs_err, failed,
-):  # fmt: skip
-    """Loss and correct predictions on a whole set, in chunks of at most ``chunk`` rows;
-    returns (sum of chunk loss x chunk size, correct). Fills (after zeroing) the sums the
-    common metrics are made of: ``confusion`` (classes x classes; 0 x 0 for regression) and
-    ``sq_err``/``abs_err`` (one per target; empty for classification). Stops when a kernel
-    raised, as ``train_epoch``."""
+def evaluate(forward, loss, model, loss_hp, data, chunk, scratch, tally, failed):
+    """Loss and correct predictions on the whole set ``data``, in chunks of at most ``chunk``
+    rows (``scratch``: ``(work, out, dout)`` of ``chunk`` rows); returns (sum of chunk loss x
+    chunk size, correct). Fills (after zeroing) the sums the common metrics are made of, in
+    ``tally``: ``confusion`` (classes x classes; 0 x 0 for regression) and ``sq_err``/
+    ``abs_err`` (one per target; empty for classification). Stops when a kernel raised, as
+    ``train_epoch``."""
+    params, layout, model_hp = model
+    X, Y, labels = data
+    work, out, dout = scratch
     n = X.shape[0]
     total = 0.0
     correct = 0
+    confusion, _, sq_err, abs_err = tally
     confusion[:] = 0
     sq_err[:] = 0.0
     abs_err[:] = 0.0
@@ -179,7 +198,7 @@ def evaluate(
         if failed[0]:
             failed[1] = 2
             break
-        correct += _tally(om, Y, labels, start, confusion, err_scale, sq_err, abs_err)
+        correct += _tally(om, Y, labels, start, tally)
     return total, correct
 
 
@@ -197,6 +216,15 @@ def bind(group: str, spec, dtype: str) -> dict:
     }
 
 
+def bind_all(specs: dict, dtype) -> dict:
+    """Every kernel of the run's components (``specs``: group -> spec) as a KernelRef, by
+    role."""
+    kernels = {}
+    for group in ROLES:
+        kernels.update(bind(group, specs[group], str(dtype)))
+    return kernels
+
+
 def kernel_watch(specs: dict) -> KernelWatch:
     """A ``KernelWatch`` over the run's kernels (``specs``: group -> spec), by role."""
     kernels = {}
@@ -208,36 +236,50 @@ def kernel_watch(specs: dict) -> KernelWatch:
     return KernelWatch(kernels)
 
 
+def scratch(rows: int, n_x: int, n_y: int, n_out: int, workspace: int, dtype) -> tuple:
+    """A minibatch's buffers, ``(work, xb, yb, out, dout)``, for at most ``rows`` rows:
+    the model's workspace, the gathered inputs and targets, the output and its gradient."""
+    return (np.empty(workspace, dtype=dtype), np.empty((rows, n_x), dtype=dtype),
+            np.empty((rows, n_y), dtype=dtype), np.empty((rows, n_out), dtype=dtype),
+            np.empty((rows, n_out), dtype=dtype))  # fmt: skip
+
+
+def train_args(run, s: Setup) -> tuple:
+    """``(model, loss_hp, optimizer, data, scratch)``: the grouped arguments ``train_epoch`` and
+    ``lr_find.lr_ramp`` take after the kernels, for the set-up run ``run``
+    (the one place they are built: a new kernel argument joins its group here)."""
+    prep, layout = run.dataset, run.layout
+    model = (run.flat_params, layout.layout, s.model_hp)
+    optimizer = (s.grads, s.state, s.scalars, s.opt_hp)
+    data = (prep.X_train, prep.Y_train, prep.labels_train)
+    buffers = scratch(s.batch, prep.X_train.shape[1], prep.Y_train.shape[1], prep.n_outputs,
+                      layout.workspace(s.batch), s.dtype)  # fmt: skip
+    return model, s.loss_hp, optimizer, data, buffers
+
+
+def eval_args(run, s: Setup) -> tuple:
+    """``(model, loss_hp, data, chunk, scratch, tally)``: ``evaluate``'s arguments between the
+    kernels and the flag, for the validation set; ``tally`` is ``s.tally``'s arrays, so the
+    metrics read what ``evaluate`` fills."""
+    prep, layout, dtype = run.dataset, run.layout, s.dtype
+    model = (run.flat_params, layout.layout, s.model_hp)
+    data = (prep.X_val, prep.Y_val, prep.labels_val)
+    out = np.empty((s.chunk, prep.n_outputs), dtype=dtype)
+    buffers = (np.empty(layout.workspace(s.chunk), dtype=dtype), out, np.empty_like(out))
+    t = s.tally
+    return model, s.loss_hp, data, s.chunk, buffers, (t.confusion, t.err_scale, t.sq_err, t.abs_err)
+
+
 def fused_runner(run, s: Setup) -> Runner:
     """The run's epochs on the fused path: binds the kernels and compiles (or cache-loads) the
     epoch and the evaluation before returning, so no epoch pays for it."""
-    prep, layout, params = run.dataset, run.layout, run.flat_params
-    n_out, dtype = prep.n_outputs, s.dtype
-    k = {}
-    for group in ROLES:
-        k.update(bind(group, run.specs[group], str(dtype)))
+    k = bind_all(run.specs, s.dtype)
     watch = kernel_watch(run.specs)
-
-    def buf(rows, cols):
-        return np.empty((rows, cols), dtype=dtype)
-
-    epoch_args = (
-        k["forward"], k["backward"], k["loss"], k["optimizer"], params, layout.layout,
-        s.model_hp, s.loss_hp, s.opt_hp, s.state, s.scalars, s.grads, prep.X_train, prep.Y_train,
-        prep.labels_train, s.order, s.batch, np.empty(layout.workspace(s.batch), dtype=dtype),
-        buf(s.batch, prep.X_train.shape[1]), buf(s.batch, prep.Y_train.shape[1]),
-        buf(s.batch, n_out), buf(s.batch, n_out), watch.flag,
-    )  # fmt: skip
-    tally = s.tally
-    eval_args = (
-        k["forward"], k["loss"], params, layout.layout, s.model_hp, s.loss_hp, prep.X_val,
-        prep.Y_val, prep.labels_val, s.chunk, np.empty(layout.workspace(s.chunk), dtype=dtype),
-        buf(s.chunk, n_out), buf(s.chunk, n_out), tally.confusion, tally.err_scale,
-        tally.sq_err, tally.abs_err, watch.flag,
-    )  # fmt: skip
+    epoch_args = (*[k[r] for r in KERNEL_ORDER], *train_args(run, s), s.order, s.batch, watch.flag)
+    eval_all = (k["forward"], k["loss"], *eval_args(run, s), watch.flag)
     ensure_compiled(train_epoch, (*epoch_args, 0, float(s.base_lr)))
-    ensure_compiled(evaluate, eval_args)
+    ensure_compiled(evaluate, eval_all)
     return Runner(
         epoch=lambda t, lr: watch.call(train_epoch, *epoch_args, t, lr),
-        evaluate=lambda: watch.call(evaluate, *eval_args),
+        evaluate=lambda: watch.call(evaluate, *eval_all),
     )

@@ -18,8 +18,10 @@ network learns fastest while it is still stable, and it lies well below the poin
 loss turns up. ``min/10`` (a tenth of the lr of the smallest smoothed loss, fastai's old
 rule) is reported beside it. Which one to trust is measured against sweeps in docs/sweeps.md.
 
-``lr_ramp`` takes the same first-class kernel values as ``fused.train_epoch`` and a per-step
-learning-rate array, so the loop is compiled once per dtype, not written in Python.
+``lr_ramp`` takes the same first-class kernel values and grouped arguments as
+``fused.train_epoch`` (built by ``fused.train_args``) and takes the same minibatch steps
+(``fused.batch_loss``, ``fused.batch_update``), with a per-step learning-rate array, so the loop
+is compiled once per dtype, not written in Python.
 """
 
 from __future__ import annotations
@@ -36,22 +38,30 @@ from numba import njit
 from lossbench.errors import ConfigError, DataError
 from lossbench.files import atomic_save, pyplot, save_figure
 from lossbench.training import outputs
-from lossbench.training.fused import ROLES, batch_loss, batch_update, bind, gather, kernel_watch
+from lossbench.training.fused import (
+    KERNEL_ORDER,
+    ROLES,
+    batch_loss,
+    batch_update,
+    bind_all,
+    kernel_watch,
+    train_args,
+)
 from lossbench.training.run import Run
 from lossbench.training.setup import Setup, resolve, set_up
 
 
 @njit(cache=True, nogil=True)
-def lr_ramp(
-    forward, backward, loss, step, params, layout, model_hp, loss_hp, opt_hp, state, scalars,
-    grads, X, Y, orders, batch_size, work, xb, yb, out, dout, lrs, beta, divergence, losses,
-    failed,
-):  # fmt: skip
+def lr_ramp(forward, backward, loss, step, model, loss_hp, optimizer, data, scratch, orders,
+            batch_size, ramp, failed):  # fmt: skip
     """Minibatch steps with ``lrs[i]`` at step ``i`` over the epochs of ``orders`` (one row of
-    row indices per epoch); ``losses[i]`` is step ``i``'s batch loss (before its update).
-    Returns the steps taken: ``len(lrs)``, or fewer when the smoothed loss diverged (see the
-    module) or a loss was not finite (that step's loss is recorded, its update not taken), or
-    at once when a kernel raised (``failed``, as in ``fused.train_epoch``)."""
+    row indices per epoch), ``ramp`` being ``(lrs, beta, divergence, losses)``; ``losses[i]``
+    is step ``i``'s batch loss (before its update). The other arguments are
+    ``fused.train_epoch``'s (``fused.train_args``). Returns the steps taken: ``len(lrs)``, or
+    fewer when the smoothed loss diverged (see the module) or a loss was not finite (that
+    step's loss is recorded, its update not taken), or at once when a kernel raised
+    (``failed``, as in ``fused.train_epoch``)."""
+    lrs, beta, divergence, losses = ramp
     n_steps = lrs.shape[0]
     n = orders.shape[1]
     avg = 0.0
@@ -63,10 +73,8 @@ def lr_ramp(
             if i >= n_steps:
                 return i
             m = min(batch_size, n - start)
-            xm, ym, om, dm = xb[:m], yb[:m], out[:m], dout[:m]
-            gather(X, Y, order, start, m, xm, ym)
-            value = batch_loss(forward, loss, params, layout, model_hp, loss_hp, xm, ym, work,
-                               om, dm, failed)  # fmt: skip
+            value = batch_loss(forward, loss, model, loss_hp, data, scratch, order, start, m,
+                               failed)  # fmt: skip
             if failed[0]:
                 return i
             losses[i] = value
@@ -77,8 +85,7 @@ def lr_ramp(
             if smoothed > divergence * best:
                 return i + 1
             best = min(best, smoothed)
-            batch_update(backward, step, params, layout, model_hp, xm, work, dm, grads, state,
-                         scalars, opt_hp, i + 1, lrs[i], failed)  # fmt: skip
+            batch_update(backward, step, model, optimizer, m, scratch, i + 1, lrs[i], failed)
             if failed[0]:
                 return i
             i += 1
@@ -170,28 +177,17 @@ def run_ramp(run, s: Setup, options: LRFindOptions) -> LRFindResult:
             f"lr_find runs on the fused path, but {', '.join(slow)} has no numba kernel (NumPy "
             "only). Fix: choose components with kernels, or give the plugin a kernel."
         )
-    k = {}
-    for group in ROLES:
-        k.update(bind(group, run.specs[group], str(s.dtype)))
-    prep, layout, dtype = run.dataset, run.layout, s.dtype
-    per_epoch = math.ceil(len(prep.X_train) / s.batch)
-    orders = np.empty((math.ceil(options.steps / per_epoch), len(prep.X_train)), np.int64)
+    k = bind_all(run.specs, s.dtype)
+    n_rows = len(run.dataset.X_train)
+    orders = np.empty((math.ceil(options.steps / math.ceil(n_rows / s.batch)), n_rows), np.int64)
     for e in range(len(orders)):  # the epochs' orders, as training shuffles them
         orders[e] = s.next_epoch_order(bool(run.config.trainer.shuffle))
     lrs = options.ramp()  # float64, as every kernel takes its lr (plugin interface 2)
     losses = np.full(options.steps, np.nan)
-    def buf(cols):
-        return np.empty((s.batch, cols), dtype=dtype)
-
-    n_out = prep.n_outputs
     watch = kernel_watch(run.specs)  # a kernel that raises: PluginFailure naming it
-    done = watch.call(
-        lr_ramp, k["forward"], k["backward"], k["loss"], k["optimizer"], run.flat_params,
-        layout.layout, s.model_hp, s.loss_hp, s.opt_hp, s.state, s.scalars, s.grads, prep.X_train,
-        prep.Y_train, orders, s.batch, np.empty(layout.workspace(s.batch), dtype=dtype),
-        buf(prep.X_train.shape[1]), buf(prep.Y_train.shape[1]), buf(n_out), buf(n_out), lrs,
-        options.beta, options.divergence, losses, watch.flag,
-    )  # fmt: skip
+    ramp = (lrs, float(options.beta), float(options.divergence), losses)
+    done = watch.call(lr_ramp, *[k[r] for r in KERNEL_ORDER], *train_args(run, s), orders,
+                      s.batch, ramp, watch.flag)  # fmt: skip
     lrs64, losses = lrs[:done], losses[:done]
     smoothed = smooth(losses, options.beta)
     steepest, min_over_10 = suggest(lrs64, smoothed)
