@@ -9,8 +9,9 @@ overrides as benchmarks/throughput.py): the script trains a few epochs with the 
 and the evaluation's arguments recorded, then times, each as the median of interleaved rounds:
 
 - ``epoch``: ``fused.train_epoch`` as ``train`` calls it (kernels as function pointers);
-- ``epoch, direct calls``: the same loop compiled here with the kernels as plain numba
-  functions (direct calls LLVM may inline): the difference is the price of the indirect calls;
+- ``epoch, direct calls``: train_epoch's own code compiled again here with the kernels as
+  plain numba functions (direct calls LLVM may inline): the difference is the price of the
+  indirect calls;
 - ``call overhead``: ``train_epoch`` / ``evaluate`` called on zero rows (Python -> compiled code:
   typing and unboxing 14 / 9 arguments, four of them KernelRefs, the rest grouped in tuples);
 - the per-batch parts, each repeated in a compiled loop: row gather, forward, loss, accuracy
@@ -33,6 +34,7 @@ import os
 import statistics
 import sys
 import time
+import types
 
 import numpy as np
 from numba import njit
@@ -76,36 +78,22 @@ def record_args(overrides, epochs):
     return seen["epoch"], seen["eval"], run, between
 
 
-@njit(cache=False, nogil=True)
-def direct_epoch(
-    forward, backward, loss, step, params, layout, model_hp, loss_hp, opt_hp, state, scalars,
-    grads, X, Y, labels, order, batch_size, work, xb, yb, out, dout, t, lr, count_correct,
-):  # fmt: skip
-    """fused.train_epoch's loop with the kernels as numba functions (direct calls)."""
-    n = order.shape[0]
-    total = 0.0
-    seen = 0
-    correct = 0
-    for start in range(0, n, batch_size):
-        m = min(batch_size, n - start)
-        xm, ym, om, dm = xb[:m], yb[:m], out[:m], dout[:m]
-        for i in range(m):
-            r = order[start + i]
-            for j in range(X.shape[1]):
-                xm[i, j] = X[r, j]
-            for j in range(Y.shape[1]):
-                ym[i, j] = Y[r, j]
-        forward(params, layout, model_hp, xm, work, om)
-        batch_loss = loss(om, ym, loss_hp, dm)
-        total += batch_loss * m
-        seen += m
-        if not math.isfinite(batch_loss):
-            break
-        correct += count_correct(om, labels, start, order)
-        backward(params, layout, model_hp, xm, work, dm, grads)
-        t += 1
-        step(params, grads, state, scalars, opt_hp, t, lr)
-    return total, seen, correct, t
+def _uncached_copy(dispatcher, **names):
+    """``dispatcher``'s Python function compiled again here, not cached, with the globals in
+    ``names`` replaced."""
+    f = dispatcher.py_func
+    copy = types.FunctionType(f.__code__, {**f.__globals__, **names}, f.__name__, f.__defaults__)
+    return njit(nogil=True)(copy)
+
+
+def direct_epoch():
+    """fused.train_epoch's own loop (and its batch_loss and batch_update) compiled here for
+    kernels given as numba functions: direct calls LLVM may inline, where train_epoch calls
+    function pointers. Not cached: a dispatcher argument is typed by identity."""
+    from lossbench.training import fused
+
+    steps = {f.__name__: _uncached_copy(f) for f in (fused.batch_loss, fused.batch_update)}
+    return _uncached_copy(fused.train_epoch, **steps)
 
 
 @njit(nogil=True)
@@ -253,35 +241,12 @@ def breakdown(case, optimizer, dtype, rounds):
     ev0 = (*ev[:4], tuple(a[:0] for a in val_data), *ev[5:])
     # a scratch copy of the parameters and state for the parts that update them
     p2, s2, c2 = params.copy(), state.copy(), scalars.copy()
+    direct = direct_epoch()
+    copies = (p2, layout, mhp), lhp, (grads, s2, c2, ohp)
+    direct_args = (mlp_forward, mlp_backward, lk, ok, *copies, *ep[7:])
     parts = {
         "epoch (fused.train_epoch, kernels as function pointers)": lambda: fused.train_epoch(*ep),
-        "epoch, direct calls (same loop, kernels inlinable)": lambda: direct_epoch(
-            mlp_forward,
-            mlp_backward,
-            lk,
-            ok,
-            p2,
-            layout,
-            mhp,
-            lhp,
-            ohp,
-            s2,
-            c2,
-            grads,
-            X,
-            Y,
-            labels,
-            order,
-            batch,
-            work,
-            xb,
-            yb,
-            out,
-            dout,
-            t,
-            lr,
-            fused._count_correct,
-        ),  # fmt: skip
+        "epoch, direct calls (same loop, kernels inlinable)": lambda: direct(*direct_args),
         "call overhead: train_epoch on 0 rows (Python -> compiled)": lambda: fused.train_epoch(
             *ep0
         ),

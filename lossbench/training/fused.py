@@ -112,9 +112,21 @@ def batch_update(backward, step, model, optimizer, m, scratch, t, lr, failed):
 
 @njit(cache=True, nogil=True)
 def train_epoch(
-    forward, backward, loss, step, model, loss_hp, optimizer, data, scratch, order, batch_size,
-    failed, t, lr,
-):  # fmt: skip
+    forward,
+    backward,
+    loss,
+    step,
+    model,
+    loss_hp,
+    optimizer,
+    data,
+    scratch,
+    order,
+    batch_size,
+    failed,
+    t,
+    lr,
+):
     """One epoch of minibatch training over the rows of ``data`` in ``order``; returns (sum of
     batch loss x batch size, samples seen, correct predictions, step count). Each minibatch:
     ``batch_loss``, ``batch_update`` (the steps ``lr_find.lr_ramp`` takes too). Stops at the
@@ -239,9 +251,8 @@ def kernel_watch(specs: dict) -> KernelWatch:
 def scratch(rows: int, n_x: int, n_y: int, n_out: int, workspace: int, dtype) -> tuple:
     """A minibatch's buffers, ``(work, xb, yb, out, dout)``, for at most ``rows`` rows:
     the model's workspace, the gathered inputs and targets, the output and its gradient."""
-    return (np.empty(workspace, dtype=dtype), np.empty((rows, n_x), dtype=dtype),
-            np.empty((rows, n_y), dtype=dtype), np.empty((rows, n_out), dtype=dtype),
-            np.empty((rows, n_out), dtype=dtype))  # fmt: skip
+    rows_of = [np.empty((rows, cols), dtype=dtype) for cols in (n_x, n_y, n_out, n_out)]
+    return (np.empty(workspace, dtype=dtype), *rows_of)
 
 
 def train_args(run, s: Setup) -> tuple:
@@ -252,8 +263,8 @@ def train_args(run, s: Setup) -> tuple:
     model = (run.flat_params, layout.layout, s.model_hp)
     optimizer = (s.grads, s.state, s.scalars, s.opt_hp)
     data = (prep.X_train, prep.Y_train, prep.labels_train)
-    buffers = scratch(s.batch, prep.X_train.shape[1], prep.Y_train.shape[1], prep.n_outputs,
-                      layout.workspace(s.batch), s.dtype)  # fmt: skip
+    (n_x, n_y), work = (prep.X_train.shape[1], prep.Y_train.shape[1]), layout.workspace(s.batch)
+    buffers = scratch(s.batch, n_x, n_y, prep.n_outputs, work, s.dtype)
     return model, s.loss_hp, optimizer, data, buffers
 
 

@@ -52,8 +52,21 @@ from lossbench.training.setup import Setup, resolve, set_up
 
 
 @njit(cache=True, nogil=True)
-def lr_ramp(forward, backward, loss, step, model, loss_hp, optimizer, data, scratch, orders,
-            batch_size, ramp, failed):  # fmt: skip
+def lr_ramp(
+    forward,
+    backward,
+    loss,
+    step,
+    model,
+    loss_hp,
+    optimizer,
+    data,
+    scratch,
+    orders,
+    batch_size,
+    ramp,
+    failed,
+):
     """Minibatch steps with ``lrs[i]`` at step ``i`` over the epochs of ``orders`` (one row of
     row indices per epoch), ``ramp`` being ``(lrs, beta, divergence, losses)``; ``losses[i]``
     is step ``i``'s batch loss (before its update). The other arguments are
@@ -73,8 +86,9 @@ def lr_ramp(forward, backward, loss, step, model, loss_hp, optimizer, data, scra
             if i >= n_steps:
                 return i
             m = min(batch_size, n - start)
-            value = batch_loss(forward, loss, model, loss_hp, data, scratch, order, start, m,
-                               failed)  # fmt: skip
+            value = batch_loss(
+                forward, loss, model, loss_hp, data, scratch, order, start, m, failed
+            )
             if failed[0]:
                 return i
             losses[i] = value
@@ -186,8 +200,8 @@ def run_ramp(run, s: Setup, options: LRFindOptions) -> LRFindResult:
     losses = np.full(options.steps, np.nan)
     watch = kernel_watch(run.specs)  # a kernel that raises: PluginFailure naming it
     ramp = (lrs, float(options.beta), float(options.divergence), losses)
-    done = watch.call(lr_ramp, *[k[r] for r in KERNEL_ORDER], *train_args(run, s), orders,
-                      s.batch, ramp, watch.flag)  # fmt: skip
+    args = (*[k[r] for r in KERNEL_ORDER], *train_args(run, s), orders, s.batch, ramp)
+    done = watch.call(lr_ramp, *args, watch.flag)
     lrs64, losses = lrs[:done], losses[:done]
     smoothed = smooth(losses, options.beta)
     steepest, min_over_10 = suggest(lrs64, smoothed)
