@@ -23,8 +23,11 @@ $(TEST_STAMP): pyproject.toml $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m lossbench
 
+# two workers (pytest-xdist), each test file on one of them, so a module's server or cluster
+# starts once; TEST_WORKERS=0 runs the suite in this process
+TEST_WORKERS ?= 2
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check lossbench tests benchmarks plugins

@@ -27,16 +27,19 @@ def pip_install(py: Path, *paths: Path) -> None:
 
 
 def fresh_venv(root: Path, *distributions: Path):
-    """A fresh venv under ``root`` with lossbench and ``distributions`` installed (not
-    editable), reusing this environment's dependencies through a .pth file; returns a command
-    runner that works in ``root / "elsewhere"``, outside the repo, with installed plugins loaded
-    (no LOSSBENCH_LOAD_PLUGINS)."""
+    """A fresh venv under ``root`` with ``distributions`` installed (not editable) and
+    lossbench installed editable from this checkout (so the fused epoch and the built-in kernels
+    load from the numba cache the suite warmed, instead of compiling again in every such venv;
+    tests/test_cli.py's test_wheel_install_outside_the_repo is the one that installs the wheel),
+    reusing this environment's dependencies through a .pth file; returns a command runner that
+    works in ``root / "elsewhere"``, outside the repo, with installed plugins loaded (no
+    LOSSBENCH_LOAD_PLUGINS)."""
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     site = next(p for p in sys.path if p.endswith("site-packages"))
     (next((venv / "lib").glob("python*/site-packages")) / "deps.pth").write_text(site + "\n")
     py = venv / "bin" / "python"
-    pip_install(py, REPO, *distributions)
+    pip_install(py, "-e", REPO, *distributions)
     work = root / "elsewhere"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOSSBENCH_")}

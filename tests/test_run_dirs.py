@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -54,8 +55,10 @@ def test_runs_started_in_the_same_second_never_share_a_run_directory(tmp_path):
         assert p.returncode == 0, err[-2000:]
     folders = sorted(p.parent for p in tmp_path.glob("outputs/*/*/summary.json"))
     assert len(folders) == 8, [str(f.relative_to(tmp_path)) for f in folders]
-    # they did start together: their folders are named after at most two clock seconds
-    assert len({f.name.rsplit("-", 1)[0] for f in folders}) <= 2, [f.name for f in folders]
+    # the premise held: several of them did start within one clock second (a loaded machine
+    # spreads the 8 over two or three seconds; the folder names still collide)
+    seconds = Counter(f.name.rsplit("-", 1)[0] for f in folders)
+    assert max(seconds.values()) >= 3, [f.name for f in folders]
     found = set()
     for folder in folders:  # each folder is one run's, whole: its config and its files agree
         overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())
