@@ -73,7 +73,7 @@ class Launcher(abc.ABC):
     def __init__(self, plan, base, options):
         self.plan, self.base, self.options = plan, base, options
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 (optional: nothing by default)
         """Before any trial (and before the study is opened): connect to the cluster and check
         what the workers need (the storage and the MLflow store reachable from every node,
         the same lossbench and plugins everywhere: ``lossbench.sweep.launchers.check_reachable``
@@ -89,7 +89,7 @@ class Launcher(abc.ABC):
         """True while any worker may still ask or run a trial. Polled every 50 ms from the
         main thread: it must not block."""
 
-    def watch(self, on_lost) -> None:
+    def watch(self, on_lost) -> None:  # noqa: B027 (optional: nothing by default)
         """Called once after ``start``. A launcher whose workers can vanish all at once (a
         cluster's head node gone) watches for that (a thread) and then calls ``on_lost(why)``
         (it ends the trials' and the parent's MLflow runs, saying why) and ends this process
@@ -113,7 +113,7 @@ class Launcher(abc.ABC):
         went away, any other value for one that crashed (the coordinator names it and
         recovers its trials at once). None: not known (taken as ended well)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional: nothing by default)
         """Release what ``prepare`` and ``start`` took: pipes, connections, a cluster
         session. Always called, also when ``prepare`` raised or ``start`` never ran, and it
         must not wait for a cluster that is gone. Closing local workers' pipes here is also
