@@ -70,6 +70,10 @@ class Launcher(abc.ABC):
     ``SWEEP_DIR/parent_run.json``, which takes the MLflow import off the critical path. False
     (the safe default): the parent run is opened first and its id travels in the plan."""
 
+    worker_logs: str = ""
+    """Where the workers' output goes, named when one crashed ("SWEEP_DIR/worker-N.log");
+    empty when it reaches the coordinator's own output (Ray's tasks)."""
+
     def __init__(self, plan, base, options):
         self.plan, self.base, self.options = plan, base, options
 

@@ -278,7 +278,7 @@ def run_sweep(argv: list[str], plugins_dir: str | None = None) -> int:
         if any(t.user_attrs.get("lossbench_lost") or t.user_attrs.get(RECORD_INCOMPLETE)
                for t in study.get_trials(deepcopy=False)):  # fmt: skip
             _settle(parent, study, plan)  # lost attempts marked, spools replayed if it is back
-        return finish(study, plan, parent, status, crashed)
+        return finish(study, plan, parent, status, crashed, launcher.worker_logs)
     finally:
         launcher.close()
 

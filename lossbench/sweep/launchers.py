@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -40,6 +41,7 @@ class LocalLauncher(Launcher):
     def __init__(self, plan: Plan, base, options):
         super().__init__(plan, base, options)
         self.procs = []
+        self.worker_logs = f"{plan.sweep_dir}/worker-N.log"
 
     def start(self) -> None:
         folder = Path(self.plan.sweep_dir)
@@ -77,14 +79,18 @@ class LocalLauncher(Launcher):
                     p.stdin.close()
 
 
-def runs_left(plan: Plan) -> int:
-    """How many runs the budget still needs that no worker is running now: ``plan.n_runs``
-    less the runs that ended and count, less the trials RUNNING. A launcher that starts one
-    worker per trial (``python -m lossbench.sweep.worker PLAN INDEX --trials 1``) starts
-    another while this is more than the workers it started that have not asked yet."""
+def runs_left(plan: Plan, started: Iterable[int] = ()) -> int:
+    """How many more workers the budget needs now, for a launcher that starts one worker per
+    trial (``python -m lossbench.sweep.worker PLAN INDEX --trials 1``): ``plan.n_runs`` less
+    the runs that ended and count, less the trials RUNNING, less the processes in
+    ``started`` (pids of workers this machine started that are still alive) that have no
+    RUNNING trial yet (they are about to ask one). Never more than the budget needs: a
+    worker started in excess finds the budget used up and exits 0 at once."""
     trials = open_study(plan).get_trials(deepcopy=False)
-    running = sum(t.state == TrialState.RUNNING for t in trials)
-    return max(0, plan.n_runs - len(counted_runs(trials)) - running)
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    asked = {t.user_attrs.get("pid") for t in running}
+    about_to_ask = sum(pid not in asked for pid in started)
+    return max(0, plan.n_runs - len(counted_runs(trials)) - len(running) - about_to_ask)
 
 
 # ---------------------------------------------------------------------------------------------

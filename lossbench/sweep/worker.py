@@ -358,10 +358,10 @@ def work(plan: Plan, index: int, quiet: bool = False, trials: int | None = None)
 
 def _loop(study, plan: Plan, index: int, parts, how) -> int:
     host, pid, waiting = socket.gethostname(), os.getpid(), False
-    quiet, trials = how
+    quiet, max_trials = how
     ran = 0
     while not STOPPING.is_set():
-        if trials is not None and ran >= trials:
+        if max_trials is not None and ran >= max_trials:
             return 0
         with budget_lock(plan) as locked:
             recover_stale(study, plan.grace_seconds)
