@@ -171,3 +171,11 @@ def test_a_launcher_whose_options_take_a_sweep_setting_or_whose_class_does_not_i
                               missing.registry)  # fmt: skip
     with pytest.raises(PluginError, match="'no_such_module:Gone', which does not import"):
         make_launcher(plan, base, missing.registry)
+
+
+def test_the_guide_shows_the_launcher_the_tests_run():
+    guide = (REPO / "docs" / "plugins.md").read_text()
+    section = guide.split("## Writing a launcher\n", 1)[1].split("\n## ", 1)[0]
+    for module in ("__init__.py", "launcher.py"):
+        source = (PACKAGE / "lossbench_per_trial" / module).read_text()
+        assert f"```python\n{source}```" in section, module
