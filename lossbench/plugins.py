@@ -80,6 +80,9 @@ class Registry:
             )
         return table[name]
 
+    def names(self, group: str) -> list[str]:
+        return sorted(self.components[group])
+
     def launcher(self, name: str) -> LauncherSpec:
         """The launcher ``sweep.launcher=name`` chooses, or the error naming the choices."""
         if name not in self.launchers:
