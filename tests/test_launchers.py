@@ -120,6 +120,16 @@ def test_an_unknown_launcher_is_refused_with_the_choices_a_plugins_included(pm):
         make_plan(["optimizer.lr=0.1,0.01", *BASE, "sweep.launcher=slurm"], mine.registry)
 
 
+def test_hydras_launcher_choice_names_a_plugins_launcher_too():
+    mine = registering(lossbench.LauncherSpec(name="inline", launcher=Inline))
+    plan, _, _ = make_plan(["hydra/launcher=inline", "optimizer.lr=0.1,0.01", *BASE],
+                           mine.registry)  # fmt: skip
+    assert plan.launcher == "inline"
+    assert "hydra/launcher=inline: sweep.launcher=inline" in plan.notes
+    with pytest.raises(ConfigError, match=r"Choices: basic, joblib .*, ray, inline \(plugins\)"):
+        make_plan(["hydra/launcher=slurm", "optimizer.lr=0.1,0.01", *BASE], mine.registry)
+
+
 def test_the_ray_launchers_options_keep_their_spelling(pm):
     plan, base, _ = make_plan(["optimizer.lr=0.1,0.01", *BASE, "sweep.launcher=ray",
                                "sweep.ray.address=auto", "sweep.ray.cpus_per_trial=2"],

@@ -65,7 +65,7 @@ def make_plan(argv: list[str], registry, plugins_dir: str | None = None):
     ``notes`` what was decided to keep the comparison fair (``lossbench.sweep.design``)."""
     notes: list[str] = []
     args, flags = habits.read_flags(argv)
-    args = with_searchpath(habits.translate(args, notes), flags)
+    args = with_searchpath(habits.translate(args, notes, registry.launchers), flags)
     use_config(flags["config_path"], flags["config_name"])
     hydra_args = [a for a in args if a.lstrip("+").startswith("hydra.") and not is_searchpath(a)]
     fixed, cli_space = split_overrides([a for a in args if a not in hydra_args])
