@@ -2,6 +2,7 @@
 
 import ctypes
 import dataclasses
+import enum
 import inspect
 import json
 import re
@@ -419,9 +420,14 @@ def test_options_registered_twice_under_one_name_are_refused():
         build_plugin_manager(entry_points=False, extra=[SlowEpochs(), Again()])
 
 
+class Queue(enum.Enum):
+    short = "short"
+    long = "long"
+
+
 @dataclasses.dataclass
 class QueueOptions:
-    queue: str = "short"
+    queue: Queue = Queue.short
     slots: int = 1
 
 
@@ -454,11 +460,12 @@ def test_hook_register_launchers():
     assert pm.registry.launcher("queue").plugin.startswith("Queues")
     assert set(pm.registry.launchers) == {"local", "ray", "queue"}  # beside the built-ins
     plan, base, _ = make_plan(["optimizer.lr=0.1,0.01", *TINY, "data=iris",
-                               "sweep.launcher=queue", "sweep.queue.slots=3"],
-                              pm.registry)  # fmt: skip
-    assert (plan.launcher, plan.launcher_options) == ("queue", {"queue": "short", "slots": 3})
+                               "sweep.launcher=queue", "sweep.queue.slots=3",
+                               "sweep.queue.queue=long"], pm.registry)  # fmt: skip
+    assert (plan.launcher, plan.launcher_options) == ("queue", {"queue": "long", "slots": 3})
+    json.dumps(plan.to_dict())  # plan.json holds them
     launcher = make_launcher(plan, base, pm.registry)
-    assert isinstance(launcher, QueueLauncher) and launcher.options == QueueOptions("short", 3)
+    assert isinstance(launcher, QueueLauncher) and launcher.options == QueueOptions(Queue.long, 3)
     assert launcher.codes() == [0, 0, 0] and not launcher.shares_sweep_dir
     with pytest.raises(ConfigError, match=re.escape("sweep.queue.slots must be an integer")):
         make_plan(["optimizer.lr=0.1,0.01", *TINY, "sweep.launcher=queue",

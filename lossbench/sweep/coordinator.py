@@ -138,8 +138,9 @@ def _new_plan(sw, base, space, expressions: dict, metric_of, notes: list[str]) -
 def _launcher(sw, registry) -> tuple[str, dict]:
     """``sweep.launcher``, a registered launcher's name, and its options (``sweep.NAME``)."""
     spec = registry.launcher(str(sw.launcher))
-    options = OmegaConf.to_container(sw[spec.name]) if spec.options is not None else {}
-    return spec.name, options
+    if spec.options is None:
+        return spec.name, {}
+    return spec.name, OmegaConf.to_container(sw[spec.name], enum_to_str=True)  # JSON, plan.json
 
 
 def _wait_seconds(value) -> float:
@@ -448,7 +449,10 @@ def make_launcher(plan: Plan, base, registry):
     (an instance of its spec's options dataclass, or None); its class is imported now (Ray's
     only for ``sweep.launcher=ray``)."""
     spec = registry.launcher(plan.launcher)
-    options = spec.options(**plan.launcher_options) if spec.options is not None else None
+    options = None
+    if spec.options is not None:  # typed again: enums, nested dataclasses
+        node = OmegaConf.merge(OmegaConf.structured(spec.options), plan.launcher_options)
+        options = OmegaConf.to_object(node)
     return spec.load()(plan, base, options)
 
 
