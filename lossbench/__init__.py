@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from lossbench._version import __version__
 from lossbench.hookspecs import hookimpl
+from lossbench.launcher import EXIT_LOST, Launcher, LauncherSpec
 from lossbench.specs import (
     PLUGIN_API,
     DatasetSpec,
@@ -66,5 +67,8 @@ __all__ = [
     "ModelLayout",
     "DatasetSpec",
     "ScheduleSpec",
+    "Launcher",
+    "LauncherSpec",
+    "EXIT_LOST",
     "PLUGIN_API",
 ]

@@ -46,6 +46,16 @@ def register_schedules(register):
 
 
 @hookspec
+def register_launchers(register):
+    """Register sweep launchers: ``register(LauncherSpec(name="slurm", launcher=SlurmLauncher))``.
+
+    ``sweep.launcher=NAME`` chooses one; its options (``LauncherSpec.options``) are the node
+    ``sweep.NAME``. The launcher subclasses ``lossbench.Launcher`` (its methods say what each
+    must guarantee). Built-ins: ``local`` (worker processes) and ``ray`` (Ray tasks).
+    """
+
+
+@hookspec
 def register_options(register):
     """Declare a lifecycle plugin's own options: ``register(NAME, DATACLASS)``. They become the
     config node ``plugins.NAME`` (the dataclass's fields with their defaults), typed by Hydra

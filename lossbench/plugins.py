@@ -35,6 +35,7 @@ import pluggy
 from lossbench import hookspecs
 from lossbench._version import __version__
 from lossbench.errors import ConfigError, PluginError, choices_text
+from lossbench.launcher import LauncherSpec, check_launcher_class
 from lossbench.specs import API_CHANGES, KIND, KIND_TABLE, KINDS, PLUGIN_API, REDUCTIONS
 
 DEFAULT_PLUGINS = (
@@ -43,6 +44,7 @@ DEFAULT_PLUGINS = (
     "lossbench.builtin.models",
     "lossbench.builtin.datasets",
     "lossbench.builtin.schedules",
+    "lossbench.builtin.launchers",
     "lossbench.builtin.progress",
     "lossbench.builtin.early_stopping",
     "lossbench.builtin.outputs",
@@ -64,6 +66,9 @@ class Registry:
     components: dict[str, dict] = field(default_factory=lambda: {k: {} for k in KINDS})
     # lifecycle plugins' own options (register_options): name -> (dataclass, plugin)
     options: dict[str, tuple[type, str]] = field(default_factory=dict)
+    # sweep launchers (register_launchers): name -> LauncherSpec; not a kind of KIND_TABLE
+    # (lossbench.launcher says why)
+    launchers: dict[str, LauncherSpec] = field(default_factory=dict)
 
     def get(self, group: str, name: str):
         table = self.components[group]
@@ -77,6 +82,17 @@ class Registry:
 
     def names(self, group: str) -> list[str]:
         return sorted(self.components[group])
+
+    def launcher(self, name: str) -> LauncherSpec:
+        """The launcher ``sweep.launcher=name`` chooses, or the error naming the choices."""
+        if name not in self.launchers:
+            raise ConfigError(
+                f"sweep.launcher={name!r} is not a known launcher. Available: "
+                f"{choices_text(self.launchers)}. Fix: pass one of those (sweep.launcher="
+                "local runs the workers on this machine), or install the plugin that provides "
+                f"{name!r} (`python -m lossbench plugins` lists what is loaded)."
+            )
+        return self.launchers[name]
 
 
 class PluginManager(pluggy.PluginManager):
@@ -94,22 +110,16 @@ class PluginManager(pluggy.PluginManager):
         self.registry = Registry()
         for plugin_name, call in self.each_implementation("register_options", call_order=False):
             call(register=functools.partial(self._register_options, plugin_name))
+        for plugin_name, call in self.each_implementation("register_launchers", False):
+            _call_register(call, functools.partial(self._register_launcher, plugin_name),
+                           plugin_name, "register_launchers")  # fmt: skip
         for group, hook_name in REGISTER_HOOKS.items():
             for plugin_name, call in self.each_implementation(hook_name, call_order=False):
 
                 def register(spec, _group=group, _plugin=plugin_name):
                     self._register(_group, spec, _plugin)
 
-                try:
-                    call(register=register)
-                except PluginError:
-                    raise
-                except Exception as exc:
-                    raise PluginError(
-                        f"plugin {plugin_name!r} raised {type(exc).__name__} in its {hook_name} "
-                        f"hook: {exc}. Fix the plugin, or disable it with "
-                        f"{ENV_DISABLE}={plugin_name}."
-                    ) from exc
+                _call_register(call, register, plugin_name, hook_name)
 
     def each_implementation(self, hook_name: str, call_order: bool = True):
         """``(plugin name, caller)`` for each implementation of ``hook_name``, so that one can be
@@ -160,6 +170,39 @@ class PluginManager(pluggy.PluginManager):
             )
         self.registry.options[name] = (options, plugin_name)
 
+    def _register_launcher(self, plugin_name: str, spec) -> None:
+        """``register(LauncherSpec(...))`` of the register_launchers hook, checked (a class
+        named by its import path is checked when a sweep imports it)."""
+        if not isinstance(spec, LauncherSpec):
+            raise PluginError(
+                f"plugin {plugin_name!r} registered {spec!r} as a launcher, but a launcher must "
+                "be a lossbench.LauncherSpec. Fix the plugin's register_launchers hook."
+            )
+        spec = replace(spec, plugin=plugin_name)
+        what = f"plugin {plugin_name!r} registers the launcher {spec.name!r}"
+        if not (isinstance(spec.name, str) and spec.name.isidentifier()):
+            raise PluginError(
+                f"{what}; its name must be an identifier (sweep.launcher=NAME, options "
+                "sweep.NAME.KEY). Fix: rename it, e.g. LauncherSpec(name=\"slurm\", ...)."
+            )
+        if spec.name in self.registry.launchers:
+            other = self.registry.launchers[spec.name].plugin
+            raise PluginError(
+                f"two plugins register a launcher named {spec.name!r}: {other!r} and "
+                f"{plugin_name!r}. Fix: rename one, or disable one with "
+                f"{ENV_DISABLE}={plugin_name}."
+            )
+        if spec.options is not None and not (
+            isinstance(spec.options, type) and dataclasses.is_dataclass(spec.options)
+        ):
+            raise PluginError(
+                f"{what} with options={spec.options!r}, which is not a dataclass. Fix: pass a "
+                "@dataclass class whose fields (with defaults) are its options, or None."
+            )
+        if not isinstance(spec.launcher, str):
+            check_launcher_class(spec, spec.launcher)
+        self.registry.launchers[spec.name] = spec
+
     def _register(self, group: str, spec, plugin_name: str) -> None:
         expected = KINDS[group]
         if not isinstance(spec, expected):
@@ -182,6 +225,20 @@ class PluginManager(pluggy.PluginManager):
             )
         _check_spec(group, spec, plugin_name)
         table[spec.name] = replace(spec, plugin=plugin_name)
+
+
+def _call_register(call, register, plugin_name: str, hook_name: str) -> None:
+    """Call one plugin's registration hook; what it raises (but a ``PluginError``, already
+    naming it) becomes a ``PluginError`` naming the plugin and the hook."""
+    try:
+        call(register=register)
+    except PluginError:
+        raise
+    except Exception as exc:
+        raise PluginError(
+            f"plugin {plugin_name!r} raised {type(exc).__name__} in its {hook_name} "
+            f"hook: {exc}. Fix the plugin, or disable it with {ENV_DISABLE}={plugin_name}."
+        ) from exc
 
 
 # what a spec must give to train: kernels, or NumPy references for the slow path
@@ -481,13 +538,17 @@ def describe(pm: PluginManager) -> list[dict]:
             )
             for group in REGISTER_HOOKS
         }
+        launchers = sorted(n for n, s in pm.registry.launchers.items() if s.plugin == name)
         rows.append(
             {
                 "name": name,
                 "version": version,
                 "source": source,
                 "hooks": hooks,
-                "components": {g: [n for n, _ in c] for g, c in mine.items() if c},
+                "components": {
+                    **{g: [n for n, _ in c] for g, c in mine.items() if c},
+                    **({"sweep.launcher": launchers} if launchers else {}),
+                },
                 # components without numba kernels: they train on the (slow) NumPy path
                 "numpy_only": {
                     g: [n for n, s in c if s.numpy_only]

@@ -2,6 +2,7 @@
 
 import ctypes
 import dataclasses
+import enum
 import inspect
 import json
 import re
@@ -22,6 +23,7 @@ from lossbench.builtin.models import MODELS
 from lossbench.data import DataOptions, Dataset
 from lossbench.errors import ConfigError, DataError, PluginError, PluginFailure
 from lossbench.plugins import build_plugin_manager
+from lossbench.sweep.coordinator import make_launcher, make_plan
 
 HOOKS = sorted(n for n, f in vars(hookspecs).items() if hasattr(f, "lossbench_spec"))
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
@@ -416,6 +418,58 @@ def test_options_registered_twice_under_one_name_are_refused():
 
     with pytest.raises(PluginError, match="registered options under that name already"):
         build_plugin_manager(entry_points=False, extra=[SlowEpochs(), Again()])
+
+
+class Queue(enum.Enum):
+    short = "short"
+    long = "long"
+
+
+@dataclasses.dataclass
+class QueueOptions:
+    queue: Queue = Queue.short
+    slots: int = 1
+
+
+class QueueLauncher(lossbench.Launcher):
+    """A launcher as a plugin registers it (tests/test_launchers.py runs a sweep through one
+    installed from a package)."""
+
+    def start(self):
+        self.started = True
+
+    def running(self):
+        return False
+
+    def interrupt(self):
+        pass
+
+    def codes(self):
+        return [0] * self.options.slots
+
+
+class Queues:
+    @lossbench.hookimpl
+    def register_launchers(self, register):
+        register(lossbench.LauncherSpec(name="queue", launcher=QueueLauncher,
+                                        options=QueueOptions))  # fmt: skip
+
+
+def test_hook_register_launchers():
+    pm = build_plugin_manager(entry_points=False, extra=[Queues()])
+    assert pm.registry.launcher("queue").plugin.startswith("Queues")
+    assert set(pm.registry.launchers) == {"local", "ray", "queue"}  # beside the built-ins
+    plan, base, _ = make_plan(["optimizer.lr=0.1,0.01", *TINY, "data=iris",
+                               "sweep.launcher=queue", "sweep.queue.slots=3",
+                               "sweep.queue.queue=long"], pm.registry)  # fmt: skip
+    assert (plan.launcher, plan.launcher_options) == ("queue", {"queue": "long", "slots": 3})
+    json.dumps(plan.to_dict())  # plan.json holds them
+    launcher = make_launcher(plan, base, pm.registry)
+    assert isinstance(launcher, QueueLauncher) and launcher.options == QueueOptions(Queue.long, 3)
+    assert launcher.codes() == [0, 0, 0] and not launcher.shares_sweep_dir
+    with pytest.raises(ConfigError, match=re.escape("sweep.queue.slots must be an integer")):
+        make_plan(["optimizer.lr=0.1,0.01", *TINY, "sweep.launcher=queue",
+                   "sweep.queue.slots=many"], pm.registry)  # fmt: skip
 
 
 def test_every_hook_is_called_through_pluggy_so_its_tracing_sees_it(components_pm):

@@ -346,7 +346,7 @@ def plan(storage="postgresql+psycopg2://lb@db.internal/optuna", **ray):
     return Plan(study_name="s", storage=storage, sweep_dir="/tmp/s", fixed=[], params={},
                 metrics=["val_loss"], directions=["minimize"], n_trials=1, seed=0,
                 sampler="tpe", pruner="none", pruner_warmup_epochs=0, heartbeat_seconds=5,
-                grace_seconds=60, tracking=True, ray=ray)  # fmt: skip
+                grace_seconds=60, tracking=True, launcher="ray", launcher_options=ray)  # fmt: skip
 
 
 @pytest.mark.parametrize(

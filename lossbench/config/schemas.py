@@ -90,22 +90,6 @@ SAMPLERS = tuple(Sampler)
 PRUNERS = tuple(Pruner)
 
 
-class Launcher(StrEnum):
-    """Where a sweep's workers run: processes on this machine, or Ray tasks on a cluster."""
-
-    local = "local"
-    ray = "ray"
-
-
-@dataclass
-class RaySweepConfig:
-    """``sweep.ray.*``: the cluster a ``sweep.launcher=ray`` sweep runs on."""
-
-    address: str | None = None  # auto, ray://HOST:10001, HOST:PORT; unset: a local Ray instance
-    cpus_per_trial: float = 1.0  # CPUs Ray reserves for each worker
-    shared_filesystem: bool = False  # the sweep folder is mounted at the same path on every node
-
-
 @dataclass
 class EarlyStoppingConfig:
     enabled: bool = False
@@ -158,8 +142,9 @@ class SweepConfig:
     metric: Any = "val_loss"  # one per direction; auto: val_accuracy (classes), val_r2 (regression)
     n_trials: int = 20  # total for the study, across workers and restarts
     n_jobs: int | None = None  # workers; unset: 1 (local), the cluster's CPUs (ray)
-    launcher: Launcher = Launcher.local
-    ray: RaySweepConfig = field(default_factory=RaySweepConfig)
+    # a registered launcher's name (lossbench.launcher), checked when the sweep is planned; its
+    # options are the node sweep.NAME, added by lossbench.config.store.sweep_schema (sweep.ray)
+    launcher: str = "local"
     storage: str | None = None  # default: a journal file in the sweep directory
     storage_password_env: str | None = None  # an environment variable holding its password
     study_name: str | None = None  # default: the preset's name, or one made from the space

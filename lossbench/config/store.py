@@ -84,11 +84,13 @@ def node_class(group: str, spec) -> type:
 _LAST_STORED = None  # weakref to the registry whose nodes the ConfigStore holds
 
 
-def root_schema(registry) -> type:
+def root_schema(registry, sweep: type = SweepConfig) -> type:
     """``RootConfig``, with a node ``plugins`` holding each lifecycle plugin's own options
-    (``register_options``) when plugins declare some."""
+    (``register_options``) when plugins declare some, and ``sweep`` typed by ``sweep`` (the
+    class ``sweep_schema`` made for the registry: one class, which the sweep group's options
+    are made of too)."""
     if not registry.options:
-        return RootConfig
+        return _with_sweep(RootConfig, sweep)
     fields = [(name, cls, dataclasses.field(default_factory=cls))
               for name, (cls, _) in sorted(registry.options.items())]  # fmt: skip
     plugins = dataclasses.make_dataclass("PluginOptions", fields)
@@ -104,8 +106,45 @@ def root_schema(registry) -> type:
     return dataclasses.make_dataclass(
         "RootWithPluginOptions",
         [("plugins", plugins, dataclasses.field(default_factory=plugins))],
-        bases=(RootConfig,),
+        bases=(_with_sweep(RootConfig, sweep),),
     )
+
+
+def _with_sweep(root: type, sweep: type) -> type:
+    if sweep is SweepConfig:
+        return root
+    field_ = ("sweep", sweep, dataclasses.field(default_factory=sweep))
+    return dataclasses.make_dataclass("RootWithLaunchers", [field_], bases=(root,))
+
+
+def sweep_schema(registry) -> type:
+    """``SweepConfig`` plus a node ``sweep.NAME`` for each registered launcher that declares
+    options (``LauncherSpec.options``: ``sweep.ray.address=...``)."""
+    taken = {f.name for f in dataclasses.fields(SweepConfig)}
+    fields = []
+    for name, spec in sorted(registry.launchers.items()):
+        if spec.options is None:
+            continue
+        if name in taken:
+            raise PluginError(
+                f"plugin {spec.plugin!r} registers the launcher {name!r} with options, but "
+                f"sweep.{name} is one of the sweep's own settings. Fix: rename the launcher "
+                f"(the sweep's settings: {', '.join(sorted(taken))})."
+            )
+        fields.append((name, spec.options, dataclasses.field(default_factory=spec.options)))
+    if not fields:
+        return SweepConfig
+    schema = dataclasses.make_dataclass("SweepWithLaunchers", fields, bases=(SweepConfig,))
+    try:
+        OmegaConf.structured(schema)
+    except Exception as exc:
+        owners = ", ".join(f"{n} ({registry.launchers[n].plugin})" for n, *_ in fields)
+        raise PluginError(
+            f"the options launchers declare ({owners}) cannot be stored as a config: "
+            f"{str(exc).strip().splitlines()[0]}. Fix: give the dataclass fields of the types "
+            f"Hydra stores ({HPARAM_TYPES}), each with a default."
+        ) from None
+    return schema
 
 
 def store_configs(registry) -> None:
@@ -132,16 +171,17 @@ def store_configs(registry) -> None:
                 raise _unstorable(group, spec, problem, str(key) if key else None) from None
             if not (files / group / f"{name}.yaml").is_file():
                 cs.store(group=group, name=name, node=node, provider="lossbench")
-    cs.store(name="base_config", node=root_schema(registry), provider="lossbench")
+    sweep = sweep_schema(registry)
+    cs.store(name="base_config", node=root_schema(registry, sweep), provider="lossbench")
     cs.store(group="schema/trainer", name="default", node=TrainerConfig, provider="lossbench")
     cs.store(
         group="schema/tracking", name="mlflow", node=MlflowTrackingConfig, provider="lossbench"
     )
-    cs.store(group="sweep", name="none", node=SweepConfig, provider="lossbench")
+    cs.store(group="sweep", name="none", node=sweep, provider="lossbench")
     folder = presets_dir()
     for preset in sorted(folder.glob("*.yaml")) if folder else []:
         node = OmegaConf.merge(
-            OmegaConf.structured(SweepConfig(name=preset.stem)), OmegaConf.load(preset)
+            OmegaConf.structured(sweep(name=preset.stem)), OmegaConf.load(preset)
         )
         cs.store(group="sweep", name=preset.stem, node=node, provider="lossbench")
     _LAST_STORED = weakref.ref(registry)

@@ -33,9 +33,10 @@ from lossbench.config import GROUPS, compose, compose_multirun
 from lossbench.config.source import flag_args, is_searchpath, use_config, with_searchpath
 from lossbench.errors import ConfigError, positive_int, require
 from lossbench.files import atomic_write
+from lossbench.launcher import EXIT_LOST
 from lossbench.plugins import get_plugin_manager
 from lossbench.sweep import design, habits
-from lossbench.sweep.launchers import EXIT_LOST, LocalLauncher, SummaryBusy, summary_lock
+from lossbench.sweep.launchers import SummaryBusy, summary_lock
 from lossbench.sweep.plan import EXIT_WRITE_FAILED, PARENT_FILE, Plan, trial_dir
 from lossbench.sweep.records import end_running_children, settle_children
 from lossbench.sweep.report import ParentRun, Progress, finish
@@ -64,7 +65,7 @@ def make_plan(argv: list[str], registry, plugins_dir: str | None = None):
     ``notes`` what was decided to keep the comparison fair (``lossbench.sweep.design``)."""
     notes: list[str] = []
     args, flags = habits.read_flags(argv)
-    args = with_searchpath(habits.translate(args, notes), flags)
+    args = with_searchpath(habits.translate(args, notes, registry.launchers), flags)
     use_config(flags["config_path"], flags["config_name"])
     hydra_args = [a for a in args if a.lstrip("+").startswith("hydra.") and not is_searchpath(a)]
     fixed, cli_space = split_overrides([a for a in args if a not in hydra_args])
@@ -85,12 +86,14 @@ def make_plan(argv: list[str], registry, plugins_dir: str | None = None):
             "sweep=loss_vs_optimizer) or overrides such as "
             "'optimizer.lr=tag(log, interval(1e-4, 1))' or loss=mse,cross_entropy."
         )
+    launcher = _launcher(sw, registry)  # a name no plugin registers: refused before the data
     data = design.load_data(base, registry)
     expressions = design.fitting_losses(expressions, dict(sw.params), data, registry, notes)
     space = build_space(expressions, base)
     _check_keys(space, base, registry)
     chosen = "sweep.metric" in given or sw.name != "none"  # by the command or a preset
     plan = _new_plan(sw, base, space, expressions, (data.task, chosen), notes)
+    plan.launcher, plan.launcher_options = launcher
     plan.config_path, plan.config_name = flags["config_path"], flags["config_name"]
     plan.rerun_flags = flag_args(flags)
     plan.fixed = _trial_fixed([*preset_fixed, *fixed])  # sweep.*, hydra.* shape the study
@@ -126,10 +129,18 @@ def _new_plan(sw, base, space, expressions: dict, metric_of, notes: list[str]) -
         **design.seeds(sw, base, notes), heartbeat_seconds=float(sw.heartbeat_seconds),
         grace_seconds=float(sw.grace_seconds), grid=grid,
         summary_wait_seconds=_wait_seconds(sw.summary_wait_seconds),
-        storage_password_env=sw.storage_password_env, launcher=str(sw.launcher),
-        n_jobs=sw.n_jobs, ray=OmegaConf.to_container(sw.ray), log_models=str(sw.log_models),
+        storage_password_env=sw.storage_password_env, n_jobs=sw.n_jobs,
+        log_models=str(sw.log_models),
         notes=notes, categories=design.category_keys(space), subject=design.subject(base, space),
     )  # fmt: skip
+
+
+def _launcher(sw, registry) -> tuple[str, dict]:
+    """``sweep.launcher``, a registered launcher's name, and its options (``sweep.NAME``)."""
+    spec = registry.launcher(str(sw.launcher))
+    if spec.options is None:
+        return spec.name, {}
+    return spec.name, OmegaConf.to_container(sw[spec.name], enum_to_str=True)  # JSON, plan.json
 
 
 def _wait_seconds(value) -> float:
@@ -241,7 +252,7 @@ def run_sweep(argv: list[str], plugins_dir: str | None = None) -> int:
     plan, base, space = make_plan(argv, get_plugin_manager().registry, plugins_dir)
     if plan.tracking:  # a store gone mid-sweep costs this process (and its summary) bounded time
         bound_http_retries(float(base.tracking.get("retry_seconds", 30.0)))
-    launcher = make_launcher(plan, base)
+    launcher = make_launcher(plan, base, get_plugin_manager().registry)
     try:
         launcher.prepare()  # connect to the cluster and check it: errors before any trial
         repaired = repair_journal(plan.storage_url())
@@ -250,7 +261,7 @@ def run_sweep(argv: list[str], plugins_dir: str | None = None) -> int:
         study = open_study(plan)
         check_question(study, plan)
         resumed = bool(study.get_trials(deepcopy=False))
-        ok, parent = _start(study, plan, base, space, defer=isinstance(launcher, LocalLauncher))
+        ok, parent = _start(study, plan, base, space, defer=launcher.shares_sweep_dir)
         if not ok:
             return 1
         launcher.start()
@@ -268,7 +279,7 @@ def run_sweep(argv: list[str], plugins_dir: str | None = None) -> int:
         if any(t.user_attrs.get("lossbench_lost") or t.user_attrs.get(RECORD_INCOMPLETE)
                for t in study.get_trials(deepcopy=False)):  # fmt: skip
             _settle(parent, study, plan)  # lost attempts marked, spools replayed if it is back
-        return finish(study, plan, parent, status, crashed)
+        return finish(study, plan, parent, status, crashed, launcher.worker_logs)
     finally:
         launcher.close()
 
@@ -433,13 +444,16 @@ def _settle(parent, study, plan) -> None:
               file=sys.stderr)  # fmt: skip
 
 
-def make_launcher(plan: Plan, base):
-    if plan.launcher == "ray":
-        # start-up: Ray (about 2 s to import) loads for sweep.launcher=ray only
-        from lossbench.sweep.ray_launcher import RayLauncher
-
-        return RayLauncher(plan, base)
-    return LocalLauncher(plan)
+def make_launcher(plan: Plan, base, registry):
+    """The launcher ``plan.launcher`` names (``lossbench.launcher.Launcher``), with its options
+    (an instance of its spec's options dataclass, or None); its class is imported now (Ray's
+    only for ``sweep.launcher=ray``)."""
+    spec = registry.launcher(plan.launcher)
+    options = None
+    if spec.options is not None:  # typed again: enums, nested dataclasses
+        node = OmegaConf.merge(OmegaConf.structured(spec.options), plan.launcher_options)
+        options = OmegaConf.to_object(node)
+    return spec.load()(plan, base, options)
 
 
 def _crashed(study, plan, codes: list[int | None]) -> dict[int, str]:

@@ -6,8 +6,9 @@
   a ``hydra.searchpath`` override in the trial's overrides, which its rerun command keeps);
 - ``hydra/sweeper=basic``: Hydra's basic sweeper: a grid, each job once; ``hydra/sweeper=optuna``
   is this sweeper; ``hydra/launcher=basic|joblib`` are local worker processes (with
-  ``hydra.launcher.n_jobs``), ``hydra/launcher=ray`` Ray tasks; other launchers and sweepers are
-  refused with what to run instead;
+  ``hydra.launcher.n_jobs``), ``hydra/launcher=ray`` Ray tasks, ``hydra/launcher=NAME`` a
+  launcher a plugin registers as NAME; other launchers and sweepers are refused with what to
+  run instead;
 - hydra-optuna-sweeper's spellings: ``hydra.sweeper.params.KEY=EXPR`` is ``KEY=EXPR`` in the
   search space, ``hydra.sweeper.sampler.seed`` is ``sweep.seed``, its sampler class is
   ``sweep.sampler``, ``hydra.sweeper.X`` is ``sweep.X``;
@@ -45,9 +46,9 @@ def read_flags(argv: list[str]) -> tuple[list[str], dict]:
     return args, flags
 
 
-def translate(args: list[str], notes: list[str]) -> list[str]:
+def translate(args: list[str], notes: list[str], launchers=()) -> list[str]:
     """Hydra's and hydra-optuna-sweeper's spellings as lossbench's (see the module); what they
-    became is noted."""
+    became is noted. ``launchers``: the registered launchers' names."""
     out = []
     for arg in args:
         key, _, value = arg.partition("=")
@@ -55,7 +56,7 @@ def translate(args: list[str], notes: list[str]) -> list[str]:
         if bare in ("hydra/sweeper", "hydra.sweeper") and "=" in arg:
             out += _sweeper(value, notes)
         elif bare in ("hydra/launcher", "hydra.launcher") and "=" in arg:
-            out += _launcher(value, notes)
+            out += _launcher(value, notes, launchers)
         elif bare == "hydra.launcher.n_jobs":
             out.append(f"sweep.n_jobs={value}")
         elif bare.startswith("hydra.sweeper.params."):
@@ -85,14 +86,17 @@ def _sweeper(value: str, notes: list[str]) -> list[str]:
     )
 
 
-def _launcher(value: str, notes: list[str]) -> list[str]:
-    if value in LAUNCHERS:
-        notes.append(f"hydra/launcher={value}: sweep.launcher={LAUNCHERS[value]}")
-        return [f"sweep.launcher={LAUNCHERS[value]}"]
+def _launcher(value: str, notes: list[str], launchers) -> list[str]:
+    mapped = LAUNCHERS.get(value) or (value if value in launchers else None)
+    if mapped:
+        notes.append(f"hydra/launcher={value}: sweep.launcher={mapped}")
+        return [f"sweep.launcher={mapped}"]
+    theirs = sorted(set(launchers) - {"local", *LAUNCHERS})
     raise ConfigError(
         f"hydra/launcher={value} is not available: lossbench's workers run as local processes "
         "or Ray tasks, each an ask/tell loop on the shared study. Choices: basic, joblib "
-        "(local processes, hydra.launcher.n_jobs or sweep.n_jobs of them), ray. Fix: "
+        "(local processes, hydra.launcher.n_jobs or sweep.n_jobs of them), ray"
+        f"{''.join(f', {n}' for n in theirs)}{' (plugins)' if theirs else ''}. Fix: "
         "sweep.launcher=local sweep.n_jobs=N; for a SLURM or other cluster, start the same "
         "command on each node with a shared sweep.storage (e.g. PostgreSQL), or use "
         "sweep.launcher=ray on a Ray cluster (docs/sweeps.md, \"Sweeps on a cluster\")."

@@ -1,10 +1,12 @@
-"""Where a sweep's workers run (``sweep.launcher``): ``local``, worker processes on this machine
-(``LocalLauncher``), or ``ray``, Ray tasks on a cluster (``lossbench.sweep.ray_launcher``, same
-interface: prepare, start, running, interrupt, codes, close). Both
-run the same ask/tell loop (``lossbench.sweep.worker.work``). Also the checks a cluster must
-pass before any trial: a study storage and an MLflow store every node can reach
-(``check_reachable``), the same lossbench and plugins on every node (``check_versions``). And the
-background summary process (``lossbench.sweep.summary``) with its lock."""
+"""Where a sweep's workers run (``sweep.launcher``): ``LocalLauncher``, the built-in ``local``,
+worker processes on this machine; ``ray`` is ``lossbench.sweep.ray_launcher``. Both implement
+``lossbench.launcher.Launcher`` and run the same ask/tell loop (``lossbench.sweep.worker.work``);
+a plugin's launcher does the same (docs/plugins.md, "Writing a launcher"). Also what launchers
+share: the checks a cluster must pass before any trial, a study storage and an MLflow store
+every node can reach (``check_reachable``) and the same lossbench and plugins on every node
+(``check_versions``); ``runs_left``, what the budget still needs, for a launcher that starts a
+worker per trial. And the background summary process (``lossbench.sweep.summary``) with its
+lock."""
 
 from __future__ import annotations
 
@@ -15,26 +17,31 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlparse
 
+from optuna.trial import TrialState
+
 from lossbench.errors import ConfigError
+from lossbench.launcher import Launcher
 from lossbench.sweep.plan import Plan
+from lossbench.sweep.study import counted_runs, open_study
 from lossbench.urls import mask_url
 
 LOOPBACK = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
-EXIT_LOST = -9  # a worker's code when the cluster it ran on went away
 
 
-class LocalLauncher:
+class LocalLauncher(Launcher):
     """``sweep.n_jobs`` worker processes (``python -m lossbench.sweep.worker``). Each reads a
     pipe this process holds on its stdin, so when the coordinator dies they stop."""
 
-    def __init__(self, plan: Plan):
-        self.plan, self.procs = plan, []
+    shares_sweep_dir = True  # this machine's processes: the parent run's id can follow
 
-    def prepare(self) -> None:
-        """Nothing to check on this machine."""
+    def __init__(self, plan: Plan, base, options):
+        super().__init__(plan, base, options)
+        self.procs = []
+        self.worker_logs = f"{plan.sweep_dir}/worker-N.log"
 
     def start(self) -> None:
         folder = Path(self.plan.sweep_dir)
@@ -50,10 +57,6 @@ class LocalLauncher:
 
     def running(self) -> bool:
         return any(p.poll() is None for p in self.procs)
-
-    def watch(self, on_lost) -> None:
-        """Nothing to watch: the workers are this machine's processes (Ray's launcher watches
-        its head, ``on_lost`` when it went away)."""
 
     def interrupt(self) -> None:
         for p in self.procs:  # they got the SIGINT too; make sure they stop
@@ -76,6 +79,20 @@ class LocalLauncher:
                     p.stdin.close()
 
 
+def runs_left(plan: Plan, started: Iterable[int] = ()) -> int:
+    """How many more workers the budget needs now, for a launcher that starts one worker per
+    trial (``python -m lossbench.sweep.worker PLAN INDEX --trials 1``): ``plan.n_runs`` less
+    the runs that ended and count, less the trials RUNNING, less the processes in
+    ``started`` (pids of workers this machine started that are still alive) that have no
+    RUNNING trial yet (they are about to ask one). Never more than the budget needs: a
+    worker started in excess finds the budget used up and exits 0 at once."""
+    trials = open_study(plan).get_trials(deepcopy=False)
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    asked = {t.user_attrs.get("pid") for t in running}
+    about_to_ask = sum(pid not in asked for pid in started)
+    return max(0, plan.n_runs - len(counted_runs(trials)) - len(running) - about_to_ask)
+
+
 # ---------------------------------------------------------------------------------------------
 # what a cluster must offer
 
@@ -89,7 +106,7 @@ def check_reachable(plan: Plan, tracking_uri: str | None, remote_nodes: list[str
         return
     nodes = ", ".join(remote_nodes)
     storage = plan.storage
-    if storage.startswith("journal:") and not plan.ray.get("shared_filesystem"):
+    if storage.startswith("journal:") and not plan.launcher_options.get("shared_filesystem"):
         raise ConfigError(
             f"the study storage is a journal file on this machine ({storage[8:]}), but the Ray "
             f"cluster has other nodes ({nodes}) that cannot reach it. Fix: a database every "

@@ -52,9 +52,9 @@ class Plan:
     workdir: str = "."  # where the coordinator ran (relative paths in overrides)
     subdir: str = JOB_NUM  # hydra.sweep.subdir, resolved per trial
     hydra_overrides: list[str] = field(default_factory=list)
-    launcher: str = "local"
+    launcher: str = "local"  # a registered launcher (sweep.launcher)
     n_jobs: int | None = None
-    ray: dict = field(default_factory=dict)
+    launcher_options: dict = field(default_factory=dict)  # its node sweep.NAME (sweep.ray)
     plugin_sources: dict[str, str] = field(default_factory=dict)  # for workers on other nodes
     register_best: str | None = None  # the registered model the best trial's model goes to
     log_models: str = "best"  # best: trials that beat every completed trial log a model; all

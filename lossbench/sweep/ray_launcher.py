@@ -26,8 +26,9 @@ from pathlib import Path
 
 from lossbench._version import __version__
 from lossbench.errors import ConfigError
+from lossbench.launcher import EXIT_LOST, Launcher
 from lossbench.plugins import build_plugin_manager, describe
-from lossbench.sweep.launchers import EXIT_LOST, check_reachable, check_versions
+from lossbench.sweep.launchers import check_reachable, check_versions
 from lossbench.sweep.plan import Plan
 from lossbench.sweep.worker import work
 from lossbench.tracking.store import resolve_uri
@@ -73,21 +74,25 @@ def ray_worker(plan_dict: dict, index: int) -> int:
         return work(plan, index, quiet=True)
 
 
-class RayLauncher:
-    def __init__(self, plan: Plan, base):
+class RayLauncher(Launcher):
+    """``sweep.launcher=ray``; ``options`` are ``sweep.ray.*``
+    (``lossbench.builtin.launchers.RayOptions``)."""
+
+    def __init__(self, plan: Plan, base, options):
         if ray is None:
             raise ConfigError(
                 "sweep.launcher=ray needs Ray, which is not installed. Fix: pip install "
                 "'lossbench[ray]' (or pass sweep.launcher=local)."
             )
-        self.plan, self.base, self.refs = plan, base, []
+        super().__init__(plan, base, options)
+        self.refs = []
         self.start_seconds = 0.0
         self.gcs: tuple[str, int] | None = None  # the head's GCS, watched while tasks run
         self.head_lost: str | None = None  # why the cluster is taken for gone
 
     def prepare(self) -> None:
         t0 = time.perf_counter()
-        address = self.plan.ray.get("address") or None
+        address = self.options.address or None
         try:
             ray.init(
                 address=address,
@@ -113,7 +118,7 @@ class RayLauncher:
         tracking = resolve_uri(self.base.tracking) if self.plan.tracking else None
         check_reachable(self.plan, tracking, remote)
         self._check_versions(nodes)
-        cpus = float(self.plan.ray.get("cpus_per_trial") or 1.0)
+        cpus = float(self.options.cpus_per_trial or 1.0)
         total = ray.cluster_resources().get("CPU", 1.0)
         self.n_jobs = self.plan.n_jobs or max(1, int(total // cpus))
         if self.plan.plugins_dir:
@@ -144,7 +149,7 @@ class RayLauncher:
         check_versions(node_info(), seen)
 
     def start(self) -> None:
-        cpus = float(self.plan.ray.get("cpus_per_trial") or 1.0)
+        cpus = float(self.options.cpus_per_trial or 1.0)
         task = ray.remote(ray_worker).options(
             num_cpus=cpus, max_retries=TASK_RETRIES, retry_exceptions=False
         )

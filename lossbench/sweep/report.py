@@ -350,8 +350,9 @@ def category_table(study, plan):
     return table
 
 
-def finish(study, plan, parent, status: str, crashed: dict[int, str]) -> int:
-    """Results file, table, figures and the parent run's end; returns the exit code."""
+def finish(study, plan, parent, status: str, crashed: dict[int, str], logs: str = "") -> int:
+    """Results file, table, figures and the parent run's end; returns the exit code. ``logs``:
+    where the workers' output is (``Launcher.worker_logs``), named when one crashed."""
     sweep_dir = Path(plan.sweep_dir)
     t = tally(study, plan)
     if status == "finished" and (crashed or t["done"] < plan.n_trials):
@@ -383,7 +384,7 @@ def finish(study, plan, parent, status: str, crashed: dict[int, str]) -> int:
         )
     if results.is_file():
         console.print(f"results: {results}", markup=False)
-    return _exit_code(study, plan, status, crashed, t)
+    return _exit_code(study, plan, status, (crashed, logs), t)
 
 
 def _answer_notes(study, plan) -> list[str]:
@@ -464,7 +465,8 @@ def _end_parent(parent, study, plan, status: str) -> bool:
         return False
 
 
-def _exit_code(study, plan, status: str, crashed: dict[int, str], t: dict) -> int:
+def _exit_code(study, plan, status: str, how_crashed, t: dict) -> int:
+    crashed, logs = how_crashed
     if status == "interrupted":
         print("lossbench: sweep interrupted; run the same command to resume", file=sys.stderr)
         return 130
@@ -472,7 +474,7 @@ def _exit_code(study, plan, status: str, crashed: dict[int, str], t: dict) -> in
     if workers:
         print(
             f"lossbench: worker(s) {sorted(workers)} ended unexpectedly "
-            f"({'; '.join(sorted(set(workers.values())))}; see {plan.sweep_dir}/worker-N.log); "
+            f"({'; '.join(sorted(set(workers.values())))}{f'; see {logs}' if logs else ''}); "
             "run the same command to resume",
             file=sys.stderr,
         )

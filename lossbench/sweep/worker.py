@@ -1,4 +1,4 @@
-"""A sweep worker: ``python -m lossbench.sweep.worker PLAN.json INDEX``.
+"""A sweep worker: ``python -m lossbench.sweep.worker PLAN.json INDEX [--trials N]``.
 
 An ask/tell loop on the shared study: under the budget lock, recover lost trials, count, ask;
 then compose the trial's config, train it in this process (the fused epoch is loaded from
@@ -11,6 +11,8 @@ Started by the coordinator, the worker reads its stdin, a pipe the coordinator h
 closes (the coordinator died, even by SIGKILL) the worker stops as on Ctrl-C, and its trial is
 retried by the next invocation. A trial whose outputs cannot be written (a full disk) is failed
 and retried later, and the worker stops (exit code 3): every next trial would fail the same.
+``--trials N`` ends the worker (exit code 0) after N trials, for a launcher that starts one
+worker per trial or a batch job per few (``lossbench.sweep.launchers.runs_left``).
 """
 
 from __future__ import annotations
@@ -316,10 +318,11 @@ def _note_incomplete_records(trial, repeats: list[Repeat]) -> None:
         say(f"trial {trial.number}: {mask_text(errors[0])}")
 
 
-def work(plan: Plan, index: int, quiet: bool = False) -> int:
-    """The ask/tell loop until the budget is used up; returns the exit code. Both launchers run
-    it: a worker process of this machine, or a Ray task (``quiet``: errors only, since Ray
-    sends a task's output to the coordinator's terminal)."""
+def work(plan: Plan, index: int, quiet: bool = False, trials: int | None = None) -> int:
+    """The ask/tell loop until the budget is used up (or, with ``trials``, until this worker
+    ran that many); returns the exit code. Every launcher runs it: a worker process of this
+    machine, or a Ray task (``quiet``: errors only, since Ray sends a task's output to the
+    coordinator's terminal)."""
     use_config(plan.config_path, plan.config_name)
     Tracker.spool_when_unreachable = True  # a store gone mid-sweep: trials train on, spooled
     study = open_study(plan)
@@ -330,7 +333,7 @@ def work(plan: Plan, index: int, quiet: bool = False) -> int:
     space = build_space(plan.params, base)
     composer = Composer(plan, pm.registry)
     try:
-        return _loop(study, plan, index, (space, pm, composer), quiet)
+        return _loop(study, plan, index, (space, pm, composer), (quiet, trials))
     except WriteFailed as exc:
         say(f"lossbench: error: worker {index} stopped: {exc}. The trial is marked failed and "
             "will be retried. Fix: free space (or make the folder writable) and run the same "
@@ -353,9 +356,13 @@ def work(plan: Plan, index: int, quiet: bool = False) -> int:
     return EXIT_WRITE_FAILED
 
 
-def _loop(study, plan: Plan, index: int, parts, quiet: bool) -> int:
+def _loop(study, plan: Plan, index: int, parts, how) -> int:
     host, pid, waiting = socket.gethostname(), os.getpid(), False
+    quiet, max_trials = how
+    ran = 0
     while not STOPPING.is_set():
+        if max_trials is not None and ran >= max_trials:
+            return 0
         with budget_lock(plan) as locked:
             recover_stale(study, plan.grace_seconds)
             trials = study.get_trials(deepcopy=False)
@@ -376,6 +383,7 @@ def _loop(study, plan: Plan, index: int, parts, quiet: bool) -> int:
         if not quiet:
             say(f"worker {index}: trial {trial.number}")
         space, pm, composer = parts
+        ran += 1
         try:
             if not run_trial(study, plan, space, pm, trial, composer):
                 return 130
@@ -404,18 +412,28 @@ def _ask(study, plan: Plan, host: str, pid: int, check: bool):
     return None
 
 
-def main(plan_path: str, index: int) -> int:
+def main(plan_path: str, index: int, trials: int | None = None) -> int:
     plan = Plan.load(plan_path)
     os.chdir(plan.workdir)  # where the coordinator ran (relative paths)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     watch_parent()
-    return work(plan, index)
+    return work(plan, index, trials=trials)
+
+
+def _trials_arg(args: list[str]) -> int | None:
+    """``--trials N`` (N >= 1) after PLAN.json INDEX, or None."""
+    if not args:
+        return None
+    if len(args) != 2 or args[0] != "--trials" or not args[1].isdigit() or int(args[1]) < 1:
+        raise SystemExit(f"usage: python -m lossbench.sweep.worker PLAN.json INDEX [--trials N]"
+                         f" (N >= 1); got {' '.join(args)}")  # fmt: skip
+    return int(args[1])
 
 
 if __name__ == "__main__":
     try:
-        exit_now(main(sys.argv[1], int(sys.argv[2])))
+        exit_now(main(sys.argv[1], int(sys.argv[2]), _trials_arg(sys.argv[3:])))
     except KeyboardInterrupt:
         exit_now(130)
