@@ -2,17 +2,14 @@
 
 SIGTERM is Ctrl-C from this module's first line on: a command terminated at any moment (still
 importing, composing, warming up, or training, where ``training.fit`` takes over) exits 130 and
-says so, as Ctrl-C does, never 143 without a word."""
+says so, as Ctrl-C does, never 143 without a word (``lossbench.signals``)."""
 
 import signal
 import sys
 
+from lossbench.signals import sigterm_is_ctrl_c
 
-def _sigterm(signum, frame):
-    raise KeyboardInterrupt("SIGTERM")
-
-
-signal.signal(signal.SIGTERM, _sigterm)
+signal.signal(signal.SIGTERM, sigterm_is_ctrl_c)
 
 try:
     from lossbench.cli import entry

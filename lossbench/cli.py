@@ -23,7 +23,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import sys
 from pathlib import Path
 
@@ -46,6 +45,7 @@ from lossbench.config.source import config_source, read_config_flags, use_config
 from lossbench.errors import LossbenchError, PluginFailure
 from lossbench.plugins import build_plugin_manager, describe, set_plugin_manager
 from lossbench.process import exit_now
+from lossbench.signals import ignore_interrupts, sigterm_as_ctrl_c_unless_handled
 from lossbench.tracking.client import prestart_side_process
 from lossbench.training import summary, train, warm_up
 from lossbench.training.crash import crash_reason
@@ -506,8 +506,7 @@ def _crash_watch(output_dir: str):
     pid = os.fork()
     if pid == 0:  # the watcher: only raw reads and writes, no threads, no imports
         try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, signal.SIG_IGN)  # Ctrl-C is for the run, not for it
+            ignore_interrupts()  # Ctrl-C is for the run, not for it
             os.closerange(3, read)  # the run's pipes (MLflow's side process) stay theirs
             os.closerange(read + 1, os.sysconf("SC_OPEN_MAX"))
             if not os.read(read, 1):  # end of file: the run died
@@ -554,18 +553,12 @@ def entry() -> None:
     """``python -m lossbench`` and the ``lossbench`` script: ``main``, then exit without the
     interpreter's teardown (``lossbench.process.exit_now``): every file of the run or sweep is
     written by then. An error that is not the user's (a traceback) leaves the usual way."""
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # the script (__main__ sets it)
-        signal.signal(signal.SIGTERM, _sigterm)
+    sigterm_as_ctrl_c_unless_handled()  # the script (__main__ sets it)
     try:
         main()
     except SystemExit as exc:
         exit_now(exc.code)
     exit_now(0)
-
-
-def _sigterm(signum, frame):
-    """SIGTERM is Ctrl-C: every command ends with exit 130 and says so, never 143."""
-    raise KeyboardInterrupt("SIGTERM")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -105,3 +105,18 @@ def test_one_atomic_write_and_one_plotting_import():
     ]
     assert _calls_to(owner, {"os.replace"}) and _calls_to(owner, {"matplotlib.use"})
     assert not found, "write through lossbench.files instead:\n" + "\n".join(found)
+
+
+def test_signal_handlers_are_set_only_in_lossbench_signals():
+    """Every Ctrl-C and SIGTERM handler is set by lossbench/signals.py (its docstring draws what
+    each stage does with a signal); ``__main__`` installs that module's SIGTERM handler on its
+    first line, before anything else is imported."""
+    owner, entry = PACKAGE / "signals.py", PACKAGE / "__main__.py"
+    found = [
+        f"{_name(p)}:{line}"
+        for p in MODULES
+        if p not in (owner, entry)
+        for line in _calls_to(p, {"signal.signal"})
+    ]
+    assert _calls_to(owner, {"signal.signal"}) and _calls_to(entry, {"signal.signal"})
+    assert not found, "set handlers through lossbench.signals instead:\n" + "\n".join(found)

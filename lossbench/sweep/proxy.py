@@ -6,13 +6,12 @@ hold none. Needs ``pip install 'lossbench[grpc]'``. Runs until Ctrl-C or SIGTERM
 from __future__ import annotations
 
 import argparse
-import signal
 import socket
-import sys
 
 import optuna
 
 from lossbench.errors import ConfigError
+from lossbench.signals import sigterm_exits
 from lossbench.urls import mask_url, with_password
 
 USAGE = (
@@ -61,7 +60,7 @@ def main(argv: list[str]) -> int:
             f"the study database {mask_url(url)} cannot be used: {type(exc).__name__}. Fix: "
             "check --storage (a reachable database URL)."
         ) from None
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    sigterm_exits(0)
     print(f"storage proxy for {mask_url(url)} on {args.host}:{args.port}; workers use "
           f"sweep.storage=grpc://{args.host}:{args.port}", flush=True)  # fmt: skip
     try:

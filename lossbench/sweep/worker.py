@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import sys
 import threading
@@ -37,6 +36,7 @@ from lossbench.config.source import use_config
 from lossbench.errors import LossbenchError
 from lossbench.plugins import build_plugin_manager, set_plugin_manager
 from lossbench.process import exit_now
+from lossbench.signals import StopOnSignal
 from lossbench.sweep.answers import Trajectory, answer_epoch_counts, curves
 from lossbench.sweep.design import EPOCHS
 from lossbench.sweep.plan import EXIT_STORAGE_GONE, EXIT_WRITE_FAILED, Plan, trial_dir
@@ -70,28 +70,15 @@ from lossbench.training import train
 from lossbench.urls import mask_text
 
 STATUS_TO_STATE = {"finished": "COMPLETE", "stopped": "COMPLETE"}
-# Set by Ctrl-C / SIGTERM. The signal can land inside a storage call and surface as another
-# exception (Optuna's journal lock turns it into FileNotFoundError); with this flag set, any
-# exception means "interrupted", not "the trial failed".
-STOPPING = threading.Event()
+# Ctrl-C / SIGTERM, or the coordinator's pipe closing: the first one raises, later ones only
+# keep STOPPING set (lossbench.signals has the diagram); with it set, any exception means
+# "interrupted", not "the trial failed".
+STOP = StopOnSignal()
+STOPPING = STOP.stopping
 
 
 class WriteFailed(Exception):
     """A trial's files could not be written; the worker stops."""
-
-
-_INTERRUPTED = threading.Event()  # the first signal has been raised
-
-
-def _on_signal(signum, frame):
-    """Ctrl-C / SIGTERM: stop. Only the first one raises: the coordinator sends its workers a
-    second SIGINT after a Ctrl-C, and raised inside the clean-up (marking the trial lost) it
-    would leave the trial RUNNING."""
-    STOPPING.set()
-    if _INTERRUPTED.is_set():
-        return
-    _INTERRUPTED.set()
-    raise KeyboardInterrupt
 
 
 def say(text: str, err: bool = False) -> None:
@@ -112,21 +99,6 @@ def _lose(study, trial, status: str = "interrupted", error: str | None = None) -
         trial.set_user_attr("error", error[:2000])
     study.tell(trial, state=TrialState.FAIL)
     retry(study, trial)
-
-
-def watch_parent() -> None:
-    """Stop (as on SIGTERM) when stdin, the coordinator's pipe, closes: the coordinator died."""
-
-    def wait():
-        try:
-            while os.read(0, 1 << 12):  # the raw descriptor: no buffer lock at exit
-                pass
-        except OSError:
-            pass
-        STOPPING.set()
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=wait, daemon=True, name="lossbench-parent-watch").start()
 
 
 class Heartbeat:
@@ -416,9 +388,8 @@ def main(plan_path: str, index: int, trials: int | None = None) -> int:
     plan = Plan.load(plan_path)
     os.chdir(plan.workdir)  # where the coordinator ran (relative paths)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
-    watch_parent()
+    STOP.install()
+    STOP.watch_pipe()
     return work(plan, index, trials=trials)
 
 

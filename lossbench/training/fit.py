@@ -5,9 +5,7 @@ the hooks), with exactly one ``on_run_end`` whatever ends the run."""
 from __future__ import annotations
 
 import math
-import signal
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -17,6 +15,7 @@ from lossbench.config.schemas import metrics_for
 from lossbench.errors import ConfigError, LossbenchError, PluginFailure
 from lossbench.kernels import compile_report
 from lossbench.plugins import get_plugin_manager
+from lossbench.signals import HoldInterrupts, KeepInterrupts, SigtermAsInterrupt
 from lossbench.training import crash
 from lossbench.training.fused import ROLES, bind, evaluate, fused_runner, train_epoch
 from lossbench.training.metrics import common_metrics
@@ -56,7 +55,7 @@ def train(cfg=None, *, overrides=(), output_dir=None, plugin_manager=None) -> Ru
     )
     status = "failed"
     try:
-        with _SigtermAsInterrupt(), _KeepInterrupts() as interrupts:
+        with SigtermAsInterrupt(), KeepInterrupts() as interrupts:
             status = _stages(run, pm, t_start, interrupts)
     except KeyboardInterrupt:
         status = "interrupted"
@@ -83,7 +82,7 @@ def train(cfg=None, *, overrides=(), output_dir=None, plugin_manager=None) -> Ru
     return run
 
 
-def _stages(run: Run, pm, t_start: float, interrupts: _KeepInterrupts) -> str:
+def _stages(run: Run, pm, t_start: float, interrupts: KeepInterrupts) -> str:
     """Set-up, the on_run_start hooks, compiling, the fit loop; returns the status."""
     setup = set_up(run)
     check_monitor(run)
@@ -191,7 +190,7 @@ def warm_up(dtypes=("float32", "float64"), plugin_manager=None) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------
-# ending a run, and signals
+# ending a run (its signals: lossbench.signals)
 
 
 def hook_failure(pm, hook: str, exc: BaseException) -> PluginFailure:
@@ -219,7 +218,7 @@ def _run_end_hooks(pm, run) -> PluginFailure | None:
     held until they are done, so the run's record is complete, and then raised; a second one
     interrupts at once."""
     failure = None
-    with _HoldInterrupts() as held:
+    with HoldInterrupts() as held:
         for plugin_name, call in pm.each_implementation("on_run_end"):
             try:
                 call(run=run, status=run.status)
@@ -234,101 +233,3 @@ def _run_end_hooks(pm, run) -> PluginFailure | None:
     if held.signal is not None and sys.exc_info()[0] is None:
         raise KeyboardInterrupt(held.signal)
     return failure if sys.exc_info()[0] is None else None
-
-
-def _main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
-class _SigtermAsInterrupt:
-    """Within the block, SIGTERM raises KeyboardInterrupt (main thread only)."""
-
-    def __enter__(self):
-        self.old = signal.getsignal(signal.SIGTERM) if _main_thread() else None
-        if self.old is not None:
-            signal.signal(signal.SIGTERM, self._raise)
-        return self
-
-    @staticmethod
-    def _raise(signum, frame):
-        raise KeyboardInterrupt("SIGTERM")
-
-    def __exit__(self, *exc):
-        if self.old is not None:
-            signal.signal(signal.SIGTERM, self.old)
-        return False
-
-
-class _KeepInterrupts:
-    """Within the block (main thread only), a KeyboardInterrupt raised by the SIGINT or SIGTERM
-    handler is noted: ``raise_pending()`` raises it again, and so does the end of the block,
-    unless the interrupt itself ended it (then it propagates as usual).
-
-    Two places in numba lose it. Its compiler calls back into Python through ctypes
-    (llvmlite's object cache), and ctypes prints an exception raised in a callback and drops
-    it ("Exception ignored on calling ctypes callback function"): the run went on to train.
-    And every call of the fused epoch unboxes its kernel arguments by unpickling their
-    signature, without checking for failure: an interrupt there becomes "TypeError:
-    _get_wrapper_address() missing 1 required positional argument: 'sig'", and the run
-    ended as failed instead of interrupted."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __enter__(self):
-        self.pending, self.old = None, {}
-        if _main_thread():
-            for sig in self.SIGNALS:
-                handler = signal.getsignal(sig)
-                if callable(handler):  # not SIG_IGN / SIG_DFL / None: leave those alone
-                    self.old[sig] = handler
-                    signal.signal(sig, self._call)
-        return self
-
-    def raise_pending(self) -> None:
-        if self.pending is not None:
-            raise self.pending
-
-    def _call(self, signum, frame):
-        try:
-            self.old[signum](signum, frame)
-        except KeyboardInterrupt as exc:
-            self.pending = exc
-            raise
-
-    def __exit__(self, exc_type, exc, tb):
-        for sig, handler in self.old.items():
-            signal.signal(sig, handler)
-        if self.pending is not None and not (exc_type and issubclass(exc_type, KeyboardInterrupt)):
-            raise self.pending from exc  # the exception it became, or none (dropped)
-        return False
-
-
-class _HoldInterrupts:
-    """Within the block (main thread only), the first SIGINT or SIGTERM is noted, not raised;
-    a second one raises KeyboardInterrupt at once. ``signal`` names the first one held."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __enter__(self):
-        self.signal, self.old = None, {}
-        if _main_thread():
-            for sig in self.SIGNALS:
-                self.old[sig] = signal.getsignal(sig)
-                signal.signal(sig, self._note)
-        return self
-
-    def _note(self, signum, frame):
-        if self.signal is not None:
-            raise KeyboardInterrupt(signal.Signals(signum).name)
-        self.signal = signal.Signals(signum).name
-        print(
-            f"lossbench: {self.signal} received while the run's outputs are written; "
-            "finishing them (press Ctrl-C again to abort now)",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def __exit__(self, *exc):
-        for sig, handler in self.old.items():
-            signal.signal(sig, handler)
-        return False
