@@ -24,6 +24,7 @@ from lossbench.specs import (
     ModelLayout,
     ModelSpec,
     OptimizerSpec,
+    ParamGroup,
     ScheduleSpec,
 )
 
@@ -64,6 +65,7 @@ __all__ = [
     "OptimizerSpec",
     "ModelSpec",
     "ModelLayout",
+    "ParamGroup",
     "DatasetSpec",
     "ScheduleSpec",
     "PLUGIN_API",

@@ -126,7 +126,7 @@ def _param_gradient(e, rows):
     run = e.run
     model, layout = run.specs["model"], run.layout
     X = np.ascontiguousarray(run.dataset.X_train[rows], dtype=np.float64)
-    hp = np.asarray(layout.hp, dtype=np.float64)
+    hp = layout.kernel_hp()
     params = run.flat_params.astype(np.float64)
     return model.reference_backward(params, layout.layout, hp, X, e.kernel[1].astype(np.float64))
 

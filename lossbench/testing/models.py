@@ -28,7 +28,7 @@ def _model_setup(spec, hp, dtype=np.float64, seed=0):
     layout.init(rng, params)
     x = rng.normal(size=(_ROWS, _N_IN))
     c = np.ascontiguousarray
-    return layout, c(params, dtype=dtype), c(x, dtype=dtype), np.asarray(layout.hp, np.float64)
+    return layout, c(params, dtype=dtype), c(x, dtype=dtype), layout.kernel_hp()
 
 
 def tensor_slot(layout):

@@ -99,7 +99,7 @@ class Run:
         ``lossbench.training.predict.Predictor.from_run(run)``."""
         model = self.specs["model"]
         X = np.ascontiguousarray(X, dtype=self.flat_params.dtype)
-        hp = np.asarray(self.layout.hp, dtype=np.float64)  # as the kernels take it
+        hp = self.layout.kernel_hp(training=False)  # as the kernels take it: evaluation mode
         if model.numpy_only:
             return model.reference_forward(self.flat_params, self.layout.layout, hp, X)
         out = np.empty((len(X), self.dataset.n_outputs), dtype=X.dtype)
