@@ -147,9 +147,10 @@ def _dropout_of(hp, params):
     n = hp.shape[0]
     p = hp[1] if n >= _WITH_CONTEXT and hp[n - 3] > 0.5 else 0.0
     one = params.dtype.type(1.0)
+    if p <= 0.0:  # evaluating, or no dropout: nothing to draw
+        return p, one, np.uint64(0)
     scale = one / params.dtype.type(1.0 - p) if p < 1.0 else one - one
-    key = stream_key(hp[n - 2], hp[n - 1]) if p > 0.0 else np.uint64(0)
-    return p, scale, key
+    return p, scale, stream_key(hp[n - 2], hp[n - 1])
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -122,6 +122,11 @@ def batch_update(backward, step, model, optimizer, m, scratch, t, lr, failed):
     if failed[0]:
         failed[1] = 3
         return
+    if segments.shape[0] == 1:  # no parameter groups: the one call it always was
+        step(params, grads, state, scalars, opt_hp, t, lr)
+        if failed[0]:
+            failed[1] = 4
+        return
     rows, flat = state.shape[0], state.reshape(state.size)
     slots = scalars.shape[0] // segments.shape[0]
     for r in range(segments.shape[0]):
