@@ -73,7 +73,8 @@ PLANTED = {
         reference_backward=lambda p, lay, hp, x, d: mlp_reference_backward(
             p, lay, _training_hp(hp), x, d),
     ),
-    "bias_decayed": dataclasses.replace(MLP, name="bias_decayed", build=_build(_last_bias_left_out)),
+    "bias_decayed": dataclasses.replace(MLP, name="bias_decayed",
+                                        build=_build(_last_bias_left_out)),
     "misspelled_group": dataclasses.replace(MLP, name="misspelled_group",
                                             build=_build(_misspelled)),
 }  # fmt: skip

@@ -62,7 +62,9 @@ def _forward(layout, params, x, hp):
     return out
 
 
-@pytest.mark.parametrize("case", DATA["dropout"]["cases"], ids=lambda c: f"{c['dtype']}-{c['p']:.3g}")
+@pytest.mark.parametrize(
+    "case", DATA["dropout"]["cases"], ids=lambda c: f"{c['dtype']}-{c['p']:.3g}"
+)
 def test_dropout_scales_kept_units_as_torch_and_drops_the_fraction_p(case):
     dtype, p = np.dtype(case["dtype"]), case["p"]
     layout, params = _identity_mlp(8, p, dtype)
@@ -138,7 +140,7 @@ def test_dropout_runs_are_reproducible_bit_for_bit_and_differ_with_another_seed(
     assert a.history[0]["train_loss"] != off.history[0]["train_loss"]
 
 
-def test_evaluation_and_prediction_run_without_dropout():
+def test_evaluation_and_prediction_run_without_dropout(tmp_path):
     run = _run("model.dropout=0.5", "model.hidden=[16]")
     X = run.dataset.X_val
     plain = build_mlp_layout([X.shape[1], 16, run.dataset.n_outputs], "relu")  # no dropout
@@ -148,6 +150,14 @@ def test_evaluation_and_prediction_run_without_dropout():
     assert predictor.hp[-3] == 0.0  # the saved model predicts in evaluation mode
     outputs = predictor.outputs(X * run.dataset.scale + run.dataset.mean, MLP.reference_forward)
     np.testing.assert_allclose(outputs, expected, rtol=1e-9, atol=1e-12)
+    # saved and loaded, as the MLflow model is; a model saved before the context existed
+    # (hp without it) predicts the same, in evaluation mode
+    folder = predictor.save(tmp_path / "model")
+    loaded = Predictor.load(folder)
+    raw = X * run.dataset.scale + run.dataset.mean
+    assert np.array_equal(loaded.outputs(raw, MLP.reference_forward), outputs)
+    loaded.hp = loaded.hp[:-3]
+    assert np.array_equal(loaded.outputs(raw, MLP.reference_forward), outputs)
     # the validation loss is the evaluation-mode loss of the weights
     loss = run.specs["loss"]
     loss_hp = np.asarray(loss.pack(run.hparams["loss"]), dtype=np.float64)

@@ -245,8 +245,9 @@ def _no_decay_covers_every_1d_tensor(layout) -> None:
         if g.options.get("weight_decay", None) != 0 or not shapes or \
                 any(len(s) != 1 for s in shapes):  # fmt: skip
             continue
-        grouped = {t for h in layout.groups if h.options.get("weight_decay") == 0 for t in h.tensors}
-        left = [t for t, (_, shape) in layout.tensors.items() if len(shape) == 1 and t not in grouped]
+        no_decay = [h for h in layout.groups if h.options.get("weight_decay") == 0]
+        grouped = {t for h in no_decay for t in h.tensors}
+        left = [t for t, (_, sh) in layout.tensors.items() if len(sh) == 1 and t not in grouped]
         if left:
             _fail(
                 f"tensor {left[0]} is 1-D like the tensors of parameter group "
