@@ -228,7 +228,7 @@ def breakdown(case, optimizer, dtype, rounds):
     ep, ev, run, between = record_args(overrides, 30)
     (fwd, bwd, loss, step, model, lhp, optimizer, data, scratch, order, batch, failed, t,
      lr) = ep  # fmt: skip
-    (params, layout, mhp), (grads, state, scalars, ohp) = model, optimizer
+    (params, layout, mhp), (grads, state, scalars, ohp, segments) = model, optimizer
     (X, Y, labels), (work, xb, yb, out, dout) = data, scratch
     n_batches = math.ceil(len(order) / batch)
     specs = run.specs
@@ -242,7 +242,7 @@ def breakdown(case, optimizer, dtype, rounds):
     # a scratch copy of the parameters and state for the parts that update them
     p2, s2, c2 = params.copy(), state.copy(), scalars.copy()
     direct = direct_epoch()
-    copies = (p2, layout, mhp), lhp, (grads, s2, c2, ohp)
+    copies = (p2, layout, mhp), lhp, (grads, s2, c2, ohp, segments)
     direct_args = (mlp_forward, mlp_backward, lk, ok, *copies, *ep[7:])
     parts = {
         "epoch (fused.train_epoch, kernels as function pointers)": lambda: fused.train_epoch(*ep),

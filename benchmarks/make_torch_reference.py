@@ -23,6 +23,12 @@ Contents:
   linear      one torch.nn.Linear(3, 2) (lossbench's `linear` model): output and gradients.
   float32     the losses and optimizers cases computed by torch in float32 (inputs rounded to
               float32, results stored as the float64 values of the float32 numbers).
+  param_groups  the 3-5-2 relu MLP trained 5 full-batch steps on MSELoss by torch.optim
+              optimizers with two parameter groups (weights as configured, biases with
+              weight_decay=0): the parameters after every step.
+  dropout     torch.nn.Dropout(p) in training mode, float32 and float64: the value a kept 1.0
+              becomes (1 / (1 - p) as torch forms it), a fixed row x and torch's output for it
+              (zeros where dropped).
   schedules   every epoch's learning rate from torch.optim.lr_scheduler (StepLR,
               CosineAnnealingLR, LinearLR warm-up chained by SequentialLR) for trainer options
               named as lossbench names them.
@@ -392,6 +398,62 @@ def schedules():
     return cases
 
 
+GROUP_TARGET = [[0.5, -1.0], [1.5, 0.25], [-0.5, 0.75], [1.0, 2.0]]
+GROUP_CASES = [
+    ("sgd", torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.1}),
+    ("adam", torch.optim.Adam, {"lr": 0.05, "weight_decay": 0.1}),
+    ("adamw", torch.optim.AdamW, {"lr": 0.05, "weight_decay": 0.1}),
+    ("rmsprop", torch.optim.RMSprop, {"lr": 0.01, "weight_decay": 0.1}),
+    ("adagrad", torch.optim.Adagrad, {"lr": 0.1, "weight_decay": 0.1}),
+]
+
+
+def param_groups():
+    """torch's param groups: weights decay, biases (weight_decay=0) do not; 5 steps."""
+    widths, steps = [3, 5, 2], 5
+    params = model_weights(widths, 7)
+    cases = []
+    for name, cls, kwargs in GROUP_CASES:
+        net = torch_net(widths, params, torch.nn.ReLU())
+        linears = [m for m in net if isinstance(m, torch.nn.Linear)]
+        groups = [{"params": [lin.weight for lin in linears]},
+                  {"params": [lin.bias for lin in linears], "weight_decay": 0.0}]  # fmt: skip
+        opt = cls(groups, **kwargs)
+        after = []
+        for _ in range(steps):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(net(t64(X)), t64(GROUP_TARGET)).backward()
+            opt.step()
+            state = {}
+            for l, lin in enumerate(linears):
+                state[f"W{l}"] = tolist(lin.weight.T)
+                state[f"b{l}"] = tolist(lin.bias)
+            after.append(state)
+        cases.append({"optimizer": name, "hparams": kwargs, "torch": repr(opt).split("(")[0],
+                      "after": after})  # fmt: skip
+    return {"widths": widths, "x": X, "target": GROUP_TARGET, "steps": steps,
+            "params": {k: v.tolist() for k, v in params.items()}, "cases": cases}  # fmt: skip
+
+
+DROPOUT_P = [0.1, 0.2, 0.25, 1 / 3, 0.5, 0.7, 0.9]
+DROPOUT_X = [0.3, -1.7, 2.25, 0.1, -0.05, 3.3, 1e-3, -12.5]
+
+
+def dropout():
+    """torch.nn.Dropout(p) in training mode: a kept 1.0's value and a row of outputs."""
+    torch.manual_seed(0)
+    cases = []
+    for dtype, label in ((torch.float64, "float64"), (torch.float32, "float32")):
+        for p in DROPOUT_P:
+            drop = torch.nn.Dropout(p).train()
+            ones = drop(torch.ones(4096, dtype=dtype))
+            kept = ones[ones != 0]
+            assert bool((kept == kept[0]).all())
+            cases.append({"dtype": label, "p": p, "kept_value": float(kept[0]),
+                          "out": tolist(drop(t64(DROPOUT_X, dtype)))})  # fmt: skip
+    return {"x": DROPOUT_X, "cases": cases}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=OUT)
@@ -409,6 +471,8 @@ def main() -> None:
         "schedules": schedules(),
         "models_two_hidden": models_two_hidden(),
         "linear": linear_model(),
+        "param_groups": param_groups(),
+        "dropout": dropout(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(_compact(json.dumps(data, indent=1)) + "\n")

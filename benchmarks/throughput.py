@@ -364,7 +364,7 @@ def reference_epoch_fn(run):
     if opt.init_scalars is not None:
         opt.init_scalars(scalars, hps["optimizer"])
     vec = lambda v: np.asarray(v, dtype=np.float64).reshape(-1)  # noqa: E731
-    model_hp, loss_hp = vec(layout.hp), vec(specs["loss"].pack(hps["loss"]))
+    model_hp, loss_hp = layout.kernel_hp(training=True), vec(specs["loss"].pack(hps["loss"]))
     opt_hp = vec(opt.pack(hps["optimizer"]))
     lr = float(hps["optimizer"].lr)
     batch = int(run.config.trainer.batch_size)

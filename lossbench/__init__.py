@@ -25,6 +25,7 @@ from lossbench.specs import (
     ModelLayout,
     ModelSpec,
     OptimizerSpec,
+    ParamGroup,
     ScheduleSpec,
 )
 
@@ -65,6 +66,7 @@ __all__ = [
     "OptimizerSpec",
     "ModelSpec",
     "ModelLayout",
+    "ParamGroup",
     "DatasetSpec",
     "ScheduleSpec",
     "Launcher",

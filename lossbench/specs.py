@@ -35,6 +35,11 @@ model kernels
     whatever backward needs in ``work``.
     ``backward(params, layout, hp, x, work, dout: F[:, ::1], grads: F[::1]) -> None`` overwrites
     ``grads`` with dLoss/dparams given dLoss/dout, using what forward left in ``work``.
+    The last ``len(CONTEXT)`` entries of the model's ``hp`` are the engine's, after
+    ``ModelLayout.hp``: ``hp[-3]`` 1.0 while training, 0.0 while evaluating (validation,
+    prediction); ``hp[-2]`` the run's stream seed and ``hp[-1]`` the step (1-based while
+    training, 0 while evaluating) for ``lossbench.streams`` (dropout). A model that has no
+    modes ignores them (additive within interface version 2).
 
 Hyperparameters reach kernels as a small float64 array (``hp``), packed from the component's
 options (an instance of its hyperparameter dataclass) by the spec's ``pack`` function, never as
@@ -112,6 +117,10 @@ def backward_signature(dtype: str) -> types.Signature:
     f = FLOAT_DTYPES[dtype]
     v, m2 = types.Array(f, 1, "C"), types.Array(f, 2, "C")
     return types.none(v, types.Array(types.int64, 2, "C"), _HP, m2, v, m2, v)
+
+
+CONTEXT = ("training", "stream_seed", "step")
+"""What the engine appends to a model's ``hp`` (``ModelLayout.kernel_hp``), in this order."""
 
 
 def no_hparams(options: Any) -> list[float]:
@@ -225,13 +234,29 @@ class ModelSpec(_Spec):
         return self.forward is None and self.backward is None
 
 
+@dataclasses.dataclass(frozen=True)
+class ParamGroup:
+    """Tensors of a model that the optimizer steps with other options, as a torch.optim
+    parameter group: ``ParamGroup(("b0", "b1"), {"weight_decay": 0.0})`` is torch's
+    ``{"params": biases, "weight_decay": 0.0}``. ``options`` override fields of the optimizer's
+    options for these tensors (a field the optimizer does not have is ignored, as torch
+    ignores a group key its optimizer does not read; ``lr`` cannot be overridden: the schedule
+    owns it)."""
+
+    tensors: tuple[str, ...]
+    options: dict[str, float]
+    name: str = ""
+
+
 @dataclasses.dataclass
 class ModelLayout:
     """What a model's ``build`` returns.
 
     ``tensors`` maps a parameter name (``W0``, ``b0``, ...) to ``(offset, shape)`` inside the flat
-    vector; ``init(rng, params)`` fills the flat vector; ``layout``/``hp`` go to the kernels;
-    ``workspace(batch)`` is the length of ``work`` forward/backward need for ``batch`` rows."""
+    vector; ``init(rng, params)`` fills the flat vector; ``layout``/``hp`` go to the kernels
+    (``hp`` followed by the engine's ``CONTEXT``: ``kernel_hp``); ``workspace(batch)`` is the
+    length of ``work`` forward/backward need for ``batch`` rows; ``groups`` the parameter groups
+    (tensors in none are stepped with the optimizer's options as configured)."""
 
     n_params: int
     tensors: dict[str, tuple[int, tuple[int, ...]]]
@@ -239,6 +264,7 @@ class ModelLayout:
     hp: list[float]
     init: Callable[[np.random.Generator, np.ndarray], None]
     workspace: Callable[[int], int]
+    groups: tuple[ParamGroup, ...] = ()
 
     def views(self, params: np.ndarray) -> dict[str, np.ndarray]:
         """Named views (W0, b0, ...) into ``params``."""
@@ -247,6 +273,12 @@ class ModelLayout:
             size = int(np.prod(shape))
             out[name] = params[off : off + size].reshape(shape)
         return out
+
+    def kernel_hp(self, training: bool = False, seed: int = 0, step: int = 0) -> np.ndarray:
+        """The ``hp`` the model kernels and references take: ``hp`` then ``CONTEXT`` (float64;
+        the defaults are evaluation mode, as prediction runs)."""
+        own = np.asarray(self.hp, dtype=np.float64).reshape(-1)
+        return np.concatenate([own, [float(training), float(seed), float(step)]])
 
 
 @dataclasses.dataclass(frozen=True)

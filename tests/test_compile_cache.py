@@ -43,6 +43,9 @@ def test_epoch_is_compiled_once_then_loaded_from_cache(tmp_path):
         ["loss=cross_entropy", "optimizer=adam", "optimizer.lr=0.5"],  # another lr
         ["loss=mse", "optimizer=sgd", "optimizer.momentum=0.9"],  # another loss/optimizer pair
         ["loss=huber", "optimizer=rmsprop", "model.activation=gelu", "model.hidden=[8,8]"],
+        # dropout's p, the mode it switches and parameter groups are values, not types
+        ["model.dropout=0.3", "optimizer=adamw", "model.decay_biases=false"],
+        ["model.dropout=0.7", "model.hidden=[8,8]"],
     ):
         later = run_process(tmp_path, *overrides)
         assert later["status"] == "finished"

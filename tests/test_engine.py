@@ -47,7 +47,7 @@ def test_fused_epoch_matches_numpy_reference(loss_name, opt_name, rng):
     state = np.zeros((opt.state_rows, ml.n_params))
     if opt.init_state:
         opt.init_state(state, hp_opt)
-    model_hp = np.asarray(ml.hp, float)
+    model_hp = ml.kernel_hp(training=True)
     loss_hp = np.asarray(loss.pack(loss.hparams()), float)
     opt_hp = np.asarray(opt.pack(hp_opt), float)
     p_ref, s_ref = params.copy(), state.copy()
@@ -69,7 +69,8 @@ def test_fused_epoch_matches_numpy_reference(loss_name, opt_name, rng):
             *[k[r] for r in KERNEL_ORDER],
             (params, ml.layout, model_hp),
             loss_hp,
-            (np.empty(ml.n_params), state, np.zeros(opt.scalar_slots), opt_hp),
+            (np.empty(ml.n_params), state, np.zeros(opt.scalar_slots), opt_hp,
+             np.array([[0, ml.n_params, 0, len(opt_hp)]], dtype=np.int64)),  # one segment
             (X, Y, labels),
             scratch(batch, X.shape[1], Y.shape[1], n_out, ml.workspace(batch), np.float64),
             order,
@@ -279,7 +280,7 @@ def fused_epoch_fn(loss, opt, layout, n_out, batch, n_in, n_targets):
             ("optimizer", opt.kernel),
         )
     ]
-    model_hp = np.asarray(layout.hp, float)
+    model_hp = layout.kernel_hp(training=True)
     loss_hp = np.asarray(loss.pack(loss.hparams()), float)
 
     def epoch(params, state, opt_hp, X, Y, labels, order, t, lr):
@@ -287,7 +288,8 @@ def fused_epoch_fn(loss, opt, layout, n_out, batch, n_in, n_targets):
             *k,
             (params, layout.layout, model_hp),
             loss_hp,
-            (np.empty(layout.n_params), state, np.zeros(opt.scalar_slots), opt_hp),
+            (np.empty(layout.n_params), state, np.zeros(opt.scalar_slots), opt_hp,
+             np.array([[0, layout.n_params, 0, len(opt_hp)]], dtype=np.int64)),  # one segment
             (X, Y, labels),
             scratch(batch, n_in, n_targets, n_out, layout.workspace(batch), np.float64),
             order,
@@ -458,7 +460,7 @@ def test_train_loss_is_the_sample_weighted_mean_of_batch_losses(pm):
     prep, ml, loss = run.dataset, run.layout, run.specs["loss"]
     assert len(prep.X_train) == 120
     batches = [(0, 100), (100, 120)]
-    hp = np.asarray(ml.hp)
+    hp = ml.kernel_hp()
     losses = [
         loss.reference(
             MLP.reference_forward(run.flat_params, ml.layout, hp, prep.X_train[a:b]),

@@ -22,6 +22,7 @@ from lossbench.config import compose
 from lossbench.errors import PluginError
 from lossbench.plugins import build_plugin_manager, load_plugin_file
 from lossbench.training.explain import MAX_COLUMNS, by_hand, explain, render
+from lossbench.training.setup import stream_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 FOCAL_FILE = ROOT / "plugins" / "lossbench-focal" / "lossbench_focal.py"
@@ -117,6 +118,7 @@ PROBED = {
     "mse-iris-float64-seed3": ["loss=mse", "data=iris", "trainer.dtype=float64", "seed=3"],
     "bce-breast_cancer-batch16": ["loss=bce", "data=breast_cancer", "trainer.dtype=float64",
                                   "trainer.batch_size=16"],
+    "mse-iris-dropout": ["loss=mse", "data=iris", "trainer.dtype=float64", "model.dropout=0.4"],
 }  # fmt: skip
 
 
@@ -126,7 +128,7 @@ def _param_gradient(e, rows):
     run = e.run
     model, layout = run.specs["model"], run.layout
     X = np.ascontiguousarray(run.dataset.X_train[rows], dtype=np.float64)
-    hp = np.asarray(layout.hp, dtype=np.float64)
+    hp = layout.kernel_hp(True, stream_seed(run.config), 1)  # training, the first step
     params = run.flat_params.astype(np.float64)
     return model.reference_backward(params, layout.layout, hp, X, e.kernel[1].astype(np.float64))
 

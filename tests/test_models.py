@@ -24,7 +24,7 @@ def make(widths, act, rng, m=7, dtype=np.float64):
     ml.init(rng, params)
     params = params.astype(dtype)
     x = rng.normal(size=(m, widths[0])).astype(dtype)
-    hp = np.asarray(ml.hp, dtype=dtype)
+    hp = ml.kernel_hp().astype(dtype)
     work = np.empty(ml.workspace(m), dtype=dtype)
     return ml, params, x, hp, work
 

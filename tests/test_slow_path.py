@@ -56,7 +56,15 @@ CASES = {  # id -> (overrides on the fused path, the same run with NumPy-only co
         ["data=iris"],
         ["data=iris", "loss=cross_entropy_np", "optimizer=adam_np", "model=mlp_np"],
     ),
-}
+    # dropout draws the same masks, and biases leave weight decay the same way, on both paths
+    "dropout-groups": (
+        ["data=iris", "model.dropout=0.3", "model.decay_biases=false", "optimizer=sgd",
+         "optimizer.weight_decay=0.1", "optimizer.momentum=0.9"],
+        ["data=iris", "model=mlp_np", "model.hidden=[64]", "model.dropout=0.3",
+         "model.decay_biases=false", "optimizer=sgd_np", "optimizer.weight_decay=0.1",
+         "optimizer.momentum=0.9"],
+    ),
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("fused,slow", list(CASES.values()), ids=list(CASES))

@@ -238,7 +238,7 @@ def _check_grads(layout, grads, expected):
 
 def _check_kernels(spec, layout, data, case):
     params, x, dout = _model_setup(data, layout)
-    hp = np.asarray(layout.hp, dtype=np.float64)
+    hp = layout.kernel_hp()
     work = np.full(layout.workspace(len(x)), np.nan)
     out = np.full((len(x), data["widths"][-1]), np.nan)
     spec.forward(params, layout.layout, hp, x, work, out)
@@ -250,7 +250,7 @@ def _check_kernels(spec, layout, data, case):
 
 def _check_reference(spec, layout, data, case):
     params, x, dout = _model_setup(data, layout)
-    hp = np.asarray(layout.hp, dtype=np.float64)
+    hp = layout.kernel_hp()
     out = spec.reference_forward(params, layout.layout, hp, x)
     np.testing.assert_allclose(out, case["out"], rtol=MODEL_RTOL, atol=ATOL, err_msg="output")
     grads = spec.reference_backward(params, layout.layout, hp, x, dout)

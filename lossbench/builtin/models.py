@@ -12,6 +12,13 @@ k = 1 / sqrt(fan_in) (kaiming_uniform with a = sqrt(5); PyTorch docs of torch.nn
 
 Activations (PyTorch definitions): relu, tanh, sigmoid, gelu (exact, with erf; Hendrycks &
 Gimpel 2016) and leaky_relu (negative slope 0.01).
+
+Dropout (``model.dropout=p``, torch.nn.Dropout after each hidden activation, Srivastava et al.
+2014): while training, a_l = act(z_l) * mask / (1 - p), mask_ij = 0 with probability p (number
+``m * (h_0 + ... + h_{l-1}) + i * h_l + j`` of the step's stream, ``lossbench.streams``, below
+p), so backward is da_l * mask / (1 - p) before act'; evaluating, a_l = act(z_l). The mask is
+drawn again in backward from the same (seed, step), never stored. ``model.decay_biases=false``
+puts every bias in a parameter group with ``weight_decay = 0`` (torch's param groups).
 """
 
 from __future__ import annotations
@@ -25,12 +32,14 @@ from numba import njit
 
 from lossbench.errors import ConfigError
 from lossbench.hookspecs import hookimpl
-from lossbench.specs import ModelLayout, ModelSpec
+from lossbench.specs import CONTEXT, ModelLayout, ModelSpec, ParamGroup
+from lossbench.streams import stream_key, stream_key_np, uniform, uniform_np
 
 ACTIVATIONS = {"identity": 0, "relu": 1, "tanh": 2, "sigmoid": 3, "gelu": 4, "leaky_relu": 5}
 LEAKY_SLOPE = 0.01
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_WITH_CONTEXT = 2 + len(CONTEXT)  # hp: slope, dropout, then the engine's context
 
 
 class Activation(StrEnum):
@@ -45,6 +54,8 @@ class Activation(StrEnum):
 class MLPOptions:
     hidden: list[int] = field(default_factory=lambda: [64])
     activation: Activation = Activation.relu
+    dropout: float = 0.0
+    decay_biases: bool = True
     init_from: str | None = None
 
 
@@ -127,6 +138,50 @@ def _act_backward(da, z, a, code, slope):
                 da[i, j] *= _act_grad(z[i, j], a[i, j], code, slope)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _dropout_of(hp, params):
+    """(p, 1 / (1 - p) in the run's dtype, the step's stream key): p is 0 while evaluating
+    (hp's context, ``lossbench.specs.CONTEXT``), and 1 / (1 - p) is 0 for p = 1 (torch gives
+    zeros). 1 / (1 - p) is formed in the run's dtype, as torch.nn.Dropout forms it. An ``hp``
+    without the context (a model saved before it existed) is evaluation mode."""
+    n = hp.shape[0]
+    p = hp[1] if n >= _WITH_CONTEXT and hp[n - 3] > 0.5 else 0.0
+    one = params.dtype.type(1.0)
+    if p <= 0.0:  # evaluating, or no dropout: nothing to draw
+        return p, one, np.uint64(0)
+    scale = one / params.dtype.type(1.0 - p) if p < 1.0 else one - one
+    return p, scale, stream_key(hp[n - 2], hp[n - 1])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _drop(a, key, base, p, scale):
+    """a *= mask / (1 - p): a_ij dropped when number base + i * n + j of the stream is < p."""
+    m, n = a.shape
+    zero = a.dtype.type(0)
+    for i in range(m):
+        for j in range(n):
+            if uniform(key, base + i * n + j) < p:
+                a[i, j] = zero
+            else:
+                a[i, j] = a[i, j] * scale
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _drop_backward(da, z, code, slope, key, base, p, scale):
+    """da = da * mask / (1 - p) * act'(z), the mask drawn as ``_drop`` drew it."""
+    m, n = da.shape
+    zero = da.dtype.type(0)
+    for i in range(m):
+        for j in range(n):
+            if uniform(key, base + i * n + j) < p:
+                da[i, j] = zero
+            elif code == 1:
+                da[i, j] = da[i, j] * scale if z[i, j] > zero else zero
+            else:
+                zz = z[i, j]
+                da[i, j] = da[i, j] * scale * _act_grad(zz, _act(zz, code, slope), code, slope)
+
+
 # ---------------------------------------------------------------------------------------------
 # kernels. layout row l: [n_in, n_out, W offset, b offset, activation code]. work holds, for each
 # hidden layer, z (m x out) then a (m x out), followed by two scratch blocks for backward.
@@ -134,10 +189,12 @@ def _act_backward(da, z, a, code, slope):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def mlp_forward(params, layout, hp, x, work, out):
-    """Forward pass: z_l = a_{l-1} W_l + b_l, a_l = act(z_l); out = z of the last layer."""
+    """Forward pass: z_l = a_{l-1} W_l + b_l, a_l = act(z_l) (dropped out while training);
+    out = z of the last layer."""
     m = x.shape[0]
     n_layers = layout.shape[0]
     slope = params.dtype.type(hp[0])  # hp is float64; the loops stay in the run's dtype
+    p, scale, key = _dropout_of(hp, params)
     off = 0
     a_prev = x
     for l in range(n_layers):
@@ -164,6 +221,8 @@ def mlp_forward(params, layout, hp, x, work, out):
             a = work[off : off + m * n_out].reshape(m, n_out)
             off += m * n_out
             _bias_act(z, b, a, code, slope)
+            if p > 0.0:
+                _drop(a, key, (off - 2 * m * n_out) // 2, p, scale)
             a_prev = a
 
 
@@ -173,6 +232,7 @@ def mlp_backward(params, layout, hp, x, work, dout, grads):
     m = x.shape[0]
     n_layers = layout.shape[0]
     slope = params.dtype.type(hp[0])  # hp is float64; the loops stay in the run's dtype
+    p, scale, key = _dropout_of(hp, params)
     # where the scratch blocks start: after z_l and a_l of every hidden layer. Going down,
     # ``top`` is where the block of layer l - 1 ends (no offsets array: no allocation per batch)
     top = 0
@@ -205,7 +265,10 @@ def mlp_backward(params, layout, hp, x, work, dout, grads):
             top = zo
             code = layout[l - 1, 4]
             z_prev = work[zo : zo + m * n_in].reshape(m, n_in)
-            _act_backward(da, z_prev, a_prev, code, slope)
+            if p > 0.0:  # a_prev was dropped out: act' from z, then the mask
+                _drop_backward(da, z_prev, code, slope, key, zo // 2, p, scale)
+            else:
+                _act_backward(da, z_prev, a_prev, code, slope)
             dz = da
 
 
@@ -245,23 +308,44 @@ def _layers(params, layout):
         yield params[wo : wo + n_in * n_out].reshape(n_in, n_out), params[bo : bo + n_out], code
 
 
-def mlp_reference_forward(params, layout, hp, x):
-    a = x
-    layers = list(_layers(params, layout))
-    for l, (W, b, code) in enumerate(layers):
-        z = a @ W + b
-        a = z if l == len(layers) - 1 else _act_np(z, code, hp[0])
-    return a
+def _masks_np(hp, layout, m, dtype):
+    """Per hidden layer, mask / (1 - p) as ``_drop`` draws it (None when nothing is dropped)."""
+    training = len(hp) >= _WITH_CONTEXT and hp[-3] > 0.5
+    if not training or float(hp[1]) <= 0.0:
+        return [None] * (len(layout) - 1)
+    p, key, one = float(hp[1]), stream_key_np(hp[-2], hp[-1]), dtype.type(1)
+    scale = one / dtype.type(1.0 - p) if p < 1.0 else dtype.type(0)
+    masks, base = [], 0
+    for row in layout[:-1]:
+        n = int(row[1])
+        u = uniform_np(key, base + np.arange(m * n).reshape(m, n))
+        masks.append(np.where(u < p, dtype.type(0), scale).astype(dtype))
+        base += m * n
+    return masks
 
 
-def mlp_reference_backward(params, layout, hp, x, dout):
+def _forward_np(params, layout, hp, x):
+    """(zs, activations after dropout, masks) of every layer."""
     layers = list(_layers(params, layout))
+    masks = _masks_np(hp, layout, len(x), params.dtype)
     zs, acts = [], [x]
     for l, (W, b, code) in enumerate(layers):
         z = acts[-1] @ W + b
         zs.append(z)
         if l < len(layers) - 1:
-            acts.append(_act_np(z, code, hp[0]))
+            a = _act_np(z, code, hp[0])
+            acts.append(a if masks[l] is None else a * masks[l])
+    return zs, acts, masks
+
+
+def mlp_reference_forward(params, layout, hp, x):
+    zs, _, _ = _forward_np(params, layout, hp, x)
+    return zs[-1]
+
+
+def mlp_reference_backward(params, layout, hp, x, dout):
+    layers = list(_layers(params, layout))
+    zs, acts, masks = _forward_np(params, layout, hp, x)
     grads = np.zeros_like(params)
     dz = dout
     for l in range(len(layers) - 1, -1, -1):
@@ -270,7 +354,10 @@ def mlp_reference_backward(params, layout, hp, x, dout):
         grads[wo : wo + n_in * n_out] = (acts[l].T @ dz).ravel()
         grads[bo : bo + n_out] = dz.sum(axis=0)
         if l > 0:
-            dz = (dz @ W.T) * _act_grad_np(zs[l - 1], layout[l - 1][4], hp[0])
+            da = dz @ W.T
+            if masks[l - 1] is not None:
+                da = da * masks[l - 1]
+            dz = da * _act_grad_np(zs[l - 1], layout[l - 1][4], hp[0])
     return grads
 
 
@@ -278,8 +365,12 @@ def mlp_reference_backward(params, layout, hp, x, dout):
 # building a layout
 
 
-def build_mlp_layout(widths: list[int], activation: str) -> ModelLayout:
-    """Layout of an MLP with layer widths ``[n_in, h1, ..., n_out]``."""
+def build_mlp_layout(
+    widths: list[int], activation: str, dropout: float = 0.0, decay_biases: bool = True
+) -> ModelLayout:
+    """Layout of an MLP with layer widths ``[n_in, h1, ..., n_out]``, dropout ``dropout`` after
+    each hidden activation, its biases in a ``weight_decay = 0`` group unless
+    ``decay_biases``."""
     if activation not in ACTIVATIONS or activation == "identity":
         choices = ", ".join(a for a in ACTIVATIONS if a != "identity")
         raise ConfigError(
@@ -305,13 +396,16 @@ def build_mlp_layout(widths: list[int], activation: str) -> ModelLayout:
             params[wo:bo] = rng.uniform(-k, k, size=bo - wo)
             params[bo : bo + _n_out] = rng.uniform(-k, k, size=_n_out)
 
+    biases = tuple(name for name in tensors if name.startswith("b"))
+    no_decay = () if decay_biases else (ParamGroup(biases, {"weight_decay": 0.0}, "no_decay"),)
     return ModelLayout(
         n_params=off,
         tensors=tensors,
         layout=layout,
-        hp=[LEAKY_SLOPE],
+        hp=[LEAKY_SLOPE, float(dropout)],
         init=init,
         workspace=lambda m: m * (2 * sum(hidden) + 2 * max_hidden),
+        groups=no_decay,
     )
 
 
@@ -323,7 +417,20 @@ def _build_mlp(options: MLPOptions, n_in: int, n_out: int) -> ModelLayout:
             f"model.hidden={hidden} is not allowed: every width must be a positive integer. "
             "Fix: pass e.g. model.hidden=[64,32] (or model=linear for no hidden layer)."
         )
-    return build_mlp_layout([n_in, *hidden, n_out], options.activation)
+    p = options.dropout
+    if not (isinstance(p, int | float) and 0.0 <= p <= 1.0):
+        raise ConfigError(
+            f"model.dropout={p!r} is not allowed: it is the probability of zeroing a hidden "
+            "unit while training, in [0, 1] (torch.nn.Dropout's p). "
+            "Fix: pass e.g. model.dropout=0.1 (0 turns dropout off)."
+        )
+    if p > 0 and not hidden:
+        raise ConfigError(
+            f"model.dropout={p} needs a hidden layer (dropout follows each hidden activation), "
+            "but model.hidden=[]. Fix: pass e.g. model.hidden=[64], or model.dropout=0."
+        )
+    widths = [n_in, *hidden, n_out]
+    return build_mlp_layout(widths, options.activation, float(p), bool(options.decay_biases))
 
 
 def _build_linear(options: LinearOptions, n_in: int, n_out: int) -> ModelLayout:

@@ -42,8 +42,12 @@ What is checked (``CHECKS``), for every component the plugins register:
   same at t = 10 and t = 10,000; each option on its own; hyperparameter change without a
   recompile; trains a small MLP;
 - model: builds a consistent layout; forward/backward compile; kernels == references; backward
-  == finite differences of forward (a miss named by tensor: ``W1[3, 0]``); inputs not modified;
-  each option on its own; hyperparameter change without a recompile; trains;
+  == finite differences of forward (a miss named by tensor: ``W1[3, 0]``); inputs not modified
+  (these in training mode at one seed and step, so dropout is compared too); evaluation mode
+  draws nothing from the random stream and training mode draws the same for one (seed, step);
+  parameter groups name tensors once, set options some optimizer has, and a no-decay group
+  over biases holds every 1-D tensor; each option on its own; hyperparameter change without a
+  recompile; trains;
 - data: loads a consistent ``Dataset``, the same for the same seed; a small MLP trains on it;
 - schedule: ``rate`` == ``reference`` at every epoch of schedules 1, 5 and 30 epochs long
   (finite, never negative); each numeric option on its own changes the rates; in a real run
@@ -101,8 +105,10 @@ from lossbench.testing.losses import _loss_gradient, _loss_inputs_unchanged, _lo
 from lossbench.testing.models import (
     _model_builds,
     _model_gradient,
+    _model_groups,
     _model_inputs_unchanged,
     _model_matches_reference,
+    _model_modes,
 )
 from lossbench.testing.optimizers import (
     _opt_deterministic,
@@ -150,6 +156,8 @@ CHECKS = {
         "kernel_matches_reference",
         "gradient_matches_finite_differences",
         "inputs_unchanged",
+        "evaluation_ignores_the_random_stream",
+        "parameter_groups",
         "each_hyperparameter_takes_effect",
         "hyperparameter_change_takes_effect_without_recompiling",
         "trains_small_mlp",
@@ -366,6 +374,8 @@ _CHECK_FUNCTIONS: dict[tuple[str, str], Callable[..., Callable[[], None] | None]
     ("model", "kernel_matches_reference"): _model_matches_reference,
     ("model", "gradient_matches_finite_differences"): _model_gradient,
     ("model", "inputs_unchanged"): _model_inputs_unchanged,
+    ("model", "evaluation_ignores_the_random_stream"): _model_modes,
+    ("model", "parameter_groups"): _model_groups,
     ("data", "loads"): _data_loads,
 }
 

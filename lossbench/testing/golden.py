@@ -264,7 +264,7 @@ def _model_results(spec, case, use_kernel):
     dtype, inputs, e = case["dtype"], case["inputs"], case["expected"]
     x, dout = (np.asarray(inputs[k], dtype) for k in ("x", "dout"))
     layout = spec.build(spec.hparams(**case["hparams"]), x.shape[1], dout.shape[1])
-    params, hp = np.asarray(inputs["params"], dtype), np.asarray(layout.hp, np.float64)
+    params, hp = np.asarray(inputs["params"], dtype), layout.kernel_hp()
     if use_kernel:
         work = np.full(layout.workspace(len(x)), np.nan, dtype)
         out, grads = np.full(dout.shape, np.nan, dtype), np.full(len(params), np.nan, dtype)

@@ -1,12 +1,18 @@
 """The checks of a model: a consistent layout, kernels against references, backward against finite
-differences of forward, inputs left alone. Forward gets ``work`` filled with NaN (it is not
-zeroed in a run either) and backward ``grads`` filled with NaN, so reading what was never written
-shows; a gradient that misses is named by tensor (``W1[3, 0]``)."""
+differences of forward, inputs left alone, its modes (evaluation draws nothing from the random
+stream, training draws the same for the same seed and step), its parameter groups. Forward gets
+``work`` filled with NaN (it is not zeroed in a run either) and backward ``grads`` filled with
+NaN, so reading what was never written shows; a gradient that misses is named by tensor
+(``W1[3, 0]``). Kernels and references are compared in training mode at one (seed, step)
+(``TRAINING``), so what a model draws (dropout) is compared too."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
+from lossbench.errors import PluginError
 from lossbench.testing._base import (
     _N_IN,
     _N_OUT,
@@ -19,6 +25,10 @@ from lossbench.testing._base import (
     not_applicable,
 )
 from lossbench.testing._harness import Arg, call
+from lossbench.training.groups import check_groups
+
+# the context the kit's calls run in (lossbench.specs.CONTEXT): training, stream seed 7, step 3
+TRAINING = {"training": True, "seed": 7, "step": 3}
 
 
 def _model_setup(spec, hp, dtype=np.float64, seed=0):
@@ -28,7 +38,7 @@ def _model_setup(spec, hp, dtype=np.float64, seed=0):
     layout.init(rng, params)
     x = rng.normal(size=(_ROWS, _N_IN))
     c = np.ascontiguousarray
-    return layout, c(params, dtype=dtype), c(x, dtype=dtype), np.asarray(layout.hp, np.float64)
+    return layout, c(params, dtype=dtype), c(x, dtype=dtype), layout.kernel_hp(**TRAINING)
 
 
 def tensor_slot(layout):
@@ -162,3 +172,86 @@ def _model_inputs_unchanged(pm, group, spec, cases):
                     _fail(f"it modifies its input {k} ({dtype}). Fix: write only to its outputs")
 
     return lambda: _each_case(cases, body)
+
+
+def _model_modes(pm, group, spec, cases):
+    def body(hp):
+        layout, params, x, _ = _model_setup(spec, hp)
+        forward, _ = _model_fns(spec, layout)
+
+        def out(training, seed, step):
+            return forward(params, layout.kernel_hp(training, seed, step), x)
+
+        a, b = out(False, 1, 0), out(False, 2, 5)
+        if not np.array_equal(a, b, equal_nan=True):
+            _fail(
+                "forward in evaluation mode (hp[-3] = 0) changed when the stream's seed and step "
+                f"changed (by up to {float(np.nanmax(np.abs(a - b))):.3g}): is dropout (or another "
+                "draw) applied while evaluating? Fix: draw only while hp[-3] is 1.0 (training)"
+            )
+        t1, t2 = out(True, 3, 4), out(True, 3, 4)
+        if not np.array_equal(t1, t2, equal_nan=True):
+            _fail(
+                "forward in training mode gave two results for one (seed, step): it draws from "
+                "a stream of its own. Fix: draw from lossbench.streams with "
+                "stream_key(hp[-2], hp[-1]), so a seed gives the same bits"
+            )
+
+    return lambda: _each_case(cases, body)
+
+
+def _optimizer_options(pm) -> dict[str, set[str]]:
+    """Each registered optimizer's option names."""
+    table = pm.registry.components.get("optimizer", {})
+    return {name: {f.name for f in dataclasses.fields(s.hparams)} for name, s in table.items()}
+
+
+def _model_groups(pm, group, spec, cases):
+    try:
+        declared = any(spec.build(hp, _N_IN, _N_OUT).groups for hp in cases)
+    except Exception:  # a build that raises: builds_layout names it; check here anyway
+        declared = True
+    if not declared:
+        return not_applicable("its layouts declare no parameter groups (ModelLayout.groups)")
+
+    def body(hp):
+        layout = spec.build(hp, _N_IN, _N_OUT)
+        try:
+            check_groups(layout, f"model {spec.name!r}")
+        except PluginError as exc:
+            _fail(str(exc))
+        known = _optimizer_options(pm)
+        every = set().union(*known.values()) if known else set()
+        for g in layout.groups:
+            label = g.name or repr(g.tensors)
+            for key in g.options:
+                if key not in every:
+                    _fail(
+                        f"parameter group {label} sets {key!r}, which no registered optimizer "
+                        f"has ({', '.join(sorted(known))}): is it misspelled? A key the "
+                        "optimizer does not have is ignored, so the group changes nothing. "
+                        "Fix: name an option, e.g. weight_decay"
+                    )
+        _no_decay_covers_every_1d_tensor(layout)
+
+    return lambda: _each_case(cases, body)
+
+
+def _no_decay_covers_every_1d_tensor(layout) -> None:
+    """A group with weight_decay = 0 over 1-D tensors (biases) should hold every 1-D tensor (the
+    rule torch users write: ``p.ndim == 1`` -> no decay)."""
+    for g in layout.groups:
+        shapes = [layout.tensors[t][1] for t in g.tensors]
+        if g.options.get("weight_decay", None) != 0 or not shapes or \
+                any(len(s) != 1 for s in shapes):  # fmt: skip
+            continue
+        no_decay = [h for h in layout.groups if h.options.get("weight_decay") == 0]
+        grouped = {t for h in no_decay for t in h.tensors}
+        left = [t for t, (_, sh) in layout.tensors.items() if len(sh) == 1 and t not in grouped]
+        if left:
+            _fail(
+                f"tensor {left[0]} is 1-D like the tensors of parameter group "
+                f"{g.name or repr(g.tensors)} ({', '.join(g.tensors)}), which sets "
+                "weight_decay = 0, but is in no such group, so weight decay still shrinks it: "
+                "is a bias left out? Fix: put every bias in the group"
+            )

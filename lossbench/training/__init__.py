@@ -1,6 +1,7 @@
 """Training one run from a composed config to its history and parameters: ``setup`` resolves
 the specs and options a config names and allocates what the epochs need, ``arrays`` checks
-every array entering the engine, ``prepare`` splits and scales the data; ``fused`` holds the
+every array entering the engine, ``prepare`` splits and scales the data; ``groups`` turns a
+model's parameter groups into the optimizer's segments; ``fused`` holds the
 jitted epoch and evaluation that call the kernels through function pointers, ``slow`` the same
 epoch in Python for components that give only NumPy references; ``metrics`` the metrics
 every loss shares (macro F1; MSE, MAE, R^2 in the target's units); ``fit`` runs the loop and the

@@ -81,7 +81,8 @@ class Explanation:
 
 def explain(cfg, pm) -> Explanation:
     """Set up the run ``cfg`` describes (tracking off: no hook runs) and evaluate its loss on
-    the first minibatch of epoch 0 at the initial weights. Bad input raises a
+    the first minibatch of epoch 0 at the initial weights, the model in training mode at step
+    1 (dropout draws the masks the run's first step draws). Bad input raises a
     ``LossbenchError`` as ``train`` would, before anything is computed."""
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
@@ -93,7 +94,9 @@ def explain(cfg, pm) -> Explanation:
     prep, spec = run.dataset, specs["loss"]
     X = np.ascontiguousarray(prep.X_train[rows])
     Y = np.ascontiguousarray(prep.Y_train[rows])
-    pred = np.ascontiguousarray(run.predict(X), dtype=s.dtype)
+    first_step = s.model_hp.copy()
+    first_step[-3], first_step[-1] = 1.0, 1.0  # training, step 1: what the fused epoch computes
+    pred = np.ascontiguousarray(run.predict(X, first_step), dtype=s.dtype)
     p64, y64 = pred.astype(np.float64), Y.astype(np.float64)
     reference = kernel = None
     if spec.reference is not None:

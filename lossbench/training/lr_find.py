@@ -45,6 +45,7 @@ from lossbench.training.fused import (
     batch_update,
     bind_all,
     kernel_watch,
+    set_mode,
     train_args,
 )
 from lossbench.training.run import Run
@@ -86,6 +87,7 @@ def lr_ramp(
             if i >= n_steps:
                 return i
             m = min(batch_size, n - start)
+            set_mode(model[2], 1.0, i + 1)
             value = batch_loss(
                 forward, loss, model, loss_hp, data, scratch, order, start, m, failed
             )

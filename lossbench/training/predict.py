@@ -44,7 +44,7 @@ class Predictor:
     model: str  # the model spec's name (its plugin must be installed to load it)
     params: np.ndarray  # the flat weight vector, in the run's dtype
     layout: np.ndarray  # the model's integer layout (ModelLayout.layout)
-    hp: np.ndarray  # the model's packed hyperparameters (ModelLayout.hp)
+    hp: np.ndarray  # the model's packed hyperparameters, evaluation mode (ModelLayout.kernel_hp)
     mean: np.ndarray
     scale: np.ndarray
     task: str
@@ -64,7 +64,7 @@ class Predictor:
             model=run.specs["model"].name,
             params=np.array(run.flat_params),
             layout=np.asarray(run.layout.layout, dtype=np.int64),
-            hp=np.asarray(run.layout.hp, dtype=run.flat_params.dtype).reshape(-1),
+            hp=run.layout.kernel_hp(training=False).astype(run.flat_params.dtype),
             mean=np.asarray(prep.mean, dtype=np.float64),
             scale=np.asarray(prep.scale, dtype=np.float64),
             task=prep.task,

@@ -90,16 +90,19 @@ class Run:
         """A plugin could not complete its record of the run (see ``record_errors``)."""
         self.record_errors.append(message)
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
+    def predict(self, X: np.ndarray, hp: np.ndarray | None = None) -> np.ndarray:
         """The model's outputs (logits or values) for the rows of ``X``, already scaled as the
         training data (e.g. ``run.dataset.X_val``), with the current parameters (a regression
         target standardised by ``data.standardize_target`` comes out standardised). For raw
         rows, probabilities, values in the target's units and class names (what the run's
         MLflow model answers), see
-        ``lossbench.training.predict.Predictor.from_run(run)``."""
+        ``lossbench.training.predict.Predictor.from_run(run)``. The model runs in evaluation
+        mode unless ``hp`` (the model's kernel ``hp``, ``ModelLayout.kernel_hp``) says
+        otherwise."""
         model = self.specs["model"]
         X = np.ascontiguousarray(X, dtype=self.flat_params.dtype)
-        hp = np.asarray(self.layout.hp, dtype=np.float64)  # as the kernels take it
+        if hp is None:  # as the kernels take it: evaluation mode
+            hp = self.layout.kernel_hp(training=False)
         if model.numpy_only:
             return model.reference_forward(self.flat_params, self.layout.layout, hp, X)
         out = np.empty((len(X), self.dataset.n_outputs), dtype=X.dtype)

@@ -12,6 +12,7 @@ import numpy as np
 from lossbench.config import GROUPS, hparams
 from lossbench.errors import ConfigError, positive_int, require
 from lossbench.training.arrays import check_memory, check_weights, read_npz
+from lossbench.training.groups import make_segments
 from lossbench.training.metrics import Tally
 from lossbench.training.prepare import options_from, prepare
 
@@ -51,12 +52,15 @@ def base_lr(options) -> float:
 @dataclass
 class Setup:
     """What the epochs need besides the kernels; the ``*_hp`` arrays are the packed
-    hyperparameters the kernels read (float64 whatever the run's dtype), ``scalars`` the
-    optimizer's scalar state (float64)."""
+    hyperparameters the kernels read (float64 whatever the run's dtype: ``model_hp`` ends with
+    the context, ``specs.CONTEXT``; ``opt_hp`` holds each parameter group's options),
+    ``scalars`` the optimizer's scalar state (float64), ``segments`` the optimizer's segments
+    of the flat vector (``training.groups``: one per run of tensors sharing a group)."""
 
     dtype: np.dtype
     state: np.ndarray
     scalars: np.ndarray
+    segments: np.ndarray
     grads: np.ndarray
     model_hp: np.ndarray
     loss_hp: np.ndarray
@@ -112,23 +116,20 @@ def set_up(run) -> Setup:
     if init_from:
         load_init(init_from, layout, params)
     run.layout, run.flat_params = layout, params.astype(dtype)
-    state = np.zeros((opt_spec.state_rows, layout.n_params), dtype=dtype)
-    if opt_spec.init_state is not None:
-        opt_spec.init_state(state, options["optimizer"])
-    scalars = np.zeros(opt_spec.scalar_slots, dtype=np.float64)
-    if opt_spec.init_scalars is not None:
-        opt_spec.init_scalars(scalars, options["optimizer"])
+    owner = f"model {specs['model'].name!r} from plugin {specs['model'].plugin!r}"
+    seg = make_segments(layout, opt_spec, options["optimizer"], dtype, owner)
     packed = lambda values: np.asarray(values, dtype=np.float64).reshape(-1)  # noqa: E731
     order = np.arange(len(prep.X_train), dtype=np.int64)
     run.train_order = order  # shuffled in place before every epoch (trainer.shuffle)
     return Setup(
         dtype=dtype,
-        state=state,
-        scalars=scalars,
+        state=seg.state,
+        scalars=seg.scalars,
+        segments=seg.bounds,
         grads=np.zeros(layout.n_params, dtype=dtype),
-        model_hp=packed(layout.hp),
+        model_hp=layout.kernel_hp(training=True, seed=stream_seed(cfg)),
         loss_hp=packed(loss_spec.pack(options["loss"])),
-        opt_hp=packed(opt_spec.pack(options["optimizer"])),
+        opt_hp=seg.hp,
         base_lr=base_lr(options["optimizer"]),
         batch=batch,
         chunk=chunk,
@@ -147,6 +148,13 @@ def run_seeds(cfg) -> list[np.random.SeedSequence]:
     data = np.random.SeedSequence(int(cfg.get("data_seed", 0))).spawn(4)
     train = np.random.SeedSequence(int(cfg.seed)).spawn(4)
     return [data[0], train[1], train[2], data[3]]
+
+
+def stream_seed(cfg) -> int:
+    """The seed of the run's per-step random streams (``lossbench.streams``: dropout): the
+    fifth child of ``seed``'s ``SeedSequence`` (the first four are ``run_seeds``'), so the
+    same ``seed`` gives the same masks and another ``seed`` others."""
+    return int(np.random.SeedSequence(int(cfg.seed)).spawn(5)[4].generate_state(1)[0])
 
 
 def data_source(data_cfg) -> str:

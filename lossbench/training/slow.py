@@ -21,6 +21,7 @@ import numpy as np
 
 from lossbench.errors import LossbenchError, PluginFailure
 from lossbench.kernels import failure_text
+from lossbench.training.groups import Segments
 from lossbench.training.metrics import predicted_classes, reset, tally_outputs
 from lossbench.training.setup import Runner, Setup
 
@@ -87,20 +88,31 @@ def count_correct(out: np.ndarray, labels: np.ndarray) -> int:
     return int(np.count_nonzero(predicted_classes(out) == labels))
 
 
+def one_segment(opt_hp, state, scalars, n_params: int) -> Segments:
+    """The optimizer's arrays as one segment over the whole vector (no parameter groups)."""
+    bounds = np.array([[0, n_params, 0, len(opt_hp)]], dtype=np.int64)
+    return Segments(bounds, opt_hp, state, scalars)
+
+
 def python_epoch(
     parts, params, layout, model_hp, loss_hp, opt_hp, state, scalars, X, Y, labels, order,
-    batch_size, t, lr,
+    batch_size, t, lr, segments=None,
 ):  # fmt: skip
     """One epoch over minibatches of ``order``; updates ``params``/``state`` in place.
 
     Returns (sum of batch loss x batch size, samples seen, correct predictions, step count) as
     the fused epoch does; ``labels`` may be empty (regression: no accuracy). Stops at the first
-    non-finite batch loss."""
+    non-finite batch loss. ``model_hp`` ends with the context (``specs.CONTEXT``), written here
+    as the fused epoch writes it; ``segments`` (the bounds of ``training.groups``; default: one
+    segment) split each step as the fused epoch splits it."""
+    seg = one_segment(opt_hp, state, scalars, len(params)) if segments is None else \
+        Segments(segments, opt_hp, state, scalars)  # fmt: skip
     n = len(order)
     total, seen, correct = 0.0, 0, 0
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         xb, yb = X[idx], Y[idx]
+        model_hp[-3], model_hp[-1] = 1.0, t + 1  # training, this step's stream
         out = parts.forward(params, layout, model_hp, xb)
         value, dout = parts.loss(out, yb, loss_hp)
         total += float(value) * len(idx)
@@ -111,7 +123,8 @@ def python_epoch(
             correct += count_correct(out, labels[idx])
         grads = parts.backward(params, layout, model_hp, xb, dout.astype(params.dtype))
         t += 1
-        parts.step(params, grads.astype(params.dtype), state, scalars, opt_hp, t, lr)
+        for views in seg.views(params, grads.astype(params.dtype)):
+            parts.step(*views, t, lr)
     return total, seen, correct, t
 
 
@@ -120,6 +133,7 @@ def python_evaluate(parts, params, layout, model_hp, loss_hp, X, Y, labels, chun
     (sum of chunk loss x chunk size, correct), and the common metrics' sums in ``tally``
     (``lossbench.training.metrics``), as ``lossbench.training.fused.evaluate``."""
     total, correct = 0.0, 0
+    model_hp[-3], model_hp[-1] = 0.0, 0.0  # evaluation mode
     reset(tally)
     for start in range(0, len(X), chunk):
         out = parts.forward(params, layout, model_hp, X[start : start + chunk])
@@ -192,7 +206,7 @@ def slow_runner(run, s: Setup) -> Runner:
     def epoch(t, lr):
         return python_epoch(
             parts, params, layout.layout, s.model_hp, s.loss_hp, s.opt_hp, s.state, s.scalars,
-            prep.X_train, prep.Y_train, prep.labels_train, s.order, s.batch, t, lr,
+            prep.X_train, prep.Y_train, prep.labels_train, s.order, s.batch, t, lr, s.segments,
         )  # fmt: skip
 
     def evaluate():
