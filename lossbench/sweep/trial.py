@@ -20,7 +20,7 @@ from lossbench.hookspecs import hookimpl
 from lossbench.sweep.plan import Plan, parent_run_id
 from lossbench.sweep.space import format_override
 from lossbench.sweep.study import trial_seeds
-from lossbench.tracking.plugin import default_run_name
+from lossbench.tracking.mlflow_run import default_run_name
 from lossbench.urls import mask_text
 
 
@@ -155,7 +155,7 @@ class Pruning:
         self.trial.report(float(value), epoch)
         if self.trial.should_prune():
             self.pruned_at = epoch
-            # tracking logs no model for it (lossbench.tracking.plugin.NO_MODEL): a model
+            # tracking logs no model for it (lossbench.tracking.base.NO_MODEL): a model
             # costs the trial ~0.5 s in the MLflow process, and a pruned one is never the best
             run.plugin_state["tracking.no_model"] = "pruned"
             return f"pruned by Optuna after epoch {epoch} ({self.metric}={value:.6g})"
