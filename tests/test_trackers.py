@@ -2,6 +2,8 @@
 options, MLflow's options where they were, unknown names and bad registrations refused, every
 tracker ended whatever another one does."""
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -137,3 +139,77 @@ def test_two_trackers_with_one_name_are_refused_naming_both_plugins():
     with pytest.raises(PluginError, match="two plugins register a tracker named 'recording'"):
         twice = [recording_plugin(Recording), recording_plugin(Recording)]
         build_plugin_manager(entry_points=False, extra=twice)
+
+
+JSONL_TRACKER = '''
+"""A tracker writing each run's epochs as JSON lines into RUN_DIR/epochs.jsonl."""
+import json
+from pathlib import Path
+
+import lossbench
+from lossbench.tracking.base import Tracker
+
+
+class JsonLines(Tracker):
+    name = "jsonl"
+
+    def start(self):
+        self.file = open(Path(self.run.output_dir) / "epochs.jsonl", "w")
+
+    def log_epoch(self, epoch, metrics):
+        self.file.write(json.dumps({"epoch": epoch, "val_loss": metrics["val_loss"]}) + "\\n")
+
+    def end(self, status):
+        self.file.write(json.dumps({"status": status}) + "\\n")
+        self.file.close()
+
+
+@lossbench.hookimpl
+def register_trackers(register):
+    register(JsonLines)
+'''
+
+
+def _sweep(tmp_path, *args):
+    (tmp_path / "plugins").mkdir(exist_ok=True)
+    (tmp_path / "plugins" / "jsonl_tracker.py").write_text(JSONL_TRACKER)
+    done = subprocess.run(
+        [sys.executable, "-m", "lossbench", "--multirun", "--plugins-dir",
+         str(tmp_path / "plugins"), "optimizer.lr=tag(log, interval(1e-3, 0.1))", "data=iris",
+         "trainer.epochs=4", "sweep.n_trials=3", "sweep.pruner=none", *args],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "LOSSBENCH_LOAD_PLUGINS": ""},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _jsonl(folder):
+    return [json.loads(line) for line in (folder / "epochs.jsonl").read_text().splitlines()]
+
+
+def test_a_sweep_gives_a_tracker_without_parents_its_child_runs_beside_mlflows(tmp_path):
+    from mlflow.tracking import MlflowClient  # start-up: MLflow for this test only
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    _sweep(tmp_path, "tracking=[mlflow,jsonl]", f"tracking.uri={uri}", "sweep.study_name=both")
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("lossbench").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("lossbench.role") == "parent"]
+    children = {int(r.data.tags["lossbench.trial"]): r for r in runs
+                if r.data.tags.get("lossbench.role") == "trial"}  # fmt: skip
+    assert sorted(children) == [0, 1, 2]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children.values()} == {parent.info.run_id}
+    for number, child in children.items():
+        lines = _jsonl(tmp_path / "multirun" / "both" / str(number))
+        logged = sorted((m.step, m.value) for m in client.get_metric_history(
+            child.info.run_id, "val_loss"))  # fmt: skip
+        assert [(x["epoch"], x["val_loss"]) for x in lines[:-1]] == logged
+        assert lines[-1] == {"status": "finished"}
+
+
+def test_a_sweep_with_only_a_tracker_without_parents_opens_no_parent_run(tmp_path):
+    _sweep(tmp_path, "tracking=[jsonl]", "sweep.study_name=alone")
+    for number in range(3):
+        lines = _jsonl(tmp_path / "multirun" / "alone" / str(number))
+        assert len(lines) == 5 and lines[-1] == {"status": "finished"}
+    assert not (tmp_path / "mlflow.db").exists()

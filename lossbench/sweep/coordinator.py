@@ -97,7 +97,11 @@ def make_plan(argv: list[str], registry, plugins_dir: str | None = None):
     plan.study_name = sw.study_name or _default_study_name(
         sw.name, expressions, fixed, preset_fixed)  # fmt: skip
     _check_study_name(plan.study_name)
-    plan.tracking, plan.plugins_dir = base.tracking.name == "mlflow", plugins_dir
+    # a tracker with parent runs (MLflow's, the one so far: ParentRun) records the study; every
+    # tracker records the trials (tag_child_run tells each which trial it records)
+    trackers = registry.trackers_of(base.get("tracking"))
+    plan.tracking = any(cls.parents for _, cls, _ in trackers)
+    plan.plugins_dir = plugins_dir
     plan.register_best = _register_best(sw, plan)
     _layout(plan, args, hydra_args, base, registry)
     plan.storage = storage_url(sw.storage, Path(plan.sweep_dir))

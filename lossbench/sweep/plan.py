@@ -41,7 +41,7 @@ class Plan:
     pruner_warmup_epochs: int
     heartbeat_seconds: float
     grace_seconds: float
-    tracking: bool
+    tracking: bool  # a tracker with parent runs (MLflow) records the study: its ParentRun
     parent_run_id: str | None = None
     # local workers start before the coordinator has the parent run: its id follows in
     # SWEEP_DIR/parent_run.json (``parent_run_id`` below)

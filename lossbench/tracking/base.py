@@ -24,13 +24,16 @@ tracker's options are the node ``tracking.NAME`` (``tracking.tensorboard.logdir=
 MLflow's alone sit at ``tracking`` itself (``tracking.uri=...``), as they did when it was the
 only tracker (``lossbench.config.store.TOP_LEVEL_TRACKERS``).
 
-Sweeps. Every trial is a run, so every tracker records each trial as a run of its own; a
-tracker whose ``parents`` is True also ties them to one parent run per study (MLflow: nested
-runs under the coordinator's ``ParentRun``); one without parents simply gets the child runs.
+Sweeps. Every trial is a run, so every tracker records each trial as a run of its own, told
+beforehand which trial it is (``as_child``, on the trial's config); a tracker whose
+``parents`` is True also ties them to one parent run per study, whose id ``as_child`` gets
+(MLflow: nested runs under the coordinator's ``ParentRun``, the one tracker with parents so
+far); one without parents simply gets the child runs.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -42,6 +45,20 @@ from lossbench.urls import mask_text
 # a plugin that sets ``run.plugin_state[NO_MODEL]`` (to its reason) keeps that run's model out
 # of every tracker: the sweep's pruner does, for pruned trials
 NO_MODEL = "tracking.no_model"
+
+
+@dataclass
+class SweepChild:
+    """A sweep's trial, as its trackers are told (``Tracker.as_child``): the study's name, the
+    trial's number, its seed's repeat (with ``sweep.repeats``), the trial it was answered from
+    (a sweep's epoch counts) and the parent run's id (None: no tracker with parents, or no
+    parent run open)."""
+
+    study: str
+    trial: int
+    repeat: int | None = None
+    read_from: int | None = None
+    parent_id: str | None = None
 
 
 class Tracker:
@@ -63,6 +80,13 @@ class Tracker:
         """Called by the command right after composing, before the run is set up: start what
         is slow in the background (MLflow starts its side process here)."""
 
+
+    @classmethod
+    def as_child(cls, options, cfg, child: SweepChild) -> None:
+        """Before a sweep's trial is trained: ``options`` (its node in ``cfg``, the trial's
+        config, open for writing) may record that the run is ``child`` (MLflow sets its tags,
+        the parent run's id and the run's name). The default records nothing: the trial is
+        a run of its own."""
 
     def start(self) -> None:
         """The run begins: its config (``self.run.config``) and tags can be recorded."""

@@ -42,7 +42,7 @@ from threadpoolctl import threadpool_limits
 from lossbench._version import __version__
 from lossbench.config.schemas import MlflowTrackingConfig
 from lossbench.errors import ConfigError, require
-from lossbench.tracking.base import Tracker, run_files
+from lossbench.tracking.base import SweepChild, Tracker, run_files
 from lossbench.tracking.client import SideProcess, prestart_side_process
 from lossbench.tracking.models import check_model_name, describe_datasets, describe_model
 from lossbench.tracking.spool import Spool, new_spool_id, spool_folder
@@ -442,6 +442,27 @@ class MlflowTracker(Tracker):
     def prestart(cls, options) -> None:
         prestart_side_process()  # MLflow's import overlaps loading the data and kernels
 
+
+    @classmethod
+    def as_child(cls, options, cfg, child: SweepChild) -> None:
+        """Tags tying the trial's MLflow run to its study, its number and the parent run
+        (``mlflow.parentRunId``: a nested run), and a run name saying which trial it is."""
+        tags = options.get("tags")
+        if tags is None:
+            return
+        tags["lossbench.study"] = child.study
+        tags["lossbench.trial"] = str(child.trial)
+        tags["lossbench.role"] = "trial"
+        name = f"{child.trial}: {default_run_name(cfg)}"
+        if child.repeat is not None:
+            tags["lossbench.repeat"] = str(child.repeat)
+            name += f" (seed {cfg.seed})"
+        if child.read_from is not None:
+            tags["lossbench.read_from_trial"] = str(child.read_from)
+            name += f", {cfg.trainer.epochs} epochs of trial {child.read_from}'s run"
+        if child.parent_id:
+            tags["mlflow.parentRunId"] = child.parent_id
+        options.run_name = name
 
     def start(self) -> None:
         check_options(self.config)  # bad input, whatever tracking.required says
