@@ -110,14 +110,9 @@ def test_one_atomic_write_and_one_plotting_import():
 # modules outside lossbench/tracking/ that still import MLflow, each with its reason; a new one
 # fails the test below (put MLflow behind the tracker protocol of lossbench/tracking/base.py)
 MLFLOW_OUTSIDE_TRACKING = {
-    # the study's MLflow parent run (ParentRun) and the registry of its best trial's model:
-    # the one parent-run implementation, not yet behind a parent-run protocol in tracking/
-    "lossbench/sweep/report.py",
     # the MLflow child runs a fault left RUNNING, settled by reading the study (an Optuna
-    # object tracking/ cannot import, by the layers)
+    # object the tracking layer does not know): MLflow's alone, as only it keeps spools
     "lossbench/sweep/records.py",
-    # ends the parent run FAILED when the cluster or the study storage goes away
-    "lossbench/sweep/coordinator.py",
 }
 
 

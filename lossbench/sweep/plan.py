@@ -46,6 +46,7 @@ class Plan:
     # local workers start before the coordinator has the parent run: its id follows in
     # SWEEP_DIR/parent_run.json (``parent_run_id`` below)
     parent_pending: bool = False
+    parent_tracker: str | None = None  # the tracker whose parent run it is (MLflow's)
     plugins_dir: str | None = None
     grid: dict[str, list] = field(default_factory=dict)
     storage_password_env: str | None = None  # the storage's password comes from this variable

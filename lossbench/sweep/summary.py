@@ -40,9 +40,10 @@ def run(request: dict) -> int:
     the exit code."""
     # start-up: this process exists to load these (Optuna, matplotlib, MLflow) off the
     # command's critical path
+    from lossbench.plugins import build_plugin_manager
     from lossbench.sweep.plan import Plan
     from lossbench.sweep.plots import sweep_figures
-    from lossbench.sweep.report import RESULTS_FILE, ParentRun
+    from lossbench.sweep.report import end_parent_run
     from lossbench.sweep.study import open_study
 
     plan = Plan.load(request["plan"])
@@ -55,11 +56,12 @@ def run(request: dict) -> int:
     except Exception as exc:  # figures are a summary; the parent run still ends
         print(f"lossbench: could not draw the sweep figures: {exc}", file=sys.stderr)
         code = 1
-    if request.get("run_id"):
-        parent = ParentRun.connect(request["uri"], request["run_id"])
-        parent.add_figures(figures)
+    if request.get("parent"):  # the parent run's tracker: MLflow, or a plugin's
+        trackers = build_plugin_manager(plan.plugins_dir).registry.trackers
+        parent = trackers[request["tracker"]].parent.connect(request["parent"])
+        parent.add_files(figures)
         if not request.get("ended"):  # the command could not end it
-            parent.end(study, plan, request["status"], sweep_dir / RESULTS_FILE)
+            end_parent_run(parent, study, plan, request["status"])
     print(f"summary of {plan.study_name}: {len(figures)} figures", flush=True)
     return code
 

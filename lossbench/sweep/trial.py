@@ -127,7 +127,7 @@ def tag_child_run(cfg, plan: Plan, number: int, stop, repeat: int | None = None,
     runs simply records the trial as a run of its own."""
     trackers = get_plugin_manager().registry.trackers_of(cfg.get("tracking"))
     child = SweepChild(plan.study_name, number, repeat, read_from)
-    if any(cls.parents for _, cls, _ in trackers):
+    if any(cls.parent is not None for _, cls, _ in trackers):
         child.parent_id = parent_run_id(plan, stop)
     with open_dict(cfg):
         for _, cls, options in trackers:

@@ -25,10 +25,10 @@ MLflow's alone sit at ``tracking`` itself (``tracking.uri=...``), as they did wh
 only tracker (``lossbench.config.store.TOP_LEVEL_TRACKERS``).
 
 Sweeps. Every trial is a run, so every tracker records each trial as a run of its own, told
-beforehand which trial it is (``as_child``, on the trial's config); a tracker whose
-``parents`` is True also ties them to one parent run per study, whose id ``as_child`` gets
-(MLflow: nested runs under the coordinator's ``ParentRun``, the one tracker with parents so
-far); one without parents simply gets the child runs.
+beforehand which trial it is (``as_child``, on the trial's config); a tracker whose ``parent``
+names a ``ParentRun`` class also ties them to one parent run per study, which the sweep's
+coordinator opens and ends, and whose id ``as_child`` gets (MLflow: nested runs,
+``tracking.mlflow_parent``); one without (the default) simply gets the child runs.
 """
 
 from __future__ import annotations
@@ -61,6 +61,74 @@ class SweepChild:
     parent_id: str | None = None
 
 
+@dataclass
+class SweepParent:
+    """What a study's parent run is opened with: the study's name, tags (its role, storage,
+    folder) and params (the search space and the sweep's settings), all strings."""
+
+    study: str
+    tags: dict[str, str]
+    params: dict[str, str]
+
+
+@dataclass
+class ParentRecord:
+    """What a study's parent run is ended with: the tally and the best trial's value as
+    ``metrics``, the best trial's values as ``params`` and ``tags``, the status among the tags."""
+
+    metrics: dict[str, float]
+    params: dict[str, str]
+    tags: dict[str, str]
+
+
+class ParentRun:
+    """A sweep's parent run in one tracker (the tracker's ``parent``): one per study, opened by
+    the coordinator before the trials, ended by it when they have ended, its figures added by
+    the summary process afterwards. Opened again by a resumed study (the tracker keeps its id
+    in the study: ``study.user_attrs``/``set_user_attr``). MLflow's: ``tracking.mlflow_parent``.
+    """
+
+    run_id: str = ""
+    retry_seconds: float = 30.0  # the longest one request may take (the coordinator bounds it)
+
+    @classmethod
+    def prepare(cls, options) -> None:
+        """The coordinator is about to use the tracker's store (bound its retries)."""
+
+    @classmethod
+    def check(cls, options) -> None:
+        """The store can take the parent run (bad input raises ``ConfigError``): called when
+        the run itself is opened later, while the workers start."""
+
+    @classmethod
+    def open(cls, options, sweep: SweepParent, study, lock) -> ParentRun:
+        """The study's parent run, found (a resumed study, running again) or created, under
+        ``lock`` (a context manager: two invocations at once share one parent run)."""
+        raise NotImplementedError
+
+    @classmethod
+    def connect(cls, address: dict) -> ParentRun:
+        """The parent run ``address`` (``address()`` of the coordinator's) names."""
+        raise NotImplementedError
+
+    def address(self) -> dict:
+        """JSON that ``connect`` takes, for the summary process."""
+        return {"run_id": self.run_id}
+
+    def end(self, status: str, record: ParentRecord, files: list[Path]) -> None:
+        """The study ended (finished, failed or interrupted): its record and files."""
+
+    def add_files(self, paths: list[Path]) -> None:
+        """Files (the figures) added, also to an ended run."""
+
+    def fail(self, reason: str) -> None:
+        """End the run failed with ``reason``, without reading the study (it is gone)."""
+
+    def register_best(self, name: str, study_name: str, metric: str, best) -> None:
+        """``sweep.register_best``: the best trial's model registered as ``name``."""
+        raise NotImplementedError
+
+
 class Tracker:
     """One run's record in one tracking system. Subclass it, set ``name`` (the option of the
     ``tracking`` group) and ``options`` (a dataclass: its fields with defaults become
@@ -69,7 +137,7 @@ class Tracker:
 
     name: ClassVar[str] = ""
     options: ClassVar[type | None] = None
-    parents: ClassVar[bool] = False  # True: the tracker records a sweep's parent run
+    parent: ClassVar[type[ParentRun] | None] = None  # the sweep's parent run, if it has one
     plugin: ClassVar[str] = ""  # the plugin that registered it (set by the registry)
 
     def __init__(self, run, options):

@@ -44,6 +44,7 @@ from lossbench.config.schemas import MlflowTrackingConfig
 from lossbench.errors import ConfigError, require
 from lossbench.tracking.base import SweepChild, Tracker, run_files
 from lossbench.tracking.client import SideProcess, prestart_side_process
+from lossbench.tracking.mlflow_parent import MlflowParentRun
 from lossbench.tracking.models import check_model_name, describe_datasets, describe_model
 from lossbench.tracking.spool import Spool, new_spool_id, spool_folder
 from lossbench.tracking.store import precheck, resolve_uri
@@ -430,7 +431,7 @@ class MlflowTracker(Tracker):
 
     name = "mlflow"
     options = MlflowTrackingConfig
-    parents = True  # the sweep's coordinator opens the study's parent run (sweep.report)
+    parent = MlflowParentRun  # the study's parent run, opened by the sweep's coordinator
 
     def __init__(self, run, options):
         super().__init__(run, options)
