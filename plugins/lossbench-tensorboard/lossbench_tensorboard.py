@@ -27,7 +27,8 @@ from omegaconf import OmegaConf
 
 @dataclass
 class TensorBoardOptions:
-    # None: the run's own folder, RUN_DIR/tensorboard; a folder: LOGDIR/STAMP for each run
+    # None: the run's own folder, RUN_DIR/tensorboard; a folder: LOGDIR/NAME-STAMP for each run
+    # (NAME: model-loss-optimizer-lr)
     logdir: str | None = None
     flush_seconds: float = 2.0  # how often tensorboardX writes queued events to the file
 
@@ -44,9 +45,13 @@ class TensorBoardTracker(Tracker):
         self.folder: Path | None = None
 
     def _folder(self) -> Path:
-        if self.config.logdir:
+        if self.config.logdir:  # one folder per run, named so TensorBoard's legend says which
+            cfg = self.run.config
+            lr = cfg.optimizer.get("lr")
+            name = "-".join([cfg.model.name, cfg.loss.name, cfg.optimizer.name]
+                            + ([f"lr{lr:g}"] if lr is not None else []))  # fmt: skip
             stamp = f"{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}-{secrets.token_hex(2)}"
-            return Path(self.config.logdir) / stamp
+            return Path(self.config.logdir) / f"{name}-{stamp}"
         if self.run.output_dir is None:
             raise ConfigError(
                 "tracking.tensorboard.logdir is not set and this run has no folder to write "
