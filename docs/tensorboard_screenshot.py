@@ -56,7 +56,8 @@ def serve(logdir: Path, log: Path):
         except OSError:
             if time.time() > deadline or proc.poll() is not None:
                 stop(proc)
-                raise RuntimeError(f"tensorboard did not answer: {log.read_text()[-2000:]}") from None
+                said = log.read_text()[-2000:]
+                raise RuntimeError(f"tensorboard did not answer: {said}") from None
             time.sleep(0.5)
 
 
