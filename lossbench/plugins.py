@@ -543,13 +543,17 @@ def describe(pm: PluginManager) -> list[dict]:
             )
             for group in REGISTER_HOOKS
         }
+        components = {g: [n for n, _ in c] for g, c in mine.items() if c}
+        trackers = sorted(n for n, t in pm.registry.trackers.items() if t.plugin == name)
+        if trackers:  # trackers are a kind of their own (Registry.trackers)
+            components["tracking"] = trackers
         rows.append(
             {
                 "name": name,
                 "version": version,
                 "source": source,
                 "hooks": hooks,
-                "components": {g: [n for n, _ in c] for g, c in mine.items() if c},
+                "components": components,
                 # components without numba kernels: they train on the (slow) NumPy path
                 "numpy_only": {
                     g: [n for n, s in c if s.numpy_only]

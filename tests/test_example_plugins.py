@@ -169,6 +169,7 @@ def test_mlflow_and_tensorboard_record_one_command_with_the_same_curves(tensorbo
     listed = user("-m", "lossbench", "plugins", "--json")
     rows = {row["name"]: row for row in json.loads(listed.stdout)}
     assert rows["tensorboard"]["hooks"] == ["register_trackers"]
+    assert rows["tensorboard"]["components"] == {"tracking": ["tensorboard"]}
     (mlflow_run,) = MlflowClient(store).search_runs(
         [MlflowClient(store).get_experiment_by_name("lossbench").experiment_id]
     )

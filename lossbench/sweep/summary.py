@@ -3,7 +3,7 @@
 
 Drawing the figures (matplotlib, Optuna's plots) and logging them took seconds after the last
 trial, longer than most trials. So when the workers have ended, the coordinator writes the
-results file, prints the table and ends the MLflow parent run itself (FINISHED or FAILED, with
+results file, prints the table and ends the parent run itself (MLflow's) (FINISHED or FAILED, with
 the tally and the results file: a summary process that is killed, or a container that ends,
 never leaves it RUNNING), then starts this process in its own session and returns; this
 process draws ``curves.png``, ``final_vs_lr.png``, ``optimization_history.png`` and
@@ -19,9 +19,9 @@ script, a test) can wait by taking the lock. This process ends itself after
 ``LIMIT_SECONDS`` (its tracebacks go to the log), so a hung store never holds the lock for
 good. Its output goes to ``SWEEP_DIR/summary.log``.
 
-request: ``{"plan": PLAN_JSON, "status": "finished"|"failed", "uri": TRACKING_URI, "run_id":
-PARENT_RUN_ID, "ended": BOOL}`` (the parent run and its store, and whether the command ended
-it; ``run_id`` null: no tracking, figures only)
+request: ``{"plan": PLAN_JSON, "status": "finished"|"failed", "tracker": NAME, "parent":
+ADDRESS, "ended": BOOL}`` (the tracker whose parent run it is, the run's ``address()``, and
+whether the command ended it; ``parent`` null: no parent run, figures only)
 """
 
 from __future__ import annotations
