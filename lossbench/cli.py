@@ -46,7 +46,7 @@ from lossbench.errors import LossbenchError, PluginFailure
 from lossbench.plugins import build_plugin_manager, describe, set_plugin_manager
 from lossbench.process import exit_now
 from lossbench.signals import ignore_interrupts, sigterm_as_ctrl_c_unless_handled
-from lossbench.tracking.client import prestart_side_process
+from lossbench.tracking.plugin import prestart
 from lossbench.training import summary, train, warm_up
 from lossbench.training.crash import crash_reason
 from lossbench.training.explain import explain, render
@@ -251,7 +251,7 @@ def lr_find_command(argv: list[str]) -> None:
     with it. Exit 2 for bad input, 1 when its MLflow record is incomplete."""
     from datetime import datetime  # start-up: the lr_find modules load for lr_find only
 
-    from lossbench.tracking.plugin import default_run_name, record_lr_find
+    from lossbench.tracking.mlflow_run import default_run_name, record_lr_find
     from lossbench.training.lr_find import LRFindOptions, find_lr
 
     plugins_dir, flags, overrides = _command_args(
@@ -678,8 +678,7 @@ def _run_once(argv: list[str], registry) -> None:
     with initialize_config_dir(config_dir=folder, job_name="lossbench",
                                version_base="1.3"):  # fmt: skip
         cfg = compose_run(argv, registry)
-        if cfg.tracking.get("name") == "mlflow":
-            prestart_side_process()  # MLflow's import overlaps loading data and kernels
+        prestart(registry.trackers_of(cfg.get("tracking")))  # MLflow's side process
         _hydra_errors(lambda: _run_job(cfg))
 
 

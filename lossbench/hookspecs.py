@@ -56,6 +56,14 @@ def register_launchers(register):
 
 
 @hookspec
+def register_trackers(register):
+    """Register trackers: ``register(TensorBoardTracker)``, a subclass of
+    ``lossbench.tracking.base.Tracker`` whose ``name`` becomes an option of the ``tracking``
+    group (``tracking=[mlflow,tensorboard]`` runs both) and whose ``options`` dataclass becomes
+    ``tracking.NAME``. Called once when the plugin manager is built; names are unique."""
+
+
+@hookspec
 def register_options(register):
     """Declare a lifecycle plugin's own options: ``register(NAME, DATACLASS)``. They become the
     config node ``plugins.NAME`` (the dataclass's fields with their defaults), typed by Hydra

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pluggy
+from omegaconf import OmegaConf
 
 from lossbench import hookspecs
 from lossbench._version import __version__
@@ -69,6 +70,8 @@ class Registry:
     # sweep launchers (register_launchers): name -> LauncherSpec; not a kind of KIND_TABLE
     # (lossbench.launcher says why)
     launchers: dict[str, LauncherSpec] = field(default_factory=dict)
+    # trackers (register_trackers): name -> tracker class (lossbench.tracking.base.Tracker)
+    trackers: dict[str, type] = field(default_factory=dict)
 
     def get(self, group: str, name: str):
         table = self.components[group]
@@ -94,6 +97,30 @@ class Registry:
             )
         return self.launchers[name]
 
+    def trackers_of(self, tracking) -> list[tuple[str, type, object]]:
+        """The trackers a ``tracking`` config node selects, as (name, class, options node):
+        its ``name`` (unless none) with the node itself, then every ``tracking.NAME`` node
+        naming itself NAME (``tracking=[mlflow,tensorboard]``). An unknown name is refused."""
+        if tracking is None:
+            return []
+        chosen = []
+        name = tracking.get("name")
+        if name not in (None, "none"):
+            chosen.append((str(name), tracking))
+        for key in tracking:
+            value = tracking.get(key) if not OmegaConf.is_missing(tracking, key) else None
+            if OmegaConf.is_dict(value) and value.get("name") == key:
+                chosen.append((str(key), value))
+        for name, _ in chosen:
+            if name not in self.trackers:
+                raise ConfigError(
+                    f"tracking={name!r} is not a known tracker. Available: "
+                    f"{choices_text({**self.trackers, 'none': None})}. Fix: pick those, e.g. "
+                    "tracking=[mlflow,OTHER], or install the plugin that provides "
+                    f"{name!r} (`python -m lossbench plugins` lists what is loaded)."
+                )
+        return [(name, self.trackers[name], node) for name, node in chosen]
+
 
 class PluginManager(pluggy.PluginManager):
     """pluggy's manager plus the component registry filled by the register_* hooks."""
@@ -113,6 +140,8 @@ class PluginManager(pluggy.PluginManager):
         for plugin_name, call in self.each_implementation("register_launchers", False):
             _call_register(call, functools.partial(self._register_launcher, plugin_name),
                            plugin_name, "register_launchers")  # fmt: skip
+        for plugin_name, call in self.each_implementation("register_trackers", call_order=False):
+            call(register=functools.partial(self._register_tracker, plugin_name))
         for group, hook_name in REGISTER_HOOKS.items():
             for plugin_name, call in self.each_implementation(hook_name, call_order=False):
 
@@ -202,6 +231,39 @@ class PluginManager(pluggy.PluginManager):
         if not isinstance(spec.launcher, str):
             check_launcher_class(spec, spec.launcher)
         self.registry.launchers[spec.name] = spec
+
+    def _register_tracker(self, plugin_name: str, tracker) -> None:
+        """``register(TRACKER_CLASS)`` of the register_trackers hook, checked."""
+        name = getattr(tracker, "name", None)
+        what = f"plugin {plugin_name!r} registers the tracker {tracker!r}"
+        methods = ("start", "log_epoch", "log_artifacts", "log_model", "end", "incomplete")
+        if not isinstance(tracker, type) or not all(callable(getattr(tracker, m, None))
+                                                    for m in methods):  # fmt: skip
+            raise PluginError(
+                f"{what}, which is not a tracker class. Fix: register a subclass of "
+                "lossbench.tracking.base.Tracker (docs/plugins.md, \"Writing a tracker\")."
+            )
+        if not (isinstance(name, str) and name.isidentifier() and name != "none"):
+            raise PluginError(
+                f"{what} named {name!r}; a tracker's name is an identifier other than 'none' "
+                "(tracking=[mlflow,NAME] on the command line). Fix: set the class's name."
+            )
+        options = getattr(tracker, "options", None)
+        if options is not None and not (isinstance(options, type)
+                                        and dataclasses.is_dataclass(options)):  # fmt: skip
+            raise PluginError(
+                f"{what} whose options {options!r} are not a dataclass. Fix: options = a "
+                "@dataclass class whose fields (with defaults) are tracking.NAME.KEY, or None."
+            )
+        trackers = self.registry.trackers
+        if name in trackers:
+            raise PluginError(
+                f"two plugins register a tracker named {name!r}: {trackers[name].plugin!r} "
+                f"and {plugin_name!r}. Fix: rename one, or disable one with "
+                f"{ENV_DISABLE}={plugin_name}."
+            )
+        tracker.plugin = plugin_name
+        trackers[name] = tracker
 
     def _register(self, group: str, spec, plugin_name: str) -> None:
         expected = KINDS[group]
@@ -539,16 +601,19 @@ def describe(pm: PluginManager) -> list[dict]:
             for group in REGISTER_HOOKS
         }
         launchers = sorted(n for n, s in pm.registry.launchers.items() if s.plugin == name)
+        components = {g: [n for n, _ in c] for g, c in mine.items() if c}
+        trackers = sorted(n for n, t in pm.registry.trackers.items() if t.plugin == name)
+        if trackers:  # trackers are a kind of their own (Registry.trackers)
+            components["tracking"] = trackers
+        if launchers:  # so are launchers (Registry.launchers)
+            components["sweep.launcher"] = launchers
         rows.append(
             {
                 "name": name,
                 "version": version,
                 "source": source,
                 "hooks": hooks,
-                "components": {
-                    **{g: [n for n, _ in c] for g, c in mine.items() if c},
-                    **({"sweep.launcher": launchers} if launchers else {}),
-                },
+                "components": components,
                 # components without numba kernels: they train on the (slow) NumPy path
                 "numpy_only": {
                     g: [n for n, s in c if s.numpy_only]

@@ -228,3 +228,24 @@ def test_every_relative_link_in_the_readme_and_docs_resolves():
             if not web and not (page.parent / target).exists():
                 broken.append(f"{page.relative_to(ROOT)}: {target}")
     assert not broken, "links to nothing:\n" + "\n".join(broken)
+
+
+def test_plugin_guide_tracker_writes_the_runs_curves(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import (  # start-up: this test
+        EventAccumulator,
+    )
+
+    text = (ROOT / "docs" / "plugins.md").read_text()
+    section = text.split("## Writing a tracker", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "scalars.py").write_text(code)
+    pm = build_plugin_manager(str(tmp_path / "plugins"), entry_points=False)
+    run = lossbench.train(overrides=[*TINY[:2], "data=iris", "tracking=[scalars]"],
+                          output_dir=tmp_path / "run", plugin_manager=pm)  # fmt: skip
+    (event_file,) = (tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*")
+    events = EventAccumulator(str(event_file))
+    events.Reload()
+    assert [s.step for s in events.Scalars("val_loss")] == [h["epoch"] for h in run.history]
+    assert [s.value for s in events.Scalars("val_loss")] == pytest.approx(
+        [h["val_loss"] for h in run.history], rel=1e-6)

@@ -147,3 +147,50 @@ def test_the_plugins_own_tests_pass_with_the_kit(user):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     passed = int(r.stdout.strip().splitlines()[-1].split(" passed")[0].split()[-1])
     assert passed >= 90, r.stdout[-500:]
+
+
+@pytest.fixture(scope="module")
+def tensorboard_user(tmp_path_factory):
+    """A fresh venv with lossbench and the example tracker (tensorboardX, tensorboard and
+    MLflow come from this environment, the test extra)."""
+    root = tmp_path_factory.mktemp("tensorboard-user")
+    return fresh_venv(root, PLUGINS / "lossbench-tensorboard")
+
+
+def test_mlflow_and_tensorboard_record_one_command_with_the_same_curves(tensorboard_user):
+    from mlflow.tracking import MlflowClient  # start-up: MLflow for this test only
+
+    # start-up: TensorBoard's reader for this test only
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    user = tensorboard_user
+    store = f"sqlite:///{user.cwd / 'mlflow.db'}"
+    r = user("-m", "lossbench", "tracking=[mlflow,tensorboard]", f"tracking.uri={store}",
+             "data=iris", "trainer.epochs=5", "trainer.progress=false",
+             "hydra.run.dir=both")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    listed = user("-m", "lossbench", "plugins", "--json")
+    rows = {row["name"]: row for row in json.loads(listed.stdout)}
+    assert rows["tensorboard"]["hooks"] == ["register_trackers"]
+    assert rows["tensorboard"]["components"] == {"tracking": ["tensorboard"]}
+    (mlflow_run,) = MlflowClient(store).search_runs(
+        [MlflowClient(store).get_experiment_by_name("lossbench").experiment_id]
+    )
+    (event_file,) = (user.cwd / "both" / "tensorboard").glob("events.out.tfevents.*")
+    events = EventAccumulator(str(event_file), size_guidance={"scalars": 0})
+    events.Reload()
+    client = MlflowClient(store)
+    for key in ("train_loss", "val_loss"):
+        logged = sorted((m.step, m.value) for m in client.get_metric_history(
+            mlflow_run.info.run_id, key))  # fmt: skip
+        scalars = [(s.step, s.value) for s in events.Scalars(key)]
+        assert [s for s, _ in logged] == [s for s, _ in scalars] == [0, 1, 2, 3, 4], key
+        # TensorBoard keeps float32 values, MLflow float64
+        assert [v for _, v in scalars] == pytest.approx([v for _, v in logged], rel=1e-6), key
+    assert mlflow_run.info.status == "FINISHED"
+
+
+def test_the_tensorboard_plugins_own_tests_pass(tensorboard_user):
+    suite = PLUGINS / "lossbench-tensorboard" / "tests"
+    r = tensorboard_user("-m", "pytest", "-q", "-p", "no:cacheprovider", str(suite))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
+from trackers_helpers import Recording, recording_plugin
 
 import lossbench
 import lossbench.training.fit as fit_module
@@ -470,6 +471,19 @@ def test_hook_register_launchers():
     with pytest.raises(ConfigError, match=re.escape("sweep.queue.slots must be an integer")):
         make_plan(["optimizer.lr=0.1,0.01", *TINY, "sweep.launcher=queue",
                    "sweep.queue.slots=many"], pm.registry)  # fmt: skip
+
+
+def test_hook_register_trackers():
+    pm = build_plugin_manager(entry_points=False, extra=[recording_plugin(Recording)])
+    run = lossbench.train(overrides=[*TINY[:2], "data=iris", "tracking=[recording]",
+                                     "tracking.recording.label=x"], plugin_manager=pm)  # fmt: skip
+    (tracker,) = Recording.made
+    assert [c[0] for c in tracker.calls] == ["start", "epoch", "epoch", "epoch", "artifacts",
+                                             "model", "end"]  # fmt: skip
+    assert tracker.config.label == "x" and tracker.calls[-1] == ("end", "finished")
+    assert [c[2] for c in tracker.calls if c[0] == "epoch"] == [
+        h["train_loss"] for h in run.history
+    ]
 
 
 def test_every_hook_is_called_through_pluggy_so_its_tracing_sees_it(components_pm):

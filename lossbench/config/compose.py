@@ -67,6 +67,22 @@ def check_choices(overrides, registry) -> None:
         key = key.lstrip("+")
         if sep and key in GROUPS and value and "(" not in value and "," not in value:
             registry.get(key, value)
+        if sep and key == "tracking" and value.startswith("[") and value.endswith("]"):
+            _check_trackers(ov, value[1:-1].split(","), registry)
+
+
+def _check_trackers(override: str, names: list[str], registry) -> None:
+    """``tracking=[a,b]``: each a registered tracker (Hydra said only "Could not load")."""
+    known = {*registry.trackers, "none"} | {p.stem for p in (config_dir() / "tracking").glob(
+        "*.yaml")}  # fmt: skip
+    for name in (n.strip() for n in names):
+        if name not in known:
+            raise ConfigError(
+                f"{override}: {name!r} is not a tracker. Choices: {', '.join(sorted(known))}."
+                f"{_suggest(name, known)} Fix: list installed trackers, e.g. "
+                "tracking=[mlflow,NAME], or install the plugin that provides "
+                f"{name!r} (`python -m lossbench plugins` lists what is loaded)."
+            )
 
 
 def compose(overrides=(), registry=None):

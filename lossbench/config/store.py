@@ -10,9 +10,10 @@ import typing
 import weakref
 from dataclasses import field
 from pathlib import Path
+from types import SimpleNamespace
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 from lossbench.config.schemas import (
     MlflowTrackingConfig,
@@ -27,6 +28,9 @@ from lossbench.specs import KIND_TABLE
 GROUPS = tuple(k.group for k in KIND_TABLE)  # the component groups plugins fill
 # every config group a command line can choose an option of
 CONFIG_GROUPS = (*GROUPS, "trainer", "tracking", "sweep", "experiment")
+# trackers whose options are the ``tracking`` node itself (``tracking.uri``), not tracking.NAME:
+# MLflow's, kept where they were when it was the only tracker
+TOP_LEVEL_TRACKERS = ("mlflow",)
 HPARAM_TYPES = "int, float, bool, str, an Enum, or list/dict/Optional of those"
 _PACKAGE = Path(__file__).resolve().parent.parent
 
@@ -79,6 +83,41 @@ def node_class(group: str, spec) -> type:
             fields.append((f.name, hints[f.name], field(default="???")))
     cls_name = f"{group.capitalize()}_{spec.name}"
     return dataclasses.make_dataclass(cls_name, fields)
+
+
+@dataclasses.dataclass
+class _NoOptions:
+    """A tracker without options: its node holds its name only."""
+
+
+def _store_trackers(cs, registry, files: Path) -> None:
+    """Each tracker's options as ``schema/tracking/NAME``; one without a YAML option in
+    conf/tracking/ (a plugin's) also as the option ``tracking/NAME`` in the package
+    ``tracking.NAME``, so ``tracking=[mlflow,NAME]`` selects both. MLflow's schema (the
+    ``tracking`` node itself) gets a field per other tracker, unset unless selected: its node
+    is closed, and an unset (``???``) field keeps a value merged in before it, whatever the
+    list's order."""
+    nodes = {}
+    for name, tracker in registry.trackers.items():
+        if name in TOP_LEVEL_TRACKERS:
+            continue
+        spec = SimpleNamespace(name=name, hparams=tracker.options or _NoOptions,
+                               plugin=tracker.plugin)  # fmt: skip
+        node = node_class("tracking", spec)
+        try:
+            cs.store(group="schema/tracking", name=name, node=node, provider="lossbench")
+        except Exception as exc:
+            raise _unstorable("tracking", spec, str(exc).strip().splitlines()[0]) from None
+        if not (files / "tracking" / f"{name}.yaml").is_file():
+            cs.store(group="tracking", name=name, node=node, package=f"tracking.{name}",
+                     provider="lossbench")  # fmt: skip
+        nodes[name] = node
+    mlflow = dataclasses.make_dataclass(
+        "MlflowWithTrackers",
+        [(name, node | None, field(default=MISSING)) for name, node in nodes.items()],
+        bases=(MlflowTrackingConfig,),
+    )
+    cs.store(group="schema/tracking", name="mlflow", node=mlflow, provider="lossbench")
 
 
 _LAST_STORED = None  # weakref to the registry whose nodes the ConfigStore holds
@@ -174,9 +213,7 @@ def store_configs(registry) -> None:
     sweep = sweep_schema(registry)
     cs.store(name="base_config", node=root_schema(registry, sweep), provider="lossbench")
     cs.store(group="schema/trainer", name="default", node=TrainerConfig, provider="lossbench")
-    cs.store(
-        group="schema/tracking", name="mlflow", node=MlflowTrackingConfig, provider="lossbench"
-    )
+    _store_trackers(cs, registry, files)
     cs.store(group="sweep", name="none", node=sweep, provider="lossbench")
     folder = presets_dir()
     for preset in sorted(folder.glob("*.yaml")) if folder else []:

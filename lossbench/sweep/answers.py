@@ -33,7 +33,7 @@ from lossbench.sweep.trial import (
     trial_overrides,
     write_hydra_files,
 )
-from lossbench.tracking.plugin import Tracker, record_ended_runs
+from lossbench.tracking.mlflow_run import MlflowRun, record_ended_runs
 from lossbench.training import outputs
 from lossbench.urls import mask_text
 
@@ -124,9 +124,9 @@ def _with_model(study, plan, answered: list) -> set[int]:
 
 
 def _record_with_model(short) -> None:
-    tracker = Tracker(short, short.config.tracking, check=False)
+    tracker = MlflowRun(short, short.config.tracking, check=False)
     tracker.log_history(short.history)
-    tracker.finish(short, "finished")
+    tracker.finish_whole(short, "finished")
     for message in short.record_errors:
         print(f"lossbench: {message}", flush=True)
 

@@ -1,8 +1,8 @@
 """Optuna sweeps: ``python -m lossbench --multirun [sweep=PRESET] [SEARCH SPACE] [OVERRIDES]``.
 
 The command (the coordinator) checks everything before any trial runs, opens or creates the
-study, opens the MLflow parent run, starts ``sweep.n_jobs`` worker processes
-(``lossbench.sweep.worker``) and shows progress until they end; then it writes
+study, opens the parent run (its tracker's with parents: MLflow's), starts ``sweep.n_jobs``
+worker processes (``lossbench.sweep.worker``) and shows progress until they end; then it writes
 ``optimization_results.yaml``, prints a table and logs the summary figures to the parent run.
 
 Each worker runs its own ask/tell loop on the shared storage; no worker waits for another. More
@@ -38,11 +38,12 @@ from lossbench.plugins import get_plugin_manager
 from lossbench.sweep import design, habits
 from lossbench.sweep.launchers import SummaryBusy, summary_lock
 from lossbench.sweep.plan import EXIT_WRITE_FAILED, PARENT_FILE, Plan, trial_dir
-from lossbench.sweep.records import end_running_children, settle_children
-from lossbench.sweep.report import ParentRun, Progress, finish
+from lossbench.sweep.records import end_running_trials, settle_study
+from lossbench.sweep.report import Progress, finish, sweep_parent
 from lossbench.sweep.space import build_space, dedupe_overrides, split_overrides
 from lossbench.sweep.study import (
     RECORD_INCOMPLETE,
+    budget_lock,
     check_question,
     open_study,
     recover_stale,
@@ -52,7 +53,6 @@ from lossbench.sweep.study import (
     storage_url,
 )
 from lossbench.tracking.models import check_model_name
-from lossbench.tracking.store import bound_http_retries, precheck, resolve_uri
 from lossbench.urls import mask_text, mask_url
 
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -100,7 +100,11 @@ def make_plan(argv: list[str], registry, plugins_dir: str | None = None):
     plan.study_name = sw.study_name or _default_study_name(
         sw.name, expressions, fixed, preset_fixed)  # fmt: skip
     _check_study_name(plan.study_name)
-    plan.tracking, plan.plugins_dir = base.tracking.name == "mlflow", plugins_dir
+    # a tracker with parent runs (MLflow's, the one so far: ParentRun) records the study; every
+    # tracker records the trials (tag_child_run tells each which trial it records)
+    parents = [name for name, cls, _ in registry.trackers_of(base.get("tracking")) if cls.parent]
+    plan.tracking, plan.parent_tracker = bool(parents), (parents or [None])[0]
+    plan.plugins_dir = plugins_dir
     plan.register_best = _register_best(sw, plan)
     _layout(plan, args, hydra_args, base, registry)
     plan.storage = storage_url(sw.storage, Path(plan.sweep_dir))
@@ -250,8 +254,9 @@ def _default_study_name(preset, expressions, fixed, preset_fixed) -> str:
 def run_sweep(argv: list[str], plugins_dir: str | None = None) -> int:
     """The coordinator; returns the exit code."""
     plan, base, space = make_plan(argv, get_plugin_manager().registry, plugins_dir)
-    if plan.tracking:  # a store gone mid-sweep costs this process (and its summary) bounded time
-        bound_http_retries(float(base.tracking.get("retry_seconds", 30.0)))
+    if plan.tracking:  # e.g. MLflow: a store gone mid-sweep costs this process bounded time
+        kind, options = _parent_kind(plan, base)
+        kind.prepare(options)
     launcher = make_launcher(plan, base, get_plugin_manager().registry)
     try:
         launcher.prepare()  # connect to the cluster and check it: errors before any trial
@@ -297,10 +302,11 @@ def _start(study, plan: Plan, base, space, defer: bool):
         parent = None
         with _after_summary(sweep_dir, plan.summary_wait_seconds):
             if plan.tracking and defer:
-                precheck(resolve_uri(base.tracking))  # a store that cannot be written: exit 2
+                kind, options = _parent_kind(plan, base)
+                kind.check(options)  # a store that cannot be written: exit 2
                 plan.parent_pending = True
             elif plan.tracking:
-                parent = ParentRun.open(plan, base, study)
+                parent = _open(plan, base, study)
         plan.parent_run_id = parent.run_id if parent else None
         plan.dump(sweep_dir / "plan.json")
     except OSError as exc:
@@ -353,13 +359,27 @@ def _after_summary(sweep_dir: Path, wait: float):
     yield
 
 
+def _parent_kind(plan: Plan, base):
+    """The class of the study's parent run (``plan.parent_tracker``'s, a
+    ``tracking.base.ParentRun``) and that tracker's options."""
+    trackers = get_plugin_manager().registry.trackers_of(base.get("tracking"))
+    return next((cls.parent, options) for name, cls, options in trackers
+                if name == plan.parent_tracker)  # fmt: skip
+
+
+def _open(plan: Plan, base, study):
+    """The study's parent run, found or created under the study's lock."""
+    kind, options = _parent_kind(plan, base)
+    return kind.open(options, sweep_parent(plan), study, budget_lock(plan))
+
+
 def _open_parent(study, plan: Plan, base, launcher):
     """Open the MLflow parent run while the workers start (importing MLflow here took a second
     or more before the first trial), and hand its id to them in SWEEP_DIR/parent_run.json;
     None (the workers stopped, the reason said) when it cannot be opened."""
     path = Path(plan.sweep_dir) / PARENT_FILE
     try:
-        parent = ParentRun.open(plan, base, study)
+        parent = _open(plan, base, study)
     except KeyboardInterrupt:
         launcher.interrupt()
         raise
@@ -386,9 +406,8 @@ def _cluster_gone(why: str, parent, plan: Plan) -> None:
           "command to resume.", file=sys.stderr)  # fmt: skip
     if parent is not None:
         try:
-            exp_id = parent.client.get_run(parent.run_id).info.experiment_id
-            end_running_children(parent.client, exp_id, plan.study_name,
-                                 f"{why}: the trial's Ray worker was lost with it")  # fmt: skip
+            end_running_trials(parent, plan.study_name,
+                               f"{why}: the trial's Ray worker was lost with it")  # fmt: skip
         except Exception as exc:  # MLflow gone too: the next run ends them
             print(f"lossbench: the trials' MLflow runs could not be ended ({exc})",
                   file=sys.stderr)  # fmt: skip
@@ -399,12 +418,8 @@ def _end_parent_failed(parent, reason: str) -> None:
     """End the MLflow parent run FAILED with the reason (without reading the study)."""
     if parent is None:
         return
-    from mlflow.entities import RunTag  # loaded with the parent run's client
-
     try:
-        parent.client.log_batch(parent.run_id, tags=[
-            RunTag("lossbench.status", "failed"), RunTag("lossbench.failure_reason", reason)])
-        parent.client.set_terminated(parent.run_id, "FAILED")
+        parent.fail(reason)
     except Exception as exc:  # MLflow gone too: the next run ends it
         print(f"lossbench: the MLflow parent run could not be ended ({exc})", file=sys.stderr)
 
@@ -429,9 +444,7 @@ def _settle(parent, study, plan) -> None:
     if parent is None:
         return
     try:
-        precheck(parent.uri)  # a store still gone: said at once, not after MLflow's retries
-        exp_id = parent.client.get_run(parent.run_id).info.experiment_id
-        done = settle_children(parent.client, exp_id, study)
+        done = settle_study(parent, study)
     except Exception as exc:  # the store is gone again: the records stay as they are
         why = str(exc).split(". Fix:")[0]
         print(f"lossbench: the MLflow child runs could not be settled now ({why}); "

@@ -41,11 +41,12 @@ class Plan:
     pruner_warmup_epochs: int
     heartbeat_seconds: float
     grace_seconds: float
-    tracking: bool
+    tracking: bool  # a tracker with parent runs (MLflow) records the study: its ParentRun
     parent_run_id: str | None = None
     # local workers start before the coordinator has the parent run: its id follows in
     # SWEEP_DIR/parent_run.json (``parent_run_id`` below)
     parent_pending: bool = False
+    parent_tracker: str | None = None  # the tracker whose parent run it is (MLflow's)
     plugins_dir: str | None = None
     grid: dict[str, list] = field(default_factory=dict)
     storage_password_env: str | None = None  # the storage's password comes from this variable

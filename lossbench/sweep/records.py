@@ -20,9 +20,11 @@ import yaml
 from optuna.trial import TrialState
 
 from lossbench.sweep.plan import PARENT_FILE, Plan
-from lossbench.sweep.report import RESULTS_FILE, ParentRun
+from lossbench.sweep.report import RESULTS_FILE, end_parent_run
 from lossbench.sweep.study import READ_FROM, RECORD_INCOMPLETE, open_study
+from lossbench.tracking.mlflow_parent import MlflowParentRun
 from lossbench.tracking.spool import SPOOL_DIR, SPOOL_TAG, find_spools, replay
+from lossbench.tracking.store import precheck
 
 LOST_TAG, RETRIED_AS_TAG = "lossbench.lost", "lossbench.retried_as"
 STALE_REASON = (
@@ -142,6 +144,20 @@ def _replay_incomplete(trials) -> int:
     return replayed
 
 
+def settle_study(parent, study) -> dict:
+    """``settle_children`` for the study of the MLflow parent run ``parent``; a store still
+    gone is said at once (``precheck``), not after MLflow's retries."""
+    precheck(parent.uri)
+    exp_id = parent.client.get_run(parent.run_id).info.experiment_id
+    return settle_children(parent.client, exp_id, study)
+
+
+def end_running_trials(parent, study_name: str, reason: str) -> None:
+    """``end_running_children`` for the study of the MLflow parent run ``parent``."""
+    exp_id = parent.client.get_run(parent.run_id).info.experiment_id
+    end_running_children(parent.client, exp_id, study_name, reason)
+
+
 def replay_sweep(sweep_dir: Path, uri: str | None) -> str | None:
     """After ``replay SWEEP_DIR`` replayed the trials' spools: settle the study's child runs
     and end a parent run left RUNNING; what was done, or None (not a sweep folder, or no
@@ -158,7 +174,7 @@ def replay_sweep(sweep_dir: Path, uri: str | None) -> str | None:
     if run_id is None:
         return None
     study = open_study(plan)
-    parent = ParentRun.connect(uri, run_id)
+    parent = MlflowParentRun.connect({"uri": uri, "run_id": run_id})
     exp_id = parent.client.get_run(run_id).info.experiment_id
     done = settle_children(parent.client, exp_id, study)
     said = f"{done['ended']} child run(s) ended, {done['lost']} lost attempt(s) marked"
@@ -168,7 +184,7 @@ def replay_sweep(sweep_dir: Path, uri: str | None) -> str | None:
         not running
     ):  # fmt: skip
         status = (yaml.safe_load(results.read_text()) or {}).get("status", "failed")
-        parent.add_figures(sorted(sweep_dir.glob("*.png")))
-        parent.end(study, plan, status, results)
+        parent.add_files(sorted(sweep_dir.glob("*.png")))
+        end_parent_run(parent, study, plan, status)
         said += f", the parent run ended ({status})"
     return said

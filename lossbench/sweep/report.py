@@ -1,12 +1,12 @@
-"""What a sweep shows and leaves behind: the progress line, the MLflow parent run, the results
-file, the final table and the summary figures."""
+"""What a sweep shows and leaves behind: the progress line, what the parent run is opened and
+ended with (the run itself is its tracker's: ``tracking.base.ParentRun``), the results file,
+the final table and the summary figures."""
 
 from __future__ import annotations
 
 import math
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import yaml
@@ -31,14 +31,12 @@ from lossbench.sweep.plots import sweep_figures
 from lossbench.sweep.study import (
     READ_FROM,
     RECORD_INCOMPLETE,
-    budget_lock,
     counted,
     still_spooled,
     trained,
 )
-from lossbench.tracking.models import register, registered_by
-from lossbench.tracking.store import http_retries_bounded, open_client, precheck, resolve_uri
-from lossbench.tracking.worker import experiment_id
+from lossbench.tracking.base import ParentRecord, SweepParent
+from lossbench.tracking.store import http_retries_bounded
 from lossbench.urls import mask_text, mask_url
 
 RESULTS_FILE = "optimization_results.yaml"
@@ -111,139 +109,45 @@ def _fmt(v) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# MLflow parent run
+# the parent run (its tracker's: tracking.base.ParentRun; MLflow's in tracking.mlflow_parent)
 
 
-class ParentRun:
-    """The study's MLflow parent run, shared by every worker and every invocation."""
-
-    def __init__(self, client, run_id: str):
-        self.client, self.run_id = client, run_id
-        self.uri = None  # the store's URI, for the summary process
-        self.retry_seconds = 30.0  # tracking.retry_seconds: the longest one request may take
-
-    @classmethod
-    def open(cls, plan, base, study):
-        tracking = base.tracking
-        uri = resolve_uri(tracking)
-        precheck(uri)
-        client = open_client(uri)  # under the store's lock: a fresh sqlite store is migrated once
-        exp_id = experiment_id(client, tracking.experiment)
-        with budget_lock(plan):  # two invocations at once: the second finds the first's run
-            parent = cls._find_or_create(client, uri, exp_id, plan, study)
-        parent.retry_seconds = float(tracking.get("retry_seconds", 30.0))
-        return parent
-
-    @classmethod
-    def _find_or_create(cls, client, uri, exp_id, plan, study):
-        """The study's parent run, resumed (RUNNING again), or created; under the study's lock,
-        so one study has one parent run however many invocations open it at once."""
-        # start-up: MLflow (about a second) loads only for a tracked sweep
-        from mlflow.entities import Param
-
-        run_id = study.user_attrs.get("mlflow_parent_run_id")
-        if run_id is not None:
-            try:
-                client.get_run(run_id)
-            except Exception:
-                run_id = None
-        if run_id is None:
-            run = client.create_run(
-                exp_id,
-                run_name=f"sweep {plan.study_name}",
-                tags={
-                    "lossbench.study": plan.study_name,
-                    "lossbench.role": "parent",
-                    "lossbench.storage": mask_url(plan.storage),
-                    "lossbench.sweep_dir": plan.sweep_dir,
-                },
-            )
-            run_id = run.info.run_id
-            study.set_user_attr("mlflow_parent_run_id", run_id)
-            params = [Param(f"search.{k}", v) for k, v in plan.params.items()]
-            params += [Param("sweep.fixed", mask_text(" ".join(plan.fixed)) or "-")]
-            for key in ("sampler", "pruner", "n_trials", "seed"):
-                params.append(Param(f"sweep.{key}", str(getattr(plan, key))))
-            params.append(Param("sweep.metric", ",".join(plan.metrics)))
-            params.append(Param("sweep.direction", ",".join(plan.directions)))
-            client.log_batch(run_id, params=params[:100])
-        else:
-            client.update_run(run_id, status="RUNNING")  # a resumed sweep
-        parent = cls(client, run_id)
-        parent.uri = uri
-        return parent
-
-    @classmethod
-    def connect(cls, uri: str | None, run_id: str):
-        """The parent run ``run_id`` in the store at ``uri`` (the summary process's end)."""
-        return cls(open_client(uri), run_id)
-
-    def end(self, study, plan, status: str, results: Path) -> None:
-        """The study's tally, best trial and results file logged, and the run ended with the
-        sweep's true state (FINISHED, KILLED when interrupted, else FAILED)."""
-        from mlflow.entities import Metric, Param, RunTag  # loaded by open() already
-
-        t = tally(study, plan)
-        ts = int(time.time() * 1000)
-        metrics = [Metric(f"trials_{k}", float(t[k]), ts, 0) for k in ("complete", "pruned",
-                                                                           "failed")]  # fmt: skip
-        params, tags = [], [RunTag("lossbench.status", status)]
-        if t["best"] is not None:
-            best = t["best"]
-            metrics.append(Metric(f"best_{plan.metrics[0]}", float(best.value), ts, 0))
-            metrics.append(Metric("best_trial", float(best.number), ts, 0))
-            existing = self.client.get_run(self.run_id).data.params
-            params = [Param(f"best.{k}", str(v)) for k, v in best.params.items()
-                      if f"best.{k}" not in existing]  # fmt: skip
-            tags += [RunTag(f"best.{k}", str(v)) for k, v in best.params.items()]
-        for row in best_per_category(study, plan):  # e.g. best_val_accuracy.loss.mse
-            if "best" in row:
-                where = ".".join(f"{k}.{row[k]}" for k in categories(plan))
-                metrics.append(Metric(f"best_{plan.metrics[0]}.{where}", float(row["best"]),
-                                      ts, 0))  # fmt: skip
-        self.client.log_batch(self.run_id, metrics=metrics, params=params[:100], tags=tags)
-        self.add_figures([results])
-        state = {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
-        self.client.set_terminated(self.run_id, state)
-
-    def add_figures(self, paths: list[Path]) -> None:
-        """Log these files (the figures) as artifacts; an ended run takes them too."""
-        for path in paths:
-            if path.is_file():
-                self.client.log_artifact(self.run_id, str(path))
+def sweep_parent(plan) -> SweepParent:
+    """What the study's parent run is opened with: its tags and the sweep's settings."""
+    tags = {"lossbench.study": plan.study_name, "lossbench.role": "parent",
+            "lossbench.storage": mask_url(plan.storage),
+            "lossbench.sweep_dir": plan.sweep_dir}  # fmt: skip
+    params = {f"search.{k}": v for k, v in plan.params.items()}
+    params["sweep.fixed"] = mask_text(" ".join(plan.fixed)) or "-"
+    for key in ("sampler", "pruner", "n_trials", "seed"):
+        params[f"sweep.{key}"] = str(getattr(plan, key))
+    params["sweep.metric"] = ",".join(plan.metrics)
+    params["sweep.direction"] = ",".join(plan.directions)
+    return SweepParent(plan.study_name, tags, params)
 
 
-    def register_best(self, plan, best) -> None:
-        """The best trial's model as a version of ``plan.register_best`` with the alias
-        ``best``, tagged with the study and the trial; a resumed study whose best trial is
-        already registered keeps that version, a better trial gets a new one and the alias."""
-        from mlflow.entities import RunTag  # loaded by open() already
+def parent_record(study, plan, status: str) -> ParentRecord:
+    """What the study's parent run is ended with: the tally, the best trial (its value, number
+    and values) and the best per category (e.g. ``best_val_accuracy.loss.mse``)."""
+    t = tally(study, plan)
+    metrics = {f"trials_{k}": float(t[k]) for k in ("complete", "pruned", "failed")}
+    params, tags = {}, {"lossbench.status": status}
+    if t["best"] is not None:
+        best = t["best"]
+        metrics[f"best_{plan.metrics[0]}"] = float(best.value)
+        metrics["best_trial"] = float(best.number)
+        params = {f"best.{k}": str(v) for k, v in best.params.items()}
+        tags.update({f"best.{k}": str(v) for k, v in best.params.items()})
+    for row in best_per_category(study, plan):
+        if "best" in row:
+            where = ".".join(f"{k}.{row[k]}" for k in categories(plan))
+            metrics[f"best_{plan.metrics[0]}.{where}"] = float(row["best"])
+    return ParentRecord(metrics, params, tags)
 
-        name, client = plan.register_best, self.client
-        exp_id = client.get_run(self.run_id).info.experiment_id
-        found = client.search_runs(
-            [exp_id],
-            filter_string=f"tags.`lossbench.study` = '{plan.study_name}' AND "
-            f"tags.`lossbench.trial` = '{best.number}' AND attributes.status = 'FINISHED'",
-        )
-        found = [r for r in found if r.data.tags.get("lossbench.repeat", "0") == "0"]  # seed 1
-        if not found:
-            print(f"lossbench: warning: sweep.register_best={name}: trial {best.number} has no "
-                  "finished MLflow run; nothing registered", file=sys.stderr)  # fmt: skip
-            return
-        run_id = found[0].info.run_id
-        version = registered_by(client, name, run_id)
-        if version is None:
-            tags = {"lossbench.study": plan.study_name, "lossbench.trial": str(best.number),
-                    f"lossbench.{plan.metrics[0]}": f"{best.value:.6g}",
-                    "lossbench.source": "sweep"}  # fmt: skip
-            version = register(client, name, run_id, tags, alias="best")
-        else:
-            client.set_registered_model_alias(name, "best", version.version)
-        client.log_batch(self.run_id, tags=[
-            RunTag("lossbench.registered_model", f"{name}/{version.version}")])
-        print(f"registered the best trial ({best.number}) as model {name!r} version "
-              f"{version.version} (alias best): models:/{name}@best")
+
+def end_parent_run(parent, study, plan, status: str) -> None:
+    """End the parent run with the study's record and its results file."""
+    parent.end(status, parent_record(study, plan, status), [Path(plan.sweep_dir) / RESULTS_FILE])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,7 +313,7 @@ def _register(parent, plan, best) -> None:
     """``sweep.register_best``, here rather than in the summary process: the registered version
     exists when the command returns (a script may serve ``models:/NAME@best`` next)."""
     try:
-        parent.register_best(plan, best)
+        parent.register_best(plan.register_best, plan.study_name, plan.metrics[0], best)
     except Exception as exc:  # the trials' records are complete; say what is missing
         print(f"lossbench: warning: could not register the best trial's model as "
               f"{plan.register_best!r}: {exc}. Fix the store and run the same command again "
@@ -428,8 +332,8 @@ def _summarize(study, plan, parent, status: str) -> None:
     if status == "interrupted" and ended:
         return
     if status != "interrupted":
-        request = {"status": status, "ended": ended, "uri": parent.uri if parent else None,
-                   "run_id": parent.run_id if parent else None}  # fmt: skip
+        request = {"status": status, "ended": ended, "tracker": plan.parent_tracker,
+                   "parent": parent.address() if parent else None}  # fmt: skip
         try:
             start_summary(sweep_dir / "plan.json", sweep_dir, request, plan.summary_wait_seconds)
             return
@@ -448,16 +352,16 @@ def _summarize(study, plan, parent, status: str) -> None:
     except Exception as exc:  # figures are a summary; never lose the results over them
         print(f"lossbench: could not draw the sweep figures: {exc}", file=sys.stderr)
     if parent is not None:
-        parent.add_figures(figures)
+        parent.add_files(figures)
         if not ended:
-            parent.end(study, plan, status, sweep_dir / RESULTS_FILE)
+            end_parent_run(parent, study, plan, status)
 
 
 def _end_parent(parent, study, plan, status: str) -> bool:
     """End the parent run with the sweep's state; False (and why, said) if the store failed."""
     try:
         with http_retries_bounded(parent.retry_seconds):  # a server gone: bounded time
-            parent.end(study, plan, status, Path(plan.sweep_dir) / RESULTS_FILE)
+            end_parent_run(parent, study, plan, status)
         return True
     except Exception as exc:  # the summary process (or the next invocation) tries again
         print(f"lossbench: warning: could not end the MLflow parent run {parent.run_id}: "

@@ -3,7 +3,7 @@
 
 Drawing the figures (matplotlib, Optuna's plots) and logging them took seconds after the last
 trial, longer than most trials. So when the workers have ended, the coordinator writes the
-results file, prints the table and ends the MLflow parent run itself (FINISHED or FAILED, with
+results file, prints the table and ends the parent run itself (MLflow's) (FINISHED or FAILED, with
 the tally and the results file: a summary process that is killed, or a container that ends,
 never leaves it RUNNING), then starts this process in its own session and returns; this
 process draws ``curves.png``, ``final_vs_lr.png``, ``optimization_history.png`` and
@@ -19,9 +19,9 @@ script, a test) can wait by taking the lock. This process ends itself after
 ``LIMIT_SECONDS`` (its tracebacks go to the log), so a hung store never holds the lock for
 good. Its output goes to ``SWEEP_DIR/summary.log``.
 
-request: ``{"plan": PLAN_JSON, "status": "finished"|"failed", "uri": TRACKING_URI, "run_id":
-PARENT_RUN_ID, "ended": BOOL}`` (the parent run and its store, and whether the command ended
-it; ``run_id`` null: no tracking, figures only)
+request: ``{"plan": PLAN_JSON, "status": "finished"|"failed", "tracker": NAME, "parent":
+ADDRESS, "ended": BOOL}`` (the tracker whose parent run it is, the run's ``address()``, and
+whether the command ended it; ``parent`` null: no parent run, figures only)
 """
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ def run(request: dict) -> int:
     the exit code."""
     # start-up: this process exists to load these (Optuna, matplotlib, MLflow) off the
     # command's critical path
+    from lossbench.plugins import build_plugin_manager
     from lossbench.sweep.plan import Plan
     from lossbench.sweep.plots import sweep_figures
-    from lossbench.sweep.report import RESULTS_FILE, ParentRun
+    from lossbench.sweep.report import end_parent_run
     from lossbench.sweep.study import open_study
 
     plan = Plan.load(request["plan"])
@@ -55,11 +56,12 @@ def run(request: dict) -> int:
     except Exception as exc:  # figures are a summary; the parent run still ends
         print(f"lossbench: could not draw the sweep figures: {exc}", file=sys.stderr)
         code = 1
-    if request.get("run_id"):
-        parent = ParentRun.connect(request["uri"], request["run_id"])
-        parent.add_figures(figures)
+    if request.get("parent"):  # the parent run's tracker: MLflow, or a plugin's
+        trackers = build_plugin_manager(plan.plugins_dir).registry.trackers
+        parent = trackers[request["tracker"]].parent.connect(request["parent"])
+        parent.add_files(figures)
         if not request.get("ended"):  # the command could not end it
-            parent.end(study, plan, request["status"], sweep_dir / RESULTS_FILE)
+            end_parent_run(parent, study, plan, request["status"])
     print(f"summary of {plan.study_name}: {len(figures)} figures", flush=True)
     return code
 

@@ -1,7 +1,8 @@
 """One trial's pieces, for the worker's ask/tell loop (``lossbench.sweep.worker``): its values
 from the search space, its config (composed fast), its training seeds, its objective, its
-``.hydra`` files, its MLflow child-run tags, and the two plugins a trial trains with: the
-pruner's reports (``Pruning``) and which runs log an MLflow model (``BestModelsOnly``).
+``.hydra`` files, its trackers told it is a trial (``tag_child_run``: MLflow's child-run
+tags), and the two plugins a trial trains with: the pruner's reports (``Pruning``) and which
+runs log a model (``BestModelsOnly``).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from lossbench.config import GROUPS, compose
 from lossbench.files import atomic_write
 from lossbench.hookspecs import hookimpl
+from lossbench.plugins import get_plugin_manager
 from lossbench.sweep.plan import Plan, parent_run_id
 from lossbench.sweep.space import format_override
 from lossbench.sweep.study import trial_seeds
-from lossbench.tracking.plugin import default_run_name
+from lossbench.tracking.base import SweepChild
 from lossbench.urls import mask_text
 
 
@@ -118,27 +120,18 @@ def write_hydra_files(out: Path, cfg, overrides: list[str], plan: Plan | None = 
 
 def tag_child_run(cfg, plan: Plan, number: int, stop, repeat: int | None = None,
                   read_from: int | None = None) -> None:  # fmt: skip
-    """Tags tying a trial's MLflow run to its study, its number and the parent run (waited for
-    while the coordinator opens it, until ``stop`` is set); ``repeat`` with ``sweep.repeats``,
-    ``read_from`` for a trial answered from another trial's run."""
+    """Tell each tracker of the trial's config that its run is trial ``number`` of the study
+    (``Tracker.as_child``: MLflow tags it and names its parent run, waited for while the
+    coordinator opens it, until ``stop`` is set); ``repeat`` with ``sweep.repeats``,
+    ``read_from`` for a trial answered from another trial's run. A tracker without parent
+    runs simply records the trial as a run of its own."""
+    trackers = get_plugin_manager().registry.trackers_of(cfg.get("tracking"))
+    child = SweepChild(plan.study_name, number, repeat, read_from)
+    if any(cls.parent is not None for _, cls, _ in trackers):
+        child.parent_id = parent_run_id(plan, stop)
     with open_dict(cfg):
-        tags = cfg.tracking.get("tags")
-        if tags is None:
-            return
-        tags["lossbench.study"] = plan.study_name
-        tags["lossbench.trial"] = str(number)
-        tags["lossbench.role"] = "trial"
-        name = f"{number}: {default_run_name(cfg)}"
-        if repeat is not None:
-            tags["lossbench.repeat"] = str(repeat)
-            name += f" (seed {cfg.seed})"
-        if read_from is not None:
-            tags["lossbench.read_from_trial"] = str(read_from)
-            name += f", {cfg.trainer.epochs} epochs of trial {read_from}'s run"
-        parent = parent_run_id(plan, stop)
-        if parent:
-            tags["mlflow.parentRunId"] = parent
-        cfg.tracking.run_name = name
+        for _, cls, options in trackers:
+            cls.as_child(options, cfg, child)
 
 
 class Pruning:
@@ -155,7 +148,7 @@ class Pruning:
         self.trial.report(float(value), epoch)
         if self.trial.should_prune():
             self.pruned_at = epoch
-            # tracking logs no model for it (lossbench.tracking.plugin.NO_MODEL): a model
+            # tracking logs no model for it (lossbench.tracking.base.NO_MODEL): a model
             # costs the trial ~0.5 s in the MLflow process, and a pruned one is never the best
             run.plugin_state["tracking.no_model"] = "pruned"
             return f"pruned by Optuna after epoch {epoch} ({self.metric}={value:.6g})"

@@ -65,7 +65,7 @@ from lossbench.sweep.trial import (
     trial_overrides,
     write_hydra_files,
 )
-from lossbench.tracking.plugin import Tracker
+from lossbench.tracking.mlflow_run import MlflowRun
 from lossbench.training import train
 from lossbench.urls import mask_text
 
@@ -296,7 +296,7 @@ def work(plan: Plan, index: int, quiet: bool = False, trials: int | None = None)
     machine, or a Ray task (``quiet``: errors only, since Ray sends a task's output to the
     coordinator's terminal)."""
     use_config(plan.config_path, plan.config_name)
-    Tracker.spool_when_unreachable = True  # a store gone mid-sweep: trials train on, spooled
+    MlflowRun.spool_when_unreachable = True  # a store gone mid-sweep: trials train on, spooled
     study = open_study(plan)
     study.sampler = make_sampler(plan, worker=index)
     pm = build_plugin_manager(plan.plugins_dir)

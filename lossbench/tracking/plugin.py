@@ -1,506 +1,100 @@
-"""MLflow tracking as a lifecycle plugin (``tracking=mlflow``, the default; off with
-``tracking=none``).
+"""Tracking as a lifecycle plugin: every tracker the config selects records the run
+(``tracking=mlflow``, the default; ``tracking=[mlflow,tensorboard]`` runs both; off with
+``tracking=none``). It registers MLflow (``register_trackers``) and drives each selected
+tracker through the protocol of ``lossbench.tracking.base``: ``start`` in ``on_run_start``,
+``log_epoch`` in ``on_epoch_end``, then ``log_artifacts``, ``log_model`` and ``end`` in
+``on_run_end`` (after the outputs plugin has written the run's files), each tracker ended even
+when another one raised. The run's files are written once for all trackers.
 
-Per run: the resolved config as params (dotted keys), provenance tags, per-epoch metrics with
-``step=epoch`` (0-based), summary metrics, and artifacts (resolved config, history.csv,
-model.npz, loss_curve.png, confusion_matrix.png for classification). Run states: FINISHED
-(finished, or stopped by a hook), FAILED with ``lossbench.failure_reason`` (diverged, failed),
-KILLED (Ctrl-C, SIGTERM).
-
-Cost: ``import mlflow`` and opening a store take about 1.4 s, longer than a default training
-run, and in a thread of the training process that import held the GIL and slowed a 200-epoch
-digits run 5x. So the training process never imports MLflow: ``on_run_start`` checks the store
-is reachable (fast, before training) and starts ``lossbench.tracking.worker`` in a side process,
-which imports MLflow and creates the run on the other core while training goes on. Each epoch
-sends one JSON line; the worker sends metrics with ``log_batch`` every ``tracking.flush_seconds``.
-``on_run_end`` sends the summary and artifact paths and waits for the worker to end the run.
-
-Nothing is lost when the store fails mid-run: the trainer journals every request in the run
-directory's spool (``lossbench.tracking.spool``; one small write per epoch), the worker stops
-trying a store that failed (after retries bounded by ``tracking.retry_seconds``), and the
-run's end says its record is incomplete (exit 1 when ``tracking.required``), naming ``python
--m lossbench replay RUN_DIR``; a record that reached the store complete removes the spool.
+``run.trackers`` (filled by ``lossbench.train`` from the registry: ``Registry.trackers_of``)
+says which trackers a run has; disabling this plugin (``LOSSBENCH_DISABLE_PLUGINS=tracking``)
+turns every tracker off.
 """
 
 from __future__ import annotations
 
-import functools
-import math
-import os
-import platform
-import subprocess
 import tempfile
-import threading
-import time
-import warnings
 from pathlib import Path
 
-from omegaconf import OmegaConf
-from threadpoolctl import threadpool_limits
-
-from lossbench._version import __version__
-from lossbench.errors import ConfigError, require
 from lossbench.hookspecs import hookimpl
-from lossbench.tracking.client import SideProcess
-from lossbench.tracking.models import check_model_name, describe_datasets, describe_model
-from lossbench.tracking.spool import Spool, new_spool_id, spool_folder
-from lossbench.tracking.store import precheck, resolve_uri
-from lossbench.training import outputs
-from lossbench.urls import mask_text
+from lossbench.tracking.base import NO_MODEL, run_files
+from lossbench.tracking.mlflow_run import MlflowTracker
 
-# a plugin that sets ``run.plugin_state[NO_MODEL]`` (to its reason) keeps that run's model out of
-# MLflow: the sweep's pruner does, for pruned trials
-NO_MODEL = "tracking.no_model"
-_KEY = "mlflow"
-STEP_BASE = 0  # metrics use step = epoch, 0-based like history.csv
-SUMMARY_KEYS = ("compile_seconds", "train_seconds")
+_KEY = "tracking"  # run.plugin_state[_KEY]: the run's started trackers
 
 
-def flatten(node, prefix: str = "") -> dict[str, str]:
-    """Nested dicts to dotted keys; lists and scalars as strings."""
-    out = {}
-    for key, value in node.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, dotted + "."))
-        else:
-            out[dotted] = str(value)
-    return out
+@hookimpl
+def register_trackers(register):
+    register(MlflowTracker)
 
 
-def default_run_name(cfg) -> str:
-    lr = cfg.optimizer.get("lr")
-    parts = [cfg.model.name, cfg.loss.name, cfg.optimizer.name]
-    if lr is not None:
-        parts.append(f"lr{lr:g}")
-    return "-".join(parts)
+def prestart(trackers) -> None:
+    """Before a run (the command, right after composing): let each tracker start what is
+    slow (MLflow starts its side process, whose ``import mlflow`` overlaps loading the data)."""
+    for _, cls, options in trackers:
+        cls.prestart(options)
 
 
-@functools.cache
-def _git_commit(folder: Path) -> str | None:
-    try:
-        r = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return r.stdout.strip() if r.returncode == 0 else None
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def run_tags(run, tracking) -> dict[str, str]:
-    import numba  # already loaded by the kernels; imported here to read its version
-
-    tags = {
-        "lossbench.version": __version__,
-        "lossbench.dtype": str(run.config.trainer.dtype),
-        "lossbench.numba_version": numba.__version__,
-        "lossbench.cpu": f"{_cpu_name()} ({os.cpu_count()} cores)",
-        "lossbench.seed": str(run.config.seed),
-    }
-    for group, source in run.sources.items():
-        tags[f"lossbench.{group}"] = str(run.config[group].name)
-        tags[f"lossbench.{group}.plugin"] = source["plugin"]
-        tags[f"lossbench.{group}.distribution"] = source["distribution"]
-    if run.output_dir is not None:
-        tags["lossbench.output_dir"] = str(Path(run.output_dir).resolve())
-    commit = _git_commit(Path.cwd())
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    tags.update({str(k): str(v) for k, v in (tracking.tags or {}).items()})
-    return tags  # the side process shortens what exceeds MLflow's limits
-
-
-class Tracker:
-    """One MLflow run, fed from the epoch loop, written by the side process
-    ``lossbench.tracking.worker`` (so the training process never imports MLflow).
-
-    ``begin=False`` makes the tracker without sending the run's start (``begin`` sends it):
-    ``record_ended_runs`` sends several runs before waiting for any; ``check=False`` skips the
-    store's pre-run check (the caller checked it for an earlier run of this process)."""
-
-    # A sweep's worker sets this: its store was checked before the first trial, so a store
-    # unreachable at a trial's start is a fault mid-sweep, not bad input; the trial trains on
-    # with its whole record spooled (``replay`` sends it later) instead of failing at once.
-    spool_when_unreachable = False
-
-    def __init__(self, run, tracking, begin: bool = True, check: bool = True):
-        self.tracking = tracking
-        self.uri = resolve_uri(tracking)
-        self.error: str | None = None  # the side process is gone (or never answered)
-        self.offline: str | None = None  # the store failed: the rest goes to the spool only
-        self.unreachable = check and self._unreachable()  # nothing is sent: spool only
-        self.result: dict = {}
-        self.run_id: str | None = None
-        self.finished = threading.Event()
-        self.spool = Spool(spool_folder(run.output_dir, new_spool_id()))
-        self.blas_limit = None
-        if not self.unreachable and not SideProcess.warm() and (os.cpu_count() or 1) <= 2:
-            # While the side process imports MLflow (about 1.4 s of CPU), a 2-thread BLAS in the
-            # trainer fights it for 2 cores: measured, a 200-epoch digits run's epochs took 4x
-            # longer. One BLAS thread until the run exists costs nothing on small models.
-            self.blas_limit = threadpool_limits(limits=1, user_api="blas")
-        self.side = SideProcess.get()
-        self.retry_seconds = float(tracking.get("retry_seconds", 30.0))
-        self.start_request = dict(
-            op="start",
-            uri=self.uri,
-            experiment=tracking.experiment,
-            run_name=tracking.run_name or default_run_name(run.config),
-            tags=run_tags(run, tracking),
-            params={k: mask_text(v) for k, v in  # a tracking.uri's password stays out
-                    flatten(OmegaConf.to_container(run.config, resolve=True)).items()},
-            flush_seconds=float(tracking.flush_seconds),
-            retry_seconds=self.retry_seconds,
-            spool_dir=str(self.spool.folder) if self.spool.folder is not None else None,
-            spool_id=self.spool.folder.name if self.spool.folder is not None else new_spool_id(),
-            start_time=int(time.time() * 1000),
-            datasets=describe_datasets(run),
-        )
-        if begin:
-            self.begin()
-
-    def _unreachable(self) -> bool:
-        """Check the store (``precheck``); True when it cannot be reached and the record goes
-        to the spool only (``spool_when_unreachable``), else its error is raised."""
-        try:
-            precheck(self.uri)
-        except ConfigError as exc:
-            if not Tracker.spool_when_unreachable:
-                raise
-            self.offline = str(exc).split(". Fix:")[0] + " when the run started"
-            return True
-        return False
-
-    def begin(self) -> None:
-        """Send the run's start; the side process's replies come to this tracker."""
-        self.side.tracker = self
-        self._send(**self.start_request)
-
-    def _send(self, **request) -> None:
-        """Journal the request (the source for a replay), then hand it to the side process."""
-        if request["op"] == "start":
-            keys = ("spool_id", "start_time", "uri", "experiment", "run_name", "tags", "params",
-                    "datasets")
-            self.spool.append({"op": "start", **{k: request[k] for k in keys}})
-        elif request["op"] == "metrics":
-            self.spool.append(request)
-        if self.error is None and not self.unreachable:
-            self.error = self.side.send(**request)
-
-    def on_reply(self, reply: dict) -> None:
-        """Called from the side process's reader thread."""
-        op = reply.get("op")
-        if op == "started":
-            self.run_id = reply["run_id"]
-        elif op == "offline":
-            self.offline = reply.get("message", "the store failed")
-        elif op == "finished":
-            self.result = reply
-            self.finished.set()
-        elif op == "error":
-            if not self.finished.is_set():
-                self.error = self.error or reply.get("message", "unknown error")
-            self.finished.set()
-
-    def incomplete(self) -> str | None:
-        """Why the run's MLflow record is incomplete, or None."""
-        if self.result.get("complete"):
-            return None
-        why = self.result.get("message") or self.offline or self.error
-        return why or "the MLflow process did not confirm the run's end"
-
-    def report(self, run) -> None:
-        """Say, honestly, that the record is incomplete and where the rest is kept."""
-        why = self.incomplete()
-        if why is None:
-            return
-        spool = self.spool.folder
-        if not self.spool.broken and self.spool.path.exists():
-            kept = (
-                f"what it did not receive is kept in {spool}; send it with: python -m "
-                f"lossbench replay {run.output_dir} (add --uri URI for another store)"
-            )
-        else:
-            lost = self.spool.broken or "no spool"
-            kept = f"and it could not be kept for a replay ({lost})"
-        message = f"the MLflow record of this run is incomplete ({why}); {kept}."
-        if self.tracking.required:
-            run.record_incomplete(message)
-            if run.output_dir is not None and run.status != "rejected":
-                try:  # summary.json was written before the record ended: say it there too
-                    outputs.write_summary(Path(run.output_dir) / "summary.json", run)
-                except OSError:
-                    pass
-        else:
-            warnings.warn(message, stacklevel=3)
-
-    def release_blas(self) -> None:
-        """Give BLAS its threads back (main thread only: never while a GEMM runs)."""
-        if self.blas_limit is not None:
-            self.blas_limit.restore_original_limits()
-            self.blas_limit = None
-
-    def log_epoch(self, epoch: int, metrics: dict) -> None:
-        if self.run_id is not None or self.error is not None or self.offline is not None:
-            self.release_blas()
-        ts = int(time.time() * 1000)
-        items = [[k, float(v), ts, epoch + STEP_BASE] for k, v in metrics.items() if k != "epoch"]
-        self._send(op="metrics", items=items)
-
-    def log_history(self, history: list[dict]) -> None:
-        """Every epoch of a finished history in one request (``step`` = epoch), as
-        ``log_epoch`` would have sent them one by one."""
-        ts = int(time.time() * 1000)
-        items = [[k, float(v), ts, h["epoch"] + STEP_BASE] for h in history
-                 for k, v in h.items() if k != "epoch"]  # fmt: skip
-        self._send(op="metrics", items=items)
-
-    def log_steps(self, key_values: dict[str, list[float]]) -> None:
-        """Per-step series (``step`` = index) in one request: the lr range test's curves."""
-        ts = int(time.time() * 1000)
-        items = [[k, float(v), ts, i] for k, vs in key_values.items()
-                 for i, v in enumerate(vs) if math.isfinite(v)]  # fmt: skip
-        self._send(op="metrics", items=items)
-
-    def finish(self, run, status: str, extra: tuple = (), metrics: dict | None = None) -> None:
-        """End the MLflow run; ``extra`` files and ``metrics`` join the run's own."""
-        self.release_blas()
-        try:
-            with tempfile.TemporaryDirectory(prefix="lossbench-mlflow-") as tmp:
-                request = self.send_finish(run, status, list(extra), metrics or {}, Path(tmp))
-                self.await_finish(request)
-        finally:
-            self.side.tracker = None
-            self.spool.close()
-        self.settle(run)
-
-    def settle(self, run) -> None:
-        """After the end: the spool goes when the store has the whole record, else the run
-        says its record is incomplete (``report``)."""
-        if self.incomplete() is None:
-            self.spool.discard()  # the store has the whole record
-        self.report(run)
-
-    def send_finish(self, run, status: str, extra: list, metrics: dict, folder: Path | None):
-        """Send the run's end (tags, summary metrics, its files and model, written into
-        ``folder``; None: no files, no model) without waiting; returns the request."""
-        ts = int(time.time() * 1000)
-        best = run.best_epoch
-        summary = {k: run.timings[k] for k in SUMMARY_KEYS if k in run.timings}
-        summary.update(metrics)
-        if best is not None:
-            summary["best_epoch"] = best
-            summary["best_val_loss"] = run.history[best]["val_loss"]
-        artifacts, model = list(extra), None
-        if folder is not None and run.history and status != "interrupted":
-            artifacts += self._artifacts(run, folder)
-        if folder is not None and run.history and status in ("finished", "stopped") and (
-            not run.plugin_state.get(NO_MODEL)
-        ):  # fmt: skip
-            model = self._model(run, folder / "model-data")
-        state = {"finished": "FINISHED", "stopped": "FINISHED", "interrupted": "KILLED"}
-        request = dict(
-            op="finish", state=state.get(status, "FAILED"), tags=self._end_tags(run, status),
-            metrics=[[k, float(v), ts, 0] for k, v in summary.items()],
-            artifacts=[str(p) for p in artifacts], model=model, end_time=ts,
-        )  # fmt: skip
-        self._send(**{k: v for k, v in request.items() if k != "end_time"})
-        return request
-
-    def _end_tags(self, run, status: str) -> dict:
-        tags = {"lossbench.status": status, "lossbench.path": run.path}
-        if run.compile:  # how many functions the run compiled, and how many it loaded
-            tags["lossbench.compiled"] = str(len(run.compile["compiled"]))
-            tags["lossbench.loaded_from_cache"] = str(len(run.compile["loaded_from_cache"]))
-        if status not in ("finished", "stopped"):
-            tags["lossbench.phase"] = run.phase
-        if run.error:
-            tags["lossbench.failure_reason"] = run.error
-        if run.stop_reason:
-            tags["lossbench.stop_reason"] = run.stop_reason
-        if run.read_from:
-            tags["lossbench.read_from"] = run.read_from
-        return tags
-
-    def await_finish(self, request: dict) -> None:
-        """Wait for the side process to end the run (a store that does not answer costs at
-        most its retry budget, twice: the send that failed and this end); if the record is
-        incomplete, keep its end, and its files, in the spool for a replay."""
-        # the worker may still be importing MLflow: this wait is tracking's one-time cost
-        limit = 60 + 3 * self.retry_seconds
-        waits = self.error is None and not self.unreachable
-        if waits and not self.finished.wait(timeout=limit):
-            self.error = f"the MLflow process did not end the run within {limit:.0f} s"
-        if self.incomplete() is None:
-            return
-        model = request["model"]
-        if model is not None:  # its data folder, relative to the spool folder
-            model = {**model, "data": self.spool.keep_folder(model["data"])}
-        self.spool.append({
-            "op": "finish", "state": request["state"], "tags": request["tags"],
-            "metrics": request["metrics"], "end_time": request["end_time"],
-            "artifacts": self.spool.keep(request["artifacts"]), "model": model,
-        })  # fmt: skip
-
-    def _model(self, run, folder: Path) -> dict:
-        """The run's model request: its predictor's folder, registered if asked to."""
-        tags = {"lossbench.source": "run", "lossbench.data": str(run.config.data.name),
-                "lossbench.model": str(run.config.model.name)}  # fmt: skip
-        tags.update({k: v for k, v in (self.tracking.tags or {}).items()
-                     if str(k) in ("lossbench.study", "lossbench.trial")})  # fmt: skip
-        register = self.tracking.get("register_model")
-        return describe_model(run, folder, register, tags)
-
-    def _artifacts(self, run, folder: Path) -> list[Path]:
-        plots = run.config.trainer.get("plots", True)
-        # a URL's password (tracking.uri) stays out of the artifact, as out of the params
-        (folder / "config.yaml").write_text(mask_text(OmegaConf.to_yaml(run.config, resolve=True)))
-        source = Path(run.output_dir) if run.output_dir is not None else None
-        files = ["history.csv", "model.npz"] + (["loss_curve.png"] if plots else [])
-        if source is None or not all((source / f).is_file() for f in files):
-            source = folder
-            outputs.write_history(folder / "history.csv", run.history)
-            outputs.write_model(folder / "model.npz", run.params)
-            if plots:
-                outputs.plot_loss_curve(folder / "loss_curve.png", run)
-        paths = [folder / "config.yaml", *(source / f for f in files)]
-        if plots and run.dataset is not None and run.dataset.task == "classification":
-            outputs.plot_confusion_matrix(folder / "confusion_matrix.png", run)
-            paths.append(folder / "confusion_matrix.png")
-        return paths
-
-
-class _InOrder:
-    """Hands the side process's replies to several trackers, in the order their runs were
-    sent: it serves runs one after another, so a run's replies end with its ``finished``."""
-
-    def __init__(self, trackers: list[Tracker]):
-        self.trackers, self.index = trackers, 0
-
-    def on_reply(self, reply: dict) -> None:
-        if self.index < len(self.trackers):
-            tracker = self.trackers[self.index]
-            tracker.on_reply(reply)
-            if tracker.finished.is_set():
-                self.index += 1
-
-
-def record_ended_runs(runs: list) -> None:
-    """Record runs that have already ended (a sweep's epoch counts answered from a longer run)
-    as MLflow runs: params, tags, dataset inputs, per-epoch metrics and summary, without their
-    files or a model. All are sent before any reply is awaited, so the store's round trips
-    overlap (one run at a time took ~0.3 s each); each keeps its own spool, as any run's, for
-    a replay when the store fails. The store was checked for an earlier run of this process."""
-    if not runs:
-        return
-    trackers = [Tracker(run, run.config.tracking, begin=False, check=False) for run in runs]
-    trackers[0].side.tracker = _InOrder(trackers)  # before the first reply can come
-    requests = []
-    try:
-        for tracker, run in zip(trackers, runs, strict=True):
-            tracker._send(**tracker.start_request)
-            tracker.log_history(run.history)
-            requests.append(tracker.send_finish(run, run.status, [], {}, folder=None))
-        for tracker, request in zip(trackers, requests, strict=True):
-            tracker.await_finish(request)
-    finally:
-        trackers[0].side.tracker = None
-        for tracker in trackers:
-            tracker.spool.close()
-    for tracker, run in zip(trackers, runs, strict=True):
-        tracker.settle(run)
-
-
-def _tracker(run) -> Tracker | None:
-    return run.plugin_state.get(_KEY)
-
-
-def _enabled(run):
-    """The tracking config when ``tracking=mlflow``, else None."""
-    tracking = run.config.get("tracking")
-    return tracking if tracking is not None and tracking.get("name") == "mlflow" else None
-
-
-def check_options(tracking) -> None:
-    """Refuse tracking options MLflow or the side process cannot use, before anything runs
-    (an empty experiment trained fully, then failed with a spool)."""
-    check_model_name("tracking.register_model", tracking.get("register_model"))
-    experiment = tracking.get("experiment")
-    require(isinstance(experiment, str) and experiment.strip() != "", "tracking.experiment",
-            repr(experiment), "it names the MLflow experiment the run goes to, so it must not "
-            "be empty", "lossbench")  # fmt: skip
-    for key, example in (("retry_seconds", 30), ("flush_seconds", 2)):
-        value = float(tracking.get(key, example))
-        least = 0 if key == "retry_seconds" else 0.01
-        require(math.isfinite(value) and value >= least, f"tracking.{key}", f"{value:g}",
-                f"it must be a number of seconds >= {least:g}", example)  # fmt: skip
-
-
-def _start(run, tracking) -> None:
+def _start(run) -> None:
     run.plugin_state[_KEY + ".tried"] = True
-    check_options(tracking)  # bad input, whatever tracking.required says
-    try:
-        run.plugin_state[_KEY] = Tracker(run, tracking)
-    except ConfigError as exc:
-        if tracking.required:
-            raise
-        warnings.warn(f"MLflow tracking is off for this run: {exc}", stacklevel=3)
-
-
-def record_lr_find(run, result, files: list) -> None:
-    """The lr range test (``lossbench.training.lr_find``) as an MLflow run when
-    ``tracking=mlflow``: the config as params, ``lr_find_loss``, ``lr_find_smoothed_loss`` and
-    ``lr_find_lr`` by step, ``suggested_lr``, the plot, table and result as artifacts. No model:
-    the ramp's weights are not a trained model. An incomplete record is noted in
-    ``run.record_errors`` (spooled for ``python -m lossbench replay``, as a run's)."""
-    tracking = _enabled(run)
-    if tracking is None:
-        return
-    tracker = Tracker(run, tracking)
-    tracker.log_steps({"lr_find_lr": result.lrs.tolist(), "lr_find_loss": result.losses.tolist(),
-                       "lr_find_smoothed_loss": result.smoothed.tolist()})  # fmt: skip
-    summary = {"suggested_lr": result.suggestion} if result.suggestion is not None else {}
-    tracker.finish(run, "finished", extra=[str(f) for f in files], metrics=summary)
+    started = run.plugin_state.setdefault(_KEY, [])
+    for _, cls, options in run.trackers:
+        tracker = cls(run, options)
+        tracker.start()  # raising stops the run; those started are ended by on_run_end
+        started.append(tracker)
 
 
 @hookimpl
 def on_run_start(run):
-    tracking = _enabled(run)
-    if tracking is not None:
-        _start(run, tracking)
+    _start(run)
 
 
 @hookimpl
 def on_epoch_end(run, epoch, metrics):
-    tracker = _tracker(run)
-    if tracker is not None:
+    for tracker in run.plugin_state.get(_KEY, ()):
         tracker.log_epoch(epoch, metrics)
     return None
 
 
 @hookimpl(trylast=True)  # after the outputs plugin has written the run's files
 def on_run_end(run, status):
-    tracking = _enabled(run)
     never_started = _KEY + ".tried" not in run.plugin_state
-    if tracking is not None and never_started and status in ("interrupted", "failed"):
-        # ended during set-up, before on_run_start: record it all the same, so MLflow says
-        # what the run directory says
-        _start(run, tracking)
-    tracker = run.plugin_state.pop(_KEY, None)
-    if tracker is None:
-        return
-    if run.history and status in ("diverged",):
-        # the epoch that diverged is in the history but on_epoch_end did not see it
-        last = run.history[-1]
-        tracker.log_epoch(last["epoch"], last)
-    tracker.finish(run, status)
+    if run.trackers and never_started and status in ("interrupted", "failed"):
+        # ended during set-up, before on_run_start: record it all the same, so each tracker
+        # says what the run directory says
+        _start(run)
+    trackers = run.plugin_state.pop(_KEY, [])
+    if trackers:
+        _end(run, status, trackers)
+
+
+def _end(run, status: str, trackers: list) -> None:
+    """Files and model for every tracker, then its end; the first exception is raised after
+    every tracker has ended."""
+    failure = None
+    with tempfile.TemporaryDirectory(prefix="lossbench-tracking-") as tmp:
+        files = []
+        if run.history and status != "interrupted":
+            try:
+                files = run_files(run, Path(tmp))
+            except Exception as exc:  # a full disk: the trackers still end the run
+                failure = exc
+        model = bool(run.history) and status in ("finished", "stopped") and (
+            not run.plugin_state.get(NO_MODEL)
+        )  # fmt: skip
+        for tracker in trackers:
+            try:
+                if files:
+                    tracker.log_artifacts(files)
+                if model:
+                    folder = Path(tmp) / "model" / tracker.name
+                    folder.mkdir(parents=True)
+                    tracker.log_model(folder)
+            except Exception as exc:
+                failure = failure or exc
+            try:
+                tracker.end(status)
+            except Exception as exc:
+                failure = failure or exc
+    if failure is not None:
+        raise failure

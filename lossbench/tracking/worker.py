@@ -45,7 +45,7 @@ from pathlib import Path
 
 from lossbench.tracking.models import log_datasets, log_run_model
 from lossbench.tracking.spool import SPOOL_TAG, STORE_RECORDS, Spool, now_ms
-from lossbench.tracking.store import (  # noqa: F401  (experiment_id: the sweep's report uses it)
+from lossbench.tracking.store import (
     MAX_KEY,
     MAX_NAME,
     MAX_PARAM,

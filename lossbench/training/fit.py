@@ -52,6 +52,7 @@ def train(cfg=None, *, overrides=(), output_dir=None, plugin_manager=None) -> Ru
         path="numpy" if any(specs[g].numpy_only for g in ROLES) else "fused",
         monitor=str(cfg.trainer.early_stopping.monitor),
         keep_weights=str(cfg.trainer.get("keep_weights", "best")),
+        trackers=pm.registry.trackers_of(cfg.get("tracking")),
     )
     status = "failed"
     try:

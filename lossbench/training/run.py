@@ -78,6 +78,9 @@ class Run:
     train_order: np.ndarray | None = None
     # a run answered from a longer run's first epochs (a sweep's epoch counts): which, where
     read_from: str | None = None
+    # the trackers that record the run: (name, tracker class, its options node), from the
+    # config's tracking node (plugins.Registry.trackers_of; lossbench.tracking.plugin runs them)
+    trackers: list = field(default_factory=list)
 
     def output_failed(self, message: str) -> None:
         """A file of the run could not be written (a full disk, say): the run has failed,
