@@ -37,11 +37,11 @@ import warnings
 from pathlib import Path
 
 from omegaconf import OmegaConf
-from threadpoolctl import threadpool_limits
 
 from lossbench._version import __version__
 from lossbench.config.schemas import MlflowTrackingConfig
 from lossbench.errors import ConfigError, require
+from lossbench.process import one_blas_thread
 from lossbench.tracking.base import SweepChild, Tracker, run_files
 from lossbench.tracking.client import SideProcess, prestart_side_process
 from lossbench.tracking.mlflow_parent import MlflowParentRun
@@ -128,7 +128,24 @@ class MlflowRun:
 
     ``begin=False`` makes the tracker without sending the run's start (``begin`` sends it):
     ``record_ended_runs`` sends several runs before waiting for any; ``check=False`` skips the
-    store's pre-run check (the caller checked it for an earlier run of this process)."""
+    store's pre-run check (the caller checked it for an earlier run of this process).
+
+    Threads. The training thread makes, feeds and ends the run; the side process's reader
+    thread calls ``on_reply`` (while attached: ``SideProcess.attach``). What both touch
+    (``run_id``, ``offline``, ``error``, ``result``) is written and read under ``_lock``; the
+    reader writes only in ``on_reply``, the trainer only in ``_send`` and ``await_finish``.
+    ``state``, and who moves it:
+
+    - ``starting``: the start is sent (or not: the store was unreachable, spool only).
+    - ``running``: the reader got ``started`` (``run_id`` set): BLAS gets its threads back.
+    - ``offline``: the reader got ``offline`` (the store failed; the rest goes to the spool).
+    - ``ended``: the reader got ``finished`` (``result``) or ``error``, or the trainer found
+      the side process gone (a send failed) or stopped waiting for the end.
+
+    It only moves forward. ``finished`` is set once the reader has written its last word, so
+    ``result`` is whole when ``finished.wait`` returns; ``finish`` detaches the run from the
+    side process (a barrier: no reply is handed over after it), so afterwards, e.g. in
+    ``incomplete``, no reader thread writes any more, even when the trainer stopped waiting."""
 
     # A sweep's worker sets this: its store was checked before the first trial, so a store
     # unreachable at a trial's start is a fault mid-sweep, not bad input; the trial trains on
@@ -138,6 +155,7 @@ class MlflowRun:
     def __init__(self, run, tracking, begin: bool = True, check: bool = True):
         self.tracking = tracking
         self.uri = resolve_uri(tracking)
+        self._lock = threading.Lock()  # the trainer's and the reader's shared state: below
         self.error: str | None = None  # the side process is gone (or never answered)
         self.offline: str | None = None  # the store failed: the rest goes to the spool only
         self.unreachable = check and self._unreachable()  # nothing is sent: spool only
@@ -145,12 +163,9 @@ class MlflowRun:
         self.run_id: str | None = None
         self.finished = threading.Event()
         self.spool = Spool(spool_folder(run.output_dir, new_spool_id()))
-        self.blas_limit = None
-        if not self.unreachable and not SideProcess.warm() and (os.cpu_count() or 1) <= 2:
-            # While the side process imports MLflow (about 1.4 s of CPU), a 2-thread BLAS in the
-            # trainer fights it for 2 cores: measured, a 200-epoch digits run's epochs took 4x
-            # longer. One BLAS thread until the run exists costs nothing on small models.
-            self.blas_limit = threadpool_limits(limits=1, user_api="blas")
+        # a cold side process imports MLflow beside the epochs: see process.one_blas_thread
+        cold = not self.unreachable and not SideProcess.warm()
+        self.restore_blas = one_blas_thread() if cold else None
         self.side = SideProcess.get()
         self.retry_seconds = float(tracking.get("retry_seconds", 30.0))
         self.start_request = dict(
@@ -168,8 +183,19 @@ class MlflowRun:
             start_time=int(time.time() * 1000),
             datasets=describe_datasets(run),
         )
+        self.run_key = self.start_request["spool_id"]  # the side process's replies name it
         if begin:
             self.begin()
+
+    @property
+    def state(self) -> str:
+        """``starting``, ``running``, ``offline`` or ``ended`` (the class docstring)."""
+        with self._lock:
+            if self.finished.is_set() or self.error is not None:
+                return "ended"
+            if self.offline is not None:
+                return "offline"
+            return "running" if self.run_id is not None else "starting"
 
     def _unreachable(self) -> bool:
         """Check the store (``precheck``); True when it cannot be reached and the record goes
@@ -185,7 +211,7 @@ class MlflowRun:
 
     def begin(self) -> None:
         """Send the run's start; the side process's replies come to this tracker."""
-        self.side.tracker = self
+        self.side.attach(self.run_key, self)
         self._send(**self.start_request)
 
     def _send(self, **request) -> None:
@@ -196,29 +222,36 @@ class MlflowRun:
             self.spool.append({"op": "start", **{k: request[k] for k in keys}})
         elif request["op"] == "metrics":
             self.spool.append(request)
-        if self.error is None and not self.unreachable:
-            self.error = self.side.send(**request)
+        with self._lock:
+            sending = self.error is None and not self.unreachable
+        error = self.side.send(**request) if sending else None  # outside: send may wait
+        if error is not None:
+            with self._lock:
+                self.error = self.error or error
 
     def on_reply(self, reply: dict) -> None:
-        """Called from the side process's reader thread."""
+        """Called from the side process's reader thread, while the run is attached."""
         op = reply.get("op")
-        if op == "started":
-            self.run_id = reply["run_id"]
-        elif op == "offline":
-            self.offline = reply.get("message", "the store failed")
-        elif op == "finished":
-            self.result = reply
-            self.finished.set()
-        elif op == "error":
-            if not self.finished.is_set():
+        with self._lock:
+            if self.finished.is_set():
+                return  # ended: the last word is said
+            if op == "started":
+                self.run_id = reply["run_id"]
+            elif op == "offline":
+                self.offline = reply.get("message", "the store failed")
+            elif op == "finished":
+                self.result = reply
+            elif op == "error":
                 self.error = self.error or reply.get("message", "unknown error")
-            self.finished.set()
+            if op in ("finished", "error"):
+                self.finished.set()
 
     def incomplete(self) -> str | None:
         """Why the run's MLflow record is incomplete, or None."""
-        if self.result.get("complete"):
-            return None
-        why = self.result.get("message") or self.offline or self.error
+        with self._lock:
+            if self.result.get("complete"):
+                return None
+            why = self.result.get("message") or self.offline or self.error
         return why or "the MLflow process did not confirm the run's end"
 
     def report(self, run) -> None:
@@ -247,13 +280,13 @@ class MlflowRun:
             warnings.warn(message, stacklevel=3)
 
     def release_blas(self) -> None:
-        """Give BLAS its threads back (main thread only: never while a GEMM runs)."""
-        if self.blas_limit is not None:
-            self.blas_limit.restore_original_limits()
-            self.blas_limit = None
+        """Give BLAS its threads back (training thread only: never while a GEMM runs)."""
+        if self.restore_blas is not None:
+            self.restore_blas()
+            self.restore_blas = None
 
     def log_epoch(self, epoch: int, metrics: dict) -> None:
-        if self.run_id is not None or self.error is not None or self.offline is not None:
+        if self.restore_blas is not None and self.state != "starting":
             self.release_blas()
         ts = int(time.time() * 1000)
         items = [[k, float(v), ts, epoch + STEP_BASE] for k, v in metrics.items() if k != "epoch"]
@@ -283,7 +316,7 @@ class MlflowRun:
             request = self.send_finish(run, status, list(artifacts), metrics or {}, model_folder)
             self.await_finish(request)
         finally:
-            self.side.tracker = None
+            self.side.detach(self.run_key)  # no reply reaches this run from here on
             self.spool.close()
         self.settle(run)
 
@@ -343,9 +376,12 @@ class MlflowRun:
         incomplete, keep its end, and its files, in the spool for a replay."""
         # the worker may still be importing MLflow: this wait is tracking's one-time cost
         limit = 60 + 3 * self.retry_seconds
-        waits = self.error is None and not self.unreachable
+        with self._lock:
+            waits = self.error is None and not self.unreachable
         if waits and not self.finished.wait(timeout=limit):
-            self.error = f"the MLflow process did not end the run within {limit:.0f} s"
+            with self._lock:
+                if not self.finished.is_set():  # its end may have come just now
+                    self.error = f"the MLflow process did not end the run within {limit:.0f} s"
         if self.incomplete() is None:
             return
         model = request["model"]
@@ -367,21 +403,6 @@ class MlflowRun:
         return describe_model(run, folder, register, tags)
 
 
-class _InOrder:
-    """Hands the side process's replies to several trackers, in the order their runs were
-    sent: it serves runs one after another, so a run's replies end with its ``finished``."""
-
-    def __init__(self, trackers: list[MlflowRun]):
-        self.trackers, self.index = trackers, 0
-
-    def on_reply(self, reply: dict) -> None:
-        if self.index < len(self.trackers):
-            tracker = self.trackers[self.index]
-            tracker.on_reply(reply)
-            if tracker.finished.is_set():
-                self.index += 1
-
-
 def record_ended_runs(runs: list) -> None:
     """Record runs that have already ended (a sweep's epoch counts answered from a longer run)
     as MLflow runs: params, tags, dataset inputs, per-epoch metrics and summary, without their
@@ -391,18 +412,17 @@ def record_ended_runs(runs: list) -> None:
     if not runs:
         return
     trackers = [MlflowRun(run, run.config.tracking, begin=False, check=False) for run in runs]
-    trackers[0].side.tracker = _InOrder(trackers)  # before the first reply can come
     requests = []
     try:
         for tracker, run in zip(trackers, runs, strict=True):
-            tracker._send(**tracker.start_request)
+            tracker.begin()
             tracker.log_history(run.history)
             requests.append(tracker.send_finish(run, run.status, [], {}, model_folder=None))
         for tracker, request in zip(trackers, requests, strict=True):
             tracker.await_finish(request)
     finally:
-        trackers[0].side.tracker = None
         for tracker in trackers:
+            tracker.side.detach(tracker.run_key)
             tracker.spool.close()
     for tracker, run in zip(trackers, runs, strict=True):
         tracker.settle(run)

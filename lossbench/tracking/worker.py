@@ -10,7 +10,8 @@ requests
     ``{"op": "metrics", "items": [[key, value, timestamp_ms, step], ...]}``
     ``{"op": "finish", "state", "tags", "metrics", "artifacts": [path, ...], "model"}``
     (``datasets`` and ``model`` are described in ``lossbench.tracking.models``)
-replies
+replies (each also carries ``"run"``: the ``spool_id`` of the run's ``start``, so the trainer
+hands it to that run only)
     ``{"op": "started", "run_id"}``; ``{"op": "offline", "message", "spool"}`` (the store
     stopped answering: the rest of the run goes to the spool only); ``{"op": "finished",
     "complete", "message", "spool", "model_uri", "model_version"}``; ``{"op": "error",
@@ -93,6 +94,7 @@ def _read_requests(stream, inbox: queue.Queue) -> None:
 class Worker:
     def __init__(self, out) -> None:
         self.out = out
+        self.run_key: str | None = None  # the spool_id of the run's start, in every reply
         self.client = None
         self.run_id = None
         self.pending: list = []
@@ -102,7 +104,7 @@ class Worker:
 
     def reply(self, **message) -> None:
         try:
-            self.out.write(json.dumps(message) + "\n")
+            self.out.write(json.dumps({"run": self.run_key, **message}) + "\n")
             self.out.flush()
         except (BrokenPipeError, OSError, ValueError):
             pass  # the trainer is gone; its input closing will end the run
@@ -215,6 +217,7 @@ class Worker:
 
 def serve_run(worker: Worker, first: dict, inbox: queue.Queue) -> bool:
     """Serve one run from its ``start`` request; False when the input ended."""
+    worker.run_key = first.get("spool_id")
     worker.start(first)
     if worker.offline is None:
         worker.reply(op="started", run_id=worker.run_id)
