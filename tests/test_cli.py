@@ -229,3 +229,12 @@ def test_subcommand_flags_keep_their_spellings(capsys):
         parser.parse(["--steps", "x"])
     with pytest.raises(LossbenchError, match="lr_find --beta needs a value. Fix:"):
         parser.parse(["data=iris", "--beta"])
+
+
+def test_hydras_help_ends_with_the_table_of_subcommands(tmp_path):
+    r = lossbench("--help", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "== Configuration groups ==" in r.stdout  # Hydra's own help, unchanged above
+    listed = r.stdout.split("Subcommands (")[1]
+    for name, command in COMMANDS.items():
+        assert f"  {name:<14} {command.help}\n" in listed

@@ -1,7 +1,8 @@
 """Command line: ``python -m lossbench NAME ...`` runs the subcommand NAME of the table in
 ``commands`` (plugins, warmup, replay, lr_find, explain, storage-proxy, new-plugin, check), each
 parsed by a ``parser`` (argparse, lossbench's errors); their handlers live in ``tools``
-(plugins, warmup, replay) and ``probes`` (lr_find, explain). Any other command line is a run's:
+(plugins, warmup, replay, storage-proxy), ``probes`` (lr_find, explain) and ``kit``
+(new-plugin, check). Any other command line is a run's:
 ``python -m lossbench [OVERRIDES]`` or ``--multirun`` (an Optuna sweep, ``lossbench.sweep``)
 and Hydra's own flags, as ``run`` handles them.
 

@@ -1,47 +1,30 @@
 """The table of subcommands: ``python -m lossbench NAME ...`` for each name here, the first
 word of the command line; any other first word is a run's (``lossbench.cli.run``).
 
-Each entry is a parser builder (``lossbench.cli.parser.CommandParser``: its usage and ``--help``
-come from it), the handler of the parsed arguments and a line of help. ``storage-proxy``,
-``new-plugin`` and ``check`` parse their own arguments where they live (the sweep's proxy, the
-plugin kit), so they get the rest of the command line as it is."""
+Each entry is a line of help, the handler of the parsed arguments and a parser builder
+(``lossbench.cli.parser.CommandParser``: the command's usage and ``--help`` come from it). The
+handlers live in ``tools`` (plugins, warmup, replay, storage-proxy), ``probes`` (lr_find,
+explain) and ``kit`` (new-plugin, check)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lossbench.cli import probes, tools
+from lossbench.cli import kit, probes, tools
 from lossbench.cli.parser import CommandParser
 
 
 @dataclass(frozen=True)
 class Command:
-    """One subcommand: ``parser()`` and ``handler(args)``, or ``handler(argv)`` when
-    ``parser`` is None (the command parses its own arguments)."""
+    """One subcommand: ``handler(parser().parse(argv))``."""
 
     help: str
     handler: Callable
-    parser: Callable[[], CommandParser] | None = None
+    parser: Callable[[], CommandParser]
 
     def run(self, argv: list[str]) -> None:
-        self.handler(argv if self.parser is None else self.parser().parse(argv))
-
-
-def _storage_proxy(argv: list[str]) -> None:
-    from lossbench.sweep.proxy import main as proxy  # start-up: Optuna for the proxy only
-
-    sys.exit(proxy(argv))
-
-
-def _authoring(name: str) -> Callable[[list[str]], None]:
-    def handler(argv: list[str]) -> None:
-        from lossbench.authoring import run  # start-up: the kit loads for these commands only
-
-        sys.exit(run([name, *argv]))
-
-    return handler
+        self.handler(self.parser().parse(argv))
 
 
 COMMANDS: dict[str, Command] = {
@@ -56,9 +39,9 @@ COMMANDS: dict[str, Command] = {
     "explain": Command("one batch's loss computation, shown; writes nothing",
                        probes.explain_command, probes.explain_parser),
     "storage-proxy": Command("serve a sweep's study database over gRPC (lossbench.sweep.proxy)",
-                             _storage_proxy),
+                             tools.storage_proxy_command, tools.storage_proxy_parser),
     "new-plugin": Command("a new plugin package from the kit's templates (lossbench.authoring)",
-                          _authoring("new-plugin")),
+                          kit.new_plugin, kit.new_plugin_parser),
     "check": Command("the plugin kit's report on installed plugins (lossbench.authoring)",
-                     _authoring("check")),
+                     kit.check, kit.check_parser),
 }  # fmt: skip

@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
+from lossbench.cli.commands import COMMANDS
 from lossbench.cli.parser import fail
 from lossbench.config import compose_run, config_dir, store_configs
 from lossbench.config.source import config_source, read_config_flags, use_config, with_searchpath
@@ -286,7 +287,25 @@ def main(argv: list[str]) -> None:
         config_path=str(config_dir()), config_name="config", version_base="1.3"
     )(_task)
     sys.argv = [sys.argv[0], *argv]
-    _hydra_errors(_masking_cfg(app, argv))
+    _hydra_errors(_masking_cfg(_with_subcommands(app, argv), argv))
+
+
+def _with_subcommands(app, argv: list[str]):
+    """``app``; after Hydra's ``--help``, the table of subcommands (``cli.commands``)."""
+    if not any(a in ("--help", "-h") for a in argv):
+        return app
+
+    def helped():
+        try:
+            app()
+        except SystemExit as exc:  # Hydra exits after its help: 0, unless it failed
+            if exc.code not in (0, None):
+                raise
+        print("\n\nSubcommands (python -m lossbench COMMAND --help: its flags):")
+        for name, command in COMMANDS.items():
+            print(f"  {name:<14} {command.help}")
+
+    return helped
 
 
 def _masking_cfg(app, argv: list[str]):

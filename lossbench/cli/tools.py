@@ -150,3 +150,25 @@ def _replay_sweep(sweep_dir: Path, uri: str | None) -> None:
         sys.exit(1)
     if said:
         print(f"{sweep_dir}: {said}")
+
+
+def storage_proxy_parser() -> CommandParser:
+    parser = CommandParser("storage-proxy", "Optuna's gRPC storage proxy in front of a study "
+                           "database, for sweeps with very many workers (sweep.storage="
+                           "grpc://HOST:PORT); needs pip install 'lossbench[grpc]'. Runs until "
+                           "Ctrl-C or SIGTERM.", plugins=False)  # fmt: skip
+    parser.add_argument("--storage", required=True, metavar="URL",
+                        help="the study database's URL, e.g. postgresql+psycopg2://USER@HOST/DB")
+    parser.add_argument("--password-env", metavar="NAME",
+                        help="an environment variable holding its password")
+    parser.add_argument("--host", default="localhost", help="address to listen on")
+    parser.flag("--port", int, "the port to listen on (default 13000)", default=13000)
+    parser.flag("--threads", int, "requests served at once (default 16)", default=16)
+    return parser
+
+
+def storage_proxy_command(args) -> None:
+    """``python -m lossbench storage-proxy --storage URL ...`` (``lossbench.sweep.proxy``)."""
+    from lossbench.sweep.proxy import main as proxy  # start-up: Optuna for the proxy only
+
+    sys.exit(proxy(args.storage, args.password_env, args.host, args.port, args.threads))
