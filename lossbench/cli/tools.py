@@ -157,8 +157,8 @@ def storage_proxy_parser() -> CommandParser:
                            "database, for sweeps with very many workers (sweep.storage="
                            "grpc://HOST:PORT); needs pip install 'lossbench[grpc]'. Runs until "
                            "Ctrl-C or SIGTERM.", plugins=False)  # fmt: skip
-    parser.add_argument("--storage", required=True, metavar="URL",
-                        help="the study database's URL, e.g. postgresql+psycopg2://USER@HOST/DB")
+    parser.add_argument("--storage", metavar="URL", help="the study database's URL (required), "
+                        "e.g. postgresql+psycopg2://USER@HOST/DB")  # fmt: skip
     parser.add_argument("--password-env", metavar="NAME",
                         help="an environment variable holding its password")
     parser.add_argument("--host", default="localhost", help="address to listen on")
@@ -169,6 +169,12 @@ def storage_proxy_parser() -> CommandParser:
 
 def storage_proxy_command(args) -> None:
     """``python -m lossbench storage-proxy --storage URL ...`` (``lossbench.sweep.proxy``)."""
+    if args.storage is None:  # checked here, so that a mistyped flag is named first
+        raise LossbenchError(
+            "storage-proxy: the following arguments are required: --storage. Fix: pass the "
+            "study database's URL, --storage postgresql+psycopg2://USER@HOST/DB. "
+            f"{storage_proxy_parser().usage_line()}"
+        )
     from lossbench.sweep.proxy import main as proxy  # start-up: Optuna for the proxy only
 
     sys.exit(proxy(args.storage, args.password_env, args.host, args.port, args.threads))
