@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from lossbench.cli import COMMANDS, main
+from lossbench.cli.probes import lr_find_parser
+from lossbench.errors import LossbenchError
+
 pytestmark = pytest.mark.slow
 
 
@@ -179,3 +183,58 @@ def test_composing_once_writes_what_hydra_main_writes(tmp_path):
     assert sorted(p.name for p in runs["once"].iterdir()) == sorted(
         p.name for p in runs["main"].iterdir()
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# the table of subcommands: each one's usage and --help come from its parser
+
+
+def _subcommands_with_parsers():
+    return [name for name, command in COMMANDS.items() if command.parser is not None]
+
+
+@pytest.mark.parametrize("name", _subcommands_with_parsers())
+def test_every_subcommand_has_a_generated_help(name, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([name, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: python -m lossbench {name} [-h]"), out
+    assert "options:" in out
+
+
+@pytest.mark.parametrize("name", _subcommands_with_parsers())
+@pytest.mark.parametrize("bad", [["--bogus"], ["--bogus=1"], ["-x", "1"]])
+def test_every_subcommand_refuses_an_unknown_flag_in_one_paragraph(name, bad, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([name, *bad])
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert captured.out == "" and "\n" not in err, err
+    assert err.startswith(f"lossbench: error: {name} does not take {bad[0]!r}; its options")
+    assert "Fix: " in err and f"Usage: python -m lossbench {name} " in err
+    assert "usage:" not in err  # never argparse's own usage line
+
+
+def test_subcommand_flags_keep_their_spellings(capsys):
+    """``--flag VALUE`` and ``--flag=VALUE`` mean the same; a value missing or of the wrong
+    type is named with the flag."""
+    parser = lr_find_parser()
+    one = parser.parse(["--steps", "50", "loss=mse", "--end-lr=0.5", "data=iris"])
+    assert (one.steps, one.end_lr, one.overrides) == (50, 0.5, ["loss=mse", "data=iris"])
+    two = parser.parse(["--plugins-dir=plug", "data=iris", "--output-dir", "out"])
+    assert (two.plugins_dir, two.output_dir, two.overrides) == ("plug", "out", ["data=iris"])
+    with pytest.raises(LossbenchError, match="lr_find --steps 'x' is not a valid int. Fix:"):
+        parser.parse(["--steps", "x"])
+    with pytest.raises(LossbenchError, match="lr_find --beta needs a value. Fix:"):
+        parser.parse(["data=iris", "--beta"])
+
+
+def test_hydras_help_ends_with_the_table_of_subcommands(tmp_path):
+    r = lossbench("--help", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "== Configuration groups ==" in r.stdout  # Hydra's own help, unchanged above
+    listed = r.stdout.split("Subcommands (")[1]
+    for name, command in COMMANDS.items():
+        assert f"  {name:<14} {command.help}\n" in listed

@@ -22,8 +22,6 @@ from lossbench.errors import ConfigError
 from lossbench.plugins import ENTRY_POINT_GROUP
 from lossbench.testing import checks_for, run_checks
 
-USAGE = "Usage: python -m lossbench check PLUGIN... [--fast] [--hparams JSON]"
-
 
 def _canonical(name: str) -> str:
     return name.lower().replace("_", "-")
@@ -53,23 +51,15 @@ def find_plugin(name: str):
     )
 
 
-def _arguments(argv: list[str]) -> tuple[list[str], bool, dict | None]:
-    rest, hparams = list(argv), None
-    fast = "--fast" in rest
-    rest = [a for a in rest if a != "--fast"]
-    if "--hparams" in rest:
-        i = rest.index("--hparams")
-        if i + 1 >= len(rest):
-            raise ConfigError(f"--hparams needs a JSON object. {USAGE}")
-        try:
-            hparams = json.loads(rest[i + 1])
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--hparams {rest[i + 1]!r} is not JSON ({exc}). Fix: pass e.g. "
-                              '--hparams \'{"focal": {"gamma": 0.5}}\'.') from None  # fmt: skip
-        del rest[i : i + 2]
-    if not rest or any(a.startswith("-") for a in rest):
-        raise ConfigError(f"check takes plugin names. {USAGE}")
-    return rest, fast, hparams
+def _hparams(text: str | None) -> dict | None:
+    """``--hparams JSON``, read."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--hparams {text!r} is not JSON ({exc}). Fix: pass e.g. "
+                          '--hparams \'{"focal": {"gamma": 0.5}}\'.') from None  # fmt: skip
 
 
 _MARK = {"passed": "ok  ", "failed": "FAIL", "skipped": "skip"}
@@ -89,11 +79,12 @@ def report(results, seconds: float) -> str:
     return "\n".join(lines)
 
 
-def check_command(argv: list[str]) -> int:
-    """The command: 0 when every check passes or skips, 1 when one fails, 2 on a mistake."""
+def check_command(names: list[str], fast: bool = False, hparams: str | None = None) -> int:
+    """The command (its arguments parsed by ``lossbench.cli``): 0 when every check passes or
+    skips, 1 when one fails, 2 on a mistake."""
     start = time.perf_counter()
     try:
-        names, fast, hparams = _arguments(argv)
+        hparams = _hparams(hparams)
         plugins = [find_plugin(name) for name in names]
     except ConfigError as exc:
         print(f"lossbench: error: {exc}", file=sys.stderr)

@@ -34,29 +34,6 @@ KINDS = {  # kind -> (config group, what the component is, where its golden valu
     "model": ("model", "A one-hidden-layer tanh network", "torch (Linear, Tanh, Linear)"),
     "dataset": ("data", "A seeded sin(x) regression set", "its definition, written out again"),
 }
-USAGE = (
-    "Usage: python -m lossbench new-plugin NAME [--kind loss|optimizer|model|dataset] [--dir DIR]"
-)
-
-
-def _arguments(argv: list[str]) -> tuple[str, str, Path]:
-    rest, kind, where = list(argv), "loss", Path.cwd()
-    for flag in ("--kind", "--dir"):
-        if flag in rest:
-            i = rest.index(flag)
-            if i + 1 >= len(rest):
-                raise ConfigError(f"{flag} needs a value. {USAGE}")
-            value = rest.pop(i + 1)
-            rest.pop(i)
-            kind, where = (value, where) if flag == "--kind" else (kind, Path(value))
-    if len(rest) != 1 or rest[0].startswith("-"):
-        raise ConfigError(f"new-plugin takes one NAME. {USAGE}")
-    if kind not in KINDS:
-        raise ConfigError(f"--kind {kind} is not a kind of component. Choices: "
-                          f"{', '.join(KINDS)}. Fix: pass e.g. --kind loss.")  # fmt: skip
-    return rest[0], kind, where
-
-
 def _check_name(name: str, kind: str) -> None:
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or keyword.iskeyword(name):
         raise ConfigError(
@@ -120,11 +97,14 @@ def write_plugin(name: str, kind: str, where: Path) -> Path:
     return root
 
 
-def new_plugin_command(argv: list[str]) -> int:
-    """The command: write the package, say what to do next; 2 on a mistake."""
+def new_plugin_command(name: str, kind: str = "loss", where: Path | None = None) -> int:
+    """The command (its arguments parsed by ``lossbench.cli``): write the package into
+    ``where`` (default: the current folder), say what to do next; 2 on a mistake."""
     try:
-        name, kind, where = _arguments(argv)
-        root = write_plugin(name, kind, where)
+        if kind not in KINDS:
+            raise ConfigError(f"--kind {kind} is not a kind of component. Choices: "
+                              f"{', '.join(KINDS)}. Fix: pass e.g. --kind loss.")  # fmt: skip
+        root = write_plugin(name, kind, Path.cwd() if where is None else Path(where))
     except ConfigError as exc:
         print(f"lossbench: error: {exc}", file=sys.stderr)
         return 2

@@ -5,7 +5,6 @@ hold none. Needs ``pip install 'lossbench[grpc]'``. Runs until Ctrl-C or SIGTERM
 
 from __future__ import annotations
 
-import argparse
 import socket
 
 import optuna
@@ -14,30 +13,11 @@ from lossbench.errors import ConfigError
 from lossbench.signals import sigterm_exits
 from lossbench.urls import mask_url, with_password
 
-USAGE = (
-    "python -m lossbench storage-proxy --storage postgresql+psycopg2://USER@HOST/DB "
-    "[--password-env NAME] [--host 0.0.0.0] [--port 13000] [--threads 16]"
-)
 
-
-def _args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m lossbench storage-proxy", usage=USAGE)
-    parser.add_argument("--storage", required=True, help="the study database's URL")
-    parser.add_argument("--password-env", help="an environment variable holding its password")
-    parser.add_argument("--host", default="localhost", help="address to listen on")
-    parser.add_argument("--port", type=int, default=13000)
-    parser.add_argument("--threads", type=int, default=16, help="requests served at once")
-
-    def error(message: str):
-        raise ConfigError(f"storage-proxy: {message}. Usage: {USAGE}.")
-
-    parser.error = error  # one paragraph and exit code 2, as every lossbench command
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str]) -> int:
-    args = _args(argv)
-    url = with_password(args.storage, args.password_env, "--password-env")
+def main(storage: str, password_env: str | None = None, host: str = "localhost",
+         port: int = 13000, threads: int = 16) -> int:  # fmt: skip
+    """Serve until Ctrl-C or SIGTERM (the arguments parsed by ``lossbench.cli``); 0 then."""
+    url = with_password(storage, password_env, "--password-env")
     if url.split("+")[0].split(":")[0] not in ("postgresql", "postgres", "mysql", "sqlite"):
         raise ConfigError(
             f"--storage {mask_url(url)} is not a database URL. Fix: the URL of the study "
@@ -52,7 +32,7 @@ def main(argv: list[str]) -> int:
         raise ConfigError(
             "storage-proxy needs grpcio. Fix: pip install 'lossbench[grpc]'."
         ) from None
-    _check_port(args.host, args.port)
+    _check_port(host, port)
     try:
         storage = optuna.storages.get_storage(url)
     except Exception as exc:
@@ -61,15 +41,15 @@ def main(argv: list[str]) -> int:
             "check --storage (a reachable database URL)."
         ) from None
     sigterm_exits(0)
-    print(f"storage proxy for {mask_url(url)} on {args.host}:{args.port}; workers use "
-          f"sweep.storage=grpc://{args.host}:{args.port}", flush=True)  # fmt: skip
+    print(f"storage proxy for {mask_url(url)} on {host}:{port}; workers use "
+          f"sweep.storage=grpc://{host}:{port}", flush=True)  # fmt: skip
     try:
-        run_grpc_proxy_server(storage, host=args.host, port=args.port,
-                              thread_pool=ThreadPoolExecutor(args.threads))  # fmt: skip
+        run_grpc_proxy_server(storage, host=host, port=port,
+                              thread_pool=ThreadPoolExecutor(threads))  # fmt: skip
     except KeyboardInterrupt:
         pass
     except RuntimeError as exc:  # gRPC could not bind (taken since the check): say so
-        raise ConfigError(_taken(args.host, args.port, str(exc))) from None
+        raise ConfigError(_taken(host, port, str(exc))) from None
     return 0
 
 

@@ -1,0 +1,47 @@
+"""The table of subcommands: ``python -m lossbench NAME ...`` for each name here, the first
+word of the command line; any other first word is a run's (``lossbench.cli.run``).
+
+Each entry is a line of help, the handler of the parsed arguments and a parser builder
+(``lossbench.cli.parser.CommandParser``: the command's usage and ``--help`` come from it). The
+handlers live in ``tools`` (plugins, warmup, replay, storage-proxy), ``probes`` (lr_find,
+explain) and ``kit`` (new-plugin, check)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lossbench.cli import kit, probes, tools
+from lossbench.cli.parser import CommandParser
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: ``handler(parser().parse(argv))``."""
+
+    help: str
+    handler: Callable
+    parser: Callable[[], CommandParser]
+
+    def run(self, argv: list[str]) -> None:
+        self.handler(self.parser().parse(argv))
+
+
+COMMANDS: dict[str, Command] = {
+    "plugins": Command("the loaded plugins, their versions, hooks and components",
+                       tools.plugins_command, tools.plugins_parser),
+    "warmup": Command("compile the fused epoch and every kernel ahead of the first run",
+                      tools.warmup_command, tools.warmup_parser),
+    "replay": Command("send a run's (or a sweep's) spooled MLflow record to its store",
+                      tools.replay_command, tools.replay_parser),
+    "lr_find": Command("the learning-rate range test: a suggested lr and the command to use it",
+                       probes.lr_find_command, probes.lr_find_parser),
+    "explain": Command("one batch's loss computation, shown; writes nothing",
+                       probes.explain_command, probes.explain_parser),
+    "storage-proxy": Command("serve a sweep's study database over gRPC (lossbench.sweep.proxy)",
+                             tools.storage_proxy_command, tools.storage_proxy_parser),
+    "new-plugin": Command("a new plugin package from the kit's templates (lossbench.authoring)",
+                          kit.new_plugin, kit.new_plugin_parser),
+    "check": Command("the plugin kit's report on installed plugins (lossbench.authoring)",
+                     kit.check, kit.check_parser),
+}  # fmt: skip
