@@ -59,24 +59,39 @@ class LocalLauncher(Launcher):
         return any(p.poll() is None for p in self.procs)
 
     def interrupt(self) -> None:
-        for p in self.procs:  # they got the SIGINT too; make sure they stop
-            with contextlib.suppress(ProcessLookupError):
-                p.send_signal(signal.SIGINT)
-        for p in self.procs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(self.procs)  # they got the SIGINT too; make sure they stop
 
     def codes(self) -> list[int | None]:
         return [p.returncode for p in self.procs]
 
     def close(self) -> None:
-        for p in self.procs:
-            if p.stdin is not None:
-                with contextlib.suppress(OSError):
-                    p.stdin.close()
+        close_pipes(self.procs)
+
+
+def stop_processes(procs: Iterable[subprocess.Popen], timeout: float = 60) -> None:
+    """``Launcher.interrupt`` for worker processes of this machine: SIGINT to each (a worker
+    marks its running trial for a retry), then wait up to ``timeout`` seconds for each and
+    SIGKILL what has not stopped."""
+    procs = list(procs)
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError):
+            p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def close_pipes(procs: Iterable[subprocess.Popen]) -> None:
+    """``Launcher.close`` for worker processes started with ``stdin=subprocess.PIPE``: closing
+    the pipe stops any worker still running (it reads its stdin to the end, then stops as on
+    SIGTERM)."""
+    for p in procs:
+        if p.stdin is not None:
+            with contextlib.suppress(OSError):
+                p.stdin.close()
 
 
 def runs_left(plan: Plan, started: Iterable[int] = ()) -> int:

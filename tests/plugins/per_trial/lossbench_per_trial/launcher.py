@@ -3,14 +3,12 @@ holding a pipe to this process on its stdin (so it stops when the coordinator di
 ends, another starts while the budget needs one (``runs_left``). A job that crashed stops the
 starting of new ones: the coordinator names it and its trial is retried by the next run."""
 
-import contextlib
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import lossbench
-from lossbench.sweep.launchers import runs_left
+from lossbench.sweep.launchers import close_pipes, runs_left, stop_processes
 
 
 class PerTrialLauncher(lossbench.Launcher):
@@ -52,21 +50,10 @@ class PerTrialLauncher(lossbench.Launcher):
 
     def interrupt(self) -> None:
         self.stopping = True
-        for p in self.jobs:
-            with contextlib.suppress(ProcessLookupError):
-                p.send_signal(signal.SIGINT)
-        for p in self.jobs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(self.jobs)
 
     def codes(self) -> list[int | None]:
         return [p.returncode for p in self.jobs]
 
     def close(self) -> None:
-        for p in self.jobs:
-            if p.stdin is not None:
-                with contextlib.suppress(OSError):
-                    p.stdin.close()
+        close_pipes(self.jobs)
