@@ -38,7 +38,8 @@ input is a ``ConfigError``); one raised later is the run's failure, like any plu
 Selection (``tracking=[mlflow,tensorboard]``, ``tracking=mlflow``, ``tracking=none``): each
 tracker's options are the node ``tracking.NAME`` (``tracking.tensorboard.logdir=...``);
 MLflow's alone sit at ``tracking`` itself (``tracking.uri=...``), as they did when it was the
-only tracker (``lossbench.config.store.TOP_LEVEL_TRACKERS``).
+only tracker (``lossbench.config.store.TOP_LEVEL_TRACKERS``); a tracker not selected leaves no
+key in the config.
 
 Sweeps. Every trial is a run, so every tracker records each trial as a run of its own, told
 beforehand which trial it is (``as_child``, on the trial's config); a tracker whose ``parent``

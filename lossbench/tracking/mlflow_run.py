@@ -55,8 +55,8 @@ SUMMARY_KEYS = ("compile_seconds", "train_seconds")
 
 
 def flatten(node, prefix: str = "") -> dict[str, str]:
-    """Nested dicts to dotted keys; lists and scalars as strings. Unset values (``???``: the
-    node of a tracker not selected) are left out."""
+    """Nested dicts to dotted keys; lists and scalars as strings. Unset values (``???``) are
+    left out."""
     out = {}
     for key, value in node.items():
         dotted = f"{prefix}{key}"

@@ -21,6 +21,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from omegaconf import open_dict
+
 from lossbench.hookspecs import hookimpl
 from lossbench.tracking.base import NO_MODEL, EndedRun, run_files
 from lossbench.tracking.mlflow_run import MlflowTracker
@@ -144,8 +146,9 @@ def record_lr_find(run, result, files: list, registry) -> None:
     Every tracker started is ended even when another raised; the first exception is raised
     after. An incomplete MLflow record is noted in ``run.record_errors``."""
     run.trackers = registry.trackers_of(run.config.get("tracking"))
-    for _, cls, options in run.trackers:
-        cls.as_probe(options, run.config, "lr_find")
+    with open_dict(run.config):  # as a trial's config is open to as_child
+        for _, cls, options in run.trackers:
+            cls.as_probe(options, run.config, "lr_find")
     series = {"lr_find_lr": result.lrs.tolist(), "lr_find_loss": result.losses.tolist(),
               "lr_find_smoothed_loss": result.smoothed.tolist()}  # fmt: skip
     summary = {"suggested_lr": result.suggestion} if result.suggestion is not None else {}
