@@ -66,7 +66,7 @@ class Launcher(abc.ABC):
 
     shares_sweep_dir: bool = False
     """True when the workers see the coordinator's sweep folder at its path (processes of this
-    machine): they are started before the MLflow parent run is open and read its id from
+    machine): they are started before the parent run is open and read its id from
     ``SWEEP_DIR/parent_run.json``, which takes the MLflow import off the critical path. False
     (the safe default): the parent run is opened first and its id travels in the plan."""
 
@@ -103,7 +103,7 @@ class Launcher(abc.ABC):
     def interrupt(self) -> None:
         """Make every worker stop, and return once they have stopped (bounded: kill what does
         not stop in time). Called on Ctrl-C (local workers got the SIGINT too), when the
-        MLflow parent run cannot be opened, and when the study storage stopped answering. A
+        parent run cannot be opened, and when the study storage stopped answering. A
         worker stopped so marks its running trial for a retry (what ``work`` does on SIGINT
         or ``KeyboardInterrupt``); a second interrupt while it cleans up must not make it
         leave the trial RUNNING. ``codes`` is called after it."""

@@ -36,10 +36,11 @@ def lr_find_parser() -> CommandParser:
 def lr_find_command(args) -> None:
     """``python -m lossbench lr_find [OPTIONS] [OVERRIDES]``: the learning-rate range test
     (``lossbench.training.lr_find``); prints the suggestion, its rule and the command to train
-    with it. Exit 2 for bad input, 1 when its MLflow record is incomplete."""
+    with it; every tracker the config selects records it (``tracking.plugin.record_lr_find``).
+    Exit 2 for bad input, 1 when a record is incomplete (MLflow's: spooled for a replay)."""
     from datetime import datetime  # start-up: the lr_find modules load for lr_find only
 
-    from lossbench.tracking.mlflow_run import default_run_name, record_lr_find
+    from lossbench.tracking.plugin import record_lr_find
     from lossbench.training.lr_find import LRFindOptions, find_lr
 
     overrides = args.overrides
@@ -51,11 +52,9 @@ def lr_find_command(args) -> None:
     pm = build_plugin_manager(args.plugins_dir)
     set_plugin_manager(pm)
     cfg = compose(overrides, registry=pm.registry)
-    if cfg.tracking.get("name") == "mlflow" and not cfg.tracking.get("run_name"):
-        cfg.tracking.run_name = f"lr_find-{default_run_name(cfg)}"
     try:
         run, result, files = find_lr(cfg, LRFindOptions(**flags), out, pm)
-        record_lr_find(run, result, files)
+        record_lr_find(run, result, files, pm.registry)
     except PluginFailure as exc:  # a plugin's bug: 1 (bad input, 2, is the caller's)
         print(f"lossbench: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

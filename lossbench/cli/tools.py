@@ -1,5 +1,5 @@
 """The subcommands around runs: ``plugins`` (what is loaded), ``warmup`` (compile ahead) and
-``replay`` (send a spooled MLflow record to its store). Each is a parser builder and a handler
+``replay`` (send a spooled record, MLflow's, to its store). Each is a parser builder and a handler
 of its parsed arguments, listed in ``lossbench.cli.commands``."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from lossbench.cli.parser import CommandParser, fail
+from lossbench.cli.parser import CommandParser
 from lossbench.config import DTYPES
 from lossbench.errors import LossbenchError
 from lossbench.plugins import build_plugin_manager, describe
 from lossbench.training import warm_up
-from lossbench.urls import mask_text, mask_url
+from lossbench.urls import mask_text
 
 
 def plugins_parser() -> CommandParser:
@@ -71,10 +71,12 @@ def warmup_command(args) -> None:
 
 
 def replay_parser() -> CommandParser:
-    parser = CommandParser("replay", "Send a run's spooled MLflow record (what its store did "
-                           "not receive) to its store, or to URI, and end the run there with its "
-                           "true final state; a sweep's folder: every trial's spool, then the "
-                           "study's runs settled. Safe to repeat.", plugins=False)  # fmt: skip
+    parser = CommandParser("replay", "Send what a run's store did not receive, kept in its "
+                           "spool, to its store, or to URI, and end the run there with its true "
+                           "final state; a sweep's folder: every trial's spool, then the study's "
+                           "runs settled. Safe to repeat. The spool is MLflow's (RUN_DIR/"
+                           "mlflow-spool/): other trackers have nothing to replay unless their "
+                           "plugin declares it (Tracker.replays).")  # fmt: skip
     parser.add_argument("target", nargs="?", metavar="RUN_DIR|SWEEP_DIR",
                         help="the run directory a run's error named, or a sweep's folder")
     parser.add_argument("--uri", help="the tracking URI to send to (default: the run's own)")
@@ -82,60 +84,36 @@ def replay_parser() -> CommandParser:
 
 
 def replay_command(args) -> None:
-    """``python -m lossbench replay RUN_DIR|SWEEP_DIR [--uri URI]``: send a run's spooled MLflow
-    record (what its store did not receive) to its store, or to ``URI``, and end the run there
-    with its true final state; a sweep's folder: every trial's spool, then the study's child
-    runs and its parent run settled. Safe to repeat: only what the store lacks is sent."""
+    """``python -m lossbench replay RUN_DIR|SWEEP_DIR [--uri URI]``: every tracker that keeps
+    a spool (``Tracker.replays``; MLflow's: ``lossbench.tracking.spool``) sends what its store
+    did not receive to that store, or to ``URI``, and ends the run there with its true final
+    state; a sweep's folder: every trial's spool, then the study's child runs and its parent
+    run settled (``ParentRun.settle``). Safe to repeat: only what the store lacks is sent."""
     usage = replay_parser().usage_line()
     if args.target is None or args.target.startswith("-"):
         raise LossbenchError(f"replay takes one run directory. Fix: pass it. {usage}")
-    from lossbench.tracking.spool import find_spools, read_spool  # start-up: MLflow for replay
-
     target, uri = Path(args.target), args.uri
     if not target.exists():
         raise LossbenchError(
             f"replay {args.target}: no such folder (looked in {Path.cwd()}). Fix: pass the run "
             f"directory a run's error named (it holds mlflow-spool/). {usage}"
         )
-    spools = find_spools(target)
+    trackers = {name: cls for name, cls in build_plugin_manager(args.plugins_dir)
+                .registry.trackers.items() if cls.replays}  # fmt: skip
     sweep = (target / "plan.json").is_file()
-    if not spools and not sweep:
+    done = [cls.replay(target, uri) for cls in trackers.values()]
+    if not any(d.found for d in done) and not sweep:
         raise LossbenchError(
-            f"{args.target} holds no MLflow spool (mlflow-spool/*/records.jsonl): its record "
-            f"reached the store complete, or this is not a run directory. Fix: pass the run "
-            f"directory a run's error named. {usage}"
+            f"{args.target} holds no spool to replay (MLflow's: mlflow-spool/*/records.jsonl; "
+            f"the trackers that keep one: {', '.join(trackers) or 'none'}): its record reached "
+            f"the store complete, or this is not a run directory. Fix: pass the run directory "
+            f"a run's error named. {usage}"
         )
-    starts = [r for f in spools[:1] for r in read_spool(f) if r["op"] == "start"]
-    failed = sum(not _replay_one(folder, uri) for folder in spools)  # each removed once in
+    failed = sum(d.failed for d in done)
     if sweep and not failed:
-        _replay_sweep(target, uri or (starts[0].get("uri") if starts else None))
+        _replay_sweep(target, uri or next((d.store for d in done if d.store), None))
     if failed:
         sys.exit(1)
-
-
-def _replay_one(folder: Path, uri: str | None) -> bool:
-    """Replay one spool, saying what was done; False when its store failed."""
-    from lossbench.tracking.spool import replay  # start-up: MLflow for replay only
-
-    try:
-        done = replay(folder, uri)
-    except LossbenchError as exc:  # an edited spool: refused before anything was sent
-        fail(exc)
-    except Exception as exc:  # the store: unreachable, refusing; the spool stays
-        print(mask_text(f"lossbench: error: {folder} could not be replayed into "
-                        f"{uri or 'its store'}: {type(exc).__name__}: {exc}"),
-              file=sys.stderr)  # fmt: skip
-        return False
-    if done["run_id"] is None:
-        print(f"{folder}: already replayed by another replay")
-        return True
-    print(
-        f"{folder}: run {done['run_id']} in {mask_url(done['uri'])} "
-        f"({'created' if done['created'] else 'found'}), {done['metrics_sent']} metric "
-        f"points sent ({done['metrics_present']} already there), {done['artifacts_sent']} "
-        f"artifacts, ended {done['state']}" + ("; spool removed" if done["removed"] else "")
-    )
-    return True
 
 
 def _replay_sweep(sweep_dir: Path, uri: str | None) -> None:

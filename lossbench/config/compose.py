@@ -18,7 +18,14 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from lossbench.config.errors import _suggest, check_interpolations, check_known_keys, translate
 from lossbench.config.source import config_source
-from lossbench.config.store import CONFIG_GROUPS, GROUPS, config_dir, store_configs
+from lossbench.config.store import (
+    CONFIG_GROUPS,
+    GROUPS,
+    close_tracking,
+    config_dir,
+    store_configs,
+    tracking_keys,
+)
 from lossbench.errors import ConfigError
 from lossbench.plugins import get_plugin_manager
 from lossbench.specs import KINDS
@@ -92,7 +99,7 @@ def compose(overrides=(), registry=None):
     overrides = list(overrides)
     check_choices(overrides, registry)
     store_configs(registry)
-    return _checked(overrides, _compose_task, lambda cfg: cfg)
+    return _checked(overrides, _compose_task, lambda cfg: cfg, registry)
 
 
 def _compose_task(overrides):
@@ -132,9 +139,10 @@ def check_optional_choices(overrides) -> None:
             )
 
 
-def _checked(overrides: list[str], run, task_of):
+def _checked(overrides: list[str], run, task_of, registry):
     """``run(overrides)`` with Hydra's and OmegaConf's errors said in one paragraph, and the
-    keys of the composed task config (``task_of(cfg)``) checked against the schemas."""
+    keys of the composed task config (``task_of(cfg)``) checked against the schemas (and the
+    registry's trackers: ``store.tracking_keys``); the ``tracking`` node closed again."""
 
     def default(key: str):
         """The value ``key`` has with the same group choices but no other override (None
@@ -152,7 +160,8 @@ def _checked(overrides: list[str], run, task_of):
         raise translate(exc, overrides, default) from None
     task = task_of(cfg)
     check_interpolations(task)
-    check_known_keys(task, default)
+    check_known_keys(task, default, tracking_keys(registry))
+    close_tracking(cfg)
     return cfg
 
 
@@ -183,7 +192,7 @@ def compose_run(overrides, registry=None) -> DictConfig:
             del task["hydra"]
         return task
 
-    return _checked(overrides, run, task_of)
+    return _checked(overrides, run, task_of, registry)
 
 
 def compose_multirun(overrides, registry=None) -> DictConfig:

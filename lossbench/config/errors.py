@@ -242,23 +242,32 @@ def check_interpolations(cfg) -> None:
             ) from None
 
 
-def check_known_keys(cfg, default) -> None:
+def check_known_keys(cfg, default, beyond: dict[str, set[str]] | None = None) -> None:
     """Raise for a key in the composed config that no schema declares: ``+optimizer.lrr=0.1``
-    adds one (Hydra allows it), but no component would read it."""
-    extra = _extra(cfg)
+    adds one (Hydra allows it), but no component would read it. ``beyond``: the keys a node
+    (by its dotted path) takes besides its schema's, each a node of a schema of its own (the
+    ``tracking`` node: each other tracker's, ``config.store.tracking_keys``)."""
+    extra = _extra(cfg, "", beyond or {})
     if extra:
         raise _unknown_key(extra[0], default)
 
 
-def _extra(node: DictConfig) -> list[str]:
+def _extra(node: DictConfig, path: str, beyond: dict[str, set[str]]) -> list[str]:
     schema = OmegaConf.get_type(node)
     if not dataclasses.is_dataclass(schema):
         return []  # a plain dict (tags, params): any key is fine
     declared = {f.name for f in dataclasses.fields(schema)}
     out = []
     for k in node:
-        if k not in declared:
+        inner = f"{path}.{k}" if path else str(k)
+        if k not in declared and not (k in beyond.get(path, ()) and _typed(node, k)):
             out.append(str(k))
         elif not OmegaConf.is_missing(node, k) and isinstance(node[k], DictConfig):
-            out += [f"{k}.{sub}" for sub in _extra(node[k])]
+            out += [f"{k}.{sub}" for sub in _extra(node[k], inner, beyond)]
     return out
+
+
+def _typed(node: DictConfig, key) -> bool:
+    """``node[key]`` is a node made from a schema (a stored option), not keys added by hand."""
+    value = node[key]
+    return isinstance(value, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(value))

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from lossbench.config.schemas import (
     MlflowTrackingConfig,
@@ -93,11 +93,12 @@ class _NoOptions:
 def _store_trackers(cs, registry, files: Path) -> None:
     """Each tracker's options as ``schema/tracking/NAME``; one without a YAML option in
     conf/tracking/ (a plugin's) also as the option ``tracking/NAME`` in the package
-    ``tracking.NAME``, so ``tracking=[mlflow,NAME]`` selects both. MLflow's schema (the
-    ``tracking`` node itself) gets a field per other tracker, unset unless selected: its node
-    is closed, and an unset (``???``) field keeps a value merged in before it, whatever the
-    list's order."""
-    nodes = {}
+    ``tracking.NAME``, so ``tracking=[mlflow,NAME]`` selects both. With other trackers
+    registered, MLflow's schema (the ``tracking`` node itself) is stored open (``struct``
+    off): each selected tracker's node merges into it, whatever the list's order, and an
+    unselected one leaves no key (no ``???``); ``close_tracking`` closes it once composed, and
+    ``check_known_keys`` refuses any other key (``tracking_keys``)."""
+    others = False
     for name, tracker in registry.trackers.items():
         if name in TOP_LEVEL_TRACKERS:
             continue
@@ -111,13 +112,25 @@ def _store_trackers(cs, registry, files: Path) -> None:
         if not (files / "tracking" / f"{name}.yaml").is_file():
             cs.store(group="tracking", name=name, node=node, package=f"tracking.{name}",
                      provider="lossbench")  # fmt: skip
-        nodes[name] = node
-    mlflow = dataclasses.make_dataclass(
-        "MlflowWithTrackers",
-        [(name, node | None, field(default=MISSING)) for name, node in nodes.items()],
-        bases=(MlflowTrackingConfig,),
-    )
+        others = True
+    mlflow = OmegaConf.structured(MlflowTrackingConfig)
+    if others:
+        OmegaConf.set_struct(mlflow, False)  # typed, but takes the other trackers' nodes
     cs.store(group="schema/tracking", name="mlflow", node=mlflow, provider="lossbench")
+
+
+def tracking_keys(registry) -> dict[str, set[str]]:
+    """The keys the ``tracking`` node takes beyond MLflow's options: each other tracker's
+    node (``tracking.NAME``), for ``config.errors.check_known_keys``."""
+    return {"tracking": {n for n in registry.trackers if n not in TOP_LEVEL_TRACKERS}}
+
+
+def close_tracking(cfg) -> None:
+    """The composed ``tracking`` node closed again (``struct`` as the rest of the config):
+    open only while composing (``_store_trackers``)."""
+    node = cfg.get("tracking") if isinstance(cfg, DictConfig) else None
+    if isinstance(node, DictConfig):
+        OmegaConf.set_struct(node, None)
 
 
 _LAST_STORED = None  # weakref to the registry whose nodes the ConfigStore holds

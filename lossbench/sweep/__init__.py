@@ -12,8 +12,9 @@ each category, the spread over seeds, the pruner's share), ``study`` holds stora
 pruner, budget lock, lost-trial recovery and the journal's repair, ``plan`` what workers are
 handed, ``report`` and ``plots`` what a sweep shows and leaves (written whole through
 ``lossbench.files``), ``summary`` the background process that draws the figures and ends the
-MLflow parent run after the command has returned, ``records`` the MLflow records made whole
-after a fault (runs left RUNNING ended, lost attempts marked, spools replayed)."""
+parent run after the command has returned, ``records`` the trackers' records made whole
+after a fault (through the parent run: runs left RUNNING ended, lost attempts marked, spools
+replayed)."""
 
 from lossbench.sweep.coordinator import run_sweep
 

@@ -9,9 +9,11 @@ weights: the best epoch's up to E, or epoch E's; ``trainer.keep_weights``). Afte
 ``answer_epoch_counts`` adds one finished Optuna trial per count (``trainer.epochs=E``, the
 objective over the first E epochs, the user attribute ``read_from`` naming the trial whose run
 it was read from), writes its folder inside that run's (``epochs-E/``: ``.hydra``, history.csv,
-model.npz, summary.json saying where it was read from) and records it as an MLflow child run
-of its own, labelled as read from the longer run. Its overrides rerun it bit for bit. A count
-beyond where the run stopped is pruned (the run was pruned there) or failed (it diverged).
+model.npz, summary.json saying where it was read from) and records it in every tracker the
+trial has, as a child run of its own (MLflow's: labelled as read from the longer run), through
+the tracker protocol (``tracking.plugin.record_ended``: ``Tracker.record_ended``). Its
+overrides rerun it bit for bit. A count beyond where the run stopped is pruned (the run was
+pruned there) or failed (it diverged).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import optuna
 from optuna.trial import TrialState
 
 from lossbench.hookspecs import hookimpl
+from lossbench.plugins import get_plugin_manager
 from lossbench.sweep.design import EPOCHS
 from lossbench.sweep.study import READ_FROM, add_answer
 from lossbench.sweep.trial import (
@@ -33,7 +36,7 @@ from lossbench.sweep.trial import (
     trial_overrides,
     write_hydra_files,
 )
-from lossbench.tracking.mlflow_run import MlflowRun, record_ended_runs
+from lossbench.tracking.plugin import record_ended
 from lossbench.training import outputs
 from lossbench.urls import mask_text
 
@@ -74,9 +77,9 @@ def _epochs_ok(repeat) -> int:
 def answer_epoch_counts(study, plan, trial, repeats: list, how, stop) -> None:
     """One trial per epoch count below the trial's own, read from its run(s) (see the module);
     ``how`` is (the worker's Composer, the trial's values), ``stop`` the worker's stop event.
-    Their MLflow runs are sent together (``record_ended_runs``); the one that logs a model
-    (``sweep.log_models=best``: the best of these answers, if it is at least as good as every
-    completed trial) is recorded on its own, with its files."""
+    Every tracker gets them together (``tracking.plugin.record_ended``); the one that logs a
+    model (``sweep.log_models=best``: the best of these answers, if it is at least as good as
+    every completed trial) comes with its files and model."""
     answered = []
     for epochs in plan.epoch_counts[:-1]:
         ok = len(repeats) == plan.repeats and all(_epochs_ok(x) >= epochs for x in repeats)
@@ -94,24 +97,22 @@ def answer_epoch_counts(study, plan, trial, repeats: list, how, stop) -> None:
         })  # fmt: skip
         answered.append((epochs, number, values[0]))
     with_model = _with_model(study, plan, answered)
-    batch = []
+    models, batch = [], []
     for epochs, number, _ in answered:
         for r, repeat in enumerate(repeats):
             short = _write_answer(plan, trial.number, number, repeat, epochs, (*how, r, stop))
-            if short is None or not plan.tracking:
-                continue
-            if number in with_model:
-                _record_with_model(short)
-            else:
-                batch.append(short)
-    record_ended_runs(batch)
-    for short in batch:
+            if short is not None:
+                (models if number in with_model else batch).append(short)
+    registry = get_plugin_manager().registry
+    record_ended(models, registry, keep_files=True)
+    record_ended(batch, registry)
+    for short in models + batch:
         for message in short.record_errors:
             print(f"lossbench: {message}", flush=True)
 
 
 def _with_model(study, plan, answered: list) -> set[int]:
-    """The answers that log an MLflow model: all with ``sweep.log_models=all`` (or several
+    """The answers that log a model (and their files): all with ``sweep.log_models=all`` (or several
     objectives), else the best of them if it beats every completed trial (BestModelsOnly's
     rule for a trained run)."""
     if not answered:
@@ -121,14 +122,6 @@ def _with_model(study, plan, answered: list) -> set[int]:
     pick = min if plan.directions[0] == "minimize" else max
     _, number, value = pick(answered, key=lambda a: a[2])
     return {number} if beats_the_best(study, plan, value) else set()
-
-
-def _record_with_model(short) -> None:
-    tracker = MlflowRun(short, short.config.tracking, check=False)
-    tracker.log_history(short.history)
-    tracker.finish_whole(short, "finished")
-    for message in short.record_errors:
-        print(f"lossbench: {message}", flush=True)
 
 
 def _overrides(plan, values: dict, repeat, epochs: int) -> list[str]:
@@ -184,8 +177,8 @@ def _prefix(run, epochs: int, weights=None, cfg=None, out=None, read_from=None):
 
 
 def _write_answer(plan, carrier: int, number: int, repeat, epochs: int, how):
-    """The answer's folder, for one seed; returns its Run (tagged as the trial's MLflow child
-    run when tracked), or None when its files could not be written. ``how`` is (composer,
+    """The answer's folder, for one seed; returns its Run (its trackers told it is a trial:
+    MLflow's child run), or None when its files could not be written. ``how`` is (composer,
     values, repeat index, stop event)."""
     composer, values, r, stop = how
     seed = int(repeat.run.config.seed)
@@ -201,7 +194,6 @@ def _write_answer(plan, carrier: int, number: int, repeat, epochs: int, how):
     except OSError as exc:  # the answer stays in the study; its files are a copy of the run's
         print(f"lossbench: trial {number}'s files could not be written: {exc}", flush=True)
         return None
-    if plan.tracking:
-        tag_child_run(cfg, plan, number, stop, repeat=r if plan.repeats > 1 else None,
-                      read_from=carrier)  # fmt: skip
+    tag_child_run(cfg, plan, number, stop, repeat=r if plan.repeats > 1 else None,
+                  read_from=carrier)  # every tracker told which trial it records
     return short

@@ -1,4 +1,4 @@
-"""What a sweep's trials say together, for its table, results file, MLflow parent run and
+"""What a sweep's trials say together, for its table, results file, parent run and
 figures: the best trial of each category (each loss, each optimizer, ...: a sweep asking
 "which loss" answers with one best per loss), each value with its spread over seeds
 (``sweep.repeats``), and how much the pruner decided (a note when most trials were pruned

@@ -290,7 +290,7 @@ def run_sweep(argv: list[str], plugins_dir: str | None = None) -> int:
 
 
 def _start(study, plan: Plan, base, space, defer: bool):
-    """The sweep folder, multirun.yaml, the MLflow parent run (``defer``: only its store
+    """The sweep folder, multirun.yaml, the parent run (``defer``: only its tracker's store
     checked, the run is opened once the workers are starting), plan.json; returns (False,
     None) when a write failed (and says why), else (True, the parent run or None)."""
     sweep_dir = Path(plan.sweep_dir)
@@ -374,7 +374,7 @@ def _open(plan: Plan, base, study):
 
 
 def _open_parent(study, plan: Plan, base, launcher):
-    """Open the MLflow parent run while the workers start (importing MLflow here took a second
+    """Open the parent run while the workers start (importing MLflow here took a second
     or more before the first trial), and hand its id to them in SWEEP_DIR/parent_run.json;
     None (the workers stopped, the reason said) when it cannot be opened."""
     path = Path(plan.sweep_dir) / PARENT_FILE
@@ -387,8 +387,8 @@ def _open_parent(study, plan: Plan, base, launcher):
         with contextlib.suppress(OSError):
             atomic_write(path, json.dumps({"run_id": None, "error": str(exc)}))
         launcher.interrupt()
-        print(f"lossbench: error: the sweep could not open its MLflow parent run: {exc}. "
-              "Fix the store (see above) and run the same command again.",
+        print(f"lossbench: error: the sweep could not open its {plan.parent_tracker} parent "
+              f"run: {exc}. Fix the store (see above) and run the same command again.",
               file=sys.stderr)  # fmt: skip
         return None
     atomic_write(path, json.dumps({"run_id": parent.run_id}))
@@ -408,53 +408,57 @@ def _cluster_gone(why: str, parent, plan: Plan) -> None:
         try:
             end_running_trials(parent, plan.study_name,
                                f"{why}: the trial's Ray worker was lost with it")  # fmt: skip
-        except Exception as exc:  # MLflow gone too: the next run ends them
-            print(f"lossbench: the trials' MLflow runs could not be ended ({exc})",
-                  file=sys.stderr)  # fmt: skip
-    _end_parent_failed(parent, "its Ray cluster went away; run the same command to resume")
+        except Exception as exc:  # its store gone too: the next run ends them
+            print(f"lossbench: the trials' {plan.parent_tracker} runs could not be ended "
+                  f"({exc})", file=sys.stderr)  # fmt: skip
+    _end_parent_failed(parent, plan, "its Ray cluster went away; run the same command to "
+                       "resume")  # fmt: skip
 
 
-def _end_parent_failed(parent, reason: str) -> None:
-    """End the MLflow parent run FAILED with the reason (without reading the study)."""
+def _end_parent_failed(parent, plan: Plan, reason: str) -> None:
+    """End the parent run FAILED with the reason (without reading the study)."""
     if parent is None:
         return
     try:
         parent.fail(reason)
-    except Exception as exc:  # MLflow gone too: the next run ends it
-        print(f"lossbench: the MLflow parent run could not be ended ({exc})", file=sys.stderr)
+    except Exception as exc:  # its store gone too: the next run ends it
+        print(f"lossbench: the {plan.parent_tracker} parent run could not be ended ({exc})",
+              file=sys.stderr)  # fmt: skip
 
 
 def _storage_gone(plan: Plan, parent, launcher) -> int:
     """The study storage stopped answering: the workers stop (given a few seconds to notice it
-    themselves; their trials are marked interrupted, so MLflow ends their runs KILLED) and
-    the parent run ends FAILED, saying why; nothing here reads the study. Exit code 1."""
+    themselves; their trials are marked interrupted, so their trackers end them: MLflow's
+    KILLED) and the parent run ends FAILED, saying why; nothing here reads the study. Exit
+    code 1."""
     deadline = time.monotonic() + 10
     while launcher.running() and time.monotonic() < deadline:
         time.sleep(0.1)
     if launcher.running():
         launcher.interrupt()
-    _end_parent_failed(parent, "the study storage stopped answering; run the same command to "
-                       "resume")  # fmt: skip
+    _end_parent_failed(parent, plan, "the study storage stopped answering; run the same "
+                       "command to resume")  # fmt: skip
     return 1
 
 
 def _settle(parent, study, plan) -> None:
-    """The study's child runs made whole (``records.settle_children``); a store that fails
-    here costs the sweep nothing (``python -m lossbench replay SWEEP_DIR`` does it later)."""
+    """The study's child runs made whole by the parent run (``records.settle_study``:
+    ``ParentRun.settle``); a store that fails here costs the sweep nothing (``python -m
+    lossbench replay SWEEP_DIR`` does it later)."""
     if parent is None:
         return
     try:
         done = settle_study(parent, study)
     except Exception as exc:  # the store is gone again: the records stay as they are
         why = str(exc).split(". Fix:")[0]
-        print(f"lossbench: the MLflow child runs could not be settled now ({why}); "
-              f"python -m lossbench replay {plan.sweep_dir} does it later",
+        print(f"lossbench: the {plan.parent_tracker} child runs could not be settled now "
+              f"({why}); python -m lossbench replay {plan.sweep_dir} does it later",
               file=sys.stderr)  # fmt: skip
         return
     if done["ended"] or done["lost"] or done["replayed"]:
-        print(f"lossbench: MLflow records: {done['ended']} run(s) left running ended, "
-              f"{done['lost']} lost attempt(s) marked, {done['replayed']} spool(s) replayed",
-              file=sys.stderr)  # fmt: skip
+        print(f"lossbench: {plan.parent_tracker} records: {done['ended']} run(s) left "
+              f"running ended, {done['lost']} lost attempt(s) marked, {done['replayed']} "
+              "spool(s) replayed", file=sys.stderr)  # fmt: skip
 
 
 def make_launcher(plan: Plan, base, registry):

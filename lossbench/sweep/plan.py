@@ -123,7 +123,7 @@ def trial_dir(plan: Plan, cfg, number: int, overrides: list[str]) -> Path:
 
 
 def parent_run_id(plan: Plan, stop) -> str | None:
-    """The MLflow parent run's id: the plan's, or, when the workers were started before the
+    """The parent run's id: the plan's, or, when the workers were started before the
     coordinator had opened it (``plan.parent_pending``), the one the coordinator writes to
     SWEEP_DIR/parent_run.json, waited for (``stop``: a ``threading.Event`` that ends the
     wait). None when the coordinator could not open it (it then stops the workers)."""

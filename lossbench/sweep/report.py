@@ -338,10 +338,10 @@ def _summarize(study, plan, parent, status: str) -> None:
             start_summary(sweep_dir / "plan.json", sweep_dir, request, plan.summary_wait_seconds)
             return
         except SummaryBusy as exc:  # a hung summary process: say so, never wait forever
-            print(f"lossbench: warning: the sweep's figures are not drawn: {exc}. The results "
-                  f"and the MLflow parent run are complete. Fix: end that process (kill "
-                  f"{exc.pid or 'it'}) and run the same command again to draw them.",
-                  file=sys.stderr)  # fmt: skip
+            run = f" and the {plan.parent_tracker} parent run" if parent is not None else ""
+            print(f"lossbench: warning: the sweep's figures are not drawn: {exc}. The results"
+                  f"{run} are complete. Fix: end that process (kill {exc.pid or 'it'}) and run "
+                  "the same command again to draw them.", file=sys.stderr)  # fmt: skip
             return
         except OSError as exc:  # e.g. no process or file can be made: do it here
             print(f"lossbench: drawing the figures here ({exc})", file=sys.stderr)
@@ -364,8 +364,9 @@ def _end_parent(parent, study, plan, status: str) -> bool:
             end_parent_run(parent, study, plan, status)
         return True
     except Exception as exc:  # the summary process (or the next invocation) tries again
-        print(f"lossbench: warning: could not end the MLflow parent run {parent.run_id}: "
-              f"{exc}; the summary process tries again", file=sys.stderr)  # fmt: skip
+        print(f"lossbench: warning: could not end the {plan.parent_tracker} parent run "
+              f"{parent.run_id}: {exc}; the summary process tries again",
+              file=sys.stderr)  # fmt: skip
         return False
 
 

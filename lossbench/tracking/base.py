@@ -14,6 +14,22 @@ plugin ``lossbench.tracking.plugin`` calls, for each tracker the config selects:
     tracker.end(status)               # exactly once, whatever ended the run
     tracker.incomplete()              # after end: why the record is incomplete, or None
 
+Three more records go through the same trackers, each with a default that works for any
+tracker (so a tracker overrides only what its system keeps):
+
+- Runs recorded after they ended (a sweep's epoch counts answered from a longer run's first
+  epochs): ``Cls.record_ended(ended)``, a list of ``EndedRun``; by default each run goes
+  through the lifecycle above (``start``, ``log_epoch`` per epoch of its history,
+  ``log_artifacts`` and ``log_model`` when it keeps files, ``end``); MLflow sends them all
+  before waiting for any.
+- A run measured by step, not by epoch (``python -m lossbench lr_find``):
+  ``Cls.as_probe(options, cfg, "lr_find")``, then ``start``, ``log_steps(series, summary)``,
+  ``log_artifacts`` (lr_find.csv, .json, .png) and ``end("finished")``; no ``log_epoch``, no
+  model. ``log_steps`` records nothing by default (the files still arrive).
+- ``python -m lossbench replay``: a tracker that journals what its store did not receive sets
+  ``replays = True`` and implements ``Cls.replay(target, uri)`` (MLflow: its spool,
+  ``lossbench.tracking.spool``); the others have nothing to replay.
+
 A run that ends during set-up (before ``on_run_start``) with status interrupted or failed is
 still recorded: ``start`` then ``end``. ``log_artifacts``' paths and ``log_model``'s folder
 exist until ``end`` returns. An exception a tracker raises in ``start`` stops the run (bad
@@ -22,18 +38,23 @@ input is a ``ConfigError``); one raised later is the run's failure, like any plu
 Selection (``tracking=[mlflow,tensorboard]``, ``tracking=mlflow``, ``tracking=none``): each
 tracker's options are the node ``tracking.NAME`` (``tracking.tensorboard.logdir=...``);
 MLflow's alone sit at ``tracking`` itself (``tracking.uri=...``), as they did when it was the
-only tracker (``lossbench.config.store.TOP_LEVEL_TRACKERS``).
+only tracker (``lossbench.config.store.TOP_LEVEL_TRACKERS``); a tracker not selected leaves no
+key in the config.
 
 Sweeps. Every trial is a run, so every tracker records each trial as a run of its own, told
 beforehand which trial it is (``as_child``, on the trial's config); a tracker whose ``parent``
 names a ``ParentRun`` class also ties them to one parent run per study, which the sweep's
 coordinator opens and ends, and whose id ``as_child`` gets (MLflow: nested runs,
-``tracking.mlflow_parent``); one without (the default) simply gets the child runs.
+``tracking.mlflow_parent``); one without (the default) simply gets the child runs. After a
+fault (a worker or the coordinator killed, a store gone) the coordinator asks the parent run
+to settle its child runs (``ParentRun.settle``, with each trial's state as a ``ChildTrial``),
+and, when the workers' cluster is gone, to end the ones still running (``end_children``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -79,6 +100,46 @@ class ParentRecord:
     metrics: dict[str, float]
     params: dict[str, str]
     tags: dict[str, str]
+
+
+@dataclass
+class ChildTrial:
+    """One trial of a study, as its parent run settles the trial's child runs after a fault
+    (``ParentRun.settle``): still in progress (training, or answered from a run still
+    training: leave its runs alone), a lost attempt (its worker died; ``retried_as`` names the
+    trial that retries it), and the folders holding spools of a record that is incomplete."""
+
+    number: int
+    in_progress: bool = False
+    lost: bool = False
+    retried_as: int | None = None
+    spooled_in: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EndedRun:
+    """A run recorded after it ended (``Tracker.record_ended``): the run (config, history,
+    status; ``run.read_from`` says what it was read from), the tracker's options, and, when it
+    keeps them, its files (``run_files``) and a folder the tracker may write its model into
+    (else ``[]`` and None)."""
+
+    run: object
+    options: object
+    files: list[Path] = field(default_factory=list)
+    model: Path | None = None
+
+
+@dataclass
+class Replayed:
+    """What ``Tracker.replay`` did under a folder: the spools it found, those it could not
+    send (the store failed: they stay for the next replay), and the store it sent to."""
+
+    found: int = 0
+    failed: int = 0
+    store: str | None = None
+
+
+SETTLED_NONE = {"ended": 0, "lost": 0, "replayed": 0}  # what a parent run without a fault did
 
 
 class ParentRun:
@@ -128,6 +189,25 @@ class ParentRun:
         """``sweep.register_best``: the best trial's model registered as ``name``."""
         raise NotImplementedError
 
+    def settle(self, study: str, trials: Callable[[], dict[int, ChildTrial]]) -> dict:
+        """After a fault (a resumed study, a lost trial, a record spooled): end the child runs
+        nothing will end with their true state, mark lost attempts, send what the store lacks.
+        ``trials()`` reads the study's trials now (``ChildTrial`` by number): list the child
+        runs first, so that a run a new trial makes meanwhile is never taken for a stale one.
+        Returns counts ``{"ended", "lost", "replayed"}``; raising says the store is gone (the
+        sweep goes on, ``python -m lossbench replay SWEEP_DIR`` settles them later). The
+        default has nothing to settle: a tracker whose runs end with their process."""
+        return dict(SETTLED_NONE)
+
+    def end_children(self, study: str, reason: str) -> int:
+        """The workers' cluster is gone: end every child run of ``study`` still running, with
+        ``reason``; returns how many. The default ends none."""
+        return 0
+
+    def is_running(self) -> bool:
+        """The run is still open (``replay SWEEP_DIR`` ends one its sweep left running)."""
+        return False
+
 
 class Tracker:
     """One run's record in one tracking system. Subclass it, set ``name`` (the option of the
@@ -139,6 +219,7 @@ class Tracker:
     options: ClassVar[type | None] = None
     parent: ClassVar[type[ParentRun] | None] = None  # the sweep's parent run, if it has one
     plugin: ClassVar[str] = ""  # the plugin that registered it (set by the registry)
+    replays: ClassVar[bool] = False  # it journals what its store missed: ``replay`` sends it
 
     def __init__(self, run, options):
         self.run, self.config = run, options
@@ -156,11 +237,50 @@ class Tracker:
         the parent run's id and the run's name). The default records nothing: the trial is
         a run of its own."""
 
+    @classmethod
+    def as_probe(cls, options, cfg, probe: str) -> None:
+        """Before a run that looks at a config without training it (``probe``: ``lr_find``,
+        the learning-rate range test): ``options`` (open for writing) may say so (MLflow
+        names the run ``lr_find-MODEL-LOSS-OPTIMIZER-LR``). The default records nothing."""
+
+    @classmethod
+    def record_ended(cls, ended: list[EndedRun]) -> None:
+        """Record runs that ended before any tracker saw them (a sweep's epoch counts answered
+        from a longer run's first epochs). The default takes each run through the lifecycle:
+        ``start``, ``log_epoch`` for every epoch of its history, ``log_artifacts`` and
+        ``log_model`` when it keeps files, ``end`` with its status."""
+        for entry in ended:
+            tracker = cls(entry.run, entry.options)
+            tracker.start()
+            try:
+                for metrics in entry.run.history:
+                    tracker.log_epoch(int(metrics["epoch"]), metrics)
+                if entry.files:
+                    tracker.log_artifacts(entry.files)
+                if entry.model is not None:
+                    tracker.log_model(entry.model)
+            finally:
+                tracker.end(entry.run.status)
+
+    @classmethod
+    def replay(cls, target: Path, uri: str | None) -> Replayed:
+        """``python -m lossbench replay TARGET`` (trackers with ``replays = True``): send what
+        the store did not receive of the runs under ``target`` (a run directory or a sweep's
+        folder) to their store, or to ``uri``, printing a line per spool. A damaged spool
+        raises ``LossbenchError`` before anything is sent."""
+        return Replayed()
+
     def start(self) -> None:
         """The run begins: its config (``self.run.config``) and tags can be recorded."""
 
     def log_epoch(self, epoch: int, metrics: dict) -> None:
         """One epoch's metrics (``train_loss``, ``val_loss``, ``lr``, ...) at step ``epoch``."""
+
+    def log_steps(self, series: dict[str, list[float]], summary: dict[str, float]) -> None:
+        """A run measured by step (the lr range test): ``series`` holds each metric's value at
+        step 0, 1, ... (``lr_find_lr``, ``lr_find_loss``, ``lr_find_smoothed_loss``; the last
+        may be non-finite: the step that diverged), ``summary`` the run's own metrics
+        (``suggested_lr``, when there is one). Called once, between ``start`` and ``end``."""
 
     def log_artifacts(self, paths: list[Path]) -> None:
         """The run's files (config.yaml, history.csv, model.npz, plots: ``run_files``)."""

@@ -2,16 +2,25 @@
 in ``lossbench.tracking.base``): one per study, shared by every worker and every invocation,
 its trials' runs nested under it (``mlflow.parentRunId``, set by ``MlflowTracker.as_child``).
 The coordinator opens it before the trials and ends it with the study's tally; the summary
-process logs the figures into it afterwards (MLflow takes artifacts into an ended run)."""
+process logs the figures into it afterwards (MLflow takes artifacts into an ended run).
+
+After a fault (``settle``): the child runs a dead worker or a killed coordinator left RUNNING
+are ended with their true state (their spool replayed where it is on this machine, else KILLED
+with the reason), a lost attempt is marked as such (KILLED, tagged ``lossbench.lost`` and
+``lossbench.retried_as``), and the spools of trials whose store went away are replayed once it
+is back (a spool is removed once its store has the record). ``end_children``: every child run
+still RUNNING ended KILLED (the workers' cluster is gone)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
 
-from lossbench.tracking.base import ParentRun
+from lossbench.tracking.base import ChildTrial, ParentRun
 from lossbench.tracking.models import register, registered_by
+from lossbench.tracking.spool import SPOOL_DIR, SPOOL_TAG, find_spools, replay
 from lossbench.tracking.store import (
     bound_http_retries,
     experiment_id,
@@ -21,6 +30,11 @@ from lossbench.tracking.store import (
 )
 
 _STUDY_ATTR = "mlflow_parent_run_id"  # the study's user attribute holding the run's id
+LOST_TAG, RETRIED_AS_TAG = "lossbench.lost", "lossbench.retried_as"
+STALE_REASON = (
+    "its trial's worker ended without ending this run (the sweep's processes were killed); "
+    "ended by the next invocation of the sweep"
+)
 
 
 class MlflowParentRun(ParentRun):
@@ -78,7 +92,9 @@ class MlflowParentRun(ParentRun):
 
     @classmethod
     def connect(cls, address: dict):
-        return cls(open_client(address.get("uri")), address["run_id"])
+        parent = cls(open_client(address.get("uri")), address["run_id"])
+        parent.uri = address.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or None
+        return parent
 
     def address(self) -> dict:
         return {"uri": self.uri, "run_id": self.run_id}
@@ -145,3 +161,110 @@ class MlflowParentRun(ParentRun):
             RunTag("lossbench.registered_model", f"{name}/{version.version}")])
         print(f"registered the best trial ({best.number}) as model {name!r} version "
               f"{version.version} (alias best): models:/{name}@best")
+
+    def settle(self, study: str, trials) -> dict:
+        """The study's child runs made whole (``ParentRun.settle``; the module); a store still
+        gone is said at once (``precheck``), not after MLflow's retries."""
+        precheck(self.uri)
+        exp_id = self.client.get_run(self.run_id).info.experiment_id
+        runs = child_runs(self.client, exp_id, study)  # before the trials: a run of a new
+        return settle_children(self.client, runs, trials())  # trial is never taken as stale
+
+    def end_children(self, study: str, reason: str) -> int:
+        """Every RUNNING child run of the study ended KILLED with ``reason``; how many."""
+        from mlflow.entities import RunTag  # loaded with the client
+
+        exp_id = self.client.get_run(self.run_id).info.experiment_id
+        ended = 0
+        for run in child_runs(self.client, exp_id, study):
+            if run.info.status == "RUNNING":
+                self.client.log_batch(run.info.run_id, tags=[
+                    RunTag("lossbench.status", "interrupted"),
+                    RunTag("lossbench.failure_reason", reason)])  # fmt: skip
+                self.client.set_terminated(run.info.run_id, "KILLED")
+                ended += 1
+        return ended
+
+    def is_running(self) -> bool:
+        return self.client.get_run(self.run_id).info.status == "RUNNING"
+
+
+def child_runs(client, experiment_id: str, study_name: str) -> list:
+    """The MLflow child runs of a study's trials (every state)."""
+    from mlflow.entities import ViewType  # loaded with the client
+
+    found, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment_id], max_results=1000, page_token=token, run_view_type=ViewType.ALL,
+            filter_string=f"tags.`lossbench.study` = '{study_name}' AND "
+            "tags.`lossbench.role` = 'trial'",
+        )  # fmt: skip
+        found += list(page)
+        token = page.token
+        if not token:
+            return found
+
+
+def settle_children(client, runs: list, trials: dict[int, ChildTrial]) -> dict:
+    """End the child ``runs`` that nothing will end, mark lost attempts, replay spools of
+    trials whose record is incomplete; returns counts of what was done."""
+    from mlflow.entities import RunTag  # loaded with the client
+
+    done = {"ended": 0, "lost": 0, "replayed": _replay_incomplete(trials.values())}
+    for run in runs:
+        trial = trials.get(int(run.data.tags.get("lossbench.trial", -1)))
+        if trial is None or trial.in_progress:
+            continue  # still training or being answered somewhere, or not this study's
+        if trial.lost and run.data.tags.get(LOST_TAG) == "true" and run.info.status != "RUNNING":
+            continue  # settled by an earlier invocation
+        folder = _spool_of(run)
+        if folder is not None and (trial.lost or run.info.status == "RUNNING"):
+            done["replayed"] += _replay(folder)  # its true end, and what the store lacks
+        status = client.get_run(run.info.run_id).info.status
+        tags = []
+        if trial.lost:
+            tags = [RunTag(LOST_TAG, "true"), RunTag("lossbench.status", "lost")]
+            if trial.retried_as is not None:
+                tags.append(RunTag(RETRIED_AS_TAG, str(trial.retried_as)))
+            done["lost"] += 1
+        elif status == "RUNNING":
+            tags = [RunTag("lossbench.status", "interrupted"),
+                    RunTag("lossbench.failure_reason", STALE_REASON)]  # fmt: skip
+        if tags:
+            client.log_batch(run.info.run_id, tags=tags)
+        if status == "RUNNING" or (trial.lost and status != "KILLED"):
+            client.set_terminated(run.info.run_id, "KILLED")  # a lost attempt's result is unused
+            done["ended"] += 1
+    return done
+
+
+def _spool_of(run) -> Path | None:
+    """The run's spool folder, when it is on this machine."""
+    out, spool_id = run.data.tags.get("lossbench.output_dir"), run.data.tags.get(SPOOL_TAG)
+    if not out or not spool_id:
+        return None
+    folder = Path(out) / SPOOL_DIR / spool_id
+    return folder if (folder / "records.jsonl").is_file() else None
+
+
+def _replay(folder: Path) -> bool:
+    """Replay a spool into its own store (removing it); False when the store failed."""
+    try:
+        replay(folder)
+    except Exception as exc:  # the store still failing, or an edited spool: it stays
+        print(f"lossbench: {folder} could not be replayed yet ({type(exc).__name__}: {exc}); "
+              f"python -m lossbench replay {folder.parents[1]} sends it later",
+              file=sys.stderr)  # fmt: skip
+        return False
+    return True
+
+
+def _replay_incomplete(trials) -> int:
+    """Replay the spools (on this machine) of trials whose record is incomplete."""
+    replayed = 0
+    for trial in trials:
+        for out in trial.spooled_in:
+            for folder in find_spools(Path(out)) if Path(out).is_dir() else []:
+                replayed += _replay(folder)
+    return replayed

@@ -30,7 +30,6 @@ import math
 import os
 import platform
 import subprocess
-import tempfile
 import threading
 import time
 import warnings
@@ -42,7 +41,7 @@ from lossbench._version import __version__
 from lossbench.config.schemas import MlflowTrackingConfig
 from lossbench.errors import ConfigError, require
 from lossbench.process import one_blas_thread
-from lossbench.tracking.base import SweepChild, Tracker, run_files
+from lossbench.tracking.base import EndedRun, Replayed, SweepChild, Tracker
 from lossbench.tracking.client import SideProcess, prestart_side_process
 from lossbench.tracking.mlflow_parent import MlflowParentRun
 from lossbench.tracking.models import check_model_name, describe_datasets, describe_model
@@ -56,8 +55,8 @@ SUMMARY_KEYS = ("compile_seconds", "train_seconds")
 
 
 def flatten(node, prefix: str = "") -> dict[str, str]:
-    """Nested dicts to dotted keys; lists and scalars as strings. Unset values (``???``: the
-    node of a tracker not selected) are left out."""
+    """Nested dicts to dotted keys; lists and scalars as strings. Unset values (``???``) are
+    left out."""
     out = {}
     for key, value in node.items():
         dotted = f"{prefix}{key}"
@@ -320,13 +319,6 @@ class MlflowRun:
             self.spool.close()
         self.settle(run)
 
-    def finish_whole(self, run, status: str) -> None:
-        """``finish`` with the run's files (``run_files``) and its model, as the tracking
-        plugin ends a run (for a run recorded after it ended: a sweep's answered epochs)."""
-        with tempfile.TemporaryDirectory(prefix="lossbench-mlflow-") as tmp:
-            self.finish(run, status, artifacts=run_files(run, Path(tmp)),
-                        model_folder=Path(tmp) / "model-data")  # fmt: skip
-
     def settle(self, run) -> None:
         """After the end: the spool goes when the store has the whole record, else the run
         says its record is incomplete (``report``)."""
@@ -408,10 +400,12 @@ def record_ended_runs(runs: list) -> None:
     as MLflow runs: params, tags, dataset inputs, per-epoch metrics and summary, without their
     files or a model. All are sent before any reply is awaited, so the store's round trips
     overlap (one run at a time took ~0.3 s each); each keeps its own spool, as any run's, for
-    a replay when the store fails. The store was checked for an earlier run of this process."""
+    a replay when the store fails. ``runs``: (run, its MLflow options). The store was checked
+    for an earlier run of this process."""
     if not runs:
         return
-    trackers = [MlflowRun(run, run.config.tracking, begin=False, check=False) for run in runs]
+    trackers = [MlflowRun(run, options, begin=False, check=False) for run, options in runs]
+    runs = [run for run, _ in runs]
     requests = []
     try:
         for tracker, run in zip(trackers, runs, strict=True):
@@ -452,12 +446,14 @@ class MlflowTracker(Tracker):
     name = "mlflow"
     options = MlflowTrackingConfig
     parent = MlflowParentRun  # the study's parent run, opened by the sweep's coordinator
+    replays = True  # the spool (lossbench.tracking.spool): python -m lossbench replay
 
     def __init__(self, run, options):
         super().__init__(run, options)
         self.mlrun: MlflowRun | None = None
         self.artifacts: list[Path] = []
         self.model_folder: Path | None = None
+        self.summary: dict[str, float] = {}  # log_steps' summary metrics, sent at the end
 
     @classmethod
     def prestart(cls, options) -> None:
@@ -485,6 +481,33 @@ class MlflowTracker(Tracker):
             tags["mlflow.parentRunId"] = child.parent_id
         options.run_name = name
 
+    @classmethod
+    def as_probe(cls, options, cfg, probe: str) -> None:
+        """``lr_find-MODEL-LOSS-OPTIMIZER-LR`` as the run's name, unless one is given."""
+        if not options.get("run_name"):
+            options.run_name = f"{probe}-{default_run_name(cfg)}"
+
+    @classmethod
+    def record_ended(cls, ended: list[EndedRun]) -> None:
+        """Runs with files (the answer that logs a model) one by one, with their files and
+        model; the others all sent before any reply is awaited (``record_ended_runs``)."""
+        for entry in ended:
+            if entry.files or entry.model is not None:
+                tracker = MlflowRun(entry.run, entry.options, check=False)
+                tracker.log_history(entry.run.history)
+                model = entry.model / "model-data" if entry.model is not None else None
+                tracker.finish(entry.run, entry.run.status, artifacts=entry.files,
+                               model_folder=model)  # fmt: skip
+        record_ended_runs([(e.run, e.options) for e in ended
+                           if not e.files and e.model is None])  # fmt: skip
+
+    @classmethod
+    def replay(cls, target: Path, uri: str | None) -> Replayed:
+        # start-up: the spool's replay imports MLflow, for python -m lossbench replay only
+        from lossbench.tracking.spool import replay_folder
+
+        return replay_folder(Path(target), uri)
+
     def start(self) -> None:
         check_options(self.config)  # bad input, whatever tracking.required says
         try:
@@ -497,6 +520,11 @@ class MlflowTracker(Tracker):
     def log_epoch(self, epoch: int, metrics: dict) -> None:
         if self.mlrun is not None:
             self.mlrun.log_epoch(epoch, metrics)
+
+    def log_steps(self, series: dict[str, list[float]], summary: dict[str, float]) -> None:
+        if self.mlrun is not None:
+            self.mlrun.log_steps(series)  # step = index; non-finite values left out
+        self.summary.update(summary)
 
     def log_artifacts(self, paths: list[Path]) -> None:
         self.artifacts += list(paths)
@@ -512,24 +540,9 @@ class MlflowTracker(Tracker):
             # the epoch that diverged is in the history but on_epoch_end did not see it
             last = run.history[-1]
             self.mlrun.log_epoch(last["epoch"], last)
-        self.mlrun.finish(run, status, artifacts=self.artifacts, model_folder=self.model_folder)
+        self.mlrun.finish(run, status, artifacts=self.artifacts, metrics=self.summary,
+                          model_folder=self.model_folder)  # fmt: skip
 
     def incomplete(self) -> str | None:
         # said by MlflowRun.report at the end (run.record_incomplete, or a warning)
         return None if self.mlrun is None else self.mlrun.incomplete()
-
-
-def record_lr_find(run, result, files: list) -> None:
-    """The lr range test (``lossbench.training.lr_find``) as an MLflow run when
-    ``tracking=mlflow``: the config as params, ``lr_find_loss``, ``lr_find_smoothed_loss`` and
-    ``lr_find_lr`` by step, ``suggested_lr``, the plot, table and result as artifacts. No model:
-    the ramp's weights are not a trained model. An incomplete record is noted in
-    ``run.record_errors`` (spooled for ``python -m lossbench replay``, as a run's)."""
-    tracking = run.config.get("tracking")
-    if tracking is None or tracking.get("name") != "mlflow":
-        return
-    tracker = MlflowRun(run, tracking)
-    tracker.log_steps({"lr_find_lr": result.lrs.tolist(), "lr_find_loss": result.losses.tolist(),
-                       "lr_find_smoothed_loss": result.smoothed.tolist()})  # fmt: skip
-    summary = {"suggested_lr": result.suggestion} if result.suggestion is not None else {}
-    tracker.finish(run, "finished", artifacts=[str(f) for f in files], metrics=summary)

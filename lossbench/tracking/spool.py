@@ -38,7 +38,7 @@ the run with its true final state (``finish``; else KILLED with the reason of ``
 or with "the record ends before the run did" when the training process died with its side
 process). A replay into the store the run was meant for (no ``--uri``) removes the spool
 once it is done: no spool is left once its data is recorded. ``replay SWEEP_DIR`` replays
-every trial's spool.
+every trial's spool (``replay_folder``: ``MlflowTracker.replay``, the tracker protocol's).
 
 This module imports MLflow only inside ``replay``.
 """
@@ -56,7 +56,8 @@ import time
 import uuid
 from pathlib import Path
 
-from lossbench.errors import ConfigError
+from lossbench.errors import ConfigError, LossbenchError
+from lossbench.tracking.base import Replayed
 from lossbench.tracking.models import log_datasets, log_run_model
 from lossbench.tracking.store import (
     MAX_KEY,
@@ -68,7 +69,7 @@ from lossbench.tracking.store import (
     open_client,
     shorten,
 )
-from lossbench.urls import has_credentials
+from lossbench.urls import has_credentials, mask_text, mask_url
 
 SPOOL_DIR = "mlflow-spool"
 RECORDS = "records.jsonl"  # the run, from the training process
@@ -249,6 +250,38 @@ def replay(folder: Path, uri: str | None = None) -> dict:
         if done["removed"]:
             remove_spool(folder)
         return done
+
+
+def replay_folder(target: Path, uri: str | None) -> Replayed:
+    """Every spool under ``target`` (``find_spools``) replayed, a line said for each; the
+    store the first one was meant for, when ``uri`` names none (a sweep's settling follows)."""
+    spools = find_spools(target)
+    starts = [r for f in spools[:1] for r in read_spool(f) if r["op"] == "start"]
+    failed = sum(not _replay_said(folder, uri) for folder in spools)  # each removed once in
+    return Replayed(len(spools), failed, uri or (starts[0].get("uri") if starts else None))
+
+
+def _replay_said(folder: Path, uri: str | None) -> bool:
+    """Replay one spool, saying what was done; False when its store failed."""
+    try:
+        done = replay(folder, uri)
+    except LossbenchError:  # an edited spool: refused before anything was sent
+        raise
+    except Exception as exc:  # the store: unreachable, refusing; the spool stays
+        print(mask_text(f"lossbench: error: {folder} could not be replayed into "
+                        f"{uri or 'its store'}: {type(exc).__name__}: {exc}"),
+              file=sys.stderr)  # fmt: skip
+        return False
+    if done["run_id"] is None:
+        print(f"{folder}: already replayed by another replay")
+        return True
+    print(
+        f"{folder}: run {done['run_id']} in {mask_url(done['uri'])} "
+        f"({'created' if done['created'] else 'found'}), {done['metrics_sent']} metric "
+        f"points sent ({done['metrics_present']} already there), {done['artifacts_sent']} "
+        f"artifacts, ended {done['state']}" + ("; spool removed" if done["removed"] else "")
+    )
+    return True
 
 
 def remove_spool(folder: Path) -> None:

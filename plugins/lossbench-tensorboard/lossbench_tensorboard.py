@@ -8,12 +8,16 @@ and the best epoch. Open them with ``tensorboard --logdir outputs`` (each run fo
 or ``--logdir`` the folder given as ``tracking.tensorboard.logdir``.
 
 TensorBoard has no parent runs: a sweep's trials are simply runs of their own
-(``tensorboard --logdir multirun/STUDY``).
+(``tensorboard --logdir multirun/STUDY``), and so are the epoch counts answered from a longer
+run (``RUN/epochs-E/tensorboard``: the protocol's default ``record_ended``). The lr range test
+(``python -m lossbench lr_find``) writes its curves by step (``lr_find_loss``,
+``lr_find_smoothed_loss``, ``lr_find_lr``) and ``suggested_lr``.
 """
 
 from __future__ import annotations
 
 import datetime
+import math
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +78,14 @@ class TensorBoardTracker(Tracker):
         for key, value in metrics.items():
             if key != "epoch":
                 self.writer.add_scalar(key, float(value), epoch)
+
+    def log_steps(self, series: dict, summary: dict) -> None:
+        for key, values in series.items():
+            for step, value in enumerate(values):
+                if math.isfinite(value):  # the step that diverged: not a point of the curve
+                    self.writer.add_scalar(key, float(value), step)
+        for key, value in summary.items():
+            self.writer.add_scalar(key, float(value), 0)
 
     def end(self, status: str) -> None:
         if self.writer is None:

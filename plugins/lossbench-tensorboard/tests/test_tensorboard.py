@@ -48,3 +48,37 @@ def test_a_logdir_gets_one_folder_per_run(tmp_path):
 def test_a_run_without_a_folder_or_a_logdir_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="tracking.tensorboard.logdir is not set.*Fix:"):
         lossbench.train(overrides=QUICK, plugin_manager=_pm())
+
+
+def test_lr_find_writes_its_curves_by_step_and_the_suggestion(tmp_path):
+    from lossbench.config import compose
+    from lossbench.tracking.plugin import record_lr_find
+    from lossbench.training.lr_find import LRFindOptions, find_lr
+
+    pm = _pm()
+    cfg = compose(["data=iris", "tracking=[tensorboard]"], registry=pm.registry)
+    run, result, files = find_lr(cfg, LRFindOptions(steps=40), tmp_path / "lrf", pm)
+    record_lr_find(run, result, files, pm.registry)
+    acc = _events(tmp_path / "lrf" / "tensorboard")
+    for key, values in (("lr_find_lr", result.lrs), ("lr_find_loss", result.losses)):
+        points = acc.Scalars(key)
+        finite = [i for i, v in enumerate(values) if v == v and abs(v) != float("inf")]
+        assert [p.step for p in points] == finite
+        assert [p.value for p in points] == pytest.approx([values[i] for i in finite], rel=1e-6)
+    if result.suggestion is not None:
+        assert acc.Scalars("suggested_lr")[0].value == pytest.approx(result.suggestion, rel=1e-6)
+
+
+def test_an_answered_epoch_count_is_a_run_of_its_own(tmp_path):
+    import dataclasses
+
+    from lossbench.tracking.plugin import record_ended
+
+    pm = _pm()
+    run = lossbench.train(overrides=QUICK, output_dir=tmp_path / "run", plugin_manager=pm)
+    short = dataclasses.replace(run, history=run.history[:2], output_dir=tmp_path / "epochs-2",
+                                plugin_state={}, record_errors=[])  # fmt: skip
+    (tmp_path / "epochs-2").mkdir()
+    record_ended([short], pm.registry)
+    points = _events(tmp_path / "epochs-2" / "tensorboard").Scalars("val_loss")
+    assert [p.step for p in points] == [0, 1] and short.record_errors == []
