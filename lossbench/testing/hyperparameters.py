@@ -254,7 +254,10 @@ def _hyperparameter_change(pm, group, spec, cases):
                 "closure constants or new functions"
             )
         curves = [[h["train_loss"] for h in r.history] for r in (first, second)]
-        if curves[0] == curves[1]:
+        # the validation loss too: an option may reach only what evaluation reads (a buffer's
+        # momentum: the running statistics)
+        val = [[h["val_loss"] for h in r.history] for r in (first, second)]
+        if curves[0] == curves[1] and val[0] == val[1]:
             _fail(
                 f"changing {changes} leaves the training bit-identical ({curves[0]}): the "
                 "kernels do not read them. Fix: pass them through pack into hp and read hp[i] "

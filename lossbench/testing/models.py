@@ -103,8 +103,8 @@ def _model_fns(spec, layout):
     def forward(p, hp, x, keep_work=False, keep_params=False):
         work = np.full(layout.workspace(len(x)), np.nan, p.dtype)  # not zeroed, as in a run
         out = np.empty((len(x), _N_OUT), p.dtype)
-        mode = "inout" if getattr(layout, "buffers", ()) else "in"  # buffers: checked below
-        args = [Arg("params", p, mode), Arg("layout", layout.layout), Arg("hp", hp),
+        # what forward wrote into params is checked below, naming the tensor (check_writes)
+        args = [Arg("params", p, "inout"), Arg("layout", layout.layout), Arg("hp", hp),
                 Arg("x", x), Arg("work", work, "work"), Arg("out", out, "out")]  # fmt: skip
         _, arrays = call(spec.forward, "forward", args)
         check_writes(layout, p, arrays["params"], hp, kernel_label("forward", spec.forward))
