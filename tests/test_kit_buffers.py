@@ -13,6 +13,7 @@ from numba import njit
 
 import lossbench
 import lossbench.builtin.models
+import lossbench.testing.models as kit_models
 import lossbench.training.groups
 from lossbench.builtin.models import (
     MODELS,
@@ -222,3 +223,22 @@ def test_finite_differences_leave_the_buffers_alone():
     assert len(touched) == 2 * int((~mask).sum())
     assert (grad[mask] == 0).all() and np.allclose(grad[~mask], 1.0)
     assert all(np.array_equal(t[mask], params[mask]) for t in touched)
+
+
+def test_the_gradient_check_takes_no_difference_at_a_buffer(monkeypatch):
+    """The kit's finite differences skip exactly the buffers (a model may read a buffer while
+    training, where a difference would be nonzero and its gradient must still be 0)."""
+    skipped = []
+
+    def recording(f, x, eps=1e-6, skip=None):
+        skipped.append(None if skip is None else skip.copy())
+        return central_difference(f, x, eps, skip)
+
+    monkeypatch.setattr(kit_models, "central_difference", recording)
+    (check,) = [c for c in checks_for(lossbench.builtin.models,
+                                      hparams={"mlp": CASES["undeclared"]})
+                if c.id == "model-mlp-gradient_matches_finite_differences"]  # fmt: skip
+    check()
+    layout = MLP.build(MLP.hparams(hidden=[5, 4], batch_norm=True), 4, 3)
+    assert skipped and all(s is not None for s in skipped)
+    assert any(np.array_equal(s, layout.buffer_mask()) for s in skipped)
