@@ -40,6 +40,9 @@ model kernels
     prediction); ``hp[-2]`` the run's stream seed and ``hp[-1]`` the step (1-based while
     training, 0 while evaluating) for ``lossbench.streams`` (dropout). A model that has no
     modes ignores them (additive within interface version 2).
+    Tensors a layout names as ``ModelLayout.buffers`` (running statistics) are state inside
+    ``params``: forward may write them while training, never while evaluating; backward
+    writes 0 as their gradient; the optimizer never steps them.
 
 Hyperparameters reach kernels as a small float64 array (``hp``), packed from the component's
 options (an instance of its hyperparameter dataclass) by the spec's ``pack`` function, never as
@@ -256,7 +259,16 @@ class ModelLayout:
     vector; ``init(rng, params)`` fills the flat vector; ``layout``/``hp`` go to the kernels
     (``hp`` followed by the engine's ``CONTEXT``: ``kernel_hp``); ``workspace(batch)`` is the
     length of ``work`` forward/backward need for ``batch`` rows; ``groups`` the parameter groups
-    (tensors in none are stepped with the optimizer's options as configured)."""
+    (tensors in none are stepped with the optimizer's options as configured).
+
+    ``buffers`` names tensors that are state, not parameters (batch norm's running statistics,
+    torch's ``register_buffer``): the optimizer never steps them (they are in no optimizer
+    segment, ``training.groups``), backward writes 0 as their gradient, and forward may write
+    them while training (``hp[-3]`` 1.0), never while evaluating. They live in the flat vector
+    like the parameters, so they are saved, restored with the kept epoch's weights and read by
+    predictions with them. ``min_batch``: the fewest rows a training minibatch may hold (batch
+    norm's unbiased variance needs 2); ``set_up`` refuses a batch size that would give fewer.
+    Both are additive within interface version 2 (a layout without them is as before)."""
 
     n_params: int
     tensors: dict[str, tuple[int, tuple[int, ...]]]
@@ -265,6 +277,8 @@ class ModelLayout:
     init: Callable[[np.random.Generator, np.ndarray], None]
     workspace: Callable[[int], int]
     groups: tuple[ParamGroup, ...] = ()
+    buffers: tuple[str, ...] = ()
+    min_batch: int = 1
 
     def views(self, params: np.ndarray) -> dict[str, np.ndarray]:
         """Named views (W0, b0, ...) into ``params``."""
@@ -273,6 +287,14 @@ class ModelLayout:
             size = int(np.prod(shape))
             out[name] = params[off : off + size].reshape(shape)
         return out
+
+    def buffer_mask(self) -> np.ndarray:
+        """True at every entry of the flat vector that belongs to a buffer (``buffers``)."""
+        mask = np.zeros(self.n_params, dtype=bool)
+        for name in self.buffers:
+            off, shape = self.tensors[name]
+            mask[off : off + int(np.prod(shape))] = True
+        return mask
 
     def kernel_hp(self, training: bool = False, seed: int = 0, step: int = 0) -> np.ndarray:
         """The ``hp`` the model kernels and references take: ``hp`` then ``CONTEXT`` (float64;

@@ -46,6 +46,10 @@ def test_epoch_is_compiled_once_then_loaded_from_cache(tmp_path):
         # dropout's p, the mode it switches and parameter groups are values, not types
         ["model.dropout=0.3", "optimizer=adamw", "model.decay_biases=false"],
         ["model.dropout=0.7", "model.hidden=[8,8]"],
+        # batch norm on or off, its momentum and eps, its buffers: values, not types
+        ["model.batch_norm=true", "model.hidden=[8,8]"],
+        ["model.batch_norm=true", "model.bn_momentum=0.3", "model.bn_eps=1e-3",
+         "model.dropout=0.2", "optimizer=adamw", "model.decay_biases=false"],
     ):
         later = run_process(tmp_path, *overrides)
         assert later["status"] == "finished"

@@ -6,6 +6,7 @@ import inspect
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_conformance import Broken
 
@@ -204,6 +205,20 @@ def test_plugin_guide_model_is_the_residual_mlp_and_trains(tmp_path):
     assert set(run.layout.tensors) == {"W_in", "b_in", "W_block1", "b_block1", "W_block2",
                                        "b_block2", "W_out", "b_out"}  # fmt: skip
     for check in checks_for(tmp_path / "residual_from_docs.py"):
+        check()
+
+
+def test_plugin_guide_buffers_example_trains_and_passes_the_kit(tmp_path):
+    (tmp_path / "centred_from_docs.py").write_text(block_after("Buffers: running statistics",
+                                                               "python"))  # fmt: skip
+    pm = build_plugin_manager(str(tmp_path), entry_points=False)
+    run = lossbench.train(overrides=[*TINY, "data=iris", "model=centred_linear",
+                                     "trainer.epochs=8"], plugin_manager=pm)  # fmt: skip
+    assert run.status == "finished" and run.layout.buffers == ("running_mean",)
+    assert run.history[-1]["val_loss"] < run.history[0]["val_loss"]
+    running = run.params["running_mean"]  # training moved it from 0; the optimizer did not
+    assert (running != 0).all() and np.abs(running).max() < 1.0  # standardised: means near 0
+    for check in checks_for(tmp_path / "centred_from_docs.py"):
         check()
 
 

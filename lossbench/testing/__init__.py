@@ -46,8 +46,11 @@ What is checked (``CHECKS``), for every component the plugins register:
   (these in training mode at one seed and step, so dropout is compared too); evaluation mode
   draws nothing from the random stream and training mode draws the same for one (seed, step);
   parameter groups name tensors once, set options some optimizer has, and a no-decay group
-  over biases holds every 1-D tensor; each option on its own; hyperparameter change without a
-  recompile; trains;
+  over biases holds every 1-D tensor; buffers (running statistics): forward writes no
+  parameter and no buffer while evaluating (every forward the kit runs), finite differences
+  leave them out and backward gives them 0, and every registered optimizer, weight decay on,
+  leaves them as they are; each option on its own; hyperparameter change without a recompile;
+  trains;
 - data: loads a consistent ``Dataset``, the same for the same seed; a small MLP trains on it;
 - schedule: ``rate`` == ``reference`` at every epoch of schedules 1, 5 and 30 epochs long
   (finite, never negative); each numeric option on its own changes the rates; in a real run
@@ -103,6 +106,7 @@ from lossbench.testing.data import _data_loads
 from lossbench.testing.hyperparameters import _each_hyperparameter, _hyperparameter_change
 from lossbench.testing.losses import _loss_gradient, _loss_inputs_unchanged, _loss_matches_reference
 from lossbench.testing.models import (
+    _model_buffers,
     _model_builds,
     _model_gradient,
     _model_groups,
@@ -158,6 +162,7 @@ CHECKS = {
         "inputs_unchanged",
         "evaluation_ignores_the_random_stream",
         "parameter_groups",
+        "buffers_stay_out_of_the_optimizer",
         "each_hyperparameter_takes_effect",
         "hyperparameter_change_takes_effect_without_recompiling",
         "trains_small_mlp",
@@ -376,6 +381,7 @@ _CHECK_FUNCTIONS: dict[tuple[str, str], Callable[..., Callable[[], None] | None]
     ("model", "inputs_unchanged"): _model_inputs_unchanged,
     ("model", "evaluation_ignores_the_random_stream"): _model_modes,
     ("model", "parameter_groups"): _model_groups,
+    ("model", "buffers_stay_out_of_the_optimizer"): _model_buffers,
     ("data", "loads"): _data_loads,
 }
 

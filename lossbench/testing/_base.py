@@ -260,11 +260,16 @@ def _each_case(cases, body):
             _fail(f"with {_hp_text(hp)}: {miss}")
 
 
-def central_difference(f: Callable[[], float], x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """d f / d x by central differences (f scalar, x a float64 array changed in place)."""
+def central_difference(
+    f: Callable[[], float], x: np.ndarray, eps: float = 1e-6, skip: np.ndarray | None = None
+) -> np.ndarray:
+    """d f / d x by central differences (f scalar, x a float64 array changed in place); the
+    entries where ``skip`` is True (a model's buffers) are left 0, never perturbed."""
     grad = np.zeros_like(x, dtype=np.float64)
     flat, g = x.reshape(-1), grad.reshape(-1)
     for i in range(flat.size):
+        if skip is not None and skip.reshape(-1)[i]:
+            continue
         old = flat[i]
         flat[i] = old + eps
         up = f()

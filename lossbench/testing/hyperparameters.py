@@ -113,15 +113,19 @@ def _model_outputs(spec, hp, use_kernel):
     dout = np.random.default_rng(13).normal(size=(len(x), _N_OUT))
     if use_kernel:
         forward, backward = _model_fns(spec, layout)
-        out, grads = forward(params, mhp, x), backward(params, mhp, x, dout)
+        (out, written), grads = forward(params, mhp, x, keep_params=True), \
+            backward(params, mhp, x, dout)  # fmt: skip
     else:
-        out = spec.reference_forward(params, layout.layout, mhp, x)
-        grads = spec.reference_backward(params, layout.layout, mhp, x, dout)
-    return np.concatenate([np.ravel(out), np.ravel(grads)]).astype(np.float64)
+        written = params.copy()  # what forward writes while training: the buffers
+        out = spec.reference_forward(written, layout.layout, mhp, x)
+        grads = spec.reference_backward(params.copy(), layout.layout, mhp, x, dout)
+    parts = [np.ravel(out), np.ravel(grads), written]
+    return np.concatenate(parts).astype(np.float64)
 
 
 _OUTPUTS = {"loss": _loss_outputs, "optimizer": _optimizer_outputs, "model": _model_outputs}
-_WHAT = {"loss": "2 batches", "optimizer": f"{STEPS} steps", "model": "forward and backward"}
+_WHAT = {"loss": "2 batches", "optimizer": f"{STEPS} steps",
+         "model": "forward (its outputs and the buffers it writes) and backward"}
 
 
 def _has_reference(group, spec) -> bool:
@@ -250,7 +254,10 @@ def _hyperparameter_change(pm, group, spec, cases):
                 "closure constants or new functions"
             )
         curves = [[h["train_loss"] for h in r.history] for r in (first, second)]
-        if curves[0] == curves[1]:
+        # the validation loss too: an option may reach only what evaluation reads (a buffer's
+        # momentum: the running statistics)
+        val = [[h["val_loss"] for h in r.history] for r in (first, second)]
+        if curves[0] == curves[1] and val[0] == val[1]:
             _fail(
                 f"changing {changes} leaves the training bit-identical ({curves[0]}): the "
                 "kernels do not read them. Fix: pass them through pack into hp and read hp[i] "

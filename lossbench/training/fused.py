@@ -15,10 +15,12 @@ before calling the model: training mode and the step count before each minibatch
 (``set_mode``), evaluation mode before a validation pass, so dropout's p, the mode and the step
 are values, never types, and no recompile. Parameter groups: the optimizer kernel is called once
 per segment of ``segments`` (``training.groups``) with that segment's slices and options; a
-model without groups has one segment. Plain tuples, not namedtuples: numba types a
-namedtuple in Python on every call (6 us more per call, measured), a tuple of arrays in C (0.6 us
-more than the same arrays one by one). The four kernels stay four arguments: a tuple of
-``KernelRef``s cost 45 us more per call than the same four given one by one.
+model without groups has one segment. Buffers (``ModelLayout.buffers``, running statistics) are
+in no segment: forward writes them once per minibatch while training, nothing else does.
+Plain tuples, not namedtuples: numba types a namedtuple in Python on every call (6 us more per
+call, measured), a tuple of arrays in C (0.6 us more than the same arrays one by one). The four
+kernels stay four arguments: a tuple of ``KernelRef``s cost 45 us more per call than the same
+four given one by one.
 """
 
 from __future__ import annotations
@@ -122,14 +124,16 @@ def batch_update(backward, step, model, optimizer, m, scratch, t, lr, failed):
     if failed[0]:
         failed[1] = 3
         return
-    if segments.shape[0] == 1:  # no parameter groups: the one call it always was
+    n_seg = segments.shape[0]
+    if n_seg == 1 and segments[0, 0] == 0 and segments[0, 1] == params.shape[0]:
+        # no parameter groups and no buffers: the one call it always was
         step(params, grads, state, scalars, opt_hp, t, lr)
         if failed[0]:
             failed[1] = 4
         return
     rows, flat = state.shape[0], state.reshape(state.size)
-    slots = scalars.shape[0] // segments.shape[0]
-    for r in range(segments.shape[0]):
+    slots = scalars.shape[0] // n_seg
+    for r in range(n_seg):
         a, b = segments[r, 0], segments[r, 1]
         block = flat[rows * a : rows * b].reshape(rows, b - a)
         hp = opt_hp[segments[r, 2] : segments[r, 3]]
@@ -317,7 +321,8 @@ def fused_runner(run, s: Setup) -> Runner:
     epoch and the evaluation before returning, so no epoch pays for it."""
     k = bind_all(run.specs, s.dtype)
     watch = kernel_watch(run.specs)
-    epoch_args = (*[k[r] for r in KERNEL_ORDER], *train_args(run, s), s.order, s.batch, watch.flag)
+    epoch_args = (*[k[r] for r in KERNEL_ORDER], *train_args(run, s), s.epoch_order(), s.batch,
+                  watch.flag)  # fmt: skip
     eval_all = (k["forward"], k["loss"], *eval_args(run, s), watch.flag)
     ensure_compiled(train_epoch, (*epoch_args, 0, float(s.base_lr)))
     ensure_compiled(evaluate, eval_all)

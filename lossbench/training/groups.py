@@ -8,6 +8,11 @@ group with its own options. The kernel's signature does not change, so every opt
 or a plugin's) reads groups through its ``hp``; a model without groups is one segment, the whole
 vector, exactly the call it always was.
 
+Buffers (``ModelLayout.buffers``: running statistics) are in no segment: the optimizer never
+steps them, whatever its options (weight decay included), and their state rows stay unused. A
+model whose buffers all come after its parameters (the built-in MLP's) without groups is still
+one segment, its parameters.
+
 ``Segments.bounds`` rows are ``(start, end, hp_lo, hp_hi)``: the slice of the flat vector and of
 the packed options ``Segments.hp`` (every group's ``pack`` one after another). The state array
 keeps its ``(rows, n_params)`` shape; its memory holds each segment's ``(rows, end - start)``
@@ -45,8 +50,30 @@ class Segments:
                 self.hp[lo:hi]  # fmt: skip
 
 
+def check_buffers(layout, owner: str) -> None:
+    """Refuse buffers that name no tensor of the layout, or a tensor twice."""
+    buffers = tuple(getattr(layout, "buffers", ()))
+    for name in buffers:
+        if name not in layout.tensors:
+            raise PluginError(
+                f"{owner}: ModelLayout.buffers names tensor {name!r}, which the layout does "
+                f"not have (tensors: {', '.join(layout.tensors)}). Fix: name tensors of "
+                "ModelLayout.tensors."
+            )
+    twice = sorted({name for name in buffers if buffers.count(name) > 1})
+    if twice:
+        raise PluginError(f"{owner}: ModelLayout.buffers names {twice[0]!r} twice. Fix: name "
+                          "each buffer once.")  # fmt: skip
+    if buffers and set(buffers) >= set(layout.tensors):
+        raise PluginError(f"{owner}: every tensor is a buffer (ModelLayout.buffers), so "
+                          "nothing trains. Fix: name only the non-trainable state.")  # fmt: skip
+
+
 def check_groups(layout, owner: str) -> None:
-    """Refuse groups that name no tensor of the layout, a tensor twice, or ``lr``."""
+    """Refuse groups that name no tensor of the layout, a tensor twice, a buffer, or ``lr``
+    (and buffers that are not tensors: ``check_buffers``)."""
+    check_buffers(layout, owner)
+    buffers = set(getattr(layout, "buffers", ()))
     seen: dict[str, str] = {}
     for g in layout.groups:
         label = g.name or repr(g.tensors)
@@ -61,6 +88,12 @@ def check_groups(layout, owner: str) -> None:
                     f"{owner}: parameter group {label} names tensor {name!r}, which the layout "
                     f"does not have (tensors: {', '.join(layout.tensors)}). Fix: name tensors "
                     "of ModelLayout.tensors."
+                )
+            if name in buffers:
+                raise PluginError(
+                    f"{owner}: parameter group {label} names {name!r}, a buffer "
+                    "(ModelLayout.buffers), which the optimizer never steps. Fix: leave "
+                    "buffers out of ParamGroup.tensors."
                 )
             if name in seen:
                 raise PluginError(
@@ -82,13 +115,20 @@ def group_options(layout, options) -> list:
     return out
 
 
+BUFFER = -1  # element_groups' index of a buffer's entries: in no segment
+
+
 def element_groups(layout) -> np.ndarray:
-    """The group index (0: no group) of every entry of the flat vector."""
+    """The group index (0: no group; ``BUFFER`` for a buffer) of every entry of the flat
+    vector."""
     which = np.zeros(layout.n_params, dtype=np.int64)
     for k, g in enumerate(layout.groups, start=1):
         for name in g.tensors:
             off, shape = layout.tensors[name]
             which[off : off + int(np.prod(shape))] = k
+    for name in getattr(layout, "buffers", ()):
+        off, shape = layout.tensors[name]
+        which[off : off + int(np.prod(shape))] = BUFFER
     return which
 
 
@@ -102,6 +142,8 @@ def make_segments(layout, spec, options, dtype, owner: str = "model") -> Segment
     cuts = np.flatnonzero(np.diff(which)) + 1
     starts = np.concatenate([[0], cuts]).astype(np.int64)
     ends = np.concatenate([cuts, [layout.n_params]]).astype(np.int64)
+    stepped = which[starts] != BUFFER
+    starts, ends = starts[stepped], ends[stepped]
     packed, spans = [], {}
     for k in sorted(set(which[starts].tolist())):
         if k and spec.check is not None:

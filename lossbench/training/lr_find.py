@@ -18,6 +18,12 @@ network learns fastest while it is still stable, and it lies well below the poin
 loss turns up. ``min/10`` (a tenth of the lr of the smallest smoothed loss, fastai's old
 rule) is reported beside it. Which one to trust is measured against sweeps in docs/sweeps.md.
 
+Each step is a training step: forward in training mode, so a model's buffers (batch norm's
+running statistics) are updated once per step, as in training. The ramp is a probe:
+``run_ramp`` puts the run's flat vector, parameters and buffers alike, back as it was set up
+(fastai's ``lr_find`` restores the model too), so the statistics of the diverging steps never
+reach a model.
+
 ``lr_ramp`` takes the same first-class kernel values and grouped arguments as
 ``fused.train_epoch`` (built by ``fused.train_args``) and takes the same minibatch steps
 (``fused.batch_loss``, ``fused.batch_update``), with a per-step learning-rate array, so the loop
@@ -185,8 +191,10 @@ def suggest(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[float | None, float 
     return float(lrs[SKIP + int(np.argmin(slope))]), min_over_10
 
 
-def run_ramp(run, s: Setup, options: LRFindOptions) -> LRFindResult:
-    """The range test on a set-up run (``setup.set_up``): the ramp on the fused path."""
+def run_ramp(run, s: Setup, options: LRFindOptions, restore: bool = True) -> LRFindResult:
+    """The range test on a set-up run (``setup.set_up``): the ramp on the fused path; the
+    run's parameters and buffers are put back afterwards (unless not ``restore``: the tests
+    read the weights the ramp reached)."""
     if run.path != "fused":
         slow = [f"{g} {run.specs[g].name}" for g in ROLES if run.specs[g].numpy_only]
         raise ConfigError(
@@ -194,16 +202,21 @@ def run_ramp(run, s: Setup, options: LRFindOptions) -> LRFindResult:
             "only). Fix: choose components with kernels, or give the plugin a kernel."
         )
     k = bind_all(run.specs, s.dtype)
-    n_rows = len(run.dataset.X_train)
+    n_rows = len(s.epoch_order())  # a short last batch batch norm cannot take is left out
     orders = np.empty((math.ceil(options.steps / math.ceil(n_rows / s.batch)), n_rows), np.int64)
     for e in range(len(orders)):  # the epochs' orders, as training shuffles them
-        orders[e] = s.next_epoch_order(bool(run.config.trainer.shuffle))
+        orders[e] = s.next_epoch_order(bool(run.config.trainer.shuffle))[:n_rows]
     lrs = options.ramp()  # float64, as every kernel takes its lr (plugin interface 2)
     losses = np.full(options.steps, np.nan)
     watch = kernel_watch(run.specs)  # a kernel that raises: PluginFailure naming it
     ramp = (lrs, float(options.beta), float(options.divergence), losses)
     args = (*[k[r] for r in KERNEL_ORDER], *train_args(run, s), orders, s.batch, ramp)
-    done = watch.call(lr_ramp, *args, watch.flag)
+    before = run.flat_params.copy()  # the parameters and the buffers (running statistics)
+    try:
+        done = watch.call(lr_ramp, *args, watch.flag)
+    finally:  # the ramp is a probe: the run keeps the model it was set up with
+        if restore:
+            np.copyto(run.flat_params, before)
     lrs64, losses = lrs[:done], losses[:done]
     smoothed = smooth(losses, options.beta)
     steepest, min_over_10 = suggest(lrs64, smoothed)

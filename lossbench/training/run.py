@@ -101,16 +101,20 @@ class Run:
         MLflow model answers), see
         ``lossbench.training.predict.Predictor.from_run(run)``. The model runs in evaluation
         mode unless ``hp`` (the model's kernel ``hp``, ``ModelLayout.kernel_hp``) says
-        otherwise."""
+        otherwise; in training mode the buffers (running statistics) that forward writes
+        are a copy's, so predicting never changes the run."""
         model = self.specs["model"]
         X = np.ascontiguousarray(X, dtype=self.flat_params.dtype)
         if hp is None:  # as the kernels take it: evaluation mode
             hp = self.layout.kernel_hp(training=False)
+        params = self.flat_params
+        if hp[-3] > 0.5 and getattr(self.layout, "buffers", ()):
+            params = params.copy()  # training mode writes the buffers: not the run's
         if model.numpy_only:
-            return model.reference_forward(self.flat_params, self.layout.layout, hp, X)
+            return model.reference_forward(params, self.layout.layout, hp, X)
         out = np.empty((len(X), self.dataset.n_outputs), dtype=X.dtype)
         work = np.empty(self.layout.workspace(len(X)), dtype=X.dtype)
-        model.forward(self.flat_params, self.layout.layout, hp, X, work, out)
+        model.forward(params, self.layout.layout, hp, X, work, out)
         return out
 
     @property

@@ -71,6 +71,16 @@ class Setup:
     order: np.ndarray
     rng: np.random.Generator
     tally: Tally  # the validation pass's sums of the common metrics
+    # how many rows of ``order`` an epoch trains on: all, unless a last minibatch shorter than
+    # ModelLayout.min_batch is left out (rows_per_epoch)
+    epoch_rows: int = -1
+
+    def epoch_order(self) -> np.ndarray:
+        """The rows an epoch trains on, in order: a view of ``order``'s first ``epoch_rows``
+        (a view, so each epoch's shuffle of ``order`` reaches it)."""
+        if 0 <= self.epoch_rows < len(self.order):
+            return self.order[: self.epoch_rows]
+        return self.order
 
     def next_epoch_order(self, shuffle: bool) -> np.ndarray:
         """The training rows' order for the next epoch: ``order`` reshuffled in place by the
@@ -97,6 +107,7 @@ def set_up(run) -> Setup:
     layout = specs["model"].build(options["model"], prep.X_train.shape[1], prep.n_outputs)
     opt_spec = specs["optimizer"]
     batch = min(int(cfg.trainer.batch_size), len(prep.X_train))
+    epoch_rows = rows_per_epoch(getattr(layout, "min_batch", 1), batch, len(prep.X_train), cfg)
     chunk = min(max(batch, 1024), max(len(prep.X_val), 1))
     # weights (a float64 copy while initialising), gradients, optimizer state, work buffers
     n_bytes = layout.n_params * (8 + dtype.itemsize * (2 + opt_spec.state_rows)) + (
@@ -136,7 +147,26 @@ def set_up(run) -> Setup:
         order=order,
         rng=np.random.default_rng(shuffle_ss),
         tally=Tally.for_data(prep),
+        epoch_rows=epoch_rows,
     )
+
+
+def rows_per_epoch(least: int, batch: int, rows: int, cfg) -> int:
+    """How many rows of each epoch's order train: all of them, unless the last minibatch would
+    hold fewer than the model's ``ModelLayout.min_batch`` (batch norm needs 2): then that short
+    batch is left out of the epoch, as torch's ``DataLoader(drop_last=True)`` leaves it (the
+    order is reshuffled every epoch, so a different row sits out each time). A batch size or a
+    training set smaller than ``least`` is refused."""
+    if min(batch, rows) < least:
+        raise ConfigError(
+            f"model={cfg.model.name} needs at least {least} rows in every training minibatch "
+            "(ModelLayout.min_batch: batch norm's variance needs 2; torch.nn.BatchNorm1d "
+            f"refuses 1), but trainer.batch_size={cfg.trainer.batch_size} over {rows} "
+            f"training rows gives minibatches of {min(batch, rows)}. Fix: pass "
+            f"trainer.batch_size={least} or more (and at least {least} training rows)."
+        )
+    short = rows % batch
+    return rows - short if 0 < short < least else rows
 
 
 def run_seeds(cfg) -> list[np.random.SeedSequence]:

@@ -9,6 +9,11 @@ Two uses, one loop:
   with ``python_epoch``/``python_evaluate`` over ``python_parts(specs)`` (``slow_runner``),
   which takes each component's reference where there is no kernel and calls the others'
   kernels from Python. Nothing here is on the fused path.
+
+A model's buffers (``ModelLayout.buffers``) are written by the one forward of each minibatch:
+the kernel's backward needs its forward's workspace, so ``python_parts`` runs that forward
+again, on a copy of the parameters when there are buffers (the statistics are updated once per
+minibatch, as on the fused path); a reference backward must not write them.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ def python_parts(specs: dict, model_layout, n_out: int) -> PythonParts:
     component without kernels, otherwise its kernel wrapped to the reference's signature.
     ``model_layout`` is the model's ``ModelLayout``, ``n_out`` its output width."""
     workspace = model_layout.workspace
+    buffers = bool(getattr(model_layout, "buffers", ()))
     model, loss, opt = specs["model"], specs["loss"], specs["optimizer"]
     if model.numpy_only:
         forward, backward = model.reference_forward, model.reference_backward
@@ -57,9 +63,11 @@ def python_parts(specs: dict, model_layout, n_out: int) -> PythonParts:
 
         def backward(params, layout, hp, x, dout):
             # the kernel's backward reads what its forward left in the workspace: run it again
-            # (the slow path trades time for keeping forward and backward separate calls)
+            # (the slow path trades time for keeping forward and backward separate calls), on
+            # a copy when the model has buffers: the step's forward has updated them once
             work = np.empty(workspace(len(x)), dtype=params.dtype)
-            model.forward(params, layout, hp, x, work, np.empty(dout.shape, params.dtype))
+            again = params.copy() if buffers else params
+            model.forward(again, layout, hp, x, work, np.empty(dout.shape, params.dtype))
             grads = np.empty_like(params)
             model.backward(params, layout, hp, x, work, np.ascontiguousarray(dout), grads)
             return grads
@@ -206,7 +214,8 @@ def slow_runner(run, s: Setup) -> Runner:
     def epoch(t, lr):
         return python_epoch(
             parts, params, layout.layout, s.model_hp, s.loss_hp, s.opt_hp, s.state, s.scalars,
-            prep.X_train, prep.Y_train, prep.labels_train, s.order, s.batch, t, lr, s.segments,
+            prep.X_train, prep.Y_train, prep.labels_train, s.epoch_order(), s.batch, t, lr,
+            s.segments,
         )  # fmt: skip
 
     def evaluate():
