@@ -72,7 +72,9 @@ KIT_CATCHES = {  # bug -> (check, what its message says)
     ),
     "o_of_t_step": (
         "step_cost_does_not_grow_with_t",
-        r"a step costs [\d.]+ us at t=100,000 against [\d.]+ us at t=10 \(\d+x, 1000 parameters"
+        # at t=10,000 on a busy machine, else at t=100,000: either names the growth
+        r"a step costs [\d.]+ us at t=(10|100),000 against [\d.]+ us at t=10 \(\d+x, 1000 "
+        r"parameters"
         r".*the cost grows with t\. Fix: keep running quantities .* as scalar state",
     ),
 }
