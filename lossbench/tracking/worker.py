@@ -45,7 +45,15 @@ import traceback
 from pathlib import Path
 
 from lossbench.tracking.models import log_datasets, log_run_model
-from lossbench.tracking.spool import SPOOL_TAG, STORE_RECORDS, Spool, now_ms
+from lossbench.tracking.spool import (
+    METRICS_PER_BATCH,
+    PARAMS_PER_BATCH,
+    SPOOL_TAG,
+    STORE_RECORDS,
+    TAGS_PER_BATCH,
+    Spool,
+    now_ms,
+)
 from lossbench.tracking.store import (
     MAX_KEY,
     MAX_NAME,
@@ -58,7 +66,6 @@ from lossbench.tracking.store import (
 )
 from lossbench.training.crash import crash_reason
 
-PARAMS_PER_BATCH, METRICS_PER_BATCH = 100, 1000
 
 class Watchdog:
     """Ends this process ``seconds`` after the trainer's input closed, if it is still there
@@ -156,23 +163,36 @@ class Worker:
         if self.offline is None:
             self.pending.extend(req["items"])
 
-    def flush(self) -> None:
+    def flush(self, tags: list | None = None) -> None:
+        """Send the pending metrics (and ``tags``, with the last batch of them: at a run's end
+        the two are one store transaction, which on sqlite is a flush to disk)."""
         batch, self.pending = self.pending, []
-        if self.offline is not None or not batch:
+        if self.offline is not None or not (batch or tags):
             return
         from mlflow.entities import Metric  # loaded by start()
 
         metrics = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in batch]
+        chunks = [metrics[i : i + METRICS_PER_BATCH]
+                  for i in range(0, len(metrics), METRICS_PER_BATCH)] or [[]]  # fmt: skip
         try:
-            for i in range(0, len(metrics), METRICS_PER_BATCH):
-                self.client.log_batch(self.run_id, metrics=metrics[i : i + METRICS_PER_BATCH])
+            for i, chunk in enumerate(chunks):
+                last = i == len(chunks) - 1
+                self.client.log_batch(self.run_id, metrics=chunk, tags=tags if last else [])
         except Exception as exc:
             self.go_offline(exc)
 
     def finish(self, req: dict) -> None:
         end_time = now_ms()
         self.pending.extend(req.get("metrics", []))
-        self.flush()
+        from mlflow.entities import RunTag  # loaded by start()
+
+        tags = [RunTag(shorten(k, MAX_KEY), shorten(v, MAX_TAG)) for k, v in req["tags"].items()]
+        if len(tags) <= TAGS_PER_BATCH:
+            self.flush(tags)
+        else:
+            self.flush()
+            for i in range(0, len(tags), TAGS_PER_BATCH):
+                self.flush(tags[i : i + TAGS_PER_BATCH])
         if self.offline is None:
             try:
                 self._end(req, end_time)
@@ -183,11 +203,7 @@ class Worker:
                    **self.model)
 
     def _end(self, req: dict, end_time: int) -> None:
-        from mlflow.entities import RunTag  # loaded by start()
-
-        tags = [RunTag(shorten(k, MAX_KEY), shorten(v, MAX_TAG)) for k, v in req["tags"].items()]
-        if tags:
-            self.client.log_batch(self.run_id, tags=tags)
+        """After the last metrics and the end tags: the files, the model, the end."""
         for path in req.get("artifacts", []):
             self.client.log_artifact(self.run_id, path)
         if req.get("model"):
