@@ -50,7 +50,6 @@ from lossbench.tracking.spool import (
     PARAMS_PER_BATCH,
     SPOOL_TAG,
     STORE_RECORDS,
-    TAGS_PER_BATCH,
     Spool,
     now_ms,
 )
@@ -60,6 +59,7 @@ from lossbench.tracking.store import (
     MAX_PARAM,
     MAX_TAG,
     bound_http_retries,
+    close_sqlite_stores,
     experiment_id,
     open_client,
     shorten,
@@ -163,36 +163,23 @@ class Worker:
         if self.offline is None:
             self.pending.extend(req["items"])
 
-    def flush(self, tags: list | None = None) -> None:
-        """Send the pending metrics (and ``tags``, with the last batch of them: at a run's end
-        the two are one store transaction, which on sqlite is a flush to disk)."""
+    def flush(self) -> None:
         batch, self.pending = self.pending, []
-        if self.offline is not None or not (batch or tags):
+        if self.offline is not None or not batch:
             return
         from mlflow.entities import Metric  # loaded by start()
 
         metrics = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in batch]
-        chunks = [metrics[i : i + METRICS_PER_BATCH]
-                  for i in range(0, len(metrics), METRICS_PER_BATCH)] or [[]]  # fmt: skip
         try:
-            for i, chunk in enumerate(chunks):
-                last = i == len(chunks) - 1
-                self.client.log_batch(self.run_id, metrics=chunk, tags=tags if last else [])
+            for i in range(0, len(metrics), METRICS_PER_BATCH):
+                self.client.log_batch(self.run_id, metrics=metrics[i : i + METRICS_PER_BATCH])
         except Exception as exc:
             self.go_offline(exc)
 
     def finish(self, req: dict) -> None:
         end_time = now_ms()
         self.pending.extend(req.get("metrics", []))
-        from mlflow.entities import RunTag  # loaded by start()
-
-        tags = [RunTag(shorten(k, MAX_KEY), shorten(v, MAX_TAG)) for k, v in req["tags"].items()]
-        if len(tags) <= TAGS_PER_BATCH:
-            self.flush(tags)
-        else:
-            self.flush()
-            for i in range(0, len(tags), TAGS_PER_BATCH):
-                self.flush(tags[i : i + TAGS_PER_BATCH])
+        self.flush()
         if self.offline is None:
             try:
                 self._end(req, end_time)
@@ -203,7 +190,11 @@ class Worker:
                    **self.model)
 
     def _end(self, req: dict, end_time: int) -> None:
-        """After the last metrics and the end tags: the files, the model, the end."""
+        from mlflow.entities import RunTag  # loaded by start()
+
+        tags = [RunTag(shorten(k, MAX_KEY), shorten(v, MAX_TAG)) for k, v in req["tags"].items()]
+        if tags:
+            self.client.log_batch(self.run_id, tags=tags)
         for path in req.get("artifacts", []):
             self.client.log_artifact(self.run_id, path)
         if req.get("model"):
@@ -312,7 +303,8 @@ def main() -> None:
                 return
     finally:
         # the input has ended (or this loop failed): exit now, without waiting for threads
-        # MLflow may have left running
+        # MLflow may have left running, once a sqlite store's log is in its file
+        close_sqlite_stores()
         try:
             sys.stderr.flush()
             replies.flush()
