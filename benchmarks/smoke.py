@@ -33,6 +33,7 @@ SCRIPTS: list[tuple[str, list[str], list[str]]] = [
     ("kernel_watch", ["--rounds", "1"], ["git:3453d2f"]),
     ("kit_time", ["--rounds", "1", "--quick"], []),
     ("make_torch_reference", ["--out", "{tmp}/torch_reference.json"], ["torch"]),
+    ("population", ["--cases", "20-32-3", "--members", "2", "--epochs", "1", "--rounds", "1"], []),
     ("optimizer_step", ["--params", "1000", "--big", "4000", "--block", "5", "--repeats", "1"],
      ["git:8b3091a"]),
     ("startup", ["--runs", "1", "--cold-runs", "0"], []),

@@ -9,8 +9,9 @@ it once the run exists.
 unloading numba, matplotlib and Hydra took 0.35 s, and after a sweep (MLflow and SQLAlchemy
 too) 0.9 s, all spent once every file was written. It is used only where that holds: the
 command line's ``entry`` and a sweep worker's ``__main__``, after their work returned. The
-logs and the output streams are flushed first; closing stdin on exit ends the MLflow side
-process (``tracking.worker``), which reads it.
+logs and the output streams are flushed first, and what ``before_exit_now`` registered is
+called (closing a sqlite store's connections, so its log is in its file); closing stdin on
+exit ends the MLflow side process (``tracking.worker``), which reads it.
 """
 
 from __future__ import annotations
@@ -20,11 +21,24 @@ import os
 import sys
 from collections.abc import Callable
 
+_BEFORE_EXIT: list[Callable[[], None]] = []
+
+
+def before_exit_now(fn: Callable[[], None]) -> None:
+    """Have ``exit_now`` call ``fn`` first (once, however often it is registered)."""
+    if fn not in _BEFORE_EXIT:
+        _BEFORE_EXIT.append(fn)
+
 
 def exit_now(code: object = 0) -> None:
-    """Flush the logs and streams, then ``os._exit``. ``code`` is what ``SystemExit`` carries:
-    ``None`` is 0, an int is the exit status, anything else is printed and exits 1 (as
-    Python's own exit does)."""
+    """Call what ``before_exit_now`` registered, flush the logs and streams, then
+    ``os._exit``. ``code`` is what ``SystemExit`` carries: ``None`` is 0, an int is the exit
+    status, anything else is printed and exits 1 (as Python's own exit does)."""
+    for fn in _BEFORE_EXIT:
+        try:
+            fn()
+        except Exception:  # exiting anyway: a failed clean-up must not change the exit code
+            pass
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)
         code = 1

@@ -3,6 +3,8 @@ old one, private when it holds credentials."""
 
 import os
 import stat
+import threading
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +51,49 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_files_saved_together_are_flushed_at_once_then_renamed_in_order(tmp_path, monkeypatch):
+    """save_together issues the flushes of several files at once (the filesystem commits them
+    together): every flush of the data waits here until all three are in flight, which
+    flushes one after another never reach; only then is any file renamed, in the order given."""
+    gate, events = threading.Barrier(3, timeout=20), []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            gate.wait()  # BrokenBarrierError when the flushes come one at a time
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(Path(b).name),
+                                                     real_replace(a, b))[1])  # fmt: skip
+    names = ["history.csv", "model.npz", "summary.json"]
+    errors = files.save_together([files.text_file(tmp_path / n, n) for n in names])
+    assert errors == [None, None, None]
+    assert events == names
+    assert [(tmp_path / n).read_text() for n in names] == names
+
+
+def test_a_file_that_fails_among_files_saved_together_leaves_the_others_written(tmp_path):
+    def fails(tmp):
+        Path(tmp).write_text("half")
+        raise OSError(28, "No space left on device")
+
+    items = [files.text_file(tmp_path / "a.txt", "a"), (tmp_path / "b.txt", fails, False),
+             files.text_file(tmp_path / "c.txt", "c")]  # fmt: skip
+    errors = files.save_together(items)
+    assert errors[0] is None and errors[2] is None
+    assert isinstance(errors[1], OSError) and errors[1].errno == 28
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "c.txt"]  # no temporary
+
+
+def test_a_bug_in_a_writer_among_files_saved_together_keeps_the_ones_before(tmp_path):
+    def bug(tmp):
+        raise ValueError("a plotting bug")
+
+    items = [files.text_file(tmp_path / "a.txt", "a"), (tmp_path / "b.png", bug, False),
+             files.text_file(tmp_path / "c.txt", "c")]  # fmt: skip
+    with pytest.raises(ValueError):
+        files.save_together(items)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]  # as one by one

@@ -7,12 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lossbench.hookspecs import hookimpl
-from lossbench.training.outputs import (
-    plot_loss_curve,
-    write_history,
-    write_model,
-    write_summary,
-)
+from lossbench.training.outputs import write_files, write_summary
 
 
 @hookimpl
@@ -20,23 +15,13 @@ def on_run_end(run, status):
     """The run's files; summary.json for every run that was not refused as bad input, so a run
     interrupted before its first epoch still says how and when it ended. A file that cannot be
     written (a full disk, a read-only folder) fails the run, and summary.json, written last,
-    says so when there is room for it; a file is complete or absent, never half-written."""
+    says so when there is room for it; a file is complete or absent, never half-written. The
+    files before summary.json are flushed to disk together (``lossbench.files.save_together``)."""
     if run.output_dir is None or status == "rejected":
         return
     out = Path(run.output_dir)
-    files = []
-    if run.history:
-        files += [
-            ("history.csv", lambda: write_history(out / "history.csv", run.history)),
-            ("model.npz", lambda: write_model(out / "model.npz", run.params)),
-        ]
-        if run.config.trainer.get("plots", True):
-            files.append(("loss_curve.png", lambda: plot_loss_curve(out / "loss_curve.png", run)))
-    for name, write in files:
-        try:
-            write()
-        except OSError as exc:
-            run.output_failed(f"{out / name} could not be written: {exc.strerror or exc}")
+    for name, exc in write_files(out, run, plots=bool(run.config.trainer.get("plots", True))):
+        run.output_failed(f"{out / name} could not be written: {exc.strerror or exc}")
     try:
         write_summary(out / "summary.json", run)
     except OSError as exc:

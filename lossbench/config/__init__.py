@@ -2,8 +2,8 @@
 schemas of the root, trainer, tracking and sweep (``schemas``), the ConfigStore filled with every
 registered component's schema (``store``), composing a config as ``python -m lossbench
 OVERRIDES`` would and as ``--multirun`` starts from (``compose``), where composing starts: the
-primary config and more config folders (``source``), and Hydra's errors said in one paragraph
-(``errors``)."""
+primary config and more config folders (``source``), Hydra's errors said in one paragraph
+(``errors``), and a config as YAML text, fast (``text``)."""
 
 from lossbench.config.compose import (
     check_choices,

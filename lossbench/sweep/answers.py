@@ -188,8 +188,9 @@ def _write_answer(plan, carrier: int, number: int, repeat, epochs: int, how):
     short = _prefix(repeat.run, epochs, repeat.trajectory.weights[epochs], cfg, out, where)
     try:
         write_hydra_files(out, cfg, _overrides(plan, values, repeat, epochs), plan, number)
-        outputs.write_history(out / "history.csv", short.history)
-        outputs.write_model(out / "model.npz", short.params)
+        failed = outputs.write_files(out, short, plots=False)
+        if failed:
+            raise failed[0][1]
         outputs.write_summary(out / "summary.json", short)
     except OSError as exc:  # the answer stays in the study; its files are a copy of the run's
         print(f"lossbench: trial {number}'s files could not be written: {exc}", flush=True)

@@ -2,7 +2,8 @@
 K workers from overshooting ``n_trials``, lost-trial recovery, the journal file kept whole (a
 failed append is undone; a record torn by a crash is repaired with a backup, or refused), and
 the question a study answers (a study name reused for another search space is refused). Every
-Optuna internal lossbench needs is reached here: ``set_trial_attr`` and ``_JournalFile``."""
+Optuna internal lossbench needs is reached here: ``set_trial_attr``, ``set_trial_attrs`` and
+``_JournalFile``."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import numpy as np
 import optuna
 import sqlalchemy
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
+from optuna.storages.journal._storage import JournalOperation
 from optuna.trial import TrialState
 
 from lossbench.errors import ConfigError
@@ -33,6 +35,29 @@ def set_trial_attr(study, trial, key: str, value) -> None:
     (a lost trial, a heartbeat from another thread). Optuna has no public call for that; this is
     the one place lossbench reaches into Optuna's private ``study._storage``/``trial._trial_id``."""
     study._storage.set_trial_user_attr(trial._trial_id, key, value)
+
+
+def set_trial_attrs(study, trial, attrs: dict) -> None:
+    """Set several user attributes of ``trial`` at once. On a journal file they are one
+    append and one flush to disk (Optuna writes one record per attribute, each flushed: at
+    4 ms a flush, a trial's dozen attributes were a quarter of its overhead); elsewhere one
+    call each. Either way the trial object sees them, as after ``trial.set_user_attr``."""
+    storage = study._storage
+    if isinstance(storage, JournalStorage) and len(attrs) > 1:
+        op = JournalOperation.SET_TRIAL_USER_ATTR
+        with storage._thread_lock:
+            worker = storage._replay_result.worker_id
+            storage._backend.append_logs([
+                {"op_code": op, "worker_id": worker, "trial_id": trial._trial_id,
+                 "user_attr": {key: value}} for key, value in attrs.items()
+            ])  # fmt: skip
+            storage._sync_with_backend()
+    else:
+        for key, value in attrs.items():
+            storage.set_trial_user_attr(trial._trial_id, key, value)
+    cached = getattr(trial, "_cached_frozen_trial", None)
+    if cached is not None:
+        cached.user_attrs.update(attrs)
 
 
 def storage_url(setting: str | None, sweep_dir: Path) -> str:

@@ -16,7 +16,8 @@ from omegaconf import OmegaConf, open_dict
 from optuna.distributions import CategoricalDistribution, IntDistribution
 
 from lossbench.config import GROUPS, compose
-from lossbench.files import atomic_write
+from lossbench.config.text import to_yaml
+from lossbench.files import save_together, text_file
 from lossbench.hookspecs import hookimpl
 from lossbench.plugins import get_plugin_manager
 from lossbench.sweep.plan import Plan, parent_run_id
@@ -102,11 +103,11 @@ def write_hydra_files(out: Path, cfg, overrides: list[str], plan: Plan | None = 
                       number: int | None = None) -> None:  # fmt: skip
     """The trial's ``.hydra/`` files, as Hydra writes a job's (a URL's password as ***):
     config.yaml, overrides.yaml and, from the sweep's hydra node (``plan.hydra``), hydra.yaml
-    with the job's number, overrides and output folder."""
+    with the job's number, overrides and output folder; flushed to disk together
+    (``lossbench.files.save_together``). Raises the first OSError met."""
     hydra_dir = out / ".hydra"
-    atomic_write(hydra_dir / "config.yaml", mask_text(OmegaConf.to_yaml(cfg)))  # no password
-    atomic_write(hydra_dir / "overrides.yaml",
-                 mask_text(OmegaConf.to_yaml(OmegaConf.create(overrides))))  # fmt: skip
+    texts = {"config.yaml": mask_text(to_yaml(cfg)),  # no password
+             "overrides.yaml": mask_text(to_yaml(list(overrides)))}
     if plan is not None and plan.hydra:
         node = copy.deepcopy(plan.hydra)
         dirname = ",".join(sorted(o for o in overrides if not o.startswith("hydra.")))
@@ -114,8 +115,11 @@ def write_hydra_files(out: Path, cfg, overrides: list[str], plan: Plan | None = 
         node.setdefault("overrides", {})["task"] = list(overrides)
         node.setdefault("runtime", {})["output_dir"] = str(Path(out).absolute())
         node["mode"] = "MULTIRUN"
-        text = OmegaConf.to_yaml(OmegaConf.create({"hydra": node}))
-        atomic_write(hydra_dir / "hydra.yaml", mask_text(text))
+        texts["hydra.yaml"] = mask_text(to_yaml({"hydra": node}))
+    errors = save_together([text_file(hydra_dir / name, text) for name, text in texts.items()])
+    for error in errors:
+        if error is not None:
+            raise error
 
 
 def tag_child_run(cfg, plan: Plan, number: int, stop, repeat: int | None = None,

@@ -51,6 +51,7 @@ from lossbench.sweep.study import (
     recover_stale,
     retry,
     set_trial_attr,
+    set_trial_attrs,
     storage_error_text,
     storage_gone,
 )
@@ -93,10 +94,10 @@ def say(text: str, err: bool = False) -> None:
 def _lose(study, trial, status: str = "interrupted", error: str | None = None) -> None:
     """Mark a trial that did not get to its end: failed, not counted, retried with the same
     parameters by the next worker that asks."""
-    set_trial_attr(study, trial, "lossbench_lost", True)
-    trial.set_user_attr("status", status)
+    attrs = {"lossbench_lost": True, "status": status}
     if error:
-        trial.set_user_attr("error", error[:2000])
+        attrs["error"] = error[:2000]
+    set_trial_attrs(study, trial, attrs)
     study.tell(trial, state=TrialState.FAIL)
     retry(study, trial)
 
@@ -140,12 +141,12 @@ def run_trial(study, plan: Plan, space, pm, trial, composer: Composer) -> bool:
     read from its run; False when the worker should stop (interrupted)."""
     values = suggest(trial, space)
     seeds = seeds_of(plan, trial.number, values)
-    trial.set_user_attr("overrides", [mask_text(o) for o in trial_overrides(plan, values,
-                                                                         seeds[0])])  # fmt: skip
-    trial.set_user_attr("seed", seeds[0])
+    # written with the first seed's output_dir (one flush to the journal)
+    start = {"overrides": [mask_text(o) for o in trial_overrides(plan, values, seeds[0])],
+             "seed": seeds[0]}  # fmt: skip
     repeats: list[Repeat] = []
     for r, seed in enumerate(seeds):
-        done = _train_repeat(study, plan, pm, trial, (composer, values, seed, r))
+        done = _train_repeat(study, plan, pm, trial, (composer, values, seed, r, start))
         if not isinstance(done, Repeat):
             return done
         repeats.append(done)
@@ -160,7 +161,7 @@ def run_trial(study, plan: Plan, space, pm, trial, composer: Composer) -> bool:
 def _train_repeat(study, plan: Plan, pm, trial, how) -> Repeat | bool:
     """Train one seed of a trial: a Repeat, or True (the trial failed and was told so) or
     False (interrupted: the worker stops)."""
-    composer, values, seed, r = how
+    composer, values, seed, r, start = how
     overrides = trial_overrides(plan, values, seed)
     try:
         cfg = composer(values, seed)
@@ -168,9 +169,9 @@ def _train_repeat(study, plan: Plan, pm, trial, how) -> Repeat | bool:
         if plan.repeats > 1:
             out = out / f"seed-{seed}"
         if r == 0:
-            trial.set_user_attr("output_dir", str(out))
+            set_trial_attrs(study, trial, {**start, "output_dir": str(out)})
     except (LossbenchError, ValueError, KeyError) as exc:
-        _fail(study, trial, str(exc))
+        _fail(study, trial, str(exc), start if r == 0 else {})
         return True
     tag_child_run(cfg, plan, trial.number, STOPPING, repeat=r if plan.repeats > 1 else None)
     try:
@@ -217,9 +218,8 @@ def _trial_hooks(study, plan: Plan, trial, first: bool) -> dict:
     return hooks
 
 
-def _fail(study, trial, error: str) -> None:
-    trial.set_user_attr("status", "failed")
-    trial.set_user_attr("error", error[:2000])
+def _fail(study, trial, error: str, attrs: dict | None = None) -> None:
+    set_trial_attrs(study, trial, {**(attrs or {}), "status": "failed", "error": error[:2000]})
     study.tell(trial, state=TrialState.FAIL)
 
 
@@ -248,27 +248,28 @@ def _write_failed(study, trial, out: Path, what: str) -> None:
 
 def _tell(study, plan: Plan, trial, repeats: list[Repeat]) -> None:
     """The trial's curves and result into the study: complete (the mean over its seeds with
-    ``sweep.repeats``), pruned or failed."""
-    first = repeats[0].run
-    for key, value in curves(first, plan).items():
-        trial.set_user_attr(key, value)
-    trial.set_user_attr("train_seconds", first.timings.get("train_seconds", 0.0))
-    trial.set_user_attr("epochs_planned", int(first.config.trainer.epochs))
+    ``sweep.repeats``), pruned or failed; its attributes in one journal append, then the tell."""
+    first, last = repeats[0].run, repeats[-1]
+    attrs = dict(curves(first, plan))
+    attrs["train_seconds"] = first.timings.get("train_seconds", 0.0)
+    attrs["epochs_planned"] = int(first.config.trainer.epochs)
     if first.dataset is not None:
-        trial.set_user_attr("val_rows", len(first.dataset.X_val))
-    _note_incomplete_records(trial, repeats)
-    last = repeats[-1]
+        attrs["val_rows"] = len(first.dataset.X_val)
+    attrs.update(_incomplete_records(trial, repeats))
     status = "pruned" if last.pruned else last.run.status
-    trial.set_user_attr("status", status)
+    attrs["status"] = status
     if last.run.error:
-        trial.set_user_attr("error", last.run.error[:2000])
+        attrs["error"] = last.run.error[:2000]
+    per_seed = []
+    if status in STATUS_TO_STATE:
+        per_seed = [objective_values(x.run, plan.metrics) for x in repeats]
+        if len(per_seed) > 1:
+            attrs["seeds"] = [x.run.config.seed for x in repeats]
+            attrs["repeat_values"] = [v[0] for v in per_seed]
+    set_trial_attrs(study, trial, attrs)
     if status == "pruned":
         study.tell(trial, state=TrialState.PRUNED)
     elif status in STATUS_TO_STATE:
-        per_seed = [objective_values(x.run, plan.metrics) for x in repeats]
-        if len(per_seed) > 1:
-            trial.set_user_attr("seeds", [x.run.config.seed for x in repeats])
-            trial.set_user_attr("repeat_values", [v[0] for v in per_seed])
         try:
             study.tell(trial, [float(np.mean(col)) for col in zip(*per_seed, strict=True)])
         except (ValueError, optuna.exceptions.OptunaError) as exc:  # e.g. a NaN objective
@@ -278,16 +279,18 @@ def _tell(study, plan: Plan, trial, repeats: list[Repeat]) -> None:
         study.tell(trial, state=TrialState.FAIL)
 
 
-def _note_incomplete_records(trial, repeats: list[Repeat]) -> None:
+def _incomplete_records(trial, repeats: list[Repeat]) -> dict:
     """A trial whose MLflow record is incomplete (the store went away) still counts: its run
-    trained and is told as it ended; the trial notes why the record is incomplete and where
-    the rest is spooled, for the coordinator's exit code and ``python -m lossbench replay``."""
+    trained and is told as it ended; the trial notes (the attributes returned) why the record
+    is incomplete and where the rest is spooled, for the coordinator's exit code and
+    ``python -m lossbench replay``."""
     errors = [m for x in repeats for m in x.run.record_errors]
-    if errors:
-        why = mask_text(errors[0].split("; what it did not receive")[0])
-        trial.set_user_attr(RECORD_INCOMPLETE, why if len(why) < 400 else why[:397] + "...")
-        trial.set_user_attr("spooled_in", [str(x.out) for x in repeats if x.run.record_errors])
-        say(f"trial {trial.number}: {mask_text(errors[0])}")
+    if not errors:
+        return {}
+    why = mask_text(errors[0].split("; what it did not receive")[0])
+    say(f"trial {trial.number}: {mask_text(errors[0])}")
+    return {RECORD_INCOMPLETE: why if len(why) < 400 else why[:397] + "...",
+            "spooled_in": [str(x.out) for x in repeats if x.run.record_errors]}  # fmt: skip
 
 
 def work(plan: Plan, index: int, quiet: bool = False, trials: int | None = None) -> int:
@@ -374,12 +377,10 @@ def _ask(study, plan: Plan, host: str, pid: int, check: bool):
     if plan.epoch_counts and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         study.enqueue_trial({EPOCHS: plan.epoch_counts[-1]}, skip_if_exists=False)
     trial = study.ask()
-    for key, value in (("host", host), ("pid", pid), ("heartbeat", time.time())):
-        trial.set_user_attr(key, value)
+    set_trial_attrs(study, trial, {"host": host, "pid": pid, "heartbeat": time.time()})
     if not check or in_budget(study.get_trials(deepcopy=False), trial.number, plan.n_runs):
         return trial
-    set_trial_attr(study, trial, "lossbench_lost", True)
-    trial.set_user_attr("status", "surplus")
+    set_trial_attrs(study, trial, {"lossbench_lost": True, "status": "surplus"})
     study.tell(trial, state=TrialState.FAIL)
     return None
 

@@ -58,8 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from omegaconf import OmegaConf
-
+from lossbench.config.text import to_yaml
 from lossbench.training import outputs
 from lossbench.urls import mask_text
 
@@ -302,15 +301,14 @@ def run_files(run, folder: Path) -> list[Path]:
     when the run has none), plus confusion_matrix.png for classification."""
     plots = run.config.trainer.get("plots", True)
     # a URL's password (tracking.uri) stays out of the artifact, as out of MLflow's params
-    (folder / "config.yaml").write_text(mask_text(OmegaConf.to_yaml(run.config, resolve=True)))
+    (folder / "config.yaml").write_text(mask_text(to_yaml(run.config, resolve=True)))
     source = Path(run.output_dir) if run.output_dir is not None else None
     files = ["history.csv", "model.npz"] + (["loss_curve.png"] if plots else [])
     if source is None or not all((source / f).is_file() for f in files):
         source = folder
-        outputs.write_history(folder / "history.csv", run.history)
-        outputs.write_model(folder / "model.npz", run.params)
-        if plots:
-            outputs.plot_loss_curve(folder / "loss_curve.png", run)
+        failed = outputs.write_files(folder, run, plots)
+        if failed:
+            raise failed[0][1]
     paths = [folder / "config.yaml", *(source / f for f in files)]
     if plots and run.dataset is not None and run.dataset.task == "classification":
         outputs.plot_confusion_matrix(folder / "confusion_matrix.png", run)

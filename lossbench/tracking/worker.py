@@ -45,20 +45,27 @@ import traceback
 from pathlib import Path
 
 from lossbench.tracking.models import log_datasets, log_run_model
-from lossbench.tracking.spool import SPOOL_TAG, STORE_RECORDS, Spool, now_ms
+from lossbench.tracking.spool import (
+    METRICS_PER_BATCH,
+    PARAMS_PER_BATCH,
+    SPOOL_TAG,
+    STORE_RECORDS,
+    Spool,
+    now_ms,
+)
 from lossbench.tracking.store import (
     MAX_KEY,
     MAX_NAME,
     MAX_PARAM,
     MAX_TAG,
     bound_http_retries,
+    close_sqlite_stores,
     experiment_id,
     open_client,
     shorten,
 )
 from lossbench.training.crash import crash_reason
 
-PARAMS_PER_BATCH, METRICS_PER_BATCH = 100, 1000
 
 class Watchdog:
     """Ends this process ``seconds`` after the trainer's input closed, if it is still there
@@ -296,7 +303,8 @@ def main() -> None:
                 return
     finally:
         # the input has ended (or this loop failed): exit now, without waiting for threads
-        # MLflow may have left running
+        # MLflow may have left running, once a sqlite store's log is in its file
+        close_sqlite_stores()
         try:
             sys.stderr.flush()
             replies.flush()

@@ -1,6 +1,8 @@
 """A run's files: history.csv, model.npz, the loss curve and the confusion matrix. Each file is
-written through ``lossbench.files.atomic_save``, so a file is either complete or absent. The outputs
-plugin (``lossbench.builtin.outputs``) and the MLflow tracker both write through these."""
+written through ``lossbench.files`` (``atomic_save``, or ``save_together`` for several at once),
+so a file is either complete or absent. ``*_file`` functions return what ``save_together``
+writes; ``write_files`` writes a run's set. The outputs plugin (``lossbench.builtin.outputs``),
+the sweep's answered epoch counts and the trackers all write through these."""
 
 from __future__ import annotations
 
@@ -10,15 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from lossbench.files import atomic_save, pyplot, save_figure
+from lossbench.files import Item, atomic_save, pyplot, save_figure, save_together
 from lossbench.training.metrics import predicted_classes
 from lossbench.training.run import summary
 
 
-def write_history(path: Path, history: list[dict]) -> None:
-    if not history:
-        return
-    columns = list(history[0])
+def history_file(path: Path, history: list[dict]) -> Item:
+    """history.csv: one row per epoch, floats written exactly (``repr``)."""
+    columns = list(history[0]) if history else []
 
     def write(tmp):
         with open(tmp, "w", newline="") as f:
@@ -29,21 +30,55 @@ def write_history(path: Path, history: list[dict]) -> None:
                     {k: repr(float(v)) if isinstance(v, float) else v for k, v in row.items()}
                 )
 
-    atomic_save(path, write)
+    return path, write, False
 
 
-def write_model(path: Path, params: dict[str, np.ndarray]) -> None:
+def model_file(path: Path, params: dict[str, np.ndarray]) -> Item:
+    """model.npz: the named parameter tensors."""
+
     def write(tmp):
         with open(tmp, "wb") as f:
             np.savez(f, **params)
 
-    atomic_save(path, write)
+    return path, write, False
 
 
-def plot_loss_curve(path: Path, run) -> None:
-    """The run's train and validation loss per epoch, its best epoch marked (by the monitored
-    metric, with whether its weights are the ones kept) and, when early stopping ended the run,
-    where it stopped."""
+def summary_file(path: Path, run) -> Item:
+    """summary.json (``lossbench.training.run.summary``)."""
+    text = json.dumps(summary(run), indent=2, default=float)
+    return path, lambda tmp: Path(tmp).write_text(text + "\n"), False
+
+
+def loss_curve_file(path: Path, run) -> Item:
+    """loss_curve.png (``plot_loss_curve``), drawn when it is written."""
+
+    def write(tmp):
+        fig = _loss_curve(run)
+        try:
+            fig.savefig(tmp, format="png")
+        finally:
+            pyplot().close(fig)
+
+    return path, write, False
+
+
+def write_files(out: Path, run, plots: bool) -> list[tuple[str, OSError]]:
+    """The run's history.csv, model.npz and (``plots``) loss_curve.png in ``out``, flushed to
+    disk together; returns the files that could not be written, with why (the others are
+    still written). summary.json is the caller's, written after (it says what these met)."""
+    if not run.history:
+        return []
+    items = [history_file(out / "history.csv", run.history), model_file(out / "model.npz",
+                                                                        run.params)]  # fmt: skip
+    if plots:
+        items.append(loss_curve_file(out / "loss_curve.png", run))
+    return [(Path(i[0]).name, e) for i, e in zip(items, save_together(items), strict=True) if e]
+
+
+def _loss_curve(run):
+    """The figure of the run's train and validation loss per epoch, its best epoch marked (by
+    the monitored metric, with whether its weights are the ones kept) and, when early stopping
+    ended the run, where it stopped."""
     plt = pyplot()
     history = run.history
     epochs = [h["epoch"] for h in history]
@@ -65,12 +100,11 @@ def plot_loss_curve(path: Path, run) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    save_figure(fig, path)
+    return fig
 
 
 def write_summary(path: Path, run) -> None:
-    text = json.dumps(summary(run), indent=2, default=float)
-    atomic_save(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+    atomic_save(*summary_file(path, run))
 
 
 def run_title(run) -> str:
