@@ -31,9 +31,9 @@ from lossbench.training.groups import check_groups
 TRAINING = {"training": True, "seed": 7, "step": 3}
 
 
-def _model_setup(spec, hp, dtype=np.float64, seed=0):
+def _model_setup(spec, options, dtype=np.float64, seed=0):
     rng = np.random.default_rng(seed)
-    layout = spec.build(hp, _N_IN, _N_OUT)
+    layout = spec.build(options, _N_IN, _N_OUT)
     params = np.empty(layout.n_params)
     layout.init(rng, params)
     x = rng.normal(size=(_ROWS, _N_IN))
@@ -86,8 +86,8 @@ def _model_fns(spec, layout):
 
 
 def _model_builds(pm, group, spec, cases):
-    def body(hp):
-        layout = spec.build(hp, _N_IN, _N_OUT)
+    def body(options):
+        layout = spec.build(options, _N_IN, _N_OUT)
         lay = layout.layout
         if not (isinstance(lay, np.ndarray) and lay.dtype == np.int64 and lay.ndim == 2):
             _fail(f"build() gives layout {lay!r}; the kernels need a 2-D int64 array")
@@ -112,10 +112,10 @@ def _model_matches_reference(pm, group, spec, cases):
     if spec.numpy_only:
         return not_applicable("it has no kernels (numpy only): its references are what is checked")
 
-    def body(hp):
+    def body(options):
         if spec.reference_forward is None or spec.reference_backward is None:
             _fail("it has no NumPy reference_forward/reference_backward. Fix: pass both")
-        layout, params, x, mhp = _model_setup(spec, hp)
+        layout, params, x, mhp = _model_setup(spec, options)
         dout = np.random.default_rng(1).normal(size=(_ROWS, _N_OUT))
         ref_out = spec.reference_forward(params, layout.layout, mhp, x)
         ref_grads = spec.reference_backward(params, layout.layout, mhp, x, dout)
@@ -143,8 +143,8 @@ def _compare_model(spec, layout, inputs, expected, dtype):
 
 
 def _model_gradient(pm, group, spec, cases):
-    def body(hp):
-        layout, params, x, mhp = _model_setup(spec, hp)
+    def body(options):
+        layout, params, x, mhp = _model_setup(spec, options)
         forward, backward = _model_fns(spec, layout)
         dout = np.random.default_rng(1).normal(size=(_ROWS, _N_OUT))
         grads = backward(params, mhp, x, dout)
@@ -158,9 +158,9 @@ def _model_gradient(pm, group, spec, cases):
 
 
 def _model_inputs_unchanged(pm, group, spec, cases):
-    def body(hp):
+    def body(options):
         for dtype in dtypes() if not spec.numpy_only else ("float64",):
-            layout, params, x, mhp = _model_setup(spec, hp, np.dtype(dtype))
+            layout, params, x, mhp = _model_setup(spec, options, np.dtype(dtype))
             forward, backward = _model_fns(spec, layout)
             dout = np.random.default_rng(1).normal(size=(_ROWS, _N_OUT)).astype(dtype)
             inputs = {"params": params, "x": x, "hp": mhp, "layout": layout.layout, "dout": dout}
@@ -175,8 +175,8 @@ def _model_inputs_unchanged(pm, group, spec, cases):
 
 
 def _model_modes(pm, group, spec, cases):
-    def body(hp):
-        layout, params, x, _ = _model_setup(spec, hp)
+    def body(options):
+        layout, params, x, _ = _model_setup(spec, options)
         forward, _ = _model_fns(spec, layout)
 
         def out(training, seed, step):
@@ -203,7 +203,7 @@ def _model_modes(pm, group, spec, cases):
 def _optimizer_options(pm) -> dict[str, set[str]]:
     """Each registered optimizer's option names."""
     table = pm.registry.components.get("optimizer", {})
-    return {name: {f.name for f in dataclasses.fields(s.hparams)} for name, s in table.items()}
+    return {name: {f.name for f in dataclasses.fields(s.options)} for name, s in table.items()}
 
 
 def _model_groups(pm, group, spec, cases):
@@ -214,8 +214,8 @@ def _model_groups(pm, group, spec, cases):
     if not declared:
         return not_applicable("its layouts declare no parameter groups (ModelLayout.groups)")
 
-    def body(hp):
-        layout = spec.build(hp, _N_IN, _N_OUT)
+    def body(options):
+        layout = spec.build(options, _N_IN, _N_OUT)
         try:
             check_groups(layout, f"model {spec.name!r}")
         except PluginError as exc:
