@@ -28,20 +28,20 @@ DATA = ROOT / "tests" / "data"
 def drift(step, case, params_of, spec, hp_dtype, lr_type, with_scalars) -> tuple[float, float]:
     """Worst |p - torch| / |torch| over the steps of ``case`` (float32 parameters), and worst
     |p - torch| / (|torch| + the largest parameter movement so far)."""
-    hparams = spec.hparams(**case["hparams"])
-    hp = np.asarray(spec.pack(hparams), dtype=hp_dtype)
+    options = spec.options(**case["options"])
+    hp = np.asarray(spec.pack(options), dtype=hp_dtype)
     p = np.array(case["params0"], dtype=np.float32)
     state = np.zeros((spec.state_rows, p.size), dtype=np.float32)
     if spec.init_state is not None:
-        spec.init_state(state, hparams)
+        spec.init_state(state, options)
     scalars = np.zeros(getattr(spec, "scalar_slots", 0))
     if getattr(spec, "init_scalars", None) is not None:
-        spec.init_scalars(scalars, hparams)
+        spec.init_scalars(scalars, options)
     worst, moved, p0 = 0.0, 0.0, p.astype(np.float64)
     for t, (g, expected) in enumerate(zip(case["grads"], params_of(case), strict=True), 1):
         g = np.array(g, dtype=np.float32)
         extra = (scalars,) if with_scalars else ()
-        step(p, g, state, *extra, hp, t, lr_type(hparams.lr))
+        step(p, g, state, *extra, hp, t, lr_type(options.lr))
         expected = np.array(expected)
         miss = np.abs(p - expected)
         worst = max(worst, float(np.max(miss / np.abs(expected))))
@@ -71,7 +71,7 @@ def nadam_cases() -> dict:
     cases = {"float64": [], "float32": []}
     for c in json.loads(path.read_text())["cases"]:
         cases[c["dtype"]].append({
-            "name": c["name"], "optimizer": "nadam", "hparams": c["hparams"],
+            "name": c["name"], "optimizer": "nadam", "options": c["options"],
             "params0": c["inputs"]["params"], "grads": c["inputs"]["grads"],
             "params": c["expected"]["params"],
         })  # fmt: skip

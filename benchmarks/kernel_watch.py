@@ -34,7 +34,7 @@ def runners(overrides: list[str]):
     pm = get_plugin_manager()
     cfg = lossbench.compose(overrides)
     specs, hp = resolve(cfg, pm.registry)
-    run = Run(config=cfg, output_dir=None, specs=specs, hparams=hp,
+    run = Run(config=cfg, output_dir=None, specs=specs, options=hp,
               sources={g: pm.source_of(specs[g].plugin) for g in specs},
               path="numpy" if any(specs[g].numpy_only for g in ROLES) else "fused")  # fmt: skip
     s = set_up(run)

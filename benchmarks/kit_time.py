@@ -44,7 +44,7 @@ cases = {"focal": [{}, {"gamma": 0.0}, {"gamma": 0.5, "alpha": 0.25}],
 checks = []
 for plugin in (lossbench_focal, lossbench_lion, lossbench_nadam, single / "pseudo_huber.py",
                single / "poly1.py"):
-    checks += checks_for(plugin, hparams=cases)
+    checks += checks_for(plugin, hparams=cases)  # hparams=: the spelling both commits take
 for check in checks:
     try:
         check.run()

@@ -51,12 +51,12 @@ EPOCHS = 2
 CASES = [
     {"name": "sgd", "optimizer": "sgd", "activation": "relu", "decay_biases": True,
      "bn_momentum": 0.1, "bn_eps": 1e-5, "frozen": [],
-     "hparams": {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01}},
+     "options": {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01}},
     {"name": "adam", "optimizer": "adam", "activation": "tanh", "decay_biases": True,
-     "bn_momentum": 0.3, "bn_eps": 1e-3, "frozen": ["b0", "b1"], "hparams": {"lr": 0.01}},
+     "bn_momentum": 0.3, "bn_eps": 1e-3, "frozen": ["b0", "b1"], "options": {"lr": 0.01}},
     {"name": "adamw_no_decay_1d", "optimizer": "adamw", "activation": "relu",
      "decay_biases": False, "bn_momentum": 0.1, "bn_eps": 1e-5, "frozen": ["b0", "b1"],
-     "hparams": {"lr": 0.01, "weight_decay": 0.1}},
+     "options": {"lr": 0.01, "weight_decay": 0.1}},
 ]  # fmt: skip
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 ACTIVATIONS = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}
@@ -136,7 +136,7 @@ def train_case(case: dict, dtype) -> dict:
     for l, lin in enumerate(linears):
         if f"b{l}" in case["frozen"]:  # an exact gradient of 0 (see the module)
             lin.bias.requires_grad_(False)
-    kwargs = dict(case["hparams"])
+    kwargs = dict(case["options"])
     if case["decay_biases"]:
         groups = [p for p in net.parameters() if p.requires_grad]
     else:  # decay_biases=false: every 1-D parameter without weight decay

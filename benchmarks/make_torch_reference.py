@@ -88,7 +88,7 @@ BINARY_TARGET = [[1.0], [1.0], [1.0], [0.0], [0.0], [0.0], [1.0]]
 MULTI_TARGET = [[1.0, 0.0, 1.0], [1.0, 1.0, 0.0], [0.0, 1.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
 
 
-def loss_case(name, lossbench_name, hparams, fn, pred, target, torch_target, dtype):
+def loss_case(name, lossbench_name, options, fn, pred, target, torch_target, dtype):
     x = t64(pred, dtype).requires_grad_(True)
     value = fn(x, torch_target)
     assert value.dtype == dtype and x.grad is None
@@ -96,7 +96,7 @@ def loss_case(name, lossbench_name, hparams, fn, pred, target, torch_target, dty
     return {
         "name": name,
         "loss": lossbench_name,
-        "hparams": hparams,
+        "options": options,
         "pred": pred,
         "target": target,
         "value": value.item(),
@@ -227,7 +227,7 @@ def optimizers(dtype=torch.float64):
             {
                 "name": name,
                 "optimizer": lb_name,
-                "hparams": lb_hp,
+                "options": lb_hp,
                 "torch": f"torch.optim.{cls.__name__}({args})",
                 "params0": P0,
                 "grads": grads.tolist(),
@@ -429,7 +429,7 @@ def param_groups():
                 state[f"W{l}"] = tolist(lin.weight.T)
                 state[f"b{l}"] = tolist(lin.bias)
             after.append(state)
-        cases.append({"optimizer": name, "hparams": kwargs, "torch": repr(opt).split("(")[0],
+        cases.append({"optimizer": name, "options": kwargs, "torch": repr(opt).split("(")[0],
                       "after": after})  # fmt: skip
     return {"widths": widths, "x": X, "target": GROUP_TARGET, "steps": steps,
             "params": {k: v.tolist() for k, v in params.items()}, "cases": cases}  # fmt: skip

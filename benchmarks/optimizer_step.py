@@ -80,7 +80,7 @@ def part1(n: int, block: int, repeats: int) -> None:
     adam = next(s for s in OPTIMIZERS if s.name == "adam")
     rng = np.random.default_rng(0)
     steps = {
-        "adam": (adam.kernel, adam.pack(adam.hparams()), 3, 0),
+        "adam": (adam.kernel, adam.pack(adam.options()), 3, 0),
         "nadam (scalar state)": (nadam.kernel, nadam.pack(nadam.NAdamOptions()), 2, 1),
         "nadam (recomputed, O(t))": (nadam_recomputing, nadam.pack(nadam.NAdamOptions()), 2, 1),
     }
@@ -110,8 +110,8 @@ def part2(n: int, block: int, repeats: int, before: str) -> None:
     for dtype in (np.float32, np.float64):
         p, g = rng.normal(size=n).astype(dtype), rng.normal(size=n).astype(dtype)
         state = np.zeros((3, n), dtype)
-        hp_old = np.asarray(old.pack(old.hparams()), dtype=dtype)
-        hp_new = np.asarray(new.pack(new.hparams()), dtype=np.float64)
+        hp_old = np.asarray(old.pack(old.options()), dtype=dtype)
+        hp_new = np.asarray(new.pack(new.options()), dtype=np.float64)
         no_scalars = np.zeros(0)
         calls = {
             "v1": functools.partial(old.kernel, p, g, state, hp_old, 100, dtype(1e-3)),

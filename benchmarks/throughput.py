@@ -316,7 +316,7 @@ def serve_lossbench(overrides, send, receive):
 class Prepared:
     config: object
     specs: dict
-    hparams: dict
+    options: dict
     dataset: object
     layout: object
 
@@ -351,7 +351,7 @@ def reference_epoch_fn(run):
     from lossbench.training.metrics import Tally
     from lossbench.training.slow import PythonParts, python_evaluate, reference_epoch
 
-    prep, layout, specs, hps = run.dataset, run.layout, run.specs, run.hparams
+    prep, layout, specs, hps = run.dataset, run.layout, run.specs, run.options
     dtype = prep.X_train.dtype
     params = np.empty(layout.n_params, dtype=np.float64)
     layout.init(np.random.default_rng(0), params)
@@ -407,7 +407,7 @@ def torch_epoch_fn(run, optimizer):
     import torch
     import torch.nn.functional as F
 
-    prep, hps = run.dataset, run.hparams
+    prep, hps = run.dataset, run.options
     tdtype = {"float32": torch.float32, "float64": torch.float64}[str(prep.X_train.dtype)]
     X = torch.from_numpy(prep.X_train)
     y = torch.from_numpy(prep.labels_train)  # int64 class labels
@@ -472,7 +472,7 @@ def jax_epoch_fn(run, optimizer):
     rules), parameters and optimizer state donated to the call. float64 turns on x64."""
     import jax
 
-    prep, hps = run.dataset, run.hparams
+    prep, hps = run.dataset, run.options
     if str(prep.X_train.dtype) == "float64":
         jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp

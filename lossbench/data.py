@@ -1,5 +1,5 @@
 """What a dataset plugin gives: the ``Dataset`` its ``load`` returns, and ``DataOptions``, the
-options every dataset has (its hyperparameter dataclass derives from it). Splitting, scaling and
+options every dataset has (its options dataclass derives from it). Splitting, scaling and
 loss targets are the engine's (``lossbench.training.prepare``)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 
 @dataclass
 class DataOptions:
-    """Options every dataset has. Dataset hyperparameter dataclasses derive from this."""
+    """Options every dataset has. Dataset options dataclasses derive from this."""
 
     val_fraction: float = 0.2
     standardize: bool = True

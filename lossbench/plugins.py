@@ -312,9 +312,9 @@ _NEEDS = {
 def _check_spec(group: str, spec, plugin_name: str) -> None:
     """Reject specs that could never train, naming the plugin, the component and the fix."""
     what = f"plugin {plugin_name!r} registers {group} {spec.name!r}"
-    if not (isinstance(spec.hparams, type) and dataclasses.is_dataclass(spec.hparams)):
+    if not (isinstance(spec.options, type) and dataclasses.is_dataclass(spec.options)):
         raise PluginError(
-            f"{what} with hparams={spec.hparams!r}, which is not a dataclass. Fix: pass a "
+            f"{what} with options={spec.options!r}, which is not a dataclass. Fix: pass a "
             "@dataclass class whose fields (with defaults) are the Hydra options; an empty "
             "@dataclass for none."
         )
@@ -377,14 +377,14 @@ def _check_loss(what: str, spec) -> None:
 
 def _check_optimizer(what: str, spec) -> None:
     """An optimizer needs a float ``lr`` field, and a reference with the API-2 arguments."""
-    fields = {f.name: f for f in dataclasses.fields(spec.hparams)}
+    fields = {f.name: f for f in dataclasses.fields(spec.options)}
     lr = fields.get("lr")
     if lr is None or lr.type not in (float, "float"):
         declared = getattr(lr, "type", None)
         declared = getattr(declared, "__name__", declared)  # a class, or the annotation's text
         found = "has no field lr" if lr is None else f"declares lr as {declared!r}"
         raise PluginError(
-            f"{what} whose hyperparameter dataclass {spec.hparams.__name__} {found}. The "
+            f"{what} whose options dataclass {spec.options.__name__} {found}. The "
             "engine reads the learning rate from that field (optimizer.lr on the command "
             "line), applies the schedule and passes it to the kernel as lr. Fix: add the field "
             "lr: float = 0.001 (with your default) to the dataclass."

@@ -30,7 +30,9 @@ A sweep worker (``python -m lossbench.sweep.worker``; ``StopOnSignal``)::
                        (the coordinator forwards one) never leaves a trial RUNNING
 
 Two other processes: the storage proxy exits 0 on SIGTERM (``sigterm_exits``), and the run's
-crash watcher, a forked child, ignores both (``ignore_interrupts``). tests/test_architecture.py
+crash watcher, a forked child, ignores both (``ignore_interrupts``); a pool of processes a
+launcher stops itself (a Dask ``LocalCluster``) is started with SIGINT ignored
+(``children_ignore_ctrl_c``). tests/test_architecture.py
 holds that no other module sets a handler (``__main__`` sets this module's, on its first line).
 
 ``stopping`` also turns any exception into "interrupted": a signal landing inside a storage
@@ -39,6 +41,7 @@ call can surface as another exception (Optuna's journal lock turns it into FileN
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -68,6 +71,24 @@ def ignore_interrupts() -> None:
     child that Ctrl-C is not meant for."""
     for sig in SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def children_ignore_ctrl_c():
+    """Processes started inside the block inherit SIGINT ignored (an ignored signal stays
+    ignored across exec; a handler does not), so a Ctrl-C at the terminal, sent to the whole
+    foreground process group, does not reach them: a pool of processes a launcher starts and
+    stops itself (a Dask ``LocalCluster``; the sweep workers it runs set their own handlers).
+    This process ignores Ctrl-C inside the block too (the pool starting: seconds); its handler
+    is back after it."""
+    if not _main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def sigterm_exits(code: int = 0) -> None:

@@ -1,17 +1,18 @@
 """Component specs: what a plugin registers, the table of component kinds (``KIND_TABLE``),
 and the fixed kernel signatures.
 
-Every loss, optimizer and model is a *spec*: a name, a dataclass of hyperparameters (stored as a
-Hydra config option), numba kernels with the canonical signatures below, and a plain NumPy
-reference with the same meaning. The engine passes the kernels to one fused, disk-cached epoch
-as first-class function values, so a new kernel never means recompiling the epoch.
+Every loss, optimizer and model is a *spec*: a name, its options dataclass (``options``: one
+field per hyperparameter, stored as a Hydra config option), numba kernels with the canonical
+signatures below, and a plain NumPy reference with the same meaning. The engine passes the
+kernels to one fused, disk-cached epoch as first-class function values, so a new kernel never
+means recompiling the epoch.
 
 The plugin interface is versioned: ``PLUGIN_API`` is the version this lossbench implements, and a
 spec's ``api`` field (default: ``PLUGIN_API``) the version its plugin was written for. A spec
 declaring another version is refused at registration with what changed (``API_CHANGES``).
 
 Canonical kernel signatures of interface version 2 (``F`` is the run's float dtype, float32 or
-float64; arrays are C-contiguous). Hyperparameters (``hp``) and the learning rate are float64
+float64; arrays are C-contiguous). The packed options (``hp``) and the learning rate are float64
 whatever the run's dtype, as PyTorch keeps them in double precision: form derived constants
 (``1 - beta2``, bias corrections) in float64, then cast them to ``F`` where they multiply ``F``
 arrays (``p.dtype.type(1.0 - beta2)``), so a float32 loop stays in float32.
@@ -44,9 +45,12 @@ model kernels
     ``params``: forward may write them while training, never while evaluating; backward
     writes 0 as their gradient; the optimizer never steps them.
 
-Hyperparameters reach kernels as a small float64 array (``hp``), packed from the component's
-options (an instance of its hyperparameter dataclass) by the spec's ``pack`` function, never as
-closure constants or globals.
+Three words, one meaning each: a spec's ``options`` is its options *dataclass* (a type); the
+component's *options* are an instance of it, filled from the config (``Run.options[group]``,
+what ``pack``, ``check``, ``build``, ``load`` and ``rate`` receive); ``hp`` is the float64 vector
+``pack(options)`` makes, which is how options reach kernels (never as closure constants or
+globals). ``hparams=``, the spelling of ``options=`` before, is still accepted, with a
+DeprecationWarning (additive within interface version 2).
 
 A spec may leave its kernels out (``None``) and give only the NumPy reference: it then trains on
 the slow path, a Python epoch over the references (``lossbench.training.slow``), and
@@ -65,6 +69,7 @@ dataset loads arrays, a schedule gives each epoch's learning rate in Python.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -78,7 +83,7 @@ PLUGIN_API = 2
 
 API_CHANGES = {
     1: (
-        "interface version 2 passes hyperparameters (hp) and the learning rate as float64 "
+        "interface version 2 passes the packed options (hp) and the learning rate as float64 "
         "whatever the run's dtype, and gives optimizer kernels and references a scalars: "
         "float64[::1] argument after state: step(params, grads, state, scalars, hp, t, lr). "
         "Fix: add the scalars argument to the optimizer kernel and reference, cast constants "
@@ -126,20 +131,38 @@ CONTEXT = ("training", "stream_seed", "step")
 """What the engine appends to a model's ``hp`` (``ModelLayout.kernel_hp``), in this order."""
 
 
-def no_hparams(options: Any) -> list[float]:
-    """``pack`` for components without runtime hyperparameters."""
+def no_hp(options: Any) -> list[float]:
+    """``pack`` for components whose kernels read no options."""
     return []
+
+
+no_hparams = no_hp  # the name before (plugins may import it)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Spec:
     name: str
-    hparams: type
+    # the options dataclass: one field per option, the group's Hydra schema
+    options: type = None
     description: str = ""
     # the plugin interface version the component was written for (PLUGIN_API)
     api: int = PLUGIN_API
     # set by the registry: which plugin registered this spec
     plugin: str = dataclasses.field(default="", compare=False)
+    # the spelling of ``options`` before (deprecated; reads as ``options``)
+    hparams: type = dataclasses.field(default=None, compare=False, repr=False, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if self.hparams is None or self.hparams is self.options:  # (replace passes both)
+            object.__setattr__(self, "hparams", self.options)
+            return
+        if self.options is not None:
+            raise TypeError(f"{type(self).__name__} {self.name!r}: options= and hparams= name "
+                            "one thing; pass options= alone")  # fmt: skip
+        warnings.warn(f"{type(self).__name__}(hparams=...) is now spelled options=...; "
+                      "hparams= still works but will go in a later interface version",
+                      DeprecationWarning, stacklevel=3)  # fmt: skip
+        object.__setattr__(self, "options", self.hparams)
 
     @property
     def numpy_only(self) -> bool:
@@ -179,7 +202,7 @@ class LossSpec(_Spec):
     kernel: Any = None
     reference: Callable[..., tuple[float, np.ndarray]] | None = None
     target: TargetKind = "values"
-    pack: Callable[[Any], list[float]] = no_hparams
+    pack: Callable[[Any], list[float]] = no_hp
     check: Callable[[Any], None] | None = None
     formula: str = ""
     reduction: Reduction = ""
@@ -197,7 +220,7 @@ class OptimizerSpec(_Spec):
     ``state_rows`` rows of state are allocated per parameter, filled by ``init_state(state,
     options)`` (zeros by default); ``scalar_slots`` float64 values of scalar state (the
     ``scalars`` argument), filled by ``init_scalars(scalars, options)`` (zeros by default).
-    The learning rate is the float field ``lr`` of the hyperparameter dataclass, which every
+    The learning rate is the float field ``lr`` of the options dataclass, which every
     optimizer must have (registration refuses one without it): the engine reads it, applies
     the schedule, and passes each epoch's value to the kernel as ``lr``; ``pack`` need not
     include it."""
@@ -205,7 +228,7 @@ class OptimizerSpec(_Spec):
     kernel: Any = None
     reference: Callable[..., None] | None = None
     state_rows: int = 0
-    pack: Callable[[Any], list[float]] = no_hparams
+    pack: Callable[[Any], list[float]] = no_hp
     init_state: Callable[[np.ndarray, Any], None] | None = None
     check: Callable[[Any], None] | None = None
     scalar_slots: int = 0
@@ -305,7 +328,7 @@ class ModelLayout:
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec(_Spec):
-    """A dataset. ``load(options, seed) -> lossbench.data.Dataset``. The hyperparameter dataclass
+    """A dataset. ``load(options, seed) -> lossbench.data.Dataset``. The options dataclass
     should derive from ``lossbench.data.DataOptions`` so the common split/scaling options exist."""
 
     load: Callable[..., Any] | None = None

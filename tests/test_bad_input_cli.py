@@ -183,6 +183,8 @@ CASES = {
         "the loss was not finite at the first step of lr_find"),
     "replay_of_a_path_that_does_not_exist": (
         ["replay", "no/such/run"], "replay no/such/run: no such folder"),
+    "mistyped_subcommand": (
+        ["plugin"], "unknown command 'plugin'. Did you mean 'plugins'? Choices: plugins, warmup"),
 }  # fmt: skip
 
 
@@ -190,7 +192,7 @@ def _run(folder: Path, overrides: list[str], extra_env=None) -> subprocess.Compl
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["LOSSBENCH_LOAD_PLUGINS"] = ""
     env.update(extra_env or {})
-    if overrides[:1] in (["lr_find"], ["replay"]):  # a subcommand: first, and its own options
+    if overrides and "=" not in overrides[0]:  # a subcommand (or a mistyped one): first
         command = overrides
     else:
         command = ["trainer.progress=false", "trainer.epochs=2", *overrides]

@@ -47,7 +47,7 @@ def _case(case):
         view[...] = np.asarray(DATA["params"][name])
     x, y = np.asarray(DATA["x"], dtype), np.asarray(DATA["y"], dtype)
     spec = OPT[case["optimizer"]]
-    options = spec.hparams(**case["hparams"])
+    options = spec.options(**case["options"])
     return layout, params, x, y, spec, options
 
 
@@ -143,7 +143,7 @@ def test_the_layout_starts_as_torch_and_keeps_the_linear_offsets():
         assert (views[f"running_mean{l}"] == 0).all() and (views[f"running_var{l}"] == 1).all()
     assert np.array_equal(params[: plain.n_params], ref)  # the same Linear draws
     # the buffers come after every parameter: without groups, one segment, the parameters
-    seg = make_segments(bn, OPT["adam"], OPT["adam"].hparams(), np.float64)
+    seg = make_segments(bn, OPT["adam"], OPT["adam"].options(), np.float64)
     assert seg.bounds[:, :2].tolist() == [[0, bn.tensors["running_mean0"][0]]]
 
 
@@ -154,10 +154,10 @@ def test_decay_biases_false_keeps_every_1d_parameter_and_no_buffer_in_the_group(
     with pytest.raises(PluginError, match="a buffer .*Fix:"):
         bad = dataclasses.replace(
             layout, groups=(ParamGroup(("running_var0",), {"weight_decay": 0.0}, "oops"),))
-        make_segments(bad, OPT["sgd"], OPT["sgd"].hparams(), np.float64)
+        make_segments(bad, OPT["sgd"], OPT["sgd"].options(), np.float64)
     with pytest.raises(PluginError, match="names tensor 'running_mean9'"):
         make_segments(dataclasses.replace(layout, buffers=("running_mean9",)), OPT["sgd"],
-                      OPT["sgd"].hparams(), np.float64)  # fmt: skip
+                      OPT["sgd"].options(), np.float64)  # fmt: skip
 
 
 def test_bad_batch_norm_options_are_refused_naming_the_value_and_the_fix():
@@ -165,7 +165,7 @@ def test_bad_batch_norm_options_are_refused_naming_the_value_and_the_fix():
                            ({"bn_eps": 0.0}, "model.bn_eps=0.0"),
                            ({"batch_norm": True, "hidden": []}, "needs a hidden layer")):
         with pytest.raises(ConfigError, match="Fix:") as e:
-            MLP.build(MLP.hparams(**options), 4, 3)
+            MLP.build(MLP.options(**options), 4, 3)
         assert words in str(e.value)
 
 
@@ -195,7 +195,7 @@ def _buffers(run):
 def test_no_optimizer_touches_the_buffers_even_with_weight_decay(name):
     """bn_momentum=0 keeps forward's update at running * 1 + batch * 0: only a step could move
     them, and none does (torch never decays a buffer)."""
-    options = {f.name for f in dataclasses.fields(OPT[name].hparams)}
+    options = {f.name for f in dataclasses.fields(OPT[name].options)}
     extra = [f"optimizer.{k}={v}" for k, v in (("weight_decay", 0.5), ("momentum", 0.9))
              if k in options]  # fmt: skip
     run = _train(f"optimizer={name}", "model.bn_momentum=0.0", *extra, "trainer.epochs=2")
@@ -209,8 +209,8 @@ def test_no_optimizer_touches_the_buffers_even_with_weight_decay(name):
 def _set_up(overrides):
     pm = build_plugin_manager(entry_points=False)
     cfg = compose(["tracking=none", *overrides], registry=pm.registry)
-    specs, hp = resolve(cfg, pm.registry)
-    run = Run(config=cfg, output_dir=None, specs=specs, hparams=hp)
+    specs, options = resolve(cfg, pm.registry)
+    run = Run(config=cfg, output_dir=None, specs=specs, options=options)
     return run, set_up(run)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from lossbench.cli import COMMANDS, main
+from lossbench.cli.commands import unknown_command
 from lossbench.cli.probes import lr_find_parser
 from lossbench.errors import LossbenchError
 
@@ -229,6 +230,40 @@ def test_subcommand_flags_keep_their_spellings(capsys):
         parser.parse(["--steps", "x"])
     with pytest.raises(LossbenchError, match="lr_find --beta needs a value. Fix:"):
         parser.parse(["data=iris", "--beta"])
+
+
+@pytest.mark.parametrize("typed, meant", [("plugin", "plugins"), ("chek", "check"),
+                                          ("lr-find", "lr_find"), ("Warmup", "warmup"),
+                                          ("storage_proxy", "storage-proxy")])  # fmt: skip
+def test_a_mistyped_subcommand_is_named_with_the_closest_one(typed, meant, capsys):
+    """Not Hydra's override grammar error: a bare first word is no override, so it is taken
+    for a subcommand, refused before any plugin loads."""
+    with pytest.raises(SystemExit) as exit_:
+        main([typed, "--steps", "20"])
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert captured.out == "" and "\n" not in err, err
+    assert err.startswith(f"lossbench: error: unknown command {typed!r}. Did you mean {meant!r}?")
+    assert f"Choices: {', '.join(COMMANDS)}. Fix: python -m lossbench {meant} ...; or, " in err
+    assert "override grammar" not in err
+
+
+def test_a_bare_word_far_from_every_subcommand_lists_them(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["optimizer", "loss=bce"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "Did you mean" not in err and "\n" not in err
+    assert err.startswith("lossbench: error: unknown command 'optimizer'. Choices: plugins, ")
+    assert "Fix: put one of those first; or, for a run, make every word an override" in err
+
+
+@pytest.mark.parametrize("word", ["loss=bce", "+x=1", "++x=1", "~x", "~x=1", "hydra/launcher=basic",
+                                  "-m", "--multirun", "--cfg", "-c", "--help", "-h", "-cp",
+                                  "--config-name=other", "--info", "-sc", "--plugins-dir", ""])
+def test_every_first_word_a_run_takes_is_left_to_hydra(word):
+    assert unknown_command(word) is None
 
 
 def test_hydras_help_ends_with_the_table_of_subcommands(tmp_path):

@@ -61,7 +61,7 @@ def _check_file(path: Path, schema: type, name: str | None) -> None:
 
 @pytest.mark.parametrize("group,spec", BUILTIN, ids=[f"{g}-{s.name}" for g, s in BUILTIN])
 def test_conf_lists_every_builtin_option(group, spec):
-    _check_file(CONF / group / f"{spec.name}.yaml", spec.hparams, spec.name)
+    _check_file(CONF / group / f"{spec.name}.yaml", spec.options, spec.name)
 
 
 def test_conf_holds_the_trainer_and_tracking_options():
@@ -92,7 +92,7 @@ def _choice_fields(schema: type, prefix: str):
 CHOICE_FIELDS = [([], key, kind) for key, kind in _choice_fields(RootConfig, "")] + [
     ([f"{group}={spec.name}"], key, kind)
     for group, spec in BUILTIN
-    for key, kind in _choice_fields(spec.hparams, f"{group}.")
+    for key, kind in _choice_fields(spec.options, f"{group}.")
 ]
 
 

@@ -40,13 +40,13 @@ BUILTIN_CASES = {
 }
 
 
-@with_checks(*BUILTINS, hparams=BUILTIN_CASES)
+@with_checks(*BUILTINS, options=BUILTIN_CASES)
 def test_builtin_conformance(check):
     check()
 
 
 def test_every_builtin_component_is_checked_for_every_property_that_applies():
-    ids = {c.id for c in checks_for(*BUILTINS, hparams=BUILTIN_CASES)}
+    ids = {c.id for c in checks_for(*BUILTINS, options=BUILTIN_CASES)}
     for group, specs in (
         ("loss", LOSSES), ("optimizer", OPTIMIZERS), ("model", MODELS), ("data", DATASETS),
         ("schedule", SCHEDULES),
@@ -168,8 +168,8 @@ def half_backward(params, layout, hp, x, work, dout, grads):
         grads[i] *= 0.5  # a wrong gradient for half the parameters
 
 
-def init_with_fresh_closure(state, hp):
-    value = hp.initial_accumulator_value
+def init_with_fresh_closure(state, options):
+    value = options.initial_accumulator_value
 
     @njit
     def fill(s):  # a new jitted function per call: compiled again for every run
@@ -226,13 +226,13 @@ class Broken:
 
     @lossbench.hookimpl
     def register_datasets(self, register):
-        register(lossbench.DatasetSpec(name="unseeded", hparams=DATASETS[0].hparams,
+        register(lossbench.DatasetSpec(name="unseeded", options=DATASETS[0].options,
                                        load=unseeded_load))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def broken():
-    return {c.id: c for c in checks_for(Broken(), hparams={"closure": {"lr_decay": 0.1}})}
+    return {c.id: c for c in checks_for(Broken(), options={"closure": {"lr_decay": 0.1}})}
 
 
 MISSES = {  # check id -> what its message must say

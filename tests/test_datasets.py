@@ -35,7 +35,7 @@ def test_bundled_readers_match_sklearn(name):
 @pytest.mark.parametrize("name", [n for n in SPECS if n not in ("csv", "npz")])
 def test_every_builtin_dataset_loads(name):
     spec = SPECS[name]
-    ds = spec.load(spec.hparams(), 0)
+    ds = spec.load(spec.options(), 0)
     assert ds.X.ndim == 2 and len(ds.X) == len(ds.y)
     assert ds.task in ("classification", "regression")
     if ds.task == "classification":
@@ -44,7 +44,7 @@ def test_every_builtin_dataset_loads(name):
 
 def test_synthetic_sets_are_seeded():
     moons = SPECS["moons"]
-    a, b, c = (moons.load(moons.hparams(), s) for s in (1, 1, 2))
+    a, b, c = (moons.load(moons.options(), s) for s in (1, 1, 2))
     np.testing.assert_array_equal(a.X, b.X)
     assert not np.array_equal(a.X, c.X)
 

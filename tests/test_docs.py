@@ -137,7 +137,7 @@ def _called_signatures() -> dict[str, list[tuple[str, ...]]]:
 
     specs = {"model": MODELS_BY_NAME["mlp"], "loss": LOSSES_BY_NAME["mse"],
              "optimizer": OPTIMIZERS_BY_NAME["sgd"]}  # fmt: skip
-    parts = python_parts(specs, specs["model"].build(specs["model"].hparams(), 4, 3), 3)
+    parts = python_parts(specs, specs["model"].build(specs["model"].options(), 4, 3), 3)
 
     def names(f):
         return tuple(inspect.signature(f).parameters)

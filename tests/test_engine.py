@@ -40,15 +40,15 @@ def epoch_inputs(loss, rng, n=53, d=5, c=3, dtype=np.float64):
 def test_fused_epoch_matches_numpy_reference(loss_name, opt_name, rng):
     loss, opt = LOSS[loss_name], OPT[opt_name]
     X, Y, labels, n_out = epoch_inputs(loss, rng)
-    ml = MLP.build(MLP.hparams(hidden=[7, 4], activation="tanh"), X.shape[1], n_out)
+    ml = MLP.build(MLP.options(hidden=[7, 4], activation="tanh"), X.shape[1], n_out)
     params = np.empty(ml.n_params)
     ml.init(rng, params)
-    hp_opt = opt.hparams()
+    hp_opt = opt.options()
     state = np.zeros((opt.state_rows, ml.n_params))
     if opt.init_state:
         opt.init_state(state, hp_opt)
     model_hp = ml.kernel_hp(training=True)
-    loss_hp = np.asarray(loss.pack(loss.hparams()), float)
+    loss_hp = np.asarray(loss.pack(loss.options()), float)
     opt_hp = np.asarray(opt.pack(hp_opt), float)
     p_ref, s_ref = params.copy(), state.copy()
     batch = 8  # 53 rows: six full batches and a partial one
@@ -281,7 +281,7 @@ def fused_epoch_fn(loss, opt, layout, n_out, batch, n_in, n_targets):
         )
     ]
     model_hp = layout.kernel_hp(training=True)
-    loss_hp = np.asarray(loss.pack(loss.hparams()), float)
+    loss_hp = np.asarray(loss.pack(loss.options()), float)
 
     def epoch(params, state, opt_hp, X, Y, labels, order, t, lr):
         return train_epoch(
@@ -319,10 +319,10 @@ def test_fused_epoch_matches_an_independent_naive_epoch(
 ):
     loss, opt = LOSS[loss_name], OPT[opt_name]
     X, Y, labels, n_out = epoch_inputs(loss, rng)
-    ml = MLP.build(MLP.hparams(hidden=[6, 4], activation=activation), X.shape[1], n_out)
+    ml = MLP.build(MLP.options(hidden=[6, 4], activation=activation), X.shape[1], n_out)
     params = np.empty(ml.n_params)
     ml.init(rng, params)
-    hp = opt.hparams(**opt_options)
+    hp = opt.options(**opt_options)
     state = np.zeros((opt.state_rows, ml.n_params))
     opt_hp = np.asarray(opt.pack(hp), float)
     tensors = {name: v.copy() for name, v in ml.views(params).items()}
@@ -358,7 +358,7 @@ def test_fused_epoch_counts_correct_predictions(loss_name, outputs, rng):
     # lr = 0: the weights stay put, so every row's prediction is known before the epoch
     loss, opt = LOSS[loss_name], OPT["sgd"]
     X, Y, labels, n_out = epoch_inputs(loss, rng)
-    ml = MLP.build(MLP.hparams(hidden=[6], activation="tanh"), X.shape[1], n_out)
+    ml = MLP.build(MLP.options(hidden=[6], activation="tanh"), X.shape[1], n_out)
     params = np.empty(ml.n_params)
     ml.init(rng, params)
     if outputs == "ties":  # every output equal (0 for one column): the first class wins
@@ -372,7 +372,7 @@ def test_fused_epoch_counts_correct_predictions(loss_name, outputs, rng):
     batch = 8
     epoch = fused_epoch_fn(loss, opt, ml, n_out, batch, X.shape[1], Y.shape[1])
     state = np.zeros((opt.state_rows, ml.n_params))
-    opt_hp = np.asarray(opt.pack(opt.hparams()), float)
+    opt_hp = np.asarray(opt.pack(opt.options()), float)
     total, seen, correct, t = epoch(params, state, opt_hp, X, Y, labels, order, 0, 0.0)
     assert (seen, t) == (len(X), 7)
     assert correct == expected, f"fused epoch counted {correct} correct predictions, not {expected}"

@@ -5,8 +5,10 @@ optimizer, and the plugins' own test suites (the conformance kit) passing there.
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -193,4 +195,87 @@ def test_mlflow_and_tensorboard_record_one_command_with_the_same_curves(tensorbo
 def test_the_tensorboard_plugins_own_tests_pass(tensorboard_user):
     suite = PLUGINS / "lossbench-tensorboard" / "tests"
     r = tensorboard_user("-m", "pytest", "-q", "-p", "no:cacheprovider", str(suite))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# the example launcher: plugins/lossbench-dask brings its own dependency (distributed)
+
+SWEEP = ["--multirun", "optimizer.lr=tag(log, interval(1e-3, 0.1))", "data=probe",
+         "--plugins-dir", str(REPO / "tests" / "plugins"), "tracking=none", "sweep.pruner=none",
+         "sweep.launcher=dask", "sweep.n_jobs=2"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def dask_user(tmp_path_factory):
+    """A fresh venv with lossbench (``fresh_venv``) and the example launcher installed as a
+    user installs it: pip resolves its dependency, distributed, which lossbench lacks."""
+    run = fresh_venv(tmp_path_factory.mktemp("dask-user"))
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("hatchling") else []
+    package = str(PLUGINS / "lossbench-dask")
+    cmd = [str(run.python), "-m", "pip", "install", "-q", *isolation, package]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return run
+
+
+def _study(folder: Path, name: str):
+    import optuna  # start-up: Optuna for the sweep tests only
+
+    from lossbench.sweep.study import open_storage
+
+    storage = open_storage(f"journal:{folder}/multirun/{name}/journal.log")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def test_a_sweep_runs_to_completion_as_tasks_on_a_dask_cluster(dask_user):
+    listed = dask_user("-m", "lossbench", "plugins", "--json")
+    row = next(r for r in json.loads(listed.stdout) if r["name"] == "dask")
+    assert row["source"] == "lossbench-dask"
+    assert row["components"] == {"sweep.launcher": ["dask"]}
+    r = dask_user("-m", "lossbench", *SWEEP, "trainer.epochs=3", "sweep.n_trials=4",
+                  "sweep.study_name=dask_done")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "dask: a LocalCluster on this machine, 2 worker(s)" in r.stderr
+    assert "trials 4/4 done" in r.stdout and "Traceback" not in r.stderr, r.stderr[-3000:]
+    study = _study(dask_user.cwd, "dask_done")
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 4
+    logs = sorted(p.name for p in (dask_user.cwd / "multirun" / "dask_done").glob("dask-*.log"))
+    assert logs == ["dask-worker-0.log", "dask-worker-1.log"]  # one sweep worker per task
+
+
+def test_ctrl_c_stops_the_dask_tasks_and_the_next_run_retries_their_trials(dask_user):
+    marks = dask_user.cwd / "marks"
+    marks.mkdir()
+    args = [*SWEEP, "trainer.epochs=20", "sweep.n_trials=3", "sweep.study_name=dask_ctrlc"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOSSBENCH_")}
+    env.update(PYTHONPATH="", LOSSBENCH_PROBE_DIR=str(marks), LOSSBENCH_PROBE_HOLD="epoch_1")
+    proc = subprocess.Popen([str(dask_user.python), "-m", "lossbench", *args], cwd=dask_user.cwd,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.time() + 300
+    while not (marks / "epoch_1").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)  # a trial is mid-training, held after its second epoch
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
+    stopped = time.time()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert time.time() - stopped < 20, "the tasks did not stop promptly"
+    assert "run the same command to resume" in err and "Traceback" not in err, err[-3000:]
+    study = _study(dask_user.cwd, "dask_ctrlc")
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+    lost = [t for t in study.trials if t.user_attrs.get("lossbench_lost")]
+    assert lost, "no running trial was lost"
+    r = dask_user("-m", "lossbench", *args)  # without the hold: the same command resumes
+    assert r.returncode == 0, r.stderr[-3000:]
+    study = _study(dask_user.cwd, "dask_ctrlc")
+    counted = [t for t in study.trials if not t.user_attrs.get("lossbench_lost")]
+    assert sorted(t.state.name for t in counted) == ["COMPLETE"] * 3
+    retried = {t.user_attrs.get("retry_of") for t in counted}
+    assert {t.number for t in lost} <= retried  # each lost trial retried with its parameters
+
+
+def test_the_dask_plugins_own_tests_pass(dask_user):
+    suite = PLUGINS / "lossbench-dask" / "tests"
+    r = dask_user("-m", "pytest", "-q", "-p", "no:cacheprovider", str(suite))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

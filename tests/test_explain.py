@@ -104,7 +104,7 @@ def probe_reference(params, grads, state, scalars, hp, t, lr):
 class ProbePlugin:
     @lossbench.hookimpl
     def register_optimizers(self, register):
-        register(lossbench.OptimizerSpec(name="probe", hparams=ProbeOptions, kernel=probe_step,
+        register(lossbench.OptimizerSpec(name="probe", options=ProbeOptions, kernel=probe_step,
                                          reference=probe_reference))  # fmt: skip
 
 
@@ -206,7 +206,7 @@ def cubic_reference(pred, target, hp):
 class CubicPlugin:
     @lossbench.hookimpl
     def register_losses(self, register):
-        register(lossbench.LossSpec(name="cubic", hparams=ProbeOptions, reference=cubic_reference,
+        register(lossbench.LossSpec(name="cubic", options=ProbeOptions, reference=cubic_reference,
                                     target="values"))  # fmt: skip
 
 
@@ -256,7 +256,7 @@ def _registered(spec):
 
 def test_a_declared_reduction_and_terms_give_a_value_by_hand():
     spec = lossbench.LossSpec(
-        name="cubic_terms", hparams=ProbeOptions, reference=cubic_reference, formula="l = |d|^3",
+        name="cubic_terms", options=ProbeOptions, reference=cubic_reference, formula="l = |d|^3",
         reduction="elements", unreduced=lambda p, t, hp: np.abs(p - t) ** 3,
     )  # fmt: skip
     e = explained(_registered(spec), "loss=cubic_terms", "data=iris", "trainer.dtype=float64")
@@ -265,7 +265,7 @@ def test_a_declared_reduction_and_terms_give_a_value_by_hand():
 
 
 def test_an_unknown_reduction_or_terms_without_one_are_refused_at_registration():
-    base = {"name": "odd", "hparams": ProbeOptions, "reference": cubic_reference}
+    base = {"name": "odd", "options": ProbeOptions, "reference": cubic_reference}
     with pytest.raises(PluginError, match="reduction='sum', which lossbench does not know"):
         _registered(lossbench.LossSpec(**base, reduction="sum"))
     with pytest.raises(PluginError, match="unreduced terms but no reduction"):
@@ -274,7 +274,7 @@ def test_an_unknown_reduction_or_terms_without_one_are_refused_at_registration()
 
 def test_terms_of_the_wrong_shape_are_a_plugin_error():
     spec = lossbench.LossSpec(
-        name="odd", hparams=ProbeOptions, reference=cubic_reference, reduction="rows",
+        name="odd", options=ProbeOptions, reference=cubic_reference, reduction="rows",
         unreduced=lambda p, t, hp: np.abs(p - t),
     )  # fmt: skip
     with pytest.raises(PluginError, match=r"shape \(32, 3\), but with reduction='rows'"):

@@ -228,7 +228,7 @@ class FailingLoad:
         def load(hp, seed):
             raise self.error
 
-        register(lossbench.DatasetSpec(name="failing", hparams=DataOptions, load=load))
+        register(lossbench.DatasetSpec(name="failing", options=DataOptions, load=load))
 
 
 @pytest.mark.parametrize(
@@ -288,16 +288,16 @@ class Components:
 
     @lossbench.hookimpl
     def register_datasets(self, register):
-        def load(hp, seed):
+        def load(options, seed):
             rng = np.random.default_rng(seed)
-            X = rng.normal(size=(hp.n, 2))
+            X = rng.normal(size=(options.n, 2))
             return Dataset(X=X, y=(X[:, 0] > 0).astype(np.int64), task="classification")
 
-        register(lossbench.DatasetSpec(name="toy", hparams=ToyOptions, load=load))
+        register(lossbench.DatasetSpec(name="toy", options=ToyOptions, load=load))
 
     @lossbench.hookimpl
     def register_schedules(self, register):
-        register(lossbench.ScheduleSpec(name="halving", hparams=HalvingOptions,
+        register(lossbench.ScheduleSpec(name="halving", options=HalvingOptions,
                                         rate=lambda e, n, lr, o: lr * o.factor**e))  # fmt: skip
 
 

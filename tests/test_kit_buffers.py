@@ -124,7 +124,7 @@ CASES = {name: [{"hidden": [5, 4], "batch_norm": True}] for name in PLANTED}
 
 @pytest.fixture(scope="module")
 def planted():
-    return {c.id: c for c in checks_for(Planted(), hparams=CASES)}
+    return {c.id: c for c in checks_for(Planted(), options=CASES)}
 
 
 CAUGHT = {
@@ -178,7 +178,7 @@ def test_segments_that_reach_the_buffers_fail_the_optimizer_check(monkeypatch):
 
     monkeypatch.setattr(lossbench.training.groups, "element_groups", forgetful)
     (check,) = [c for c in checks_for(lossbench.builtin.models,
-                                      hparams={"mlp": CASES["undeclared"]})
+                                      options={"mlp": CASES["undeclared"]})
                 if c.id == "model-mlp-buffers_stay_out_of_the_optimizer"]  # fmt: skip
     with pytest.raises(ConformanceError, match=r"optimizer 'adagrad' \(\{'weight_decay': 0\.1, "
                        r"'momentum': 0\.9\}\) moved the buffer running_mean0\[0\] "
@@ -187,7 +187,7 @@ def test_segments_that_reach_the_buffers_fail_the_optimizer_check(monkeypatch):
         check()
 
 
-HPARAMS = {"mlp": [{"hidden": [5, 4], "batch_norm": True, "dropout": 0.3,
+OPTIONS = {"mlp": [{"hidden": [5, 4], "batch_norm": True, "dropout": 0.3,
                     "decay_biases": False},
                    {"hidden": [6], "batch_norm": True, "activation": "tanh",
                     "bn_momentum": 0.3, "bn_eps": 1e-3}]}  # fmt: skip
@@ -195,7 +195,7 @@ HPARAMS = {"mlp": [{"hidden": [5, 4], "batch_norm": True, "dropout": 0.3,
 
 @pytest.mark.parametrize("check_name", CHECKS["model"])
 def test_the_mlp_with_batch_norm_passes_every_model_check(check_name):
-    (check,) = [c for c in checks_for(lossbench.builtin.models, hparams=HPARAMS)
+    (check,) = [c for c in checks_for(lossbench.builtin.models, options=OPTIONS)
                 if c.id == f"model-mlp-{check_name}"]  # fmt: skip
     check()
 
@@ -236,9 +236,9 @@ def test_the_gradient_check_takes_no_difference_at_a_buffer(monkeypatch):
 
     monkeypatch.setattr(kit_models, "central_difference", recording)
     (check,) = [c for c in checks_for(lossbench.builtin.models,
-                                      hparams={"mlp": CASES["undeclared"]})
+                                      options={"mlp": CASES["undeclared"]})
                 if c.id == "model-mlp-gradient_matches_finite_differences"]  # fmt: skip
     check()
-    layout = MLP.build(MLP.hparams(hidden=[5, 4], batch_norm=True), 4, 3)
+    layout = MLP.build(MLP.options(hidden=[5, 4], batch_norm=True), 4, 3)
     assert skipped and all(s is not None for s in skipped)
     assert any(np.array_equal(s, layout.buffer_mask()) for s in skipped)

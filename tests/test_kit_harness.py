@@ -120,9 +120,9 @@ class Harnessed:
         replace = dataclasses.replace
         register(replace(MSE, name="nan_grad", kernel=partial_mse))
         register(replace(MSE, name="partial", kernel=partial_grad_mse))
-        register(lossbench.LossSpec(name="flag", hparams=FlagOptions, kernel=frozen_flag_loss,
+        register(lossbench.LossSpec(name="flag", options=FlagOptions, kernel=frozen_flag_loss,
                                     reference=flag_reference,
-                                    pack=lambda hp: [float(hp.squared)]))  # fmt: skip
+                                    pack=lambda options: [float(options.squared)]))  # fmt: skip
 
     @lossbench.hookimpl
     def register_models(self, register):
@@ -215,7 +215,7 @@ def test_fast_mode_compiles_float64_only_and_no_bounds_checked_copy():
     class Fresh:
         @lossbench.hookimpl
         def register_optimizers(self, register):
-            register(lossbench.OptimizerSpec(name="fresh", hparams=LrOnly, kernel=fresh_sgd,
+            register(lossbench.OptimizerSpec(name="fresh", options=LrOnly, kernel=fresh_sgd,
                                              reference=sgd_reference))  # fmt: skip
 
     checks = [c for c in checks_for(Fresh(), fast=True) if c.name != "trains_small_mlp"]

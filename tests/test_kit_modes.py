@@ -94,7 +94,7 @@ CASES = {name: [{"hidden": [5, 4], "dropout": 0.3, "decay_biases": False}] for n
 
 @pytest.fixture(scope="module")
 def planted():
-    return {c.id: c for c in checks_for(Planted(), hparams=CASES)}
+    return {c.id: c for c in checks_for(Planted(), options=CASES)}
 
 
 CAUGHT = {
@@ -128,9 +128,9 @@ def test_the_planted_models_pass_what_they_do_not_break(planted):
 
 @pytest.mark.parametrize("check_name", CHECKS["model"])
 def test_the_mlp_with_dropout_and_no_bias_decay_passes_every_model_check(check_name):
-    hparams = {"mlp": [{"hidden": [5, 4], "dropout": 0.3, "decay_biases": False},
+    options = {"mlp": [{"hidden": [5, 4], "dropout": 0.3, "decay_biases": False},
                        {"activation": "tanh", "dropout": 0.5}]}  # fmt: skip
-    (check,) = [c for c in checks_for(lossbench.builtin.models, hparams=hparams)
+    (check,) = [c for c in checks_for(lossbench.builtin.models, options=options)
                 if c.id == f"model-mlp-{check_name}"]  # fmt: skip
     check()
 

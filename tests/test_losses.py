@@ -39,7 +39,7 @@ def test_every_builtin_loss_is_covered():
 @pytest.mark.parametrize("name,hp", cases())
 def test_kernel_matches_reference(name, hp, rng):
     spec = SPECS[name]
-    packed = np.array(spec.pack(spec.hparams(**hp)), dtype=np.float64)
+    packed = np.array(spec.pack(spec.options(**hp)), dtype=np.float64)
     for _ in range(5):
         pred, target = make_batch(spec, rng)
         grad = np.empty_like(pred)
@@ -53,7 +53,7 @@ def test_kernel_matches_reference(name, hp, rng):
 def test_kernel_float32_close_to_float64(name, hp, rng):
     spec = SPECS[name]
     pred, target = make_batch(spec, rng)
-    packed = np.array(spec.pack(spec.hparams(**hp)))
+    packed = np.array(spec.pack(spec.options(**hp)))
     g64 = np.empty_like(pred)
     v64 = spec.kernel(pred, target, packed, g64)
     p32, t32 = pred.astype(np.float32), target.astype(np.float32)
@@ -63,14 +63,14 @@ def test_kernel_float32_close_to_float64(name, hp, rng):
     np.testing.assert_allclose(g32, g64, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("name,hp", cases())
-def test_gradient_matches_finite_differences(name, hp, rng):
+@pytest.mark.parametrize("name,options", cases())
+def test_gradient_matches_finite_differences(name, options, rng):
     spec = SPECS[name]
-    packed = np.array(spec.pack(spec.hparams(**hp)), dtype=np.float64)
+    packed = np.array(spec.pack(spec.options(**options)), dtype=np.float64)
     pred, target = make_batch(spec, rng)
     if name in ("mae", "huber"):  # keep away from the kinks, where the derivative jumps
         d = pred - target
-        pred = np.where(np.abs(np.abs(d) - hp.get("delta", 0)) < 1e-3, pred + 0.01, pred)
+        pred = np.where(np.abs(np.abs(d) - options.get("delta", 0)) < 1e-3, pred + 0.01, pred)
         pred = np.where(np.abs(pred - target) < 1e-3, pred + 0.01, pred)
     grad = np.empty_like(pred)
     spec.kernel(pred, target, packed, grad)

@@ -33,7 +33,7 @@ def cli(*args, cwd, timeout=600):
 def set_up_run(pm, overrides):
     cfg = compose(["tracking=none", *overrides], registry=pm.registry)
     specs, hp = resolve(cfg, pm.registry)
-    run = Run(config=cfg, output_dir=None, specs=specs, hparams=hp)
+    run = Run(config=cfg, output_dir=None, specs=specs, options=hp)
     return run, set_up(run)
 
 

@@ -119,10 +119,10 @@ def test_dropout_backward_draws_the_mask_forward_drew(activation):
 def test_bad_dropout_is_refused_naming_the_value_and_the_fix():
     for p, words in ((1.5, "in [0, 1]"), (-0.1, "in [0, 1]")):
         with pytest.raises(ConfigError, match="Fix:") as e:
-            MLP.build(MLP.hparams(dropout=p), 4, 3)
+            MLP.build(MLP.options(dropout=p), 4, 3)
         assert f"model.dropout={p}" in str(e.value) and words in str(e.value)
     with pytest.raises(ConfigError, match="needs a hidden layer"):
-        MLP.build(MLP.hparams(hidden=[], dropout=0.2), 4, 3)
+        MLP.build(MLP.options(hidden=[], dropout=0.2), 4, 3)
 
 
 def _run(*overrides):
@@ -160,7 +160,7 @@ def test_evaluation_and_prediction_run_without_dropout(tmp_path):
     assert np.array_equal(loaded.outputs(raw, MLP.reference_forward), outputs)
     # the validation loss is the evaluation-mode loss of the weights
     loss = run.specs["loss"]
-    loss_hp = np.asarray(loss.pack(run.hparams["loss"]), dtype=np.float64)
+    loss_hp = np.asarray(loss.pack(run.options["loss"]), dtype=np.float64)
     value = loss.reference(expected, run.dataset.Y_val, loss_hp)[0]
     assert value == pytest.approx(run.history[-1]["val_loss"], rel=1e-9)
 
@@ -174,7 +174,7 @@ def _group_case(case):
         view[...] = np.asarray(data["params"][name])
     x, y = np.asarray(data["x"]), np.asarray(data["target"])
     spec = OPT[case["optimizer"]]
-    options = spec.hparams(**case["hparams"])
+    options = spec.options(**case["options"])
     return layout, params, x, y, spec, options
 
 
@@ -242,7 +242,7 @@ def test_decay_biases_false_keeps_biases_out_of_weight_decay_in_a_run():
 
 def test_a_model_without_groups_is_one_segment():
     layout = build_mlp_layout([4, 6, 3], "relu")
-    seg = make_segments(layout, OPT["adam"], OPT["adam"].hparams(), np.float64)
+    seg = make_segments(layout, OPT["adam"], OPT["adam"].options(), np.float64)
     assert seg.bounds.tolist() == [[0, layout.n_params, 0, len(seg.hp)]]
     assert seg.state.shape == (3, layout.n_params)
 
@@ -262,8 +262,8 @@ def _layout_with(groups):
 )
 def test_bad_groups_are_refused_naming_the_tensor_or_key(group, words):
     with pytest.raises(PluginError, match="Fix:") as e:
-        make_segments(_layout_with((group,)), OPT["sgd"], OPT["sgd"].hparams(), np.float64)
+        make_segments(_layout_with((group,)), OPT["sgd"], OPT["sgd"].options(), np.float64)
     assert words in str(e.value)
     twice = (ParamGroup(("b0",), {}, "a"), ParamGroup(("b0",), {}, "b"))
     with pytest.raises(PluginError, match="in parameter groups a and b"):
-        make_segments(_layout_with(twice), OPT["sgd"], OPT["sgd"].hparams(), np.float64)
+        make_segments(_layout_with(twice), OPT["sgd"], OPT["sgd"].options(), np.float64)

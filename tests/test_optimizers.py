@@ -34,11 +34,11 @@ NO_SCALARS = np.zeros(0)  # no built-in optimizer keeps scalar state
 
 
 def setup(spec, hp, n, dtype, rng):
-    hparams = spec.hparams(**hp)
+    options = spec.options(**hp)
     state = np.zeros((spec.state_rows, n), dtype=dtype)
     if spec.init_state:
-        spec.init_state(state, hparams)
-    return hparams, np.asarray(spec.pack(hparams), dtype=np.float64), state
+        spec.init_state(state, options)
+    return options, np.asarray(spec.pack(options), dtype=np.float64), state
 
 
 def test_every_builtin_optimizer_is_covered():
@@ -49,13 +49,13 @@ def test_every_builtin_optimizer_is_covered():
 def test_kernel_matches_reference_over_steps(name, hp, rng):
     spec = SPECS[name]
     n = 37
-    hparams, packed, state_k = setup(spec, hp, n, np.float64, rng)
+    options, packed, state_k = setup(spec, hp, n, np.float64, rng)
     state_r = state_k.copy()
     p_k = rng.normal(size=n)
     p_r = p_k.copy()
     for t in range(1, 26):
         g = rng.normal(size=n)
-        lr = hparams.lr * (0.9 ** (t // 5))  # a changing lr, as schedules make it
+        lr = options.lr * (0.9 ** (t // 5))  # a changing lr, as schedules make it
         spec.kernel(p_k, g, state_k, NO_SCALARS, packed, t, lr)
         spec.reference(p_r, g.copy(), state_r, NO_SCALARS, packed, t, lr)
         np.testing.assert_allclose(p_k, p_r, rtol=1e-12, atol=1e-14)
@@ -65,17 +65,17 @@ def test_kernel_matches_reference_over_steps(name, hp, rng):
 @pytest.mark.parametrize("name,hp", cases())
 def test_grads_are_not_modified(name, hp, rng):
     spec = SPECS[name]
-    hparams, packed, state = setup(spec, hp, 9, np.float64, rng)
+    options, packed, state = setup(spec, hp, 9, np.float64, rng)
     p, g = rng.normal(size=9), rng.normal(size=9)
     g0 = g.copy()
-    spec.kernel(p, g, state, NO_SCALARS, packed, 1, hparams.lr)
+    spec.kernel(p, g, state, NO_SCALARS, packed, 1, options.lr)
     np.testing.assert_array_equal(g, g0)
 
 
 @pytest.mark.parametrize("name", list(SPECS))
 def test_decreases_a_convex_quadratic(name, rng):
     spec = SPECS[name]
-    hparams, packed, state = setup(spec, {}, 5, np.float64, rng)
+    options, packed, state = setup(spec, {}, 5, np.float64, rng)
     a = np.array([1.0, 2.0, 0.5, 3.0, 1.5])
     p = np.full(5, 2.0)
     f0 = 0.5 * np.sum(a * p * p)
@@ -88,7 +88,7 @@ def test_decreases_a_convex_quadratic(name, rng):
 @pytest.mark.parametrize("name", list(SPECS))
 def test_zero_lr_changes_nothing(name, rng):
     spec = SPECS[name]
-    hparams, packed, state = setup(spec, {}, 6, np.float64, rng)
+    options, packed, state = setup(spec, {}, 6, np.float64, rng)
     p = rng.normal(size=6)
     p0 = p.copy()
     spec.kernel(p, rng.normal(size=6), state, NO_SCALARS, packed, 1, 0.0)

@@ -53,7 +53,7 @@ def reference(pred, target, hp):
 
 @lossbench.hookimpl
 def register_losses(register):
-    register(lossbench.LossSpec(name="sqhinge", hparams=Options, kernel=kernel,
+    register(lossbench.LossSpec(name="sqhinge", options=Options, kernel=kernel,
                                 reference=reference, target="values",
                                 pack=lambda hp: [hp.margin]))
 '''
@@ -80,10 +80,34 @@ def test_single_file_plugin_trains_on_the_fused_path(plugin_dir):
         ],
         plugin_manager=pm,
     )
-    assert run.status == "finished" and run.hparams["loss"].margin == 0.5
+    assert run.status == "finished" and run.options["loss"].margin == 0.5
     assert run.history[-1]["val_loss"] < run.history[0]["val_loss"]
     rows = {r["name"]: r for r in describe(pm)}
     assert rows["sqhinge"]["components"] == {"loss": ["sqhinge"]}
+
+
+def test_the_spelling_hparams_still_works_and_warns(tmp_path):
+    """Before options= a spec took hparams= (and a run had .hparams, the kit hparams=): a
+    plugin written then registers, trains and is checked as before, each old spelling warned
+    with the new one named."""
+    (tmp_path / "sqhinge.py").write_text(FOCAL_FILE.replace("options=Options", "hparams=Options"))
+    with pytest.warns(DeprecationWarning, match=r"LossSpec\(hparams=...\) is now spelled options="):
+        pm = build_plugin_manager(str(tmp_path), entry_points=False)
+    spec = pm.registry.get("loss", "sqhinge")
+    assert spec.options.__name__ == "Options" and spec.hparams is spec.options
+    run = lossbench.train(overrides=[*TINY, "data=iris", "loss=sqhinge", "loss.margin=0.5"],
+                          plugin_manager=pm)  # fmt: skip
+    assert run.status == "finished"
+    with pytest.warns(DeprecationWarning, match="Run.hparams is now spelled Run.options"):
+        assert run.hparams["loss"].margin == 0.5
+    cases = {"sqhinge": [{}, {"margin": 0.5}]}
+    with pytest.warns(DeprecationWarning, match="LossSpec"):  # the file, loaded again
+        new = lossbench.testing.checks_for(tmp_path / "sqhinge.py", options=cases)
+    with pytest.warns(DeprecationWarning, match=r"checks_for\(hparams=...\) is now spelled"):
+        old = lossbench.testing.checks_for(tmp_path / "sqhinge.py", hparams=cases)
+    assert [c.id for c in old] == [c.id for c in new]
+    with pytest.raises(TypeError, match="pass options= alone"):
+        lossbench.LossSpec(name="x", options=spec.options, hparams=spec.options.__class__)
 
 
 def test_plugin_hyperparameters_are_type_checked_by_hydra(plugin_dir):
@@ -155,7 +179,7 @@ def test_kernel_with_the_wrong_signature_names_the_component(tmp_path):
 
         @lossbench.hookimpl
         def register_losses(register):
-            register(lossbench.LossSpec(name="bad", hparams=NoOptions, kernel=kernel))
+            register(lossbench.LossSpec(name="bad", options=NoOptions, kernel=kernel))
     """)
     )
     pm = build_plugin_manager(str(tmp_path), entry_points=False)
@@ -240,7 +264,7 @@ def test_kernel_numba_cannot_compile_names_the_line_and_the_fix(tmp_path):
 
         @lossbench.hookimpl
         def register_losses(register):
-            register(lossbench.LossSpec(name="nocompile", hparams=NoOptions, kernel=kernel))
+            register(lossbench.LossSpec(name="nocompile", options=NoOptions, kernel=kernel))
         """,
     )
     pm = build_plugin_manager(str(tmp_path), entry_points=False)
@@ -276,15 +300,15 @@ def test_a_register_hook_that_raises_names_plugin_hook_and_fix(tmp_path):
     "spec,message",
     [
         (
-            "lossbench.LossSpec(name='empty', hparams=Options)",
+            "lossbench.LossSpec(name='empty', options=Options)",
             "registers loss 'empty' without numba kernels (kernel) and without NumPy references",
         ),
         (
-            "lossbench.LossSpec(name='nodc', hparams=dict, reference=lambda p, t, h: (0.0, p))",
-            "registers loss 'nodc' with hparams=<class 'dict'>, which is not a dataclass",
+            "lossbench.LossSpec(name='nodc', options=dict, reference=lambda p, t, h: (0.0, p))",
+            "registers loss 'nodc' with options=<class 'dict'>, which is not a dataclass",
         ),
         (
-            "lossbench.ModelSpec(name='half', hparams=Options, forward=MODELS[0].forward)",
+            "lossbench.ModelSpec(name='half', options=Options, forward=MODELS[0].forward)",
             "registers model 'half' with only some of its kernels (forward, backward)",
         ),
     ],
@@ -330,7 +354,7 @@ class Options:
 
 @lossbench.hookimpl
 def register_losses(register):
-    register(lossbench.LossSpec(name="weighted", hparams=Options, kernel=LOSSES[0].kernel,
+    register(lossbench.LossSpec(name="weighted", options=Options, kernel=LOSSES[0].kernel,
                                 reference=LOSSES[0].reference))
 """
 
@@ -342,7 +366,7 @@ def test_hyperparameters_hydra_cannot_store_name_plugin_field_and_fix(tmp_path, 
         lossbench.train(overrides=[*TINY, "data=iris"], plugin_manager=pm)
     text = str(info.value)
     assert (
-        "plugin 'unstorable' registers loss 'weighted' whose hyperparameter dataclass Options "
+        "plugin 'unstorable' registers loss 'weighted' whose options dataclass Options "
         "field 'weights' cannot be stored as a Hydra config: Unexpected type annotation: "
         "ndarray" in text
     )
@@ -385,7 +409,7 @@ def reference(p, g, state, hp, t, lr):
 
 @lossbench.hookimpl
 def register_optimizers(register):
-    register(lossbench.OptimizerSpec(name="old", hparams=Options, {fields}))
+    register(lossbench.OptimizerSpec(name="old", options=Options, {fields}))
 """
 
 
@@ -448,7 +472,7 @@ def test_an_optimizer_without_a_float_lr_field_is_refused(tmp_path, options, fou
     with pytest.raises(PluginError) as info:
         build_plugin_manager(str(tmp_path), entry_points=False)
     text = str(info.value)
-    assert f"hyperparameter dataclass Options {found}" in text, text
+    assert f"options dataclass Options {found}" in text, text
     assert "Fix: add the field lr: float = 0.001 (with your default)" in text, text
     # the kit says the same, as its one failing check
     (check,) = lossbench.testing.checks_for(tmp_path / "nolr.py")

@@ -24,7 +24,7 @@ SPECS = {s.name: s for s in SCHEDULES}
 
 def schedule(name="constant", epochs=10, warmup=0, **options) -> Schedule:
     spec = SPECS[name]
-    return Schedule(spec, spec.hparams(**options), epochs, warmup)
+    return Schedule(spec, spec.options(**options), epochs, warmup)
 
 
 def test_constant():
@@ -89,7 +89,7 @@ def test_every_builtin_schedule_matches_torch_every_epoch(case):
 @pytest.mark.parametrize("case", TORCH, ids=[c["name"] for c in TORCH])
 def test_each_builtin_reference_matches_torch_every_epoch(case):
     s = _from_torch_case(case)
-    reference = Schedule(ScheduleSpec(name="ref", hparams=type(s.options), rate=s.spec.reference),
+    reference = Schedule(ScheduleSpec(name="ref", options=type(s.options), rate=s.spec.reference),
                          s.options, s.epochs, s.warmup)  # fmt: skip
     for epoch, expected in enumerate(case["lrs"]):
         assert reference.lr(epoch, case["lr"]) == pytest.approx(expected, rel=1e-12, abs=0)
@@ -108,7 +108,7 @@ def test_warmup_as_long_as_the_run_is_all_warmup(warmup):
 def test_which_schedules_depend_on_the_number_of_epochs():
     # a run of N epochs is the start of a longer run exactly when uses_epochs is false
     for spec in SCHEDULES:
-        short, long = (Schedule(spec, spec.hparams(), n, 2) for n in (8, 20))
+        short, long = (Schedule(spec, spec.options(), n, 2) for n in (8, 20))
         prefix = [short.lr(e, 0.1) for e in range(8)] == [long.lr(e, 0.1) for e in range(8)]
         assert prefix is not spec.uses_epochs, spec.name
     assert StepOptions().step_size == 10 and CosineOptions().min_lr == 0.0
@@ -145,7 +145,7 @@ GAMMA, FROZEN = 0.5, {frozen}
 
 @lossbench.hookimpl
 def register_schedules(register):
-    register(lossbench.ScheduleSpec(name="exponential", hparams=ExponentialOptions, rate=rate,
+    register(lossbench.ScheduleSpec(name="exponential", options=ExponentialOptions, rate=rate,
                                     reference=reference, uses_epochs=False))
 '''
 

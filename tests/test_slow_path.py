@@ -123,7 +123,7 @@ def reference(p, g, state, scalars, hp, t, lr):
 
 @lossbench.hookimpl
 def register_optimizers(register):
-    register(lossbench.OptimizerSpec(name="fresh_sgd", hparams=Options,
+    register(lossbench.OptimizerSpec(name="fresh_sgd", options=Options,
                                      kernel=fresh_sgd_kernel, reference=reference))
 '''
 

@@ -52,7 +52,7 @@ def test_every_builtin_component_is_covered():
 
 def _loss_inputs(case):
     spec = LOSS_SPECS[case["loss"]]
-    hp = np.asarray(spec.pack(spec.hparams(**case["hparams"])), dtype=np.float64)
+    hp = np.asarray(spec.pack(spec.options(**case["options"])), dtype=np.float64)
     pred = np.array(case["pred"], dtype=np.float64)
     target = np.array(case["target"], dtype=np.float64)
     return spec, hp, pred, target
@@ -81,15 +81,15 @@ def test_loss_reference_matches_torch(case):
 
 def _opt_setup(case):
     spec = OPT_SPECS[case["optimizer"]]
-    hparams = spec.hparams(**case["hparams"])
+    options = spec.options(**case["options"])
     if spec.check is not None:
-        spec.check(hparams)
-    packed = np.asarray(spec.pack(hparams), dtype=np.float64)
+        spec.check(options)
+    packed = np.asarray(spec.pack(options), dtype=np.float64)
     p = np.array(case["params0"], dtype=np.float64)
     state = np.zeros((spec.state_rows, p.size), dtype=np.float64)  # as lossbench.engine.train
     if spec.init_state is not None:
-        spec.init_state(state, hparams)
-    return spec, hparams, packed, p, state
+        spec.init_state(state, options)
+    return spec, options, packed, p, state
 
 
 NO_SCALARS = np.zeros(0)  # no built-in optimizer keeps scalar state
@@ -98,10 +98,10 @@ NO_SCALARS = np.zeros(0)  # no built-in optimizer keeps scalar state
 @pytest.mark.parametrize("impl", ["kernel", "reference"])
 @pytest.mark.parametrize("case", DATA["optimizers"], ids=_ids(DATA["optimizers"]))
 def test_optimizer_matches_torch(case, impl):
-    spec, hparams, packed, p, state = _opt_setup(case)
+    spec, options, packed, p, state = _opt_setup(case)
     step = spec.kernel if impl == "kernel" else spec.reference
     for t, (g, expected) in enumerate(zip(case["grads"], case["params"], strict=True), start=1):
-        step(p, np.array(g, dtype=np.float64), state, NO_SCALARS, packed, t, float(hparams.lr))
+        step(p, np.array(g, dtype=np.float64), state, NO_SCALARS, packed, t, float(options.lr))
         np.testing.assert_allclose(
             p, expected, rtol=OPT_RTOL, atol=ATOL, err_msg=f"{case['torch']}, after step {t}"
         )
@@ -147,7 +147,7 @@ def test_float32_cases_mirror_the_float64_ones_and_have_tolerances():
 @pytest.mark.parametrize("case", F32["losses"], ids=_ids(F32["losses"]))
 def test_loss_kernel_float32_matches_torch_float32(case):
     spec = LOSS_SPECS[case["loss"]]
-    hp = np.asarray(spec.pack(spec.hparams(**case["hparams"])), dtype=np.float64)  # as runs
+    hp = np.asarray(spec.pack(spec.options(**case["options"])), dtype=np.float64)  # as runs
     pred = np.array(case["pred"], dtype=np.float32)
     target = np.array(case["target"], dtype=np.float32)
     grad = np.full_like(pred, np.nan)
@@ -162,14 +162,14 @@ def float32_drift(case) -> float:
     case's steps (relative to |torch| + the largest parameter movement so far for the cases in
     ``F32_MOVEMENT_SCALED``)."""
     spec = OPT_SPECS[case["optimizer"]]
-    hparams = spec.hparams(**case["hparams"])
-    packed = np.asarray(spec.pack(hparams), dtype=np.float64)  # float64 in every run
+    options = spec.options(**case["options"])
+    packed = np.asarray(spec.pack(options), dtype=np.float64)  # float64 in every run
     p = np.array(case["params0"], dtype=np.float32)
     p0 = p.astype(np.float64)
     state = np.zeros((spec.state_rows, p.size), dtype=np.float32)
     if spec.init_state is not None:
-        spec.init_state(state, hparams)
-    lr = float(hparams.lr)  # the fit loop passes lr in float64
+        spec.init_state(state, options)
+    lr = float(options.lr)  # the fit loop passes lr in float64
     worst = 0.0
     for t, (g, expected) in enumerate(zip(case["grads"], case["params"], strict=True), start=1):
         spec.kernel(p, np.array(g, dtype=np.float32), state, NO_SCALARS, packed, t, lr)
@@ -212,7 +212,7 @@ def test_model_sets_have_the_expected_shapes():
 def _layout_of(data, activation):
     """The layout as a run builds it: the ``mlp`` spec with the data's hidden widths."""
     widths = data["widths"]
-    hp = MLP.hparams(hidden=widths[1:-1], activation=activation)
+    hp = MLP.options(hidden=widths[1:-1], activation=activation)
     layout = MLP.build(hp, widths[0], widths[-1])
     assert layout.layout.tolist() == build_mlp_layout(widths, activation).layout.tolist()
     return layout
@@ -270,7 +270,7 @@ def test_mlp_reference_matches_torch(data, case):
 
 def _linear_layout():
     widths = LINEAR["widths"]
-    return LINEAR_SPEC.build(LINEAR_SPEC.hparams(), widths[0], widths[-1])
+    return LINEAR_SPEC.build(LINEAR_SPEC.options(), widths[0], widths[-1])
 
 
 def test_linear_kernels_match_torch():

@@ -1,4 +1,4 @@
-"""``python -m lossbench check PLUGIN... [--fast] [--hparams JSON]``: the conformance kit against
+"""``python -m lossbench check PLUGIN... [--fast] [--options JSON]``: the conformance kit against
 plugins as installed, printed as a report, one line per check (passed, failed with the message,
 skipped with the reason); exit code 0 when none fails, 1 when one does, 2 when a PLUGIN cannot be
 found or loaded.
@@ -6,7 +6,7 @@ found or loaded.
 A PLUGIN is an entry-point name of the group ``lossbench`` (what ``python -m lossbench plugins``
 lists), the distribution that provides it (``lossbench-focal``), an importable module, or the
 path of a single-file plugin (``plugins/sqhinge.py``). ``--fast`` is the kit's fast mode
-(``LOSSBENCH_KIT_FAST=1``), ``--hparams`` what ``parametrize_with_checks(hparams=...)`` takes.
+(``LOSSBENCH_KIT_FAST=1``), ``--options`` what ``parametrize_with_checks(options=...)`` takes.
 """
 
 from __future__ import annotations
@@ -51,15 +51,15 @@ def find_plugin(name: str):
     )
 
 
-def _hparams(text: str | None) -> dict | None:
-    """``--hparams JSON``, read."""
+def _options(text: str | None) -> dict | None:
+    """``--options JSON``, read."""
     if text is None:
         return None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"--hparams {text!r} is not JSON ({exc}). Fix: pass e.g. "
-                          '--hparams \'{"focal": {"gamma": 0.5}}\'.') from None  # fmt: skip
+        raise ConfigError(f"--options {text!r} is not JSON ({exc}). Fix: pass e.g. "
+                          '--options \'{"focal": {"gamma": 0.5}}\'.') from None  # fmt: skip
 
 
 _MARK = {"passed": "ok  ", "failed": "FAIL", "skipped": "skip"}
@@ -79,17 +79,17 @@ def report(results, seconds: float) -> str:
     return "\n".join(lines)
 
 
-def check_command(names: list[str], fast: bool = False, hparams: str | None = None) -> int:
+def check_command(names: list[str], fast: bool = False, options: str | None = None) -> int:
     """The command (its arguments parsed by ``lossbench.cli``): 0 when every check passes or
     skips, 1 when one fails, 2 on a mistake."""
     start = time.perf_counter()
     try:
-        hparams = _hparams(hparams)
+        options = _options(options)
         plugins = [find_plugin(name) for name in names]
     except ConfigError as exc:
         print(f"lossbench: error: {exc}", file=sys.stderr)
         return 2
-    checks = checks_for(*plugins, hparams=hparams, fast=fast or None)
+    checks = checks_for(*plugins, options=options, fast=fast or None)
     mode = " (fast mode: float64 only, no bounds-checked compile)" if checks[0].fast else ""
     print(f"lossbench check {' '.join(names)}: {len(checks)} checks{mode}", flush=True)
     results = run_checks(checks)

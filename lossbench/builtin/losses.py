@@ -310,7 +310,7 @@ FORMULAS = {
 LOSSES = [
     LossSpec(
         name="mse",
-        hparams=NoOptions,
+        options=NoOptions,
         description="mean squared error (torch.nn.MSELoss)",
         kernel=mse_kernel,
         reference=mse_reference,
@@ -321,7 +321,7 @@ LOSSES = [
     ),
     LossSpec(
         name="mae",
-        hparams=NoOptions,
+        options=NoOptions,
         description="mean absolute error (torch.nn.L1Loss)",
         kernel=mae_kernel,
         reference=mae_reference,
@@ -332,7 +332,7 @@ LOSSES = [
     ),
     LossSpec(
         name="huber",
-        hparams=HuberOptions,
+        options=HuberOptions,
         description="Huber loss with threshold delta (torch.nn.HuberLoss)",
         kernel=huber_kernel,
         reference=huber_reference,
@@ -345,7 +345,7 @@ LOSSES = [
     ),
     LossSpec(
         name="bce",
-        hparams=NoOptions,
+        options=NoOptions,
         description="binary cross-entropy on logits (torch.nn.BCEWithLogitsLoss)",
         kernel=bce_kernel,
         reference=bce_reference,
@@ -356,7 +356,7 @@ LOSSES = [
     ),
     LossSpec(
         name="cross_entropy",
-        hparams=CrossEntropyOptions,
+        options=CrossEntropyOptions,
         description="cross-entropy on logits, class targets (torch.nn.CrossEntropyLoss)",
         kernel=cross_entropy_kernel,
         reference=cross_entropy_reference,

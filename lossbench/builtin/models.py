@@ -704,10 +704,10 @@ def _build_linear(options: LinearOptions, n_in: int, n_out: int) -> ModelLayout:
     return build_mlp_layout([n_in, n_out], "relu")
 
 
-def _spec(name, hparams, build, description):
+def _spec(name, options, build, description):
     return ModelSpec(
         name=name,
-        hparams=hparams,
+        options=options,
         description=description,
         build=build,
         forward=mlp_forward,

@@ -357,7 +357,7 @@ def adagrad_reference(p, g, state, scalars, hp, t, lr):
 OPTIMIZERS = [
     OptimizerSpec(
         name="sgd",
-        hparams=SGDOptions,
+        options=SGDOptions,
         description="stochastic gradient descent with momentum (torch.optim.SGD)",
         kernel=sgd_kernel,
         reference=sgd_reference,
@@ -367,7 +367,7 @@ OPTIMIZERS = [
     ),
     OptimizerSpec(
         name="adam",
-        hparams=AdamOptions,
+        options=AdamOptions,
         description="Adam (torch.optim.Adam)",
         kernel=adam_kernel,
         reference=adam_reference,
@@ -377,7 +377,7 @@ OPTIMIZERS = [
     ),
     OptimizerSpec(
         name="adamw",
-        hparams=AdamWOptions,
+        options=AdamWOptions,
         description="Adam with decoupled weight decay (torch.optim.AdamW)",
         kernel=adamw_kernel,
         reference=adamw_reference,
@@ -387,7 +387,7 @@ OPTIMIZERS = [
     ),
     OptimizerSpec(
         name="rmsprop",
-        hparams=RMSpropOptions,
+        options=RMSpropOptions,
         description="RMSprop (torch.optim.RMSprop)",
         kernel=rmsprop_kernel,
         reference=rmsprop_reference,
@@ -397,7 +397,7 @@ OPTIMIZERS = [
     ),
     OptimizerSpec(
         name="adagrad",
-        hparams=AdagradOptions,
+        options=AdagradOptions,
         description="Adagrad (torch.optim.Adagrad)",
         kernel=adagrad_kernel,
         reference=adagrad_reference,

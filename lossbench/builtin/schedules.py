@@ -91,13 +91,13 @@ def check_cosine(options) -> None:
 
 
 SCHEDULES = [
-    ScheduleSpec(name="constant", hparams=ConstantOptions, rate=constant_rate,
+    ScheduleSpec(name="constant", options=ConstantOptions, rate=constant_rate,
                  reference=constant_rate, uses_epochs=False,
                  description="the same rate every epoch"),
-    ScheduleSpec(name="step", hparams=StepOptions, rate=step_rate, reference=step_reference,
+    ScheduleSpec(name="step", options=StepOptions, rate=step_rate, reference=step_reference,
                  uses_epochs=False, check=check_step,
                  description="times gamma every step_size epochs (StepLR)"),
-    ScheduleSpec(name="cosine", hparams=CosineOptions, rate=cosine_rate,
+    ScheduleSpec(name="cosine", options=CosineOptions, rate=cosine_rate,
                  reference=cosine_reference, check=check_cosine,
                  description="half a cosine from lr to min_lr (CosineAnnealingLR)"),
 ]  # fmt: skip

@@ -2,7 +2,9 @@
 ``commands`` (plugins, warmup, replay, lr_find, explain, storage-proxy, new-plugin, check), each
 parsed by a ``parser`` (argparse, lossbench's errors); their handlers live in ``tools``
 (plugins, warmup, replay, storage-proxy), ``probes`` (lr_find, explain) and ``kit``
-(new-plugin, check). Any other command line is a run's:
+(new-plugin, check); a first word that is neither a subcommand nor any override or flag is
+refused, naming the closest subcommand (``commands.unknown_command``). Any other command line
+is a run's:
 ``python -m lossbench [OVERRIDES]`` or ``--multirun`` (an Optuna sweep, ``lossbench.sweep``)
 and Hydra's own flags, as ``run`` handles them.
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 import sys
 
 from lossbench.cli import run
-from lossbench.cli.commands import COMMANDS
+from lossbench.cli.commands import COMMANDS, unknown_command
 from lossbench.cli.parser import fail
 from lossbench.cli.run import RunDirGuard
 from lossbench.errors import LossbenchError
@@ -46,6 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         command = COMMANDS.get(argv[0]) if argv else None
         if command is None:
+            mistake = unknown_command(argv[0]) if argv else None
+            if mistake is not None:  # a bare word: no run takes it, so a mistyped command
+                raise mistake
             run.main(argv)
         else:
             command.run(argv[1:])

@@ -4,6 +4,7 @@ installed plugins), parsed here and run there; the kit loads for these commands 
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from lossbench.cli.parser import CommandParser
@@ -42,19 +43,24 @@ def check_parser() -> CommandParser:
                         help="an entry-point name, a distribution, a module or a plugin file")
     parser.add_argument("--fast", action="store_true",
                         help="the kit's fast mode: float64 only, no bounds-checked compile")
-    parser.add_argument("--hparams", metavar="JSON",
-                        help='what parametrize_with_checks(hparams=...) takes, e.g. '
+    parser.add_argument("--options", metavar="JSON",
+                        help='what parametrize_with_checks(options=...) takes, e.g. '
                         '\'{"focal": {"gamma": 0.5}}\'')  # fmt: skip
+    parser.add_argument("--hparams", metavar="JSON", help=argparse.SUPPRESS)  # --options before
     return parser
 
 
 def check(args) -> None:
-    """``python -m lossbench check PLUGIN... [--fast] [--hparams JSON]``."""
+    """``python -m lossbench check PLUGIN... [--fast] [--options JSON]``."""
     if not args.plugins:
         raise LossbenchError(
             "check takes plugin names. Fix: pass one or more, e.g. python -m lossbench check "
             f"lossbench-focal. {check_parser().usage_line()}"
         )
+    if args.hparams is not None:
+        print("lossbench: note: check --hparams is now spelled --options; --hparams still "
+              "works but will go in a later version", file=sys.stderr)  # fmt: skip
+        args.options = args.options if args.options is not None else args.hparams
     from lossbench.authoring import check_command  # start-up: the kit, for this command
 
-    sys.exit(check_command(args.plugins, args.fast, args.hparams))
+    sys.exit(check_command(args.plugins, args.fast, args.options))

@@ -66,7 +66,8 @@ loads plugins (``plugins=True``)."""
         except argparse.ArgumentError as exc:
             raise LossbenchError(self._said(exc)) from None
         if extra:
-            own = [a for a in self._actions if a.dest not in ("help", "plugins_dir")]
+            own = [a for a in self._actions if a.dest not in ("help", "plugins_dir")
+                   and a.help != argparse.SUPPRESS]  # an old spelling kept, not shown
             options = ", ".join(a.option_strings[-1] for a in own if a.option_strings)
             then = ", then any override a run takes" if self.takes_overrides else ""
             raise LossbenchError(

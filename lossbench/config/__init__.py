@@ -10,7 +10,7 @@ from lossbench.config.compose import (
     compose,
     compose_multirun,
     compose_run,
-    hparams,
+    options_of,
     run_token,
 )
 from lossbench.config.schemas import (
@@ -38,8 +38,8 @@ __all__ = [
     "compose_multirun",
     "compose_run",
     "config_dir",
-    "hparams",
     "node_class",
+    "options_of",
     "presets_dir",
     "run_token",
     "store_configs",

@@ -1,4 +1,4 @@
-"""Composing a config outside Hydra's CLI, and reading a component's hyperparameters from it.
+"""Composing a config outside Hydra's CLI, and reading a component's options from it.
 Composing starts from the primary config ``lossbench.config.source`` names (lossbench's own
 ``config.yaml`` unless ``-cp``/``-cn`` name another)."""
 
@@ -45,8 +45,9 @@ def run_token() -> str:
 OmegaConf.register_new_resolver("lossbench.run_token", run_token, use_cache=True, replace=True)
 
 
-def hparams(spec, node):
-    """The spec's hyperparameter dataclass filled from a config node (DictConfig or dict)."""
+def options_of(spec, node):
+    """The spec's options (an instance of its options dataclass) from a config node (DictConfig
+    or dict)."""
     try:
         values = (
             OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
@@ -56,7 +57,7 @@ def hparams(spec, node):
         raise ConfigError(
             f"{key} must be set. Fix: pass {key}=VALUE on the command line."
         ) from None
-    names = {f.name for f in dataclasses.fields(spec.hparams)}
+    names = {f.name for f in dataclasses.fields(spec.options)}
     kwargs = {k: v for k, v in dict(values).items() if k in names}
     group = next(g for g, cls in KINDS.items() if isinstance(spec, cls))
     for k, v in kwargs.items():
@@ -64,7 +65,7 @@ def hparams(spec, node):
             raise ConfigError(
                 f"{group}.{k} must be set for {spec.name}. Fix: pass {group}.{k}=VALUE."
             )
-    return spec.hparams(**kwargs)
+    return spec.options(**kwargs)
 
 
 def check_choices(overrides, registry) -> None:

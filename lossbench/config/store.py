@@ -1,6 +1,6 @@
 """Hydra's ConfigStore filled from lossbench's schemas and the plugin registry: every
 registered component becomes an option of its group (``loss/mse``, ``optimizer/adam``, ...), a
-structured config made from the spec's hyperparameter dataclass plus a ``name`` field, so
+structured config made from the spec's options dataclass plus a ``name`` field, so
 ``loss=huber loss.delta=2`` is type-checked by Hydra the moment the plugin is loaded."""
 
 from __future__ import annotations
@@ -52,11 +52,11 @@ def config_dir() -> Path:
 
 
 def _unstorable(group: str, spec, problem: str, field_name: str | None = None) -> PluginError:
-    """The error for a hyperparameter dataclass Hydra cannot store, naming plugin and fix."""
+    """The error for an options dataclass Hydra cannot store, naming plugin and fix."""
     where = f" field {field_name!r}" if field_name else ""
     return PluginError(
-        f"plugin {spec.plugin!r} registers {group} {spec.name!r} whose hyperparameter dataclass "
-        f"{spec.hparams.__name__}{where} cannot be stored as a Hydra config: {problem}. Fix: "
+        f"plugin {spec.plugin!r} registers {group} {spec.name!r} whose options dataclass "
+        f"{spec.options.__name__}{where} cannot be stored as a Hydra config: {problem}. Fix: "
         f"give every field one of the types Hydra stores ({HPARAM_TYPES}; e.g. "
         f"list[float] instead of a NumPy array), or disable the plugin with "
         f"{ENV_DISABLE}={spec.plugin}."
@@ -66,11 +66,11 @@ def _unstorable(group: str, spec, problem: str, field_name: str | None = None) -
 def node_class(group: str, spec) -> type:
     """A dataclass for ``spec``'s config node: ``name`` plus the hyperparameter fields."""
     try:
-        hints = typing.get_type_hints(spec.hparams)
+        hints = typing.get_type_hints(spec.options)
     except Exception as exc:  # e.g. an annotation naming something undefined
         raise _unstorable(group, spec, f"its annotations do not resolve ({exc})") from None
     fields = [("name", str, field(default=spec.name))]
-    for f in dataclasses.fields(spec.hparams):
+    for f in dataclasses.fields(spec.options):
         if f.name == "name":
             raise _unstorable(
                 group, spec, "'name' is reserved for the component's name; rename it", "name"
@@ -102,7 +102,7 @@ def _store_trackers(cs, registry, files: Path) -> None:
     for name, tracker in registry.trackers.items():
         if name in TOP_LEVEL_TRACKERS:
             continue
-        spec = SimpleNamespace(name=name, hparams=tracker.options or _NoOptions,
+        spec = SimpleNamespace(name=name, options=tracker.options or _NoOptions,
                                plugin=tracker.plugin)  # fmt: skip
         node = node_class("tracking", spec)
         try:

@@ -23,7 +23,7 @@ import math
 from omegaconf import ListConfig
 from optuna.distributions import CategoricalDistribution
 
-from lossbench.config import hparams
+from lossbench.config import options_of
 from lossbench.config.schemas import MAXIMIZED, metrics_for
 from lossbench.errors import ConfigError, positive_int
 from lossbench.sweep.space import parse_choices
@@ -37,7 +37,7 @@ def load_data(base, registry):
     """The dataset the sweep's trials train on (its task and classes decide the metrics and
     the losses that fit)."""
     spec = registry.get("data", base.data.name)
-    return spec.load(hparams(spec, base.data), int(base.get("data_seed", 0)))
+    return spec.load(options_of(spec, base.data), int(base.get("data_seed", 0)))
 
 
 LOSS_METRICS = ("train_loss", "val_loss", "best_val_loss")

@@ -4,15 +4,16 @@ worker processes on this machine; ``ray`` is ``lossbench.sweep.ray_launcher``. B
 a plugin's launcher does the same (docs/plugins.md, "Writing a launcher"). Also what launchers
 share: the checks a cluster must pass before any trial, a study storage and an MLflow store
 every node can reach (``check_reachable``) and the same lossbench and plugins on every node
-(``check_versions``); ``runs_left``, what the budget still needs, for a launcher that starts a
-worker per trial. And the background summary process (``lossbench.sweep.summary``) with its
-lock."""
+(``check_versions``; what a node runs: ``node_info``); ``runs_left``, what the budget still
+needs, for a launcher that starts a worker per trial. And the background summary process
+(``lossbench.sweep.summary``) with its lock."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import json
+import platform
 import signal
 import subprocess
 import sys
@@ -23,8 +24,10 @@ from urllib.parse import urlparse
 
 from optuna.trial import TrialState
 
+from lossbench._version import __version__
 from lossbench.errors import ConfigError
 from lossbench.launcher import Launcher
+from lossbench.plugins import build_plugin_manager, describe
 from lossbench.sweep.plan import Plan
 from lossbench.sweep.study import counted_runs, open_study
 from lossbench.urls import mask_url
@@ -153,6 +156,20 @@ def _check_url(setting: str, url: str, nodes: str, example: str) -> None:
         f"nodes ({nodes}) that cannot reach it. Fix: {setting}={example}, with a host name "
         "every node can reach."
     )
+
+
+def node_info() -> dict:
+    """What a node runs, compared across the cluster: lossbench, Python, installed plugins."""
+    plugins = {  # installed distributions (built-ins come with lossbench, files travel)
+        r["name"]: f"{r['source']} {r['version']}"
+        for r in describe(build_plugin_manager(None))
+        if r["version"] and r["source"] != "lossbench (built-in)"
+    }
+    return {
+        "lossbench": __version__,
+        "python": platform.python_version(),
+        "plugins": dict(sorted(plugins.items())),
+    }
 
 
 def check_versions(here: dict, nodes: dict[str, dict]) -> None:

@@ -16,7 +16,6 @@ dies takes its tasks with it (Ray ends the tasks of a dead driver).
 from __future__ import annotations
 
 import os
-import platform
 import socket
 import sys
 import tempfile
@@ -24,11 +23,9 @@ import threading
 import time
 from pathlib import Path
 
-from lossbench._version import __version__
 from lossbench.errors import ConfigError
 from lossbench.launcher import EXIT_LOST, Launcher
-from lossbench.plugins import build_plugin_manager, describe
-from lossbench.sweep.launchers import check_reachable, check_versions
+from lossbench.sweep.launchers import check_reachable, check_versions, node_info
 from lossbench.sweep.plan import Plan
 from lossbench.sweep.worker import work
 from lossbench.tracking.store import resolve_uri
@@ -45,20 +42,6 @@ TASK_RETRIES = 3  # a task whose worker died is run again (its trial is retried)
 # leaving the parent run RUNNING.
 HEAD_GRACE_SECONDS = 3.0
 ENV_PREFIXES = ("LOSSBENCH_", "MLFLOW_", "NUMBA_")
-
-
-def node_info() -> dict:
-    """What a node runs, compared across the cluster: lossbench, Python, installed plugins."""
-    plugins = {  # installed distributions (built-ins come with lossbench, files travel)
-        r["name"]: f"{r['source']} {r['version']}"
-        for r in describe(build_plugin_manager(None))
-        if r["version"] and r["source"] != "lossbench (built-in)"
-    }
-    return {
-        "lossbench": __version__,
-        "python": platform.python_version(),
-        "plugins": dict(sorted(plugins.items())),
-    }
 
 
 def ray_worker(plan_dict: dict, index: int) -> int:

@@ -13,11 +13,11 @@ In a plugin's own test suite (in the spirit of scikit-learn's ``parametrize_with
     def test_lossbench_conformance(check):
         check()
 
-``parametrize_with_checks(*plugins, hparams=None, fast=None)`` takes plugin modules or objects
+``parametrize_with_checks(*plugins, options=None, fast=None)`` takes plugin modules or objects
 (what the entry point names), or paths of single-file plugins, and makes one pytest case per
 (component, property), with ids like ``loss-focal-gradient_matches_finite_differences``. A
 plugin is named as the command line names it: an installed module by its entry-point name, a
-file by its stem. Each component is checked with its defaults (or the cases ``hparams`` gives
+file by its stem. Each component is checked with its defaults (or the cases ``options`` gives
 per component name or ``group.name``, e.g. ``{"focal": [{"gamma": 0.0}, {"gamma": 2.0}]}``),
 and, for losses, optimizers and models, with each boolean option flipped and each option whose
 default is 0 set to 0.1 (1 for an int) on its own (``option_cases``), so a bug on a branch only
@@ -30,7 +30,7 @@ What is checked (``CHECKS``), for every component the plugins register:
 
 - plugin: ``registers``: the plugin loads beside the built-ins, names are unique, it registers a
   component or implements a hook;
-- every component: ``hydra_options``: its hyperparameter dataclass is stored as a Hydra option,
+- every component: ``hydra_options``: its options dataclass is stored as a Hydra option,
   ``GROUP=NAME`` composes to the defaults, and a non-number for a number field is rejected;
 - loss: kernel compiles in nopython mode for float32 and float64 with the canonical signature;
   kernel == NumPy reference; gradient == central finite differences; inputs not modified; each
@@ -81,6 +81,7 @@ import functools
 import importlib
 import importlib.metadata
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -180,13 +181,16 @@ CHECKS = {
 # entry points
 
 
-def parametrize_with_checks(*plugins, hparams: dict | None = None, fast: bool | None = None):
+def parametrize_with_checks(*plugins, options: dict | None = None, fast: bool | None = None,
+                            hparams: dict | None = None):  # fmt: skip
     """A ``pytest.mark.parametrize("check", ...)`` over every check of every component the
     ``plugins`` register; the test body calls ``check()``. ``fast`` (default: the environment
-    variable ``LOSSBENCH_KIT_FAST``) runs each check in fast mode."""
+    variable ``LOSSBENCH_KIT_FAST``) runs each check in fast mode. ``hparams`` is the spelling
+    of ``options`` before (deprecated)."""
     import pytest  # the kit's users have pytest; check_plugin works without it
 
-    checks = checks_for(*plugins, hparams=hparams, fast=fast)
+    options = _given_options(options, hparams, "parametrize_with_checks")
+    checks = checks_for(*plugins, options=options, fast=fast)
     return pytest.mark.parametrize("check", checks, ids=[c.id for c in checks])
 
 
@@ -217,10 +221,13 @@ def run_checks(checks: list[Check]) -> list[Result]:
     return results
 
 
-def check_plugin(*plugins, hparams: dict | None = None, fast: bool | None = None) -> int:
+def check_plugin(*plugins, options: dict | None = None, fast: bool | None = None,
+                 hparams: dict | None = None) -> int:  # fmt: skip
     """Run every check; raise one ``ConformanceError`` listing all failures (and what was
-    skipped, with the reason), else return how many checks passed."""
-    results = run_checks(checks_for(*plugins, hparams=hparams, fast=fast))
+    skipped, with the reason), else return how many checks passed. ``hparams``: as
+    ``parametrize_with_checks``'s."""
+    options = _given_options(options, hparams, "check_plugin")
+    results = run_checks(checks_for(*plugins, options=options, fast=fast))
     failures = [r.message for r in results if r.status == "failed"]
     skipped = [r.message for r in results if r.status == "skipped"]
     if failures:
@@ -232,9 +239,12 @@ def check_plugin(*plugins, hparams: dict | None = None, fast: bool | None = None
     return sum(r.status == "passed" for r in results)
 
 
-def checks_for(*plugins, hparams: dict | None = None, fast: bool | None = None) -> list[Check]:
+def checks_for(*plugins, options: dict | None = None, fast: bool | None = None,
+               hparams: dict | None = None) -> list[Check]:  # fmt: skip
     """The ``Check`` objects for ``plugins`` (modules, objects or single-file paths). A check
-    that does not apply to a component is there, and skips with the reason."""
+    that does not apply to a component is there, and skips with the reason. ``hparams``: as
+    ``parametrize_with_checks``'s."""
+    options = _given_options(options, hparams, "checks_for")
     fast = fast_from_env() if fast is None else fast
     objects, extra = [], []
     for plugin in plugins:
@@ -263,7 +273,7 @@ def checks_for(*plugins, hparams: dict | None = None, fast: bool | None = None) 
         checks.append(Check("plugin", name, name, "registers", _registers(manager, obj)))
         for group, table in pm.registry.components.items():
             for spec in sorted((s for s in table.values() if s.plugin == name), key=_name):
-                checks += _component_checks(pm, group, spec, name, _cases(hparams or {}, group,
+                checks += _component_checks(pm, group, spec, name, _cases(options or {}, group,
                                                                           spec))  # fmt: skip
     return [dataclasses.replace(c, fast=fast) for c in checks]
 
@@ -320,14 +330,26 @@ def _broken(label: str, exc: Exception) -> Check:
     return Check("plugin", label, label, "registers", check)
 
 
-def _cases(hparams: dict, group: str, spec) -> list:
+def _given_options(options: dict | None, hparams: dict | None, where: str) -> dict | None:
+    """``options``, or ``hparams`` (its spelling before) with a DeprecationWarning."""
+    if hparams is None:
+        return options
+    if options is not None:
+        raise TypeError(f"{where}: options= and hparams= name one thing; pass options= alone")
+    warnings.warn(f"{where}(hparams=...) is now spelled options=...; hparams= still works "
+                  "but will go in a later interface version", DeprecationWarning,
+                  stacklevel=3)  # fmt: skip
+    return hparams
+
+
+def _cases(options: dict, group: str, spec) -> list:
     """The given cases (or the defaults), then each option on its own (``option_cases``)."""
-    given = hparams.get(f"{group}.{spec.name}", hparams.get(spec.name))
+    given = options.get(f"{group}.{spec.name}", options.get(spec.name))
     if given is None:
-        cases = [spec.hparams()]
+        cases = [spec.options()]
     else:
         given = [given] if isinstance(given, dict) else list(given)
-        cases = [spec.hparams(**values) for values in given]
+        cases = [spec.options(**values) for values in given]
     if group in ("loss", "optimizer", "model", "schedule"):
         cases += [c for c in option_cases(spec) if c not in cases]
     return cases

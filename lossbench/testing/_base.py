@@ -143,7 +143,7 @@ class Check:
             if isinstance(exc, ConfigError) and self.group != "plugin":
                 hint = (
                     " (the kit used the defaults, or the cases given; pass values that work "
-                    f"with parametrize_with_checks(..., hparams={{{self.component!r}: {{...}}}}))"
+                    f"with parametrize_with_checks(..., options={{{self.component!r}: {{...}}}}))"
                 )
             raise ConformanceError(
                 f"{self.subject} fails {self.name}: it raised {type(exc).__name__}: {exc}{hint}"
@@ -240,13 +240,13 @@ def _unchanged(what: str, before: np.ndarray, after: np.ndarray, when: str = "")
         )
 
 
-def _packed(spec, hp) -> np.ndarray:
+def _packed(spec, options) -> np.ndarray:
     """``hp`` as the kernels get it: float64 whatever the run's dtype."""
-    return np.asarray(spec.pack(hp), dtype=np.float64).reshape(-1)
+    return np.asarray(spec.pack(options), dtype=np.float64).reshape(-1)
 
 
-def _hp_text(hp) -> str:
-    return f"{type(hp).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(hp).items())})"
+def _hp_text(options) -> str:
+    return f"{type(options).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(options).items())})"
 
 
 def _each_case(cases, body):
@@ -284,7 +284,7 @@ def option_cases(spec) -> list:
     """The component's defaults with one option changed, for each boolean option (flipped) and
     each numeric option whose default is 0 (set to 0.1, or 1 for an int), leaving out the
     changes the component's ``check`` refuses (e.g. SGD's nesterov without momentum)."""
-    defaults = spec.hparams()
+    defaults = spec.options()
     cases = []
     for f in dataclasses.fields(defaults):
         value = getattr(defaults, f.name)

@@ -45,9 +45,9 @@ class ToyData:
 
     @hookimpl
     def register_datasets(self, register):
-        register(DatasetSpec(name="kit_blobs", hparams=ToyOptions, load=_blobs,
+        register(DatasetSpec(name="kit_blobs", options=ToyOptions, load=_blobs,
                              description="the conformance kit's blobs (NumPy)"))  # fmt: skip
-        register(DatasetSpec(name="kit_moons", hparams=ToyOptions, load=_moons,
+        register(DatasetSpec(name="kit_moons", options=ToyOptions, load=_moons,
                              description="the conformance kit's moons (NumPy)"))  # fmt: skip
 
 

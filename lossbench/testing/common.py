@@ -56,9 +56,9 @@ def _hydra_options(pm, group, spec, cases):
         if group == "data":
             cfg = composed(pm, [f"data={spec.name}", *TRAINING, "tracking=none"])
         else:
-            cfg = composed(pm, _training(pm, group, spec, spec.hparams()))
+            cfg = composed(pm, _training(pm, group, spec, spec.options()))
         node = OmegaConf.to_container(cfg[group])
-        defaults = spec.hparams()
+        defaults = spec.options()
         for f in dataclasses.fields(defaults):
             value = getattr(defaults, f.name)
             if node.get(f.name) != "???" and node.get(f.name) != _plain(value):
@@ -143,7 +143,7 @@ class _InitialLoss:
     def on_run_start(self, run):
         spec = run.specs["loss"]
         out = run.predict(run.dataset.X_val).astype(np.float64)
-        hp = _packed(spec, run.hparams["loss"])
+        hp = _packed(spec, run.options["loss"])
         loss = spec.reference if spec.reference is not None else _loss_fn(spec)
         self.value = float(loss(out, run.dataset.Y_val.astype(np.float64), hp)[0])
 
@@ -173,8 +173,8 @@ def _train(pm, overrides, group, values):
     return train(cfg, plugin_manager=pm)
 
 
-def _values(hp) -> dict:
-    return {f.name: getattr(hp, f.name) for f in dataclasses.fields(hp)}
+def _values(options) -> dict:
+    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
 
 
 def _trains(pm, group, spec, cases):

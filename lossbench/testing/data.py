@@ -12,8 +12,8 @@ from lossbench.testing._base import (
 
 
 def _data_loads(pm, group, spec, cases):
-    def body(hp):
-        first, again = spec.load(hp, 7), spec.load(hp, 7)
+    def body(options):
+        first, again = spec.load(options, 7), spec.load(options, 7)
         if not isinstance(first, Dataset):
             _fail(f"load() returns {type(first).__name__}, not a lossbench.data.Dataset")
         X, y = np.asarray(first.X), np.asarray(first.y)

@@ -5,13 +5,13 @@ its NumPy reference (a bias correction missing in both) still fails.
 A golden file is JSON (diffable in review, float64 exact through ``repr``, nothing unpickled)::
 
     {"lossbench_golden": 1, "component": "optimizer.nadam", "source": "torch 2.13.0+cpu",
-     "cases": [{"name": "defaults", "dtype": "float64", "hparams": {...},
+     "cases": [{"name": "defaults", "dtype": "float64", "options": {...},
                 "inputs": {"params": [...], "grads": [[...], ...]},
                 "expected": {"params": [[...], ...]}}, ...]}
 
 What a case holds, by kind: a loss ``inputs`` {pred, target}, ``expected`` {loss, grad}; an
 optimizer {params (initial), grads (one row per step)} -> {params (after every step)}, with the
-learning rate ``hparams["lr"]``; a model {params (flat), tensors (the same by name), x, dout} ->
+learning rate ``options["lr"]``; a model {params (flat), tensors (the same by name), x, dout} ->
 {out, grads (flat, or by tensor name)}, where grads = d sum(out * dout) / d params; a dataset
 {seed} -> {X, y}. float32 cases hold their inputs rounded to float32 (the float64 spelling of a
 float32 number), and the source computes in float32.
@@ -83,7 +83,7 @@ def _plain(value):
     return value
 
 
-def _inputs(spec, hp, rng, steps: int) -> dict:
+def _inputs(spec, options, rng, steps: int) -> dict:
     group = group_of(spec)
     if group == "loss":
         pred, target = _loss_batch(spec, rng, np.float64, rows=5, cols=3)
@@ -92,7 +92,7 @@ def _inputs(spec, hp, rng, steps: int) -> dict:
         params = rng.normal(size=7).round(6)
         return {"params": params, "grads": rng.normal(scale=1.5, size=(steps, 7)).round(6)}
     if group == "model":
-        layout = spec.build(hp, MODEL_SHAPE["n_in"], MODEL_SHAPE["n_out"])
+        layout = spec.build(options, MODEL_SHAPE["n_in"], MODEL_SHAPE["n_out"])
         params = np.empty(layout.n_params)
         layout.init(rng, params)
         rows, n_in, n_out = MODEL_SHAPE["rows"], MODEL_SHAPE["n_in"], MODEL_SHAPE["n_out"]
@@ -109,19 +109,19 @@ def _rounded(inputs: dict, dtype: str):
             for k, v in inputs.items()}  # fmt: skip
 
 
-def make_cases(spec, hparams: list[dict], *, names: list[str] | None = None, steps: int = 30,
+def make_cases(spec, options: list[dict], *, names: list[str] | None = None, steps: int = 30,
                dtypes=("float64", "float32"), seed: int = 0, inputs: dict | None = None) -> list:
-    """One case per hyperparameter dict and dtype, inputs drawn from ``seed`` (``inputs``
+    """One case per dict of options and dtype, inputs drawn from ``seed`` (``inputs``
     replaces some, e.g. ``{"params": [...]}``); ``expected`` is filled by ``generate``."""
     cases = []
-    for k, given in enumerate(hparams):
-        hp = spec.hparams(**given)
-        drawn = _inputs(spec, hp, np.random.default_rng([seed, k]), steps)
+    for k, given in enumerate(options):
+        filled = spec.options(**given)
+        drawn = _inputs(spec, filled, np.random.default_rng([seed, k]), steps)
         drawn.update({key: np.asarray(v, np.float64) for key, v in (inputs or {}).items()})
         name = names[k] if names else "_".join(f"{a}_{b}" for a, b in given.items()) or "defaults"
         for dtype in dtypes:
             cases.append({"name": name, "dtype": dtype,
-                          "hparams": _plain(dataclasses.asdict(hp)),
+                          "options": _plain(dataclasses.asdict(filled)),
                           "inputs": _rounded(drawn, dtype)})  # fmt: skip
     return cases
 
@@ -202,6 +202,9 @@ def load(path) -> dict:
     data = json.loads(Path(path).read_text())
     if data.get("lossbench_golden") != FORMAT:
         raise ValueError(f"{path} is not a lossbench golden file (format {FORMAT})")
+    for case in data.get("cases", []):  # a file written when the key was "hparams"
+        if "hparams" in case and "options" not in case:
+            case["options"] = case.pop("hparams")
     return data
 
 
@@ -218,7 +221,7 @@ def _largest(expected) -> float:
 def _loss_results(spec, case, use_kernel):
     dtype, e = case["dtype"], case["expected"]
     pred, target = (np.asarray(case["inputs"][k], dtype) for k in ("pred", "target"))
-    hp = _packed(spec, spec.hparams(**case["hparams"]))
+    hp = _packed(spec, spec.options(**case["options"]))
     if use_kernel:
         grad = np.full_like(pred, np.nan)
         value = spec.kernel(pred, target, hp, grad)
@@ -230,16 +233,16 @@ def _loss_results(spec, case, use_kernel):
 
 def _optimizer_results(spec, case, use_kernel):
     dtype = case["dtype"]
-    hparams = spec.hparams(**case["hparams"])
-    hp, lr = _packed(spec, hparams), float(hparams.lr)
+    options = spec.options(**case["options"])
+    hp, lr = _packed(spec, options), float(options.lr)
     p = np.array(case["inputs"]["params"], dtype=dtype)
     p0 = p.astype(np.float64)
     state = np.zeros((spec.state_rows, p.size), dtype=dtype)
     if spec.init_state is not None:
-        spec.init_state(state, hparams)
+        spec.init_state(state, options)
     scalars = np.zeros(spec.scalar_slots)
     if spec.init_scalars is not None:
-        spec.init_scalars(scalars, hparams)
+        spec.init_scalars(scalars, options)
     fn = spec.kernel if use_kernel else spec.reference
     moved = 0.0
     for t, (g, e) in enumerate(zip(case["inputs"]["grads"], case["expected"]["params"],
@@ -263,7 +266,7 @@ def _flat_grads(layout, grads) -> np.ndarray:
 def _model_results(spec, case, use_kernel):
     dtype, inputs, e = case["dtype"], case["inputs"], case["expected"]
     x, dout = (np.asarray(inputs[k], dtype) for k in ("x", "dout"))
-    layout = spec.build(spec.hparams(**case["hparams"]), x.shape[1], dout.shape[1])
+    layout = spec.build(spec.options(**case["options"]), x.shape[1], dout.shape[1])
     params, hp = np.asarray(inputs["params"], dtype), layout.kernel_hp()
     if use_kernel:
         work = np.full(layout.workspace(len(x)), np.nan, dtype)
@@ -279,7 +282,7 @@ def _model_results(spec, case, use_kernel):
 
 
 def _data_results(spec, case, use_kernel):
-    data = spec.load(spec.hparams(**case["hparams"]), int(case["inputs"]["seed"]))
+    data = spec.load(spec.options(**case["options"]), int(case["inputs"]["seed"]))
     for name in ("X", "y"):
         e = np.asarray(case["expected"][name], dtype=np.float64)
         yield name, np.asarray(getattr(data, name)), e, _largest(e), index_slot(name)

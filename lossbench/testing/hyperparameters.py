@@ -35,21 +35,21 @@ def candidates(value) -> list:
     return []
 
 
-def _reach(group, spec, hp, new) -> str | None:
+def _reach(group, spec, options, new) -> str | None:
     """Where ``new`` differs from ``hp`` in what the kernels receive (``hp[2]``, ``layout``), or
     None when the kernels get the same, the component refuses it, or (a model) it changes the
     model's shape."""
     try:
         if group == "model":
-            a, b = spec.build(hp, _N_IN, _N_OUT), spec.build(new, _N_IN, _N_OUT)
+            a, b = spec.build(options, _N_IN, _N_OUT), spec.build(new, _N_IN, _N_OUT)
             if a.n_params != b.n_params or a.layout.shape != b.layout.shape:
                 return "the model's shape"
-            if list(a.hp) != list(b.hp):
+            if list(a.options) != list(b.options):
                 return f"hp[{_first_difference(a.hp, b.hp)}] (ModelLayout.hp)"
             return None if np.array_equal(a.layout, b.layout) else "layout"
         if spec.check is not None:
             spec.check(new)
-        old, now = list(spec.pack(hp)), list(spec.pack(new))
+        old, now = list(spec.pack(options)), list(spec.pack(new))
         return None if old == now else f"hp[{_first_difference(old, now)}]"
     except Exception:  # refused (ConfigError), or pack/build cannot take it: the others say
         return None
@@ -60,18 +60,18 @@ def _first_difference(a, b) -> int:
     return next((i for i, (x, y) in pairs if x != y), min(len(a), len(b)))
 
 
-def _option_names(hp) -> list[str]:
+def _option_names(options) -> list[str]:
     return [
-        f.name for f in dataclasses.fields(hp)
-        if f.name != "lr" and type(getattr(hp, f.name)) in (bool, int, float)
+        f.name for f in dataclasses.fields(options)
+        if f.name != "lr" and type(getattr(options, f.name)) in (bool, int, float)
     ]  # fmt: skip
 
 
-def _perturb(group, spec, hp, name):
+def _perturb(group, spec, options, name):
     """(the changed options, where they reach the kernels) for option ``name``, or None."""
-    for value in candidates(getattr(hp, name)):
-        new = dataclasses.replace(hp, **{name: value})
-        where = _reach(group, spec, hp, new)
+    for value in candidates(getattr(options, name)):
+        new = dataclasses.replace(options, **{name: value})
+        where = _reach(group, spec, options, new)
         if where is not None:
             return new, where
     return None
@@ -81,20 +81,20 @@ def _perturb(group, spec, hp, name):
 # what a kernel (or reference) computes for a case, as one float64 vector
 
 
-def _loss_outputs(spec, hp, use_kernel):
+def _loss_outputs(spec, options, use_kernel):
     rng = np.random.default_rng(11)
     fn = _loss_fn(spec) if use_kernel else spec.reference
     parts = []
     for _ in range(2):
         pred, target = _loss_batch(spec, rng, np.float64)
-        value, grad = fn(pred, target, _packed(spec, hp))
+        value, grad = fn(pred, target, _packed(spec, options))
         parts += [np.array([value], dtype=np.float64), np.asarray(grad, np.float64).ravel()]
     return np.concatenate(parts)
 
 
-def _optimizer_outputs(spec, hp, use_kernel):
+def _optimizer_outputs(spec, options, use_kernel):
     rng = np.random.default_rng(12)
-    state, hp64 = _opt_setup(spec, hp, 23)
+    state, hp64 = _opt_setup(spec, options, 23)
     p = rng.normal(size=23)
     step = _step_fn(spec)
     parts = []
@@ -108,8 +108,8 @@ def _optimizer_outputs(spec, hp, use_kernel):
     return np.concatenate(parts)
 
 
-def _model_outputs(spec, hp, use_kernel):
-    layout, params, x, mhp = _model_setup(spec, hp)
+def _model_outputs(spec, options, use_kernel):
+    layout, params, x, mhp = _model_setup(spec, options)
     dout = np.random.default_rng(13).normal(size=(len(x), _N_OUT))
     if use_kernel:
         forward, backward = _model_fns(spec, layout)
@@ -137,11 +137,11 @@ def _show(value) -> str:
     return f"{value:.6g}" if isinstance(value, float) else repr(value)
 
 
-def _why_not(hp, names: list[str]) -> str:
-    if not dataclasses.fields(hp):
+def _why_not(options, names: list[str]) -> str:
+    if not dataclasses.fields(options):
         return "it has no hyperparameters"
     if not names:
-        fields = [f.name for f in dataclasses.fields(hp) if f.name != "lr"]
+        fields = [f.name for f in dataclasses.fields(options) if f.name != "lr"]
         if not fields:
             return "its only option is lr, which the engine passes to the kernel apart"
         return (
@@ -201,23 +201,23 @@ def _takes_effect(group, spec, cases, name) -> None:
 # a run with changed options: no recompile, a different training curve
 
 
-def _perturbed(group, spec, hp) -> dict:
+def _perturbed(group, spec, options) -> dict:
     """New values for the options that reach the kernels (through ``pack``, or the layout for a
     model), still accepted by the component: every numeric one at once if that reaches them,
     else the first numeric or boolean one that does; {} if none."""
     numeric = {
-        f.name: candidates(getattr(hp, f.name))[0]
-        for f in dataclasses.fields(hp)
-        if f.name != "lr" and not isinstance(getattr(hp, f.name), bool)
-        and candidates(getattr(hp, f.name))
+        f.name: candidates(getattr(options, f.name))[0]
+        for f in dataclasses.fields(options)
+        if f.name != "lr" and not isinstance(getattr(options, f.name), bool)
+        and candidates(getattr(options, f.name))
     }  # fmt: skip
     flags = {
-        f.name: not getattr(hp, f.name) for f in dataclasses.fields(hp)
-        if isinstance(getattr(hp, f.name), bool)
+        f.name: not getattr(options, f.name) for f in dataclasses.fields(options)
+        if isinstance(getattr(options, f.name), bool)
     }  # fmt: skip
 
     def reach(changes):
-        return _reach(group, spec, hp, dataclasses.replace(hp, **changes)) is not None
+        return _reach(group, spec, options, dataclasses.replace(options, **changes)) is not None
 
     if numeric and reach(numeric):
         return numeric

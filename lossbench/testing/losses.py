@@ -52,23 +52,23 @@ def _loss_matches_reference(pm, group, spec, cases):
     if spec.numpy_only:
         return not_applicable("it has no kernel (numpy only): its reference is what is checked")
 
-    def body(hp):
+    def body(options):
         if spec.reference is None:
             _fail("it has no NumPy reference. Fix: pass reference=FUNCTION(pred, target, hp)")
         rng = np.random.default_rng(0)
         for batch in range(4):
             pred, target = _loss_batch(spec, rng, np.float64)
-            hp64 = _packed(spec, hp)
+            hp64 = _packed(spec, options)
             ref_value, ref_grad = spec.reference(pred.copy(), target.copy(), hp64.copy())
             for dtype in dtypes():
-                _compare_batch(spec, hp, dtype, pred, target, ref_value, ref_grad, batch)
+                _compare_batch(spec, options, dtype, pred, target, ref_value, ref_grad, batch)
 
     return lambda: _each_case(cases, body)
 
 
-def _compare_batch(spec, hp, dtype, pred, target, ref_value, ref_grad, batch):
+def _compare_batch(spec, options, dtype, pred, target, ref_value, ref_grad, batch):
     p, t = pred.astype(dtype), target.astype(dtype)
-    value, grad = _loss_fn(spec, f" in batch {batch + 1}")(p, t, _packed(spec, hp))
+    value, grad = _loss_fn(spec, f" in batch {batch + 1}")(p, t, _packed(spec, options))
     slot = index_slot("grad")
     if dtype == "float64":
         _compare("float64 loss values (kernel vs reference)", value, ref_value, 1e-9, 1e-12)
@@ -83,10 +83,10 @@ def _compare_batch(spec, hp, dtype, pred, target, ref_value, ref_grad, batch):
 
 
 def _loss_gradient(pm, group, spec, cases):
-    def body(hp):
+    def body(options):
         rng = np.random.default_rng(1)
         pred, target = _loss_batch(spec, rng, np.float64)
-        hp64 = _packed(spec, hp)
+        hp64 = _packed(spec, options)
         loss = _loss_fn(spec)
         _, grad = loss(pred, target, hp64)
         numeric = central_difference(lambda: float(loss(pred, target, hp64)[0]), pred)
@@ -99,11 +99,11 @@ def _loss_gradient(pm, group, spec, cases):
 
 
 def _loss_inputs_unchanged(pm, group, spec, cases):
-    def body(hp):
+    def body(options):
         rng = np.random.default_rng(2)
         for dtype in dtypes() if not spec.numpy_only else ("float64",):
             pred, target = _loss_batch(spec, rng, dtype)
-            hp_arr = _packed(spec, hp)
+            hp_arr = _packed(spec, options)
             _loss_fn(spec)(pred, target, hp_arr)  # the harness checks the kernel's inputs
             if spec.reference is None:
                 continue

@@ -38,9 +38,9 @@ from lossbench.training.groups import check_buffers, check_groups, make_segments
 TRAINING = {"training": True, "seed": 7, "step": 3}
 
 
-def _model_setup(spec, hp, dtype=np.float64, seed=0):
+def _model_setup(spec, options, dtype=np.float64, seed=0):
     rng = np.random.default_rng(seed)
-    layout = spec.build(hp, _N_IN, _N_OUT)
+    layout = spec.build(options, _N_IN, _N_OUT)
     params = np.empty(layout.n_params)
     layout.init(rng, params)
     x = rng.normal(size=(max(_ROWS, getattr(layout, "min_batch", 1)), _N_IN))
@@ -146,8 +146,8 @@ def _reference_fns(spec, layout):
 
 
 def _model_builds(pm, group, spec, cases):
-    def body(hp):
-        layout = spec.build(hp, _N_IN, _N_OUT)
+    def body(options):
+        layout = spec.build(options, _N_IN, _N_OUT)
         lay = layout.layout
         if not (isinstance(lay, np.ndarray) and lay.dtype == np.int64 and lay.ndim == 2):
             _fail(f"build() gives layout {lay!r}; the kernels need a 2-D int64 array")
@@ -172,10 +172,10 @@ def _model_matches_reference(pm, group, spec, cases):
     if spec.numpy_only:
         return not_applicable("it has no kernels (numpy only): its references are what is checked")
 
-    def body(hp):
+    def body(options):
         if spec.reference_forward is None or spec.reference_backward is None:
             _fail("it has no NumPy reference_forward/reference_backward. Fix: pass both")
-        layout, params, x, mhp = _model_setup(spec, hp)
+        layout, params, x, mhp = _model_setup(spec, options)
         dout = np.random.default_rng(1).normal(size=(len(x), _N_OUT))
         ref_forward, _ = _reference_fns(spec, layout)
         ref_out, ref_params = ref_forward(params, mhp, x, keep_params=True)
@@ -208,8 +208,8 @@ def _compare_model(spec, layout, inputs, expected, dtype):
 
 
 def _model_gradient(pm, group, spec, cases):
-    def body(hp):
-        layout, params, x, mhp = _model_setup(spec, hp)
+    def body(options):
+        layout, params, x, mhp = _model_setup(spec, options)
         forward, backward = _model_fns(spec, layout)
         dout = np.random.default_rng(1).normal(size=(len(x), _N_OUT))
         grads = backward(params, mhp, x, dout)
@@ -244,9 +244,9 @@ def _buffer_gradients_are_zero(spec, layout, grads) -> np.ndarray:
 
 
 def _model_inputs_unchanged(pm, group, spec, cases):
-    def body(hp):
+    def body(options):
         for dtype in dtypes() if not spec.numpy_only else ("float64",):
-            layout, params, x, mhp = _model_setup(spec, hp, np.dtype(dtype))
+            layout, params, x, mhp = _model_setup(spec, options, np.dtype(dtype))
             forward, backward = _model_fns(spec, layout)
             dout = np.random.default_rng(1).normal(size=(len(x), _N_OUT)).astype(dtype)
             inputs = {"params": params, "x": x, "hp": mhp, "layout": layout.layout, "dout": dout}
@@ -262,8 +262,8 @@ def _model_inputs_unchanged(pm, group, spec, cases):
 
 
 def _model_modes(pm, group, spec, cases):
-    def body(hp):
-        layout, params, x, _ = _model_setup(spec, hp)
+    def body(options):
+        layout, params, x, _ = _model_setup(spec, options)
         forward, _ = _model_fns(spec, layout)
 
         def out(training, seed, step):
@@ -290,19 +290,19 @@ def _model_modes(pm, group, spec, cases):
 def _optimizer_options(pm) -> dict[str, set[str]]:
     """Each registered optimizer's option names."""
     table = pm.registry.components.get("optimizer", {})
-    return {name: {f.name for f in dataclasses.fields(s.hparams)} for name, s in table.items()}
+    return {name: {f.name for f in dataclasses.fields(s.options)} for name, s in table.items()}
 
 
 def _model_groups(pm, group, spec, cases):
     try:
-        declared = any(spec.build(hp, _N_IN, _N_OUT).groups for hp in cases)
+        declared = any(spec.build(o, _N_IN, _N_OUT).groups for o in cases)
     except Exception:  # a build that raises: builds_layout names it; check here anyway
         declared = True
     if not declared:
         return not_applicable("its layouts declare no parameter groups (ModelLayout.groups)")
 
-    def body(hp):
-        layout = spec.build(hp, _N_IN, _N_OUT)
+    def body(options):
+        layout = spec.build(options, _N_IN, _N_OUT)
         try:
             check_groups(layout, f"model {spec.name!r}")
         except PluginError as exc:
@@ -354,7 +354,7 @@ _OPT_STEPS = 3
 
 def _model_buffers(pm, group, spec, cases):
     try:
-        declared = any(getattr(spec.build(hp, _N_IN, _N_OUT), "buffers", ()) for hp in cases)
+        declared = any(getattr(spec.build(o, _N_IN, _N_OUT), "buffers", ()) for o in cases)
     except Exception:  # a build that raises: builds_layout names it; check here anyway
         declared = True
     if not declared:
@@ -381,13 +381,13 @@ def _model_buffers(pm, group, spec, cases):
 def _steps_leave_buffers(layout, opt, params, grads, buffers, name) -> None:
     """``_OPT_STEPS`` steps of optimizer ``opt`` over the model's segments (as the engine takes
     them, ``training.groups``); a miss when a buffer moved."""
-    options = opt.hparams()
+    options = opt.options()
     fields = {f.name: f for f in dataclasses.fields(options)}
     options = dataclasses.replace(options, **{k: v for k, v in _PUSH.items() if k in fields})
     try:
         seg = make_segments(layout, opt, options, np.float64)
     except Exception:  # options this optimizer refuses (its check): its defaults then
-        seg = make_segments(layout, opt, opt.hparams(), np.float64)
+        seg = make_segments(layout, opt, opt.options(), np.float64)
     p = params.copy()
     step = opt.kernel if opt.kernel is not None else opt.reference
     for t in range(1, _OPT_STEPS + 1):

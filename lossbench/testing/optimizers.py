@@ -35,13 +35,13 @@ def lr_at(t: int) -> float:
 class _State:
     """An optimizer's state rows and scalar state, as a run allocates them."""
 
-    def __init__(self, spec, hp, n, dtype=np.float64):
+    def __init__(self, spec, options, n, dtype=np.float64):
         self.rows = np.zeros((spec.state_rows, n), dtype=dtype)
         if spec.init_state is not None:
-            spec.init_state(self.rows, hp)
+            spec.init_state(self.rows, options)
         self.scalars = np.zeros(spec.scalar_slots, dtype=np.float64)
         if spec.init_scalars is not None:
-            spec.init_scalars(self.scalars, hp)
+            spec.init_scalars(self.scalars, options)
 
     def copy(self):
         new = object.__new__(_State)
@@ -52,8 +52,8 @@ class _State:
         return np.concatenate([self.rows.astype(np.float64).ravel(), self.scalars])
 
 
-def _opt_setup(spec, hp, n, dtype=np.float64):
-    return _State(spec, hp, n, dtype), _packed(spec, hp)
+def _opt_setup(spec, options, n, dtype=np.float64):
+    return _State(spec, options, n, dtype), _packed(spec, options)
 
 
 def _step_fn(spec):
@@ -98,12 +98,12 @@ def _opt_matches_reference(pm, group, spec, cases):
     if spec.numpy_only:
         return not_applicable("it has no kernel (numpy only): its reference is what is checked")
 
-    def body(hp):
+    def body(options):
         if spec.reference is None:
             _fail("it has no NumPy reference. Fix: pass reference=FUNCTION(params, grads, ...)")
         rng = np.random.default_rng(0)
         n = 37
-        state_k, hp64 = _opt_setup(spec, hp, n)
+        state_k, hp64 = _opt_setup(spec, options, n)
         state_r = state_k.copy()
         p_k = rng.normal(size=n)
         p_r = p_k.copy()
@@ -121,8 +121,8 @@ def _opt_matches_reference(pm, group, spec, cases):
 
 
 def _opt_quadratic(pm, group, spec, cases):
-    def body(hp):
-        state, hp64 = _opt_setup(spec, hp, 5)
+    def body(options):
+        state, hp64 = _opt_setup(spec, options, 5)
         a = np.array([1.0, 2.0, 0.5, 3.0, 1.5])
         p = np.full(5, 2.0)
         f0 = 0.5 * np.sum(a * p * p)
@@ -140,9 +140,9 @@ def _opt_quadratic(pm, group, spec, cases):
 
 
 def _opt_zero_lr(pm, group, spec, cases):
-    def body(hp):
+    def body(options):
         rng = np.random.default_rng(3)
-        state, hp64 = _opt_setup(spec, hp, 11)
+        state, hp64 = _opt_setup(spec, options, 11)
         p = rng.normal(size=11)
         p0 = p.copy()
         step = _step_fn(spec)
@@ -159,11 +159,11 @@ def _opt_zero_lr(pm, group, spec, cases):
 
 
 def _opt_deterministic(pm, group, spec, cases):
-    def body(hp):
+    def body(options):
         results = []
         for _ in range(2):
             rng = np.random.default_rng(4)
-            state, hp64 = _opt_setup(spec, hp, 13)
+            state, hp64 = _opt_setup(spec, options, 13)
             p = rng.normal(size=13)
             step = _step_fn(spec)
             for t in range(1, 11):
@@ -180,17 +180,17 @@ def _opt_deterministic(pm, group, spec, cases):
 
 
 def _opt_inputs_unchanged(pm, group, spec, cases):
-    def body(hp):
+    def body(options):
         for dtype in dtypes() if not spec.numpy_only else ("float64",):
             rng = np.random.default_rng(5)
-            state, hp_arr = _opt_setup(spec, hp, 9, np.dtype(dtype))
+            state, hp_arr = _opt_setup(spec, options, 9, np.dtype(dtype))
             p = rng.normal(size=9).astype(dtype)
             step = _step_fn(spec)
             for t in range(1, STEPS + 1):  # every step: a branch on t may come late
                 step(p, rng.normal(size=9).astype(dtype), state, hp_arr, t, lr_at(t))
         if spec.numpy_only or spec.reference is None:
             return
-        state, hp_arr = _opt_setup(spec, hp, 9)
+        state, hp_arr = _opt_setup(spec, options, 9)
         rng = np.random.default_rng(5)
         p = rng.normal(size=9)
         for t in range(1, STEPS + 1):
@@ -240,10 +240,10 @@ def _raw_step_fn(spec):
 
 
 def _opt_step_cost(pm, group, spec, cases):
-    def body(hp):
+    def body(options):
         rng = np.random.default_rng(6)
         step = _raw_step_fn(spec)
-        state, hp64 = _opt_setup(spec, hp, _COST_N)
+        state, hp64 = _opt_setup(spec, options, _COST_N)
         p, g = rng.normal(size=_COST_N), rng.normal(size=_COST_N)
         for t in range(1, _T_EARLY):  # warm: a realistic state, compiled code and caches
             step(p, g, state, hp64, t, 1e-3)

@@ -18,19 +18,19 @@ BASE_LR = 0.1
 RUN = {"epochs": 6, "warmup": 1}  # the real run: one warm-up epoch, then five of the schedule
 
 
-def rates(spec, hp, epochs: int, fn=None) -> list[float]:
+def rates(spec, options, epochs: int, fn=None) -> list[float]:
     """The rates of every epoch of a schedule ``epochs`` long, from ``spec.rate`` (or ``fn``)."""
     fn = fn or spec.rate
-    return [float(fn(e, epochs, BASE_LR, hp)) for e in range(epochs)]
+    return [float(fn(e, epochs, BASE_LR, options)) for e in range(epochs)]
 
 
 def _schedule_matches_reference(pm, group, spec, cases):
     if spec.reference is None:
         return not_applicable("it gives no reference (ScheduleSpec.reference)")
 
-    def body(hp):
+    def body(options):
         for span in SPANS:
-            got, want = rates(spec, hp, span), rates(spec, hp, span, spec.reference)
+            got, want = rates(spec, options, span), rates(spec, options, span, spec.reference)
             for e, (a, b) in enumerate(zip(got, want, strict=True)):
                 if not math.isfinite(a) or a < 0:
                     _fail(f"rate gives {a!r} at epoch {e} of {span}: a learning rate must be "
@@ -41,18 +41,18 @@ def _schedule_matches_reference(pm, group, spec, cases):
     return lambda: _each_case(cases, body)
 
 
-def _numeric_changes(spec, hp) -> list[dict]:
+def _numeric_changes(spec, options) -> list[dict]:
     """One change per numeric option: 0.8x (or +1 for an int, 0.1 for a zero float), kept
     only when the spec's check accepts it."""
     changes = []
-    for f in dataclasses.fields(hp):
-        value = getattr(hp, f.name)
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
         if isinstance(value, bool) or type(value) not in (int, float):
             continue
         new = value + 1 if type(value) is int else (value * 0.8 if value else 0.1)
         try:
             if spec.check is not None:
-                spec.check(dataclasses.replace(hp, **{f.name: new}))
+                spec.check(dataclasses.replace(options, **{f.name: new}))
         except Exception:
             continue
         changes.append({f.name: new})
@@ -92,11 +92,11 @@ def _schedule_reaches_training(pm, group, spec, cases):
     return check
 
 
-def _train_at_its_rates(pm, overrides, spec, hp) -> None:
-    run = _train(pm, overrides, "schedule", _values(hp))
+def _train_at_its_rates(pm, overrides, spec, options) -> None:
+    run = _train(pm, overrides, "schedule", _values(options))
     if run.status != "finished":
         _fail(f"{RUN['epochs']} epochs end with status {run.status!r}: {run.error}")
-    expected = Schedule(spec, hp, RUN["epochs"], RUN["warmup"])
+    expected = Schedule(spec, options, RUN["epochs"], RUN["warmup"])
     for h in run.history:
         want = expected.lr(h["epoch"], BASE_LR)
         if h["lr"] != want:

@@ -48,7 +48,7 @@ class HandValue:
 class Explanation:
     """One batch's loss: the run it was set up as, the batch's rows of the training set (in
     training's order), the model's outputs ``pred`` and the ``target`` (the run's dtype, as the
-    kernel reads them), the packed hyperparameters, and (value, dLoss/dpred) from the reference
+    kernel reads them), the packed options (hp), and (value, dLoss/dpred) from the reference
     (float64) and the kernel (run dtype); either is None when the spec has none."""
 
     run: Run
@@ -88,7 +88,7 @@ def explain(cfg, pm) -> Explanation:
     with open_dict(cfg):
         cfg.tracking = {"name": "none"}
     specs, options = resolve(cfg, pm.registry)
-    run = Run(config=cfg, output_dir=None, specs=specs, hparams=options)
+    run = Run(config=cfg, output_dir=None, specs=specs, options=options)
     s = set_up(run)
     rows = s.next_epoch_order(bool(cfg.trainer.shuffle))[: s.batch].copy()
     prep, spec = run.dataset, specs["loss"]
@@ -169,7 +169,7 @@ def _header(e: Explanation) -> list[str]:
     order = ("in the order training shuffles them" if cfg.trainer.shuffle
              else "in the data's order (trainer.shuffle=false)")  # fmt: skip
     scaled = ("features standardised on the training part"
-              if options_from(e.run.hparams["data"]).standardize
+              if options_from(e.run.options["data"]).standardize
               else "features as the data gives them")  # fmt: skip
     return [
         *_labelled("explain", f"loss={e.spec.name} on data={cfg.data.name} ({task}), "
@@ -183,7 +183,7 @@ def _header(e: Explanation) -> list[str]:
 
 def _loss_section(e: Explanation) -> list[str]:
     spec, prep = e.spec, e.run.dataset
-    options = asdict(e.run.hparams["loss"])
+    options = asdict(e.run.options["loss"])
     reduction = REDUCTIONS.get(spec.reduction)
     if reduction is None:
         reduction = ("not declared (the spec says nothing; every lossbench loss kernel returns "

@@ -47,7 +47,7 @@ def train(cfg=None, *, overrides=(), output_dir=None, plugin_manager=None) -> Ru
         config=cfg,
         output_dir=Path(output_dir) if output_dir is not None else None,
         specs=specs,
-        hparams=options,
+        options=options,
         sources={g: pm.source_of(specs[g].plugin) for g in GROUPS},
         path="numpy" if any(specs[g].numpy_only for g in ROLES) else "fused",
         monitor=str(cfg.trainer.early_stopping.monitor),
@@ -121,7 +121,7 @@ def fit(run: Run, s: Setup, runner: Runner, pm) -> str:
     n_val, t = len(prep.X_val), 0
     # the options read every epoch, read once: an OmegaConf attribute read costs ~5 us, and
     # they were most of the Python work between two epochs (benchmarks/epoch_breakdown.py)
-    schedule = schedule_of(run.specs, run.hparams, trainer)
+    schedule = schedule_of(run.specs, run.options, trainer)
     shuffle, classification = bool(trainer.shuffle), prep.task == "classification"
     for epoch in range(int(trainer.epochs)):
         lr = schedule.lr(epoch, s.base_lr)

@@ -229,7 +229,7 @@ def find_lr(cfg, options: LRFindOptions, output_dir, pm) -> tuple:
     Bad input raises a ConfigError before anything is written."""
     options.check()
     specs, hp = resolve(cfg, pm.registry)
-    run = Run(config=cfg, output_dir=Path(output_dir), specs=specs, hparams=hp,
+    run = Run(config=cfg, output_dir=Path(output_dir), specs=specs, options=hp,
               sources={g: pm.source_of(specs[g].plugin) for g in specs},
               path="numpy" if any(specs[g].numpy_only for g in ROLES) else "fused")  # fmt: skip
     s = set_up(run)

@@ -44,7 +44,7 @@ class Predictor:
     model: str  # the model spec's name (its plugin must be installed to load it)
     params: np.ndarray  # the flat weight vector, in the run's dtype
     layout: np.ndarray  # the model's integer layout (ModelLayout.layout)
-    hp: np.ndarray  # the model's packed hyperparameters, evaluation mode (ModelLayout.kernel_hp)
+    hp: np.ndarray  # the model's packed options, evaluation mode (ModelLayout.kernel_hp)
     mean: np.ndarray
     scale: np.ndarray
     task: str

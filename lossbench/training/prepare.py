@@ -208,6 +208,6 @@ def loss_targets(task, n_classes, target_kind, loss_name, y_tr, y_va, task_note=
 
 
 def options_from(hp) -> DataOptions:
-    """The common data options from a dataset's hyperparameters (any dataclass or config)."""
+    """The common data options from a dataset's options (any dataclass or config)."""
     names = [f.name for f in dataclasses.fields(DataOptions)]
     return DataOptions(**{k: getattr(hp, k) for k in names if hasattr(hp, k)})

@@ -4,6 +4,7 @@ summary a person (and summary.json) reads at its end."""
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,9 @@ class Run:
     ``history`` has one dict per epoch (epoch, train_loss, val_loss, accuracies for
     classification, lr, epoch_seconds). ``status`` is finished | stopped | diverged | failed |
     interrupted (hooks may also see rejected: bad input found before the first epoch, and
-    ``train`` raises then). ``hparams`` holds each group's options (its spec's hyperparameter
-    dataclass, filled from the config). ``params``
+    ``train`` raises then). ``options`` holds each group's options (an instance of its spec's
+    options dataclass, filled from the config; ``hparams``, the name before, still reads it).
+    ``params``
     maps tensor names (W0, b0, ...) to arrays; ``flat_params`` is the flat vector. ``timings``
     has setup_seconds, compile_seconds, train_seconds, total_seconds. ``path`` is "fused" or
     "numpy" (the slow path); ``compile`` what the compile stage compiled, loaded from numba's
@@ -43,7 +45,7 @@ class Run:
     config: Any
     output_dir: Path | None
     specs: dict[str, Any]
-    hparams: dict[str, Any]
+    options: dict[str, Any]
     dataset: Any = None
     layout: Any = None
     flat_params: np.ndarray | None = None
@@ -81,6 +83,14 @@ class Run:
     # the trackers that record the run: (name, tracker class, its options node), from the
     # config's tracking node (plugins.Registry.trackers_of; lossbench.tracking.plugin runs them)
     trackers: list = field(default_factory=list)
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        """``options``, by its name before (deprecated: a DeprecationWarning says so)."""
+        warnings.warn("Run.hparams is now spelled Run.options; Run.hparams still reads it "
+                      "but will go in a later interface version", DeprecationWarning,
+                      stacklevel=2)  # fmt: skip
+        return self.options
 
     def output_failed(self, message: str) -> None:
         """A file of the run could not be written (a full disk, say): the run has failed,

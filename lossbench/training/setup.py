@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lossbench.config import GROUPS, hparams
+from lossbench.config import GROUPS, options_of
 from lossbench.errors import ConfigError, positive_int, require
 from lossbench.training.arrays import check_memory, check_weights, read_npz
 from lossbench.training.groups import make_segments
@@ -22,7 +22,7 @@ def resolve(cfg, registry) -> tuple[dict, dict]:
     specs, options = {}, {}
     for group in GROUPS:
         specs[group] = registry.get(group, cfg[group].name)
-        options[group] = hparams(specs[group], cfg[group])
+        options[group] = options_of(specs[group], cfg[group])
     check_trainer(cfg.trainer)
     for key in ("seed", "data_seed"):
         value = cfg.get(key, 0)
@@ -52,7 +52,7 @@ def base_lr(options) -> float:
 @dataclass
 class Setup:
     """What the epochs need besides the kernels; the ``*_hp`` arrays are the packed
-    hyperparameters the kernels read (float64 whatever the run's dtype: ``model_hp`` ends with
+    options (hp) the kernels read (float64 whatever the run's dtype: ``model_hp`` ends with
     the context, ``specs.CONTEXT``; ``opt_hp`` holds each parameter group's options),
     ``scalars`` the optimizer's scalar state (float64), ``segments`` the optimizer's segments
     of the flat vector (``training.groups``: one per run of tensors sharing a group)."""
@@ -94,7 +94,7 @@ class Setup:
 def set_up(run) -> Setup:
     """Load and prepare the data, build and initialise the model and the optimizer state;
     fills ``run.dataset``, ``run.layout`` and ``run.flat_params``."""
-    cfg, specs, options = run.config, run.specs, run.hparams
+    cfg, specs, options = run.config, run.specs, run.options
     dtype = np.dtype(str(cfg.trainer.dtype))
     split_ss, init_ss, shuffle_ss, data_ss = run_seeds(cfg)
     dataset = specs["data"].load(options["data"], int(data_ss.generate_state(1)[0]))

@@ -39,29 +39,29 @@ class BinaryFocalOptions:
     alpha: float | None = 0.25  # weight of positives in [0, 1], negatives get 1 - alpha; null: off
 
 
-def _check_gamma(hp) -> None:
-    if not hp.gamma >= 0:
+def _check_gamma(options) -> None:
+    if not options.gamma >= 0:
         raise ConfigError(
-            f"loss.gamma={hp.gamma} is not allowed: the focusing parameter must be >= 0. Fix: "
+            f"loss.gamma={options.gamma} is not allowed: the focusing parameter must be >= 0. Fix: "
             "pass e.g. loss.gamma=2 (0 gives the plain cross-entropy)."
         )
 
 
-def _check_focal(hp: FocalOptions) -> None:
-    _check_gamma(hp)
-    if not hp.alpha > 0:
+def _check_focal(options: FocalOptions) -> None:
+    _check_gamma(options)
+    if not options.alpha > 0:
         raise ConfigError(
-            f"loss.alpha={hp.alpha} is not allowed: focal's alpha scales the loss and must be "
+            f"loss.alpha={options.alpha} is not allowed: focal's alpha scales the loss and must be "
             "> 0. Fix: pass loss.alpha=1.0 (no weighting) or another positive weight."
         )
 
 
-def _check_binary_focal(hp: BinaryFocalOptions) -> None:
-    _check_gamma(hp)
-    if hp.alpha is not None and not 0.0 <= hp.alpha <= 1.0:
+def _check_binary_focal(options: BinaryFocalOptions) -> None:
+    _check_gamma(options)
+    if options.alpha is not None and not 0.0 <= options.alpha <= 1.0:
         raise ConfigError(
-            f"loss.alpha={hp.alpha} is not allowed: the weight of positive examples must lie in "
-            "[0, 1]. Fix: pass e.g. loss.alpha=0.25, or loss.alpha=null for no weighting."
+            f"loss.alpha={options.alpha} is not allowed: the weight of positive examples must lie "
+            "in [0, 1]. Fix: pass e.g. loss.alpha=0.25, or loss.alpha=null for no weighting."
         )
 
 
@@ -205,22 +205,22 @@ def binary_focal_reference(pred, target, hp):
 LOSSES = [
     lossbench.LossSpec(
         name="focal",
-        hparams=FocalOptions,
+        options=FocalOptions,
         description="focal loss on logits, class targets (Lin et al. 2017); gamma=0: cross_entropy",
         kernel=focal_kernel,
         reference=focal_reference,
         target="class_index",
-        pack=lambda hp: [hp.gamma, hp.alpha],
+        pack=lambda options: [options.gamma, options.alpha],
         check=_check_focal,
     ),
     lossbench.LossSpec(
         name="binary_focal",
-        hparams=BinaryFocalOptions,
+        options=BinaryFocalOptions,
         description="binary focal loss on logits (torchvision sigmoid_focal_loss); gamma=0: bce",
         kernel=binary_focal_kernel,
         reference=binary_focal_reference,
         target="binary",
-        pack=lambda hp: [hp.gamma, -1.0 if hp.alpha is None else hp.alpha],
+        pack=lambda options: [options.gamma, -1.0 if options.alpha is None else options.alpha],
         check=_check_binary_focal,
     ),
 ]

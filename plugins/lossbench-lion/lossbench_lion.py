@@ -27,17 +27,17 @@ class LionOptions:
     weight_decay: float = 0.0  # decoupled, as AdamW's
 
 
-def _check_lion(hp: LionOptions) -> None:
+def _check_lion(options: LionOptions) -> None:
     rules = [
-        ("lr", hp.lr > 0, "the learning rate must be > 0", "1e-4"),
-        ("beta1", 0 <= hp.beta1 <= 1, "it must lie in [0, 1]", "0.9"),
-        ("beta2", 0 <= hp.beta2 < 1, "it must lie in [0, 1)", "0.99"),
-        ("weight_decay", hp.weight_decay >= 0, "it must be >= 0", "0.1"),
+        ("lr", options.lr > 0, "the learning rate must be > 0", "1e-4"),
+        ("beta1", 0 <= options.beta1 <= 1, "it must lie in [0, 1]", "0.9"),
+        ("beta2", 0 <= options.beta2 < 1, "it must lie in [0, 1)", "0.99"),
+        ("weight_decay", options.weight_decay >= 0, "it must be >= 0", "0.1"),
     ]
     for key, ok, rule, example in rules:
         if not ok:
             raise ConfigError(
-                f"optimizer.{key}={getattr(hp, key)} is not allowed: {rule}. Fix: pass e.g. "
+                f"optimizer.{key}={getattr(options, key)} is not allowed: {rule}. Fix: pass e.g. "
                 f"optimizer.{key}={example}."
             )
 
@@ -78,12 +78,12 @@ def lion_reference(p, g, state, scalars, hp, t, lr):
 
 LION = lossbench.OptimizerSpec(
     name="lion",
-    hparams=LionOptions,
+    options=LionOptions,
     description="Lion, sign momentum (Chen et al. 2023); lr ~ AdamW's / 3-10",
     kernel=lion_kernel,
     reference=lion_reference,
     state_rows=1,
-    pack=lambda hp: [hp.beta1, hp.beta2, hp.weight_decay],
+    pack=lambda options: [options.beta1, options.beta2, options.weight_decay],
     check=_check_lion,
     api=2,  # the plugin interface version (lossbench.specs.PLUGIN_API) this is written for
 )

@@ -31,31 +31,31 @@ class NAdamOptions:
     decoupled_weight_decay: bool = False  # True: AdamW-style decay (NAdamW)
 
 
-def check(hp: NAdamOptions) -> None:
+def check(options: NAdamOptions) -> None:
     """Refuse values NAdam cannot take, naming the option and a value that works."""
     rules = [
-        ("lr", hp.lr > 0, "the learning rate must be > 0", "0.002"),
-        ("beta1", 0 <= hp.beta1 < 1, "it must lie in [0, 1)", "0.9"),
-        ("beta2", 0 <= hp.beta2 < 1, "it must lie in [0, 1)", "0.999"),
-        ("eps", hp.eps >= 0, "it must be >= 0", "1e-8"),
-        ("weight_decay", hp.weight_decay >= 0, "it must be >= 0", "0"),
-        ("momentum_decay", hp.momentum_decay >= 0, "it must be >= 0", "0.004"),
+        ("lr", options.lr > 0, "the learning rate must be > 0", "0.002"),
+        ("beta1", 0 <= options.beta1 < 1, "it must lie in [0, 1)", "0.9"),
+        ("beta2", 0 <= options.beta2 < 1, "it must lie in [0, 1)", "0.999"),
+        ("eps", options.eps >= 0, "it must be >= 0", "1e-8"),
+        ("weight_decay", options.weight_decay >= 0, "it must be >= 0", "0"),
+        ("momentum_decay", options.momentum_decay >= 0, "it must be >= 0", "0.004"),
     ]
     for key, ok, rule, example in rules:
         if not ok:
             raise ConfigError(
-                f"optimizer.{key}={getattr(hp, key)} is not allowed: {rule}. Fix: pass e.g. "
+                f"optimizer.{key}={getattr(options, key)} is not allowed: {rule}. Fix: pass e.g. "
                 f"optimizer.{key}={example}."
             )
 
 
-def pack(hp: NAdamOptions) -> list[float]:
+def pack(options: NAdamOptions) -> list[float]:
     """hp = [beta1, beta2, eps, weight_decay, momentum_decay, decoupled] (lr is passed apart)."""
-    return [hp.beta1, hp.beta2, hp.eps, hp.weight_decay, hp.momentum_decay,
-            float(hp.decoupled_weight_decay)]  # fmt: skip
+    return [options.beta1, options.beta2, options.eps, options.weight_decay, options.momentum_decay,
+            float(options.decoupled_weight_decay)]  # fmt: skip
 
 
-def init_scalars(scalars: np.ndarray, hp: NAdamOptions) -> None:
+def init_scalars(scalars: np.ndarray, options: NAdamOptions) -> None:
     """The running product of momentum factors starts at 1 (an empty product)."""
     scalars[0] = 1.0
 
@@ -124,7 +124,7 @@ def reference(p, g, state, scalars, hp, t, lr):
 
 NADAM = lossbench.OptimizerSpec(
     name="nadam",
-    hparams=NAdamOptions,
+    options=NAdamOptions,
     description="NAdam, Adam with Nesterov momentum (torch.optim.NAdam)",
     kernel=kernel,
     reference=reference,

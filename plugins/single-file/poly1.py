@@ -46,11 +46,11 @@ def register_losses(register):
     register(
         lossbench.LossSpec(
             name="poly1",
-            hparams=Options,
+            options=Options,
             description="Poly-1 loss, cross-entropy plus epsilon (1 - p_t) (NumPy only)",
             kernel=None,  # no numba kernel: the slow path
             reference=reference,
             target="class_index",
-            pack=lambda hp: [hp.epsilon],
+            pack=lambda options: [options.epsilon],
         )
     )

@@ -21,10 +21,11 @@ class Options:
     delta: float = 1.0  # where quadratic turns linear; the Hydra option loss.delta
 
 
-def check(hp: Options) -> None:
-    if not hp.delta > 0:
+def check(options: Options) -> None:
+    if not options.delta > 0:
         raise ConfigError(
-            f"loss.delta={hp.delta} is not allowed: it must be > 0. Fix: pass e.g. loss.delta=1."
+            f"loss.delta={options.delta} is not allowed: it must be > 0. Fix: pass e.g. "
+            "loss.delta=1."
         )
 
 
@@ -61,12 +62,12 @@ def register_losses(register):
     register(
         lossbench.LossSpec(
             name="pseudo_huber",
-            hparams=Options,
+            options=Options,
             description="pseudo-Huber loss, a smooth Huber (single-file plugin example)",
             kernel=kernel,
             reference=reference,
             target="values",
-            pack=lambda hp: [hp.delta],
+            pack=lambda options: [options.delta],
             check=check,
         )
     )

@@ -167,7 +167,7 @@ def build(options, n_in, n_out):
 
 RESIDUAL_MLP = lossbench.ModelSpec(
     name="residual_mlp",
-    hparams=ResidualOptions,
+    options=ResidualOptions,
     description="MLP with residual tanh blocks",
     build=build,
     forward=forward,

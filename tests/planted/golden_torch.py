@@ -12,7 +12,7 @@ def source() -> str:
 
 
 def radam(case):
-    dtype, hp = DTYPES[case["dtype"]], case["hparams"]
+    dtype, hp = DTYPES[case["dtype"]], case["options"]
     p = torch.nn.Parameter(torch.tensor(case["inputs"]["params"], dtype=dtype))
     opt = torch.optim.RAdam([p], lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"])
     steps = []

@@ -19,10 +19,10 @@ def main() -> None:
     ap.add_argument("--python", required=True, help="an interpreter that can import torch")
     args = ap.parse_args()
     plugin = load_plugin_file(HERE / "radam.py")
-    for spec, hparams in ((plugin.RADAM, [{"lr": 0.01}, {"lr": 0.01, "beta1": 0.8}]),
+    for spec, options in ((plugin.RADAM, [{"lr": 0.01}, {"lr": 0.01, "beta1": 0.8}]),
                           (plugin.POISSON_NLL, [{}])):  # fmt: skip
         compute = f"{HERE / 'golden_torch.py'}:{spec.name}"
-        data = golden.generate(spec, golden.make_cases(spec, hparams), compute, python=args.python)
+        data = golden.generate(spec, golden.make_cases(spec, options), compute, python=args.python)
         print(f"wrote {golden.write(HERE / f'golden_{spec.name}.json', data)}")
 
 

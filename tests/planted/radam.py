@@ -35,8 +35,8 @@ class RAdamOptions:
     eps: float = 1e-8
 
 
-def pack(hp):
-    return [hp.beta1, hp.beta2, hp.eps]
+def pack(options):
+    return [options.beta1, options.beta2, options.eps]
 
 
 def init_scalars(scalars, hp):
@@ -91,7 +91,7 @@ def _radam_numpy(p, g, state, scalars, hp, t, lr, bias_correction):
 
 
 RADAM = lossbench.OptimizerSpec(
-    name="radam", hparams=RAdamOptions, description="RAdam (torch.optim.RAdam)",
+    name="radam", options=RAdamOptions, description="RAdam (torch.optim.RAdam)",
     kernel=radam_kernel, reference=radam_reference, state_rows=2, scalar_slots=2,
     init_scalars=init_scalars, pack=pack,
 )  # fmt: skip
@@ -121,7 +121,7 @@ def poisson_nll_reference(pred, target, hp):
 
 
 POISSON_NLL = lossbench.LossSpec(
-    name="poisson_nll", hparams=NoOptions, description="Poisson NLL, log input",
+    name="poisson_nll", options=NoOptions, description="Poisson NLL, log input",
     kernel=poisson_nll_kernel, reference=poisson_nll_reference, target="values",
 )  # fmt: skip
 

@@ -31,12 +31,12 @@ class ProbeOptions(DataOptions):
     n_samples: int = 400
 
 
-def _load(hp, seed):
+def _load(options, seed):
     _mark("loading")
     while os.environ.get("LOSSBENCH_PROBE_HOLD") == "load":
         time.sleep(0.05)
     rng = np.random.default_rng(seed)
-    X = rng.normal(size=(hp.n_samples, 4))
+    X = rng.normal(size=(options.n_samples, 4))
     return Dataset(X=X, y=(X[:, 0] > 0).astype(np.int64), task="classification")
 
 

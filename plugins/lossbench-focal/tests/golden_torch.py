@@ -16,7 +16,7 @@ def _value_and_grad(case, loss_fn):
     dtype = DTYPES[case["dtype"]]
     x = torch.tensor(case["inputs"]["pred"], dtype=dtype, requires_grad=True)
     target = torch.tensor(case["inputs"]["target"], dtype=dtype)
-    value = loss_fn(x, target, case["hparams"])
+    value = loss_fn(x, target, case["options"])
     value.backward()
     return {"loss": value.item(), "grad": x.grad.numpy().astype("float64")}
 

@@ -23,7 +23,7 @@ CASES = {
 }
 
 
-@parametrize_with_checks(lossbench_focal, hparams=CASES)
+@parametrize_with_checks(lossbench_focal, options=CASES)
 def test_lossbench_conformance(check):
     check()
 
@@ -142,9 +142,9 @@ def test_trains_with_hydra_options(pm):
         overrides=[*TINY, "data=iris", "loss=focal", "loss.gamma=2", "trainer.epochs=10"],
         plugin_manager=pm,
     )
-    assert run.status == "finished" and run.hparams["loss"].gamma == 2.0
+    assert run.status == "finished" and run.options["loss"].gamma == 2.0
     assert run.path == "fused" and run.history[-1]["val_loss"] < run.history[0]["val_loss"]
     run = lossbench.train(
         overrides=[*TINY, "data=moons", "loss=binary_focal", "loss.alpha=null"], plugin_manager=pm
     )
-    assert run.status == "finished" and run.hparams["loss"].alpha is None
+    assert run.status == "finished" and run.options["loss"].alpha is None

@@ -13,7 +13,7 @@ def source() -> str:
 
 def lion(case):
     """The parameters after every step."""
-    dtype, hp = DTYPES[case["dtype"]], case["hparams"]
+    dtype, hp = DTYPES[case["dtype"]], case["options"]
     lr, beta1, beta2, wd = hp["lr"], hp["beta1"], hp["beta2"], hp["weight_decay"]
     p = torch.tensor(case["inputs"]["params"], dtype=dtype)
     exp_avg = torch.zeros_like(p)

@@ -16,7 +16,7 @@ import lossbench_lion
 CASES = {"lion": [{}, {"weight_decay": 0.1}, {"beta1": 0.5, "beta2": 0.9}]}
 
 
-@parametrize_with_checks(lossbench_lion, hparams=CASES)
+@parametrize_with_checks(lossbench_lion, options=CASES)
 def test_lossbench_conformance(check):
     check()
 
@@ -79,7 +79,7 @@ def test_trains_and_hyperparameters_are_options(pm):
         ],
         plugin_manager=pm,
     )
-    assert run.status == "finished" and run.hparams["optimizer"].weight_decay == 0.1
+    assert run.status == "finished" and run.options["optimizer"].weight_decay == 0.1
     assert run.history[-1]["val_loss"] < 0.5 * run.history[0]["val_loss"]
 
 

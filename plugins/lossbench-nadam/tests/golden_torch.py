@@ -16,7 +16,7 @@ def source() -> str:
 
 def nadam(case):
     """The parameters after every step (lossbench's beta1, beta2 are torch's betas)."""
-    dtype, hp = DTYPES[case["dtype"]], case["hparams"]
+    dtype, hp = DTYPES[case["dtype"]], case["options"]
     p = torch.nn.Parameter(torch.tensor(case["inputs"]["params"], dtype=dtype))
     opt = torch.optim.NAdam(
         [p], lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"],

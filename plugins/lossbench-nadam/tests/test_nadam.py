@@ -18,7 +18,7 @@ GOLDEN = Path(__file__).with_name("golden_nadam.json")
 CASES = {"nadam": [{}, {"momentum_decay": 0.05, "beta1": 0.8}]}  # and each option on its own
 
 
-@parametrize_with_checks(lossbench_nadam, hparams=CASES)
+@parametrize_with_checks(lossbench_nadam, options=CASES)
 def test_lossbench_conformance(check):
     check()
 

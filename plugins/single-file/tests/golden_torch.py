@@ -11,7 +11,7 @@ def source() -> str:
 
 
 def residual_mlp(case):
-    dtype, t, hp = DTYPES[case["dtype"]], case["inputs"]["tensors"], case["hparams"]
+    dtype, t, hp = DTYPES[case["dtype"]], case["inputs"]["tensors"], case["options"]
     names = ["in", *(f"block{k}" for k in range(1, hp["blocks"] + 1)), "out"]
     weights = {n: torch.tensor(t[f"W_{n}"], dtype=dtype, requires_grad=True) for n in names}
     biases = {n: torch.tensor(t[f"b_{n}"], dtype=dtype, requires_grad=True) for n in names}

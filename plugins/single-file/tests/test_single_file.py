@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parents[1]
     HERE / "pseudo_huber.py",
     HERE / "poly1.py",
     HERE / "residual_mlp.py",
-    hparams={"pseudo_huber": [{}, {"delta": 0.3}], "poly1": [{}, {"epsilon": -0.5}],
+    options={"pseudo_huber": [{}, {"delta": 0.3}], "poly1": [{}, {"epsilon": -0.5}],
              "residual_mlp": [{}, {"width": 5, "blocks": 3, "residual_scale": 0.5}]},
 )  # fmt: skip
 def test_lossbench_conformance(check):
