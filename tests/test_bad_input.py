@@ -50,6 +50,12 @@ CASES = [
     (["data.val_fraction=0"], ConfigError, "data.val_fraction=0.0"),
     (["trainer.dtype=float16"], ConfigError, "Choices: float32, float64"),
     (["schedule=exp"], ConfigError, "Available: constant, cosine, step"),
+    (["~seed"], ConfigError, "~seed deletes seed, which every run reads (a key of the config's "
+     "schema); it cannot be left out. Fix: give it a value instead (seed=0), or drop ~seed."),
+    (["~trainer.epochs"], ConfigError, "Fix: give it a value instead (trainer.epochs=50)"),
+    (["~loss"], ConfigError, "Fix: give it a value instead (loss=cross_entropy), or drop ~loss"),
+    (["~tracking.tags.x"], ConfigError, "~tracking.tags.x deletes tracking.tags.x, which the "
+     "config does not have. Fix: drop ~tracking.tags.x"),
     (["trainer.lr_schedule=cosine"], ConfigError, "has moved: learning-rate schedules are the "
      "config group schedule now"),
     (["trainer.min_lr=0.01"], ConfigError, "Fix: write schedule=cosine schedule.min_lr=0.01."),

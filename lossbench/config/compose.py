@@ -16,7 +16,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from lossbench.config.errors import _suggest, check_interpolations, check_known_keys, translate
+from lossbench.config.errors import (
+    _suggest,
+    check_deletions,
+    check_interpolations,
+    check_known_keys,
+    translate,
+)
 from lossbench.config.source import config_source
 from lossbench.config.store import (
     CONFIG_GROUPS,
@@ -155,6 +161,7 @@ def _checked(overrides: list[str], run, task_of, registry):
             return None
         return OmegaConf.select(base, key) if key else base
 
+    check_deletions(overrides, default)  # before: Hydra refuses some with a bare "Error merging"
     try:
         cfg = run(overrides)
     except (HydraException, OmegaConfBaseException) as exc:

@@ -74,6 +74,13 @@ def translate(exc: BaseException, overrides, default) -> ConfigError:
                 f"{group}={name} is not an option of {group}. Choices: {', '.join(options)}."
                 f"{_suggest(name, options)} Fix: pass {group}={options[0] if options else '...'}."
             )
+    absent = re.search(r"Could not delete from config\. '(.+?)' does not exist", text)
+    if absent:
+        return ConfigError(
+            f"~{absent.group(1)} deletes {absent.group(1)}, which the config does not have. "
+            f"Fix: drop ~{absent.group(1)}, or check its spelling (python -m lossbench --cfg job "
+            "shows the whole config)."
+        )
     cause = _cause(exc)
     key = str(getattr(cause, "full_key", "") or "")
     message = str(cause).splitlines()[0] if cause is not None else text.splitlines()[0]
@@ -240,6 +247,33 @@ def check_interpolations(cfg) -> None:
                 "of the config, e.g. data.val_path=${data.path}; write the value itself "
                 "otherwise (optimizer.lr=0.01)."
             ) from None
+
+
+def check_deletions(overrides, default) -> None:
+    """Refuse ``~KEY`` for a key a schema declares (``~seed``, ``~trainer.epochs``): Hydra
+    deletes it, and the run then fails where it reads it, with OmegaConf's "Key 'seed' not in
+    'Root...'". Deleting an entry of a free-form node (``~tracking.tags.team``) stays allowed.
+    ``default``: key -> its value with the same group choices (None when absent)."""
+    for ov in overrides:
+        if not ov.startswith("~"):
+            continue
+        key = ov[1:].partition("=")[0]
+        if not key or "/" in key:
+            continue
+        parent_key, _, name = key.rpartition(".")
+        parent = default(parent_key)
+        kind = OmegaConf.get_type(parent) if isinstance(parent, DictConfig) else None
+        if kind is None or not dataclasses.is_dataclass(kind):
+            continue
+        if name in {f.name for f in dataclasses.fields(kind)}:
+            value = OmegaConf.select(parent, name, throw_on_missing=False)
+            if isinstance(value, DictConfig) and isinstance(value.get("name"), str):
+                value = value.name  # a component group: its option's name
+            example = f"{key}={value}" if isinstance(value, int | float | str) else f"{key}=..."
+            raise ConfigError(
+                f"{ov} deletes {key}, which every run reads (a key of the config's schema); "
+                f"it cannot be left out. Fix: give it a value instead ({example}), or drop {ov}."
+            )
 
 
 def check_known_keys(cfg, default, beyond: dict[str, set[str]] | None = None) -> None:
