@@ -157,8 +157,11 @@ class _Spec:
             object.__setattr__(self, "hparams", self.options)
             return
         if self.options is not None:
-            raise TypeError(f"{type(self).__name__} {self.name!r}: options= and hparams= name "
-                            "one thing; pass options= alone")  # fmt: skip
+            raise TypeError(
+                f"{type(self).__name__} {self.name!r}: options= and hparams= name one thing; "
+                "pass options= alone (dataclasses.replace(spec, options=...) carries the old "
+                "hparams along: add hparams=None)"
+            )
         warnings.warn(f"{type(self).__name__}(hparams=...) is now spelled options=...; "
                       "hparams= still works but will go in a later interface version",
                       DeprecationWarning, stacklevel=3)  # fmt: skip
