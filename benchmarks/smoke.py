@@ -32,6 +32,7 @@ SCRIPTS: list[tuple[str, list[str], list[str]]] = [
     ("kernel_cache", [], []),
     ("kernel_watch", ["--rounds", "1"], ["git:3453d2f"]),
     ("kit_time", ["--rounds", "1", "--quick"], []),
+    ("make_torch_batchnorm", ["--out", "{tmp}/torch_batchnorm.json"], ["torch"]),
     ("make_torch_reference", ["--out", "{tmp}/torch_reference.json"], ["torch"]),
     ("population", ["--cases", "20-32-3", "--members", "2", "--epochs", "1", "--rounds", "1"], []),
     ("optimizer_step", ["--params", "1000", "--big", "4000", "--block", "5", "--repeats", "1"],
