@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
+from make_torch_reference import _compact  # one file layout for both (this folder)
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "data" / "torch_batchnorm.json"
@@ -186,13 +186,6 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(_compact(json.dumps(out, indent=1)) + "\n")
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes) with torch {torch.__version__}")
-
-
-def _compact(text: str) -> str:
-    """One line per innermost list (a row of numbers), to keep the file short and readable."""
-    return re.sub(
-        r"\[\s*([^\[\]{}\"]*?)\s*\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text
-    )
 
 
 if __name__ == "__main__":

@@ -10,13 +10,13 @@ import re
 import numpy as np
 import pytest
 from numba import njit
+from planted_models import MLP, always_training, mode_ignoring, planted_checks
 
 import lossbench
 import lossbench.builtin.models
 import lossbench.testing.models as kit_models
 import lossbench.training.groups
 from lossbench.builtin.models import (
-    MODELS,
     build_mlp_layout,
     mlp_backward,
     mlp_forward,
@@ -26,19 +26,12 @@ from lossbench.builtin.models import (
 from lossbench.specs import ParamGroup
 from lossbench.testing import CHECKS, ConformanceError, central_difference, checks_for, run_checks
 
-MLP = {s.name: s for s in MODELS}["mlp"]
-
-
-@njit(cache=True)
-def _always_training(hp):
-    own = hp.copy()
-    own[own.shape[0] - 3] = 1.0  # the bug: the statistics are updated while evaluating too
-    return own
+BATCH_NORM = {"hidden": [5, 4], "batch_norm": True}
 
 
 @njit(cache=True)
 def eval_update_forward(params, layout, hp, x, work, out):
-    mlp_forward(params, layout, _always_training(hp), x, work, out)
+    mlp_forward(params, layout, always_training(hp), x, work, out)  # updates in eval
 
 
 @njit(cache=True)
@@ -53,12 +46,6 @@ def buffer_gradient_backward(params, layout, hp, x, work, dout, grads):
     mlp_backward(params, layout, hp, x, work, dout, grads)
     if layout.shape[1] > 5:  # with batch norm
         grads[layout[0, 7]] = 1.0  # the bug: a gradient for running_mean0[0]
-
-
-def _training_hp(hp):
-    own = np.array(hp, dtype=np.float64)
-    own[-3] = 1.0
-    return own
 
 
 def _gamma_writing_reference(p, lay, hp, x):
@@ -93,12 +80,7 @@ def _buffer_in_group(layout):
 
 
 PLANTED = {
-    "eval_update": dataclasses.replace(
-        MLP, name="eval_update", forward=eval_update_forward,
-        reference_forward=lambda p, lay, hp, x: mlp_reference_forward(p, lay, _training_hp(hp), x),
-        reference_backward=lambda p, lay, hp, x, d: mlp_reference_backward(
-            p, lay, _training_hp(hp), x, d),
-    ),
+    "eval_update": mode_ignoring("eval_update", forward=eval_update_forward),
     "gamma_writing": dataclasses.replace(MLP, name="gamma_writing", forward=gamma_writing_forward,
                                          reference_forward=_gamma_writing_reference),
     "buffer_gradient": dataclasses.replace(MLP, name="buffer_gradient",
@@ -110,21 +92,9 @@ PLANTED = {
 }  # fmt: skip
 
 
-class Planted:
-    """Models carrying one bug each, named as the bug."""
-
-    @lossbench.hookimpl
-    def register_models(self, register):
-        for spec in PLANTED.values():
-            register(spec)
-
-
-CASES = {name: [{"hidden": [5, 4], "batch_norm": True}] for name in PLANTED}
-
-
 @pytest.fixture(scope="module")
 def planted():
-    return {c.id: c for c in checks_for(Planted(), options=CASES)}
+    return planted_checks(PLANTED, BATCH_NORM)
 
 
 CAUGHT = {
@@ -178,7 +148,7 @@ def test_segments_that_reach_the_buffers_fail_the_optimizer_check(monkeypatch):
 
     monkeypatch.setattr(lossbench.training.groups, "element_groups", forgetful)
     (check,) = [c for c in checks_for(lossbench.builtin.models,
-                                      options={"mlp": CASES["undeclared"]})
+                                      options={"mlp": [BATCH_NORM]})
                 if c.id == "model-mlp-buffers_stay_out_of_the_optimizer"]  # fmt: skip
     with pytest.raises(ConformanceError, match=r"optimizer 'adagrad' \(\{'weight_decay': 0\.1, "
                        r"'momentum': 0\.9\}\) moved the buffer running_mean0\[0\] "
@@ -236,7 +206,7 @@ def test_the_gradient_check_takes_no_difference_at_a_buffer(monkeypatch):
 
     monkeypatch.setattr(kit_models, "central_difference", recording)
     (check,) = [c for c in checks_for(lossbench.builtin.models,
-                                      options={"mlp": CASES["undeclared"]})
+                                      options={"mlp": [BATCH_NORM]})
                 if c.id == "model-mlp-gradient_matches_finite_differences"]  # fmt: skip
     check()
     layout = MLP.build(MLP.options(hidden=[5, 4], batch_norm=True), 4, 3)

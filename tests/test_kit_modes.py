@@ -5,46 +5,28 @@ dropout applied while evaluating, a bias left in weight decay, a misspelled grou
 import dataclasses
 import re
 
-import numpy as np
 import pytest
 from numba import njit
+from planted_models import MLP, always_training, mode_ignoring, planted_checks
 
 import lossbench
 from lossbench.builtin.models import (
-    MODELS,
     build_mlp_layout,
     mlp_backward,
     mlp_forward,
-    mlp_reference_backward,
-    mlp_reference_forward,
 )
 from lossbench.specs import ParamGroup
 from lossbench.testing import CHECKS, ConformanceError, checks_for
 
-MLP = {s.name: s for s in MODELS}["mlp"]
-
-
-@njit(cache=True)
-def _always_training(hp):
-    own = hp.copy()
-    own[own.shape[0] - 3] = 1.0  # the bug: the mode is ignored
-    return own
-
 
 @njit(cache=True)
 def eval_dropout_forward(params, layout, hp, x, work, out):
-    mlp_forward(params, layout, _always_training(hp), x, work, out)
+    mlp_forward(params, layout, always_training(hp), x, work, out)
 
 
 @njit(cache=True)
 def eval_dropout_backward(params, layout, hp, x, work, dout, grads):
-    mlp_backward(params, layout, _always_training(hp), x, work, dout, grads)
-
-
-def _training_hp(hp):
-    own = np.array(hp, dtype=np.float64)
-    own[-3] = 1.0
-    return own
+    mlp_backward(params, layout, always_training(hp), x, work, dout, grads)
 
 
 def _build(groups_of):
@@ -67,12 +49,8 @@ def _misspelled(layout):
 
 
 PLANTED = {
-    "eval_dropout": dataclasses.replace(
-        MLP, name="eval_dropout", forward=eval_dropout_forward, backward=eval_dropout_backward,
-        reference_forward=lambda p, lay, hp, x: mlp_reference_forward(p, lay, _training_hp(hp), x),
-        reference_backward=lambda p, lay, hp, x, d: mlp_reference_backward(
-            p, lay, _training_hp(hp), x, d),
-    ),
+    "eval_dropout": mode_ignoring("eval_dropout", forward=eval_dropout_forward,
+                                  backward=eval_dropout_backward),
     "bias_decayed": dataclasses.replace(MLP, name="bias_decayed",
                                         build=_build(_last_bias_left_out)),
     "misspelled_group": dataclasses.replace(MLP, name="misspelled_group",
@@ -80,21 +58,9 @@ PLANTED = {
 }  # fmt: skip
 
 
-class Planted:
-    """Models carrying one bug each, named as the bug."""
-
-    @lossbench.hookimpl
-    def register_models(self, register):
-        for spec in PLANTED.values():
-            register(spec)
-
-
-CASES = {name: [{"hidden": [5, 4], "dropout": 0.3, "decay_biases": False}] for name in PLANTED}
-
-
 @pytest.fixture(scope="module")
 def planted():
-    return {c.id: c for c in checks_for(Planted(), options=CASES)}
+    return planted_checks(PLANTED, {"hidden": [5, 4], "dropout": 0.3, "decay_biases": False})
 
 
 CAUGHT = {

@@ -158,6 +158,22 @@ def _check_url(setting: str, url: str, nodes: str, example: str) -> None:
     )
 
 
+# the environment variables a worker on another node is given from the coordinator's
+ENV_PREFIXES = ("LOSSBENCH_", "MLFLOW_", "NUMBA_")
+
+
+def plan_on_node(plan_dict: dict, folder: str) -> Plan:
+    """The sweep's plan as a worker on another node (a Ray or Dask task) runs it: single-file
+    plugins, which travel in the plan as source rather than as a path, written into
+    ``folder`` and loaded from there."""
+    plan = Plan(**plan_dict)
+    if plan.plugin_sources:
+        for name, source in plan.plugin_sources.items():
+            Path(folder, name).write_text(source)
+        plan.plugins_dir = folder
+    return plan
+
+
 def node_info() -> dict:
     """What a node runs, compared across the cluster: lossbench, Python, installed plugins."""
     plugins = {  # installed distributions (built-ins come with lossbench, files travel)

@@ -25,7 +25,13 @@ from pathlib import Path
 
 from lossbench.errors import ConfigError
 from lossbench.launcher import EXIT_LOST, Launcher
-from lossbench.sweep.launchers import check_reachable, check_versions, node_info
+from lossbench.sweep.launchers import (
+    ENV_PREFIXES,
+    check_reachable,
+    check_versions,
+    node_info,
+    plan_on_node,
+)
 from lossbench.sweep.plan import Plan
 from lossbench.sweep.worker import work
 from lossbench.tracking.store import resolve_uri
@@ -41,17 +47,12 @@ TASK_RETRIES = 3  # a task whose worker died is run again (its trial is retried)
 # itself waited about 60 s for the GCS and then ended this process without its clean-up,
 # leaving the parent run RUNNING.
 HEAD_GRACE_SECONDS = 3.0
-ENV_PREFIXES = ("LOSSBENCH_", "MLFLOW_", "NUMBA_")
 
 
 def ray_worker(plan_dict: dict, index: int) -> int:
     """One worker: the same loop as a local worker process, on whichever node Ray chose."""
-    plan = Plan(**plan_dict)
     with tempfile.TemporaryDirectory(prefix="lossbench-plugins-") as tmp:
-        if plan.plugin_sources:  # single-file plugins travel as source, not as a path
-            for name, source in plan.plugin_sources.items():
-                Path(tmp, name).write_text(source)
-            plan.plugins_dir = tmp
+        plan = plan_on_node(plan_dict, tmp)
         if os.path.isdir(plan.workdir):  # the coordinator's folder, where it exists
             os.chdir(plan.workdir)
         return work(plan, index, quiet=True)

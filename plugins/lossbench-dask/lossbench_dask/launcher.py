@@ -35,14 +35,19 @@ import distributed
 from lossbench.errors import ConfigError
 from lossbench.launcher import Launcher
 from lossbench.signals import children_ignore_ctrl_c
-from lossbench.sweep.launchers import check_reachable, check_versions, node_info
+from lossbench.sweep.launchers import (
+    ENV_PREFIXES,
+    check_reachable,
+    check_versions,
+    node_info,
+    plan_on_node,
+)
 from lossbench.sweep.plan import Plan
 from lossbench.tracking.store import resolve_uri
 
 POLL_SECONDS = 0.5  # how often a task looks at its process, the stop event and the heartbeat
 STOP_SECONDS = 60.0  # a process asked to stop is killed after this long
 COORDINATOR_GRACE_SECONDS = 10.0  # the heartbeat unchanged this long: the coordinator is gone
-ENV_PREFIXES = ("LOSSBENCH_", "MLFLOW_", "NUMBA_")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -51,12 +56,8 @@ ENV_PREFIXES = ("LOSSBENCH_", "MLFLOW_", "NUMBA_")
 
 def dask_task(plan_dict: dict, index: int, env: dict, names: dict) -> int:
     """One sweep worker: its process started and watched until it ends; its exit code."""
-    plan = Plan(**plan_dict)
     with tempfile.TemporaryDirectory(prefix="lossbench-dask-") as tmp:
-        if plan.plugin_sources:  # single-file plugins travel as source, not as a path
-            for name, source in plan.plugin_sources.items():
-                Path(tmp, name).write_text(source)
-            plan.plugins_dir = tmp
+        plan = plan_on_node(plan_dict, tmp)
         here = os.path.isdir(plan.sweep_dir)  # the coordinator's machine, or a shared folder
         if not os.path.isdir(plan.workdir):
             plan.workdir = tmp
